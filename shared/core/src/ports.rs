@@ -1,0 +1,462 @@
+//! Ports: the small capability traits the engine is written against. Every port has an
+//! in-memory adapter in [`crate::memory`]; the SQLite adapters live in `taskexec-local`, the AWS
+//! ones in `taskexec-aws`. One behavioural suite ([`crate::conformance`]) runs against all.
+//!
+//! Methods return `impl Future + Send` (no `async_trait`); the engine is generic over them.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::BreakerSnapshot;
+use crate::error::{ErrorClass, StoreError, TaskError};
+use crate::task::{AttemptRecord, TaskPriority, TaskRecord, TaskResult, TaskState};
+use crate::time::Millis;
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a submission did with one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Stored as a new queued task.
+    Created,
+    /// The same id with the same content was already there: nothing changed.
+    Duplicate(TaskState),
+    /// The same id with different content: rejected.
+    Conflict,
+}
+
+/// A claim: take a task for one attempt, committed before the provider call.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The task.
+    pub task_id: String,
+    /// Who claims (runner or worker id).
+    pub owner: String,
+    /// Now.
+    pub now: Millis,
+    /// When the lease runs out unless renewed.
+    pub lease_until: Millis,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// Claimed: the record as it is now (running, epoch bumped, `attempt` + 1, lease set).
+    Claimed(Box<TaskRecord>),
+    /// The task is finished; the delivery can be acknowledged.
+    Terminal(TaskState),
+    /// A scheduled retry is not due yet.
+    NotDue {
+        /// When it is.
+        at: Millis,
+    },
+    /// Another attempt holds a live lease.
+    LeaseHeld {
+        /// When the lease runs out.
+        until: Millis,
+    },
+    /// Execution is paused, globally or for the task's run. Stores check this atomically with
+    /// the claim, so no attempt starts after a pause was committed.
+    Paused,
+    /// No such task.
+    NotFound,
+}
+
+/// How an attempt ended, as written to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `running → completed`.
+    Completed(TaskResult),
+    /// `running → queued` with a retry time.
+    Retry {
+        /// The error of this attempt.
+        error: TaskError,
+        /// Earliest start of the next attempt.
+        next_attempt_at: Millis,
+    },
+    /// `running → failed`.
+    Failed {
+        /// The final error.
+        error: TaskError,
+        /// Set when the engine dead-letters the task (budget exhausted).
+        dead_letter_reason: Option<String>,
+    },
+    /// `running → queued` without an outcome (the attempt was never made or is abandoned).
+    Released,
+}
+
+/// A fenced write of an attempt's outcome.
+#[derive(Debug, Clone)]
+pub struct FinishRequest {
+    /// The task.
+    pub task_id: String,
+    /// The epoch of the claim; the write applies only if the task still has it and is running.
+    pub epoch: u64,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The task's `attempt` after this attempt (a 429 gives back the attempt its claim counted).
+    pub attempt: u32,
+    /// The task's `throttles` after this attempt.
+    pub throttles: u32,
+    /// The attempt's history entry, if a provider call was made.
+    pub record: Option<AttemptRecord>,
+    /// Now.
+    pub now: Millis,
+}
+
+/// Whether a fenced write applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Written.
+    Applied,
+    /// Rejected: the task moved on (cancelled, reclaimed by a newer epoch, or finished).
+    Stale,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was queued or running and is now cancelled.
+    Cancelled {
+        /// The state it was in.
+        was: TaskState,
+    },
+    /// It had already finished.
+    AlreadyTerminal(TaskState),
+    /// No such task.
+    NotFound,
+}
+
+/// One audit-trail event (append-only, per task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    /// The task.
+    pub task_id: String,
+    /// When (ms since the epoch).
+    pub at: Millis,
+    /// `submitted`, `claimed`, `reclaimed`, `released`, `retryScheduled`, `completed`, `failed`,
+    /// `deadLettered`, `cancelled`, `deferred`, `redriven`.
+    pub kind: String,
+    /// Epoch at the time of the event.
+    pub epoch: u64,
+    /// Free detail (error message, deferral reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A queued or running task, as the embedded queue needs it to rebuild itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingTask {
+    /// Task id.
+    pub task_id: String,
+    /// Scheduling class.
+    pub priority: TaskPriority,
+    /// Run id.
+    pub run_id: String,
+    /// Deployment or route.
+    pub provider_id: String,
+    /// Model.
+    pub model_id: String,
+    /// When it becomes due (submission or next attempt).
+    pub ready_at: Millis,
+}
+
+/// Per deployment/model figures of a run, as the closing summary shows them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSummary {
+    /// Deployment.
+    pub provider_id: String,
+    /// Model.
+    pub model_id: String,
+    /// Tasks in each state.
+    pub queued: u64,
+    /// Running now.
+    pub running: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed, by class.
+    pub failed_by_class: std::collections::BTreeMap<String, u64>,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// Dead-lettered by the engine (also counted in failed).
+    pub dead_lettered: u64,
+    /// Attempts beyond the first, over all tasks (429s excluded).
+    pub retries: u64,
+    /// Rate-limit answers, over all tasks.
+    pub throttles: u64,
+    /// Latency of each completed task's successful attempt, ms.
+    pub latencies_ms: Vec<f64>,
+    /// Earliest first start.
+    pub first_start: Option<Millis>,
+    /// Latest end.
+    pub last_end: Option<Millis>,
+}
+
+/// The task store: task records, leases, results and the audit trail.
+///
+/// ```
+/// use taskexec_core::memory::MemoryStore;
+/// use taskexec_core::ports::{SubmitOutcome, TaskStore};
+/// use taskexec_core::task::{BenchmarkTask, TaskRecord};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::default();
+/// let task: BenchmarkTask = serde_json::from_str(
+///     r#"{"id":"t1","providerId":"sim","modelId":"m","prompt":"hi","runId":"r"}"#).unwrap();
+/// let out = store.submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
+/// assert_eq!(out, [SubmitOutcome::Created]);
+/// # });
+/// ```
+pub trait TaskStore: Send + Sync + 'static {
+    /// Store new tasks idempotently (id + content hash), each with a `submitted` event.
+    fn submit(
+        &self,
+        records: Vec<TaskRecord>,
+    ) -> impl Future<Output = StoreResult<Vec<SubmitOutcome>>> + Send;
+    /// Read one task.
+    fn get(&self, task_id: &str) -> impl Future<Output = StoreResult<Option<TaskRecord>>> + Send;
+    /// Claim a task for one attempt (see [`ClaimOutcome`]); committed before returning.
+    fn claim(
+        &self,
+        request: ClaimRequest,
+    ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
+    /// Extend the lease of a running attempt (fenced by epoch).
+    fn renew_lease(
+        &self,
+        task_id: &str,
+        epoch: u64,
+        until: Millis,
+    ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+    /// Record an attempt's outcome (fenced by epoch and `running`).
+    fn finish(
+        &self,
+        request: FinishRequest,
+    ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+    /// Cancel a queued or running task (bumps epoch).
+    fn cancel(
+        &self,
+        task_id: &str,
+        now: Millis,
+    ) -> impl Future<Output = StoreResult<CancelOutcome>> + Send;
+    /// Give a failed task a fresh attempt budget (`failed → queued`).
+    fn redrive(
+        &self,
+        task_id: &str,
+        now: Millis,
+    ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+    /// Release every lease: `running → queued`. Only the process that owns the store (the
+    /// embedded runner holding its lock) calls this, at start, to take over a dead runner's work.
+    fn release_all_leases(&self, now: Millis) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Append an event that changes no state (deferrals).
+    fn note(&self, event: AuditEvent) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The audit trail of one task, oldest first.
+    fn events(&self, task_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
+    /// Every queued or running task (for the embedded queue to rebuild itself).
+    fn pending(&self) -> impl Future<Output = StoreResult<Vec<PendingTask>>> + Send;
+    /// Per deployment/model figures of a run (`None`: all runs).
+    fn summary(
+        &self,
+        run_id: Option<&str>,
+    ) -> impl Future<Output = StoreResult<Vec<GroupSummary>>> + Send;
+    /// Records of a run, in submission order (for export).
+    fn run_tasks(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
+}
+
+/// What is paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "scope", content = "runId")]
+pub enum PauseScope {
+    /// Everything.
+    Global,
+    /// One run.
+    Run(String),
+}
+
+/// Control state shared by every worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlState {
+    /// Global pause.
+    pub paused: bool,
+    /// Paused runs.
+    pub paused_runs: BTreeSet<String>,
+    /// Bumped on every cancel, so a runner re-checks its in-flight tasks only when it moved.
+    pub cancel_seq: u64,
+}
+
+impl ControlState {
+    /// Whether a task of `run_id` may start an attempt.
+    #[must_use]
+    pub fn is_paused(&self, run_id: &str) -> bool {
+        self.paused || self.paused_runs.contains(run_id)
+    }
+}
+
+/// Control state: pause flags and the cancel signal.
+pub trait ControlStore: Send + Sync + 'static {
+    /// Read the control state.
+    fn control(&self) -> impl Future<Output = StoreResult<ControlState>> + Send;
+    /// Pause or resume.
+    fn set_paused(
+        &self,
+        scope: PauseScope,
+        paused: bool,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// Circuit-breaker state per deployment. Written only when the state changes.
+pub trait BreakerStore: Send + Sync + 'static {
+    /// The stored snapshot of a deployment's breaker.
+    fn load(
+        &self,
+        deployment: &str,
+    ) -> impl Future<Output = StoreResult<Option<BreakerSnapshot>>> + Send;
+    /// Store a snapshot after a state change.
+    fn save(
+        &self,
+        deployment: &str,
+        snapshot: BreakerSnapshot,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+/// A concurrency key: what a limit counts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitKey {
+    /// Every task.
+    Global,
+    /// One deployment.
+    Deployment(String),
+    /// One model on one deployment.
+    Model(String, String),
+}
+
+/// Concurrency-limiter state: permits per key.
+pub trait LimiterStore: Send + Sync + 'static {
+    /// Take a permit under `limit`, or say none is free.
+    fn try_acquire(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Give a permit back.
+    fn release(&self, key: &LimitKey) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Permits in use.
+    fn in_use(&self, key: &LimitKey) -> impl Future<Output = StoreResult<u32>> + Send;
+}
+
+/// A metric the engine emits; names are fixed here, once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metric {
+    /// A task was claimed and an attempt started.
+    AttemptStarted,
+    /// A task completed; its attempt latency in ms.
+    Completed {
+        /// Latency of the successful attempt.
+        latency_ms: f64,
+    },
+    /// A task failed for good.
+    Failed(ErrorClass),
+    /// A retry was scheduled after a failed attempt.
+    RetryScheduled(ErrorClass),
+    /// A delivery was deferred without using an attempt.
+    Deferred(DeferReason),
+    /// A task was dead-lettered.
+    DeadLettered,
+    /// A task was cancelled while running.
+    Cancelled,
+    /// A deployment's breaker changed state.
+    BreakerChanged {
+        /// The deployment.
+        deployment: String,
+        /// Its new state.
+        state: crate::breaker::BreakerState,
+    },
+}
+
+/// Where metrics go: atomic counters in process, EMF lines in Lambda.
+pub trait MetricsSink: Send + Sync + 'static {
+    /// Record one metric (cheap, never blocks on I/O).
+    fn record(&self, metric: Metric);
+}
+
+/// Why a delivery was deferred (no attempt used).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeferReason {
+    /// Paused globally or for the run.
+    Paused,
+    /// The deployment's breaker is open (or half-open with its probes out).
+    BreakerOpen(String),
+    /// A concurrency limit is reached.
+    LimitReached(LimitKey),
+    /// Another attempt holds the lease.
+    LeaseHeld,
+    /// The retry is scheduled later.
+    NotDue,
+    /// The store could not be reached; nothing was recorded.
+    StoreUnavailable,
+}
+
+/// A message handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The task.
+    pub task_id: String,
+    /// Routing hints carried by the message, so limits and breakers are checked before a claim.
+    pub provider_id: String,
+    /// Model.
+    pub model_id: String,
+    /// Run.
+    pub run_id: String,
+    /// Scheduling class.
+    pub priority: TaskPriority,
+    /// How many times this message was received.
+    pub receive_count: u32,
+    /// When the task became due (for queue-wait accounting).
+    pub ready_at: Millis,
+}
+
+impl Delivery {
+    /// A first delivery of a pending task.
+    #[must_use]
+    pub fn of(p: &PendingTask) -> Self {
+        Self {
+            task_id: p.task_id.clone(),
+            provider_id: p.provider_id.clone(),
+            model_id: p.model_id.clone(),
+            run_id: p.run_id.clone(),
+            priority: p.priority,
+            receive_count: 0,
+            ready_at: p.ready_at,
+        }
+    }
+}
+
+/// The work queue. Embedded: an in-process priority queue with aging, rebuilt from the store at
+/// start ([`crate::memory::MemoryQueue`]); AWS: one SQS queue per priority.
+pub trait WorkQueue: Send + Sync + 'static {
+    /// Enqueue deliveries, each visible after its delay.
+    fn send(
+        &self,
+        deliveries: Vec<(Delivery, Duration)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Wait up to `wait` for one due delivery.
+    fn receive(&self, wait: Duration)
+    -> impl Future<Output = StoreResult<Option<Delivery>>> + Send;
+    /// Deliveries waiting (due or delayed).
+    fn len(&self) -> usize;
+    /// Whether nothing is waiting.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: MetricsSink> MetricsSink for std::sync::Arc<T> {
+    fn record(&self, metric: Metric) {
+        (**self).record(metric);
+    }
+}

@@ -1,0 +1,280 @@
+//! The embedded runner: a thin loop around [`Engine::process`] that pulls deliveries from a
+//! [`WorkQueue`] with at most `concurrency` in flight, and acts on each decision.
+//!
+//! Deliveries that cannot start are parked instead of spinning: those of a paused run (or of
+//! everything, under a global pause) until a resume is seen; those blocked by a full
+//! concurrency limit until a permit of that key is free. A maintenance tick (every `poll`)
+//! looks for resumes, frees limit-parked work and aborts calls of tasks cancelled elsewhere.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Decision, Engine};
+use crate::error::StoreError;
+use crate::ports::{
+    BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink,
+    TaskStore, WorkQueue,
+};
+use crate::provider::Provider;
+use crate::time::Clock;
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Deliveries processed at once (the global concurrency limit of this process).
+    pub concurrency: usize,
+    /// Maintenance interval: resume checks, cancellation checks, limit unparking.
+    pub poll: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Parking {
+    paused: Vec<Delivery>,
+    limited: HashMap<LimitKey, VecDeque<Delivery>>,
+}
+
+impl Parking {
+    fn is_empty(&self) -> bool {
+        self.paused.is_empty() && self.limited.values().all(VecDeque::is_empty)
+    }
+}
+
+/// The embedded loop.
+pub struct Runner<S, B, L, M, P, C, Q> {
+    engine: Arc<Engine<S, B, L, M, P, C>>,
+    queue: Arc<Q>,
+    config: RunnerConfig,
+    active: AtomicUsize,
+    parking: Mutex<Parking>,
+}
+
+impl<S, B, L, M, P, C, Q> Runner<S, B, L, M, P, C, Q>
+where
+    S: TaskStore + ControlStore,
+    B: BreakerStore,
+    L: LimiterStore,
+    M: MetricsSink,
+    P: Provider,
+    C: Clock,
+    Q: WorkQueue,
+{
+    /// A runner feeding `engine` from `queue`.
+    pub fn new(
+        engine: Arc<Engine<S, B, L, M, P, C>>,
+        queue: Arc<Q>,
+        config: RunnerConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            queue,
+            config,
+            active: AtomicUsize::new(0),
+            parking: Mutex::default(),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine<S, B, L, M, P, C>> {
+        &self.engine
+    }
+
+    /// Deliveries waiting in the queue or parked.
+    pub fn waiting(&self) -> usize {
+        let parking = self.lock_parking();
+        self.queue.len()
+            + parking.paused.len()
+            + parking.limited.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Whether work is parked because of a pause.
+    pub fn paused_parked(&self) -> usize {
+        self.lock_parking().paused.len()
+    }
+
+    /// Take over the store: release leases left by a dead runner (the caller holds the store's
+    /// lock) and queue every unfinished task. Returns (released leases, queued tasks).
+    pub async fn recover(&self) -> Result<(u64, usize), StoreError> {
+        let store = &self.engine.ports().store;
+        let released = store
+            .release_all_leases(self.engine.ports().clock.now())
+            .await?;
+        let pending = store.pending().await?;
+        let now = self.engine.ports().clock.now();
+        let deliveries: Vec<_> = pending
+            .iter()
+            .map(|p| (Delivery::of(p), crate::time::until(p.ready_at, now)))
+            .collect();
+        let n = deliveries.len();
+        self.queue.send(deliveries).await?;
+        Ok((released, n))
+    }
+
+    /// Process until nothing is left to do (every task terminal), or `shutdown` fires; then wait
+    /// for the attempts in flight to end.
+    pub async fn run(self: &Arc<Self>, shutdown: CancellationToken) -> Result<(), StoreError> {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let maintenance = tokio::spawn(self.clone().maintain(shutdown.clone()));
+        let result = self.pull(&slots, &shutdown).await;
+        // Wait for in-flight work: every slot back.
+        let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
+        let _all = slots
+            .acquire_many(all)
+            .await
+            .expect("semaphore never closed");
+        maintenance.abort();
+        result
+    }
+
+    async fn pull(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                d = self.queue.receive(self.config.poll) => d?,
+            };
+            let Some(delivery) = delivery else {
+                drop(permit);
+                if self.is_idle() {
+                    return Ok(());
+                }
+                continue;
+            };
+            self.active.fetch_add(1, Ordering::SeqCst);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let decision = this.engine.process(&delivery).await;
+                if let Err(error) = this.act(delivery, decision).await {
+                    tracing::error!(%error, "could not re-queue a delivery");
+                }
+                this.active.fetch_sub(1, Ordering::SeqCst);
+                drop(permit);
+            });
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.active.load(Ordering::SeqCst) == 0
+            && self.queue.is_empty()
+            && self.lock_parking().is_empty()
+    }
+
+    async fn act(&self, mut d: Delivery, decision: Decision) -> Result<(), StoreError> {
+        let keys = self
+            .engine
+            .config()
+            .limits
+            .keys_for(&d.provider_id, &d.model_id);
+        d.receive_count += 1;
+        match decision {
+            Decision::Ack | Decision::DeadLetter { .. } => {}
+            Decision::Retry { delay } => self.queue.send(vec![(d, delay)]).await?,
+            Decision::Defer {
+                reason: DeferReason::Paused,
+                ..
+            } => self.lock_parking().paused.push(d),
+            Decision::Defer {
+                reason: DeferReason::LimitReached(key),
+                ..
+            } => {
+                self.lock_parking()
+                    .limited
+                    .entry(key)
+                    .or_default()
+                    .push_back(d);
+                return Ok(());
+            }
+            Decision::Defer { delay, .. } => self.queue.send(vec![(d, delay)]).await?,
+        }
+        for (key, limit) in keys {
+            self.unpark_limited(&key, limit).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-queue as many limit-parked deliveries of `key` as it has free permits.
+    async fn unpark_limited(&self, key: &LimitKey, limit: u32) -> Result<(), StoreError> {
+        let free = limit.saturating_sub(self.engine.ports().limiter.in_use(key).await?) as usize;
+        let ready: Vec<_> = {
+            let mut parking = self.lock_parking();
+            let Some(list) = parking.limited.get_mut(key) else {
+                return Ok(());
+            };
+            let n = free.min(list.len());
+            list.drain(..n).map(|d| (d, Duration::ZERO)).collect()
+        };
+        if !ready.is_empty() {
+            self.queue.send(ready).await?;
+        }
+        Ok(())
+    }
+
+    async fn maintain(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !shutdown.is_cancelled() {
+            tick.tick().await;
+            if let Err(error) = self.maintain_once().await {
+                tracing::warn!(%error, "maintenance tick failed");
+            }
+        }
+    }
+
+    async fn maintain_once(&self) -> Result<(), StoreError> {
+        self.engine.check_cancellations().await?;
+        let control = self.engine.ports().store.control().await?;
+        let resumed: Vec<_> = {
+            let mut parking = self.lock_parking();
+            let (still, resumed): (Vec<_>, Vec<_>) = parking
+                .paused
+                .drain(..)
+                .partition(|d| control.is_paused(&d.run_id));
+            parking.paused = still;
+            resumed.into_iter().map(|d| (d, Duration::ZERO)).collect()
+        };
+        if !resumed.is_empty() {
+            self.queue.send(resumed).await?;
+        }
+        let keys: Vec<LimitKey> = self.lock_parking().limited.keys().cloned().collect();
+        for key in keys {
+            if let Some(limit) = self.limit_of(&key) {
+                self.unpark_limited(&key, limit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn limit_of(&self, key: &LimitKey) -> Option<u32> {
+        let limits = &self.engine.config().limits;
+        match key {
+            LimitKey::Global => limits.global,
+            LimitKey::Deployment(d) => limits.deployments.get(d).copied(),
+            LimitKey::Model(d, m) => limits.models.get(&(d.clone(), m.clone())).copied(),
+        }
+    }
+
+    fn lock_parking(&self) -> std::sync::MutexGuard<'_, Parking> {
+        self.parking.lock().expect("parking poisoned")
+    }
+}

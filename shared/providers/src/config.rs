@@ -1,0 +1,404 @@
+//! Deployment configuration: the typed form of a `[deployments.NAME]` table in the user's TOML,
+//! and its validation. Configuration never holds a key: `api_key_env` names the environment
+//! variable that does, and the caller looks it up (see [`crate::Deployments::from_config`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Which adapter serves a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderKind {
+    /// The built-in simulated provider ([`crate::sim::SimProvider`]).
+    #[serde(rename = "sim")]
+    Sim,
+    /// Any server speaking OpenAI's chat-completions API ([`crate::openai::OpenAiCompatible`]).
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+}
+
+/// One `[deployments.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The adapter.
+    pub kind: ProviderKind,
+    /// API root such as `https://api.openai.com/v1` (`/chat/completions` is appended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The NAME of the environment variable holding the key (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Most calls in flight on this deployment (the engine's limiter enforces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Most calls in flight per model on this deployment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_concurrency: BTreeMap<String, u32>,
+    /// Behaviour of a `sim` deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim: Option<SimConfig>,
+    /// TCP + TLS connect timeout (default [`DEFAULT_CONNECT_TIMEOUT_MS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// Connect timeout used when `connect_timeout_ms` is not set.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// How a `sim` deployment behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Latency distribution of every call.
+    pub latency: LatencyConfig,
+    /// Per-call fault probabilities.
+    pub faults: FaultRates,
+    /// Windows, measured from the provider's creation, in which every call fails with a 503.
+    pub outages: Vec<Outage>,
+    /// Seed of the random generator; `None` seeds from the OS (not reproducible).
+    pub seed: Option<u64>,
+    /// Output tokens reported per answer (capped by the request's `max_tokens`).
+    pub output_tokens: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            latency: LatencyConfig::default(),
+            faults: FaultRates::default(),
+            outages: Vec::new(),
+            seed: None,
+            output_tokens: 64,
+        }
+    }
+}
+
+/// A lognormal latency fitted to its median and 99th percentile; `p99_ms == median_ms` means a
+/// fixed latency.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatencyConfig {
+    /// Median latency in ms.
+    pub median_ms: f64,
+    /// 99th percentile in ms (at least the median).
+    pub p99_ms: f64,
+}
+
+impl Default for LatencyConfig {
+    fn default() -> Self {
+        Self { median_ms: 300.0, p99_ms: 1500.0 }
+    }
+}
+
+/// Probability per call of each injected fault (each in `0..=1`, summing to at most 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultRates {
+    /// 429 `rate_limit_exceeded` with a retry hint of `retry_after_ms`.
+    pub rate_limit: f64,
+    /// 503.
+    pub server_error: f64,
+    /// The call never completes (until its future is dropped).
+    pub hang: f64,
+    /// A 200 whose body cannot be parsed.
+    pub malformed: f64,
+    /// The connection is reset.
+    pub reset: f64,
+    /// 400: never retried.
+    pub bad_request: f64,
+    /// The retry hint sent with a simulated 429.
+    pub retry_after_ms: u64,
+}
+
+impl Default for FaultRates {
+    fn default() -> Self {
+        Self {
+            rate_limit: 0.0,
+            server_error: 0.0,
+            hang: 0.0,
+            malformed: 0.0,
+            reset: 0.0,
+            bad_request: 0.0,
+            retry_after_ms: 1000,
+        }
+    }
+}
+
+impl FaultRates {
+    /// The rates by name, in the fixed order the simulator draws them.
+    #[must_use]
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("rate_limit", self.rate_limit),
+            ("server_error", self.server_error),
+            ("hang", self.hang),
+            ("malformed", self.malformed),
+            ("reset", self.reset),
+            ("bad_request", self.bad_request),
+        ]
+    }
+}
+
+/// A window in which every call fails with a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Start, in ms after the provider was created.
+    pub start_ms: u64,
+    /// Length in ms (more than 0).
+    pub duration_ms: u64,
+}
+
+/// A deployment whose configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("deployment `{deployment}`: {problem}")]
+pub struct ConfigError {
+    /// The deployment's name.
+    pub deployment: String,
+    /// What is wrong.
+    #[source]
+    pub problem: ConfigProblem,
+}
+
+/// What is wrong with a deployment's configuration; each message says how to fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigProblem {
+    /// An `openai-compatible` deployment without `base_url`.
+    #[error("kind `openai-compatible` needs `base_url` (for example \"https://api.openai.com/v1\")")]
+    MissingBaseUrl,
+    /// `base_url` is not an absolute http(s) URL, or embeds credentials.
+    #[error("`base_url` {0}")]
+    BadBaseUrl(&'static str),
+    /// A field that only the other kind uses.
+    #[error("`{field}` is not used by kind `{kind}`; remove it")]
+    NotForKind {
+        /// The field.
+        field: &'static str,
+        /// The kind.
+        kind: &'static str,
+    },
+    /// `api_key_env` is not a variable name (it may be a pasted key: never echoed).
+    #[error("`api_key_env` must be the NAME of an environment variable (letters, digits, `_`), not the key itself")]
+    BadKeyEnvName,
+    /// A concurrency of 0.
+    #[error("`{0}` must be at least 1")]
+    ZeroConcurrency(String),
+    /// Latency parameters that do not describe a distribution.
+    #[error("`sim.latency` needs finite 0 <= median_ms <= p99_ms (got median {median_ms}, p99 {p99_ms})")]
+    BadLatency {
+        /// Median.
+        median_ms: f64,
+        /// 99th percentile.
+        p99_ms: f64,
+    },
+    /// A fault rate outside `0..=1`.
+    #[error("`sim.faults.{name}` must be between 0 and 1 (got {value})")]
+    BadRate {
+        /// The rate's name.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// Fault rates summing to more than 1.
+    #[error("`sim.faults` rates sum to {0}, more than 1")]
+    RatesAboveOne(f64),
+    /// An outage of length 0.
+    #[error("`sim.outages[{0}].duration_ms` must be more than 0")]
+    EmptyOutage(usize),
+    /// A connect timeout of 0.
+    #[error("`connect_timeout_ms` must be more than 0")]
+    ZeroConnectTimeout,
+}
+
+impl DeploymentConfig {
+    /// Check the configuration of deployment `name`.
+    pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|problem| ConfigError { deployment: name.to_owned(), problem })
+    }
+
+    fn check(&self) -> Result<(), ConfigProblem> {
+        self.check_limits()?;
+        match self.kind {
+            ProviderKind::Sim => self.check_sim(),
+            ProviderKind::OpenAiCompatible => self.check_openai(),
+        }
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigProblem> {
+        if self.concurrency == Some(0) {
+            return Err(ConfigProblem::ZeroConcurrency("concurrency".into()));
+        }
+        match self.model_concurrency.iter().find(|(_, n)| **n == 0) {
+            Some((model, _)) => Err(ConfigProblem::ZeroConcurrency(format!("model_concurrency.{model}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn check_sim(&self) -> Result<(), ConfigProblem> {
+        let not_for_sim = |field| ConfigProblem::NotForKind { field, kind: "sim" };
+        if self.base_url.is_some() {
+            return Err(not_for_sim("base_url"));
+        }
+        if self.api_key_env.is_some() {
+            return Err(not_for_sim("api_key_env"));
+        }
+        if self.connect_timeout_ms.is_some() {
+            return Err(not_for_sim("connect_timeout_ms"));
+        }
+        self.sim.as_ref().map_or(Ok(()), SimConfig::check)
+    }
+
+    fn check_openai(&self) -> Result<(), ConfigProblem> {
+        if self.sim.is_some() {
+            return Err(ConfigProblem::NotForKind { field: "sim", kind: "openai-compatible" });
+        }
+        check_base_url(self.base_url.as_deref().ok_or(ConfigProblem::MissingBaseUrl)?)?;
+        if let Some(var) = &self.api_key_env {
+            check_env_name(var)?;
+        }
+        if self.connect_timeout_ms == Some(0) {
+            return Err(ConfigProblem::ZeroConnectTimeout);
+        }
+        Ok(())
+    }
+}
+
+fn check_base_url(raw: &str) -> Result<(), ConfigProblem> {
+    let url = reqwest::Url::parse(raw).map_err(|_| ConfigProblem::BadBaseUrl("is not a valid absolute URL"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigProblem::BadBaseUrl("must start with http:// or https://"));
+    }
+    // Credentials in a URL end up in error messages; keys belong in `api_key_env`.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigProblem::BadBaseUrl("must not embed credentials; use `api_key_env`"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigProblem::BadBaseUrl("must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+fn check_env_name(var: &str) -> Result<(), ConfigProblem> {
+    let mut chars = var.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err(ConfigProblem::BadKeyEnvName)
+    }
+}
+
+impl SimConfig {
+    fn check(&self) -> Result<(), ConfigProblem> {
+        let LatencyConfig { median_ms, p99_ms } = self.latency;
+        if !(median_ms.is_finite() && p99_ms.is_finite() && 0.0 <= median_ms && median_ms <= p99_ms) {
+            return Err(ConfigProblem::BadLatency { median_ms, p99_ms });
+        }
+        let rates = self.faults.named();
+        if let Some(&(name, value)) = rates.iter().find(|(_, v)| !(0.0..=1.0).contains(v)) {
+            return Err(ConfigProblem::BadRate { name, value });
+        }
+        let sum: f64 = rates.iter().map(|(_, v)| v).sum();
+        if sum > 1.0 + 1e-9 {
+            return Err(ConfigProblem::RatesAboveOne(sum));
+        }
+        match self.outages.iter().position(|o| o.duration_ms == 0) {
+            Some(i) => Err(ConfigProblem::EmptyOutage(i)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        deployments: BTreeMap<String, DeploymentConfig>,
+    }
+
+    fn parse(toml_text: &str) -> Result<BTreeMap<String, DeploymentConfig>, toml::de::Error> {
+        toml::from_str::<File>(toml_text).map(|f| f.deployments)
+    }
+
+    fn problem(toml_text: &str) -> ConfigProblem {
+        let (name, d) = parse(toml_text).unwrap().into_iter().next().unwrap();
+        d.validate(&name).unwrap_err().problem
+    }
+
+    #[test]
+    fn parses_both_kinds_with_defaults() {
+        let d = parse(
+            r#"
+            [deployments.openai]
+            kind = "openai-compatible"
+            base_url = "https://api.openai.com/v1"
+            api_key_env = "OPENAI_API_KEY"
+            concurrency = 32
+            model_concurrency = { "gpt-4o-mini" = 8 }
+
+            [deployments.demo]
+            kind = "sim"
+            sim = { latency = { median_ms = 50.0, p99_ms = 400.0 }, faults = { rate_limit = 0.1 }, outages = [{ start_ms = 10000, duration_ms = 5000 }], seed = 7 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(d["openai"].kind, ProviderKind::OpenAiCompatible);
+        assert_eq!(d["openai"].model_concurrency["gpt-4o-mini"], 8);
+        let sim = d["demo"].sim.as_ref().unwrap();
+        assert_eq!(sim.faults.rate_limit, 0.1);
+        assert_eq!(sim.faults.retry_after_ms, 1000);
+        assert_eq!(sim.output_tokens, 64);
+        assert_eq!(sim.outages, [Outage { start_ms: 10_000, duration_ms: 5_000 }]);
+        for (name, dep) in &d {
+            dep.validate(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_keys_at_every_level() {
+        let top = parse("[deployments.a]\nkind = \"sim\"\nbase_ulr = \"x\"").unwrap_err();
+        assert!(top.to_string().contains("base_ulr"), "{top}");
+        let nested = parse("[deployments.a]\nkind = \"sim\"\nsim = { faults = { hangs = 0.1 } }").unwrap_err();
+        assert!(nested.to_string().contains("hangs"), "{nested}");
+        let kind = parse("[deployments.a]\nkind = \"openai\"").unwrap_err();
+        assert!(kind.to_string().contains("openai-compatible"), "{kind}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert_eq!(problem("[deployments.a]\nkind = \"openai-compatible\""), ConfigProblem::MissingBaseUrl);
+        let e = problem("[deployments.a]\nkind = \"sim\"\nbase_url = \"http://x\"");
+        assert_eq!(e, ConfigProblem::NotForKind { field: "base_url", kind: "sim" });
+        let e = problem("[deployments.a]\nkind = \"openai-compatible\"\nbase_url = \"ftp://x\"");
+        assert!(matches!(e, ConfigProblem::BadBaseUrl(_)));
+        let e = problem("[deployments.a]\nkind = \"openai-compatible\"\nbase_url = \"https://u:p@x\"");
+        assert!(e.to_string().contains("credentials"));
+        let e = problem("[deployments.a]\nkind = \"sim\"\nsim = { latency = { median_ms = 10.0, p99_ms = 5.0 } }");
+        assert!(matches!(e, ConfigProblem::BadLatency { .. }));
+        let e = problem("[deployments.a]\nkind = \"sim\"\nsim = { faults = { hang = 0.6, reset = 0.6 } }");
+        assert!(matches!(e, ConfigProblem::RatesAboveOne(_)));
+        let e = problem("[deployments.a]\nkind = \"sim\"\nsim = { faults = { hang = -0.1 } }");
+        assert_eq!(e, ConfigProblem::BadRate { name: "hang", value: -0.1 });
+        let e = problem("[deployments.a]\nkind = \"sim\"\nconcurrency = 0");
+        assert_eq!(e, ConfigProblem::ZeroConcurrency("concurrency".into()));
+        let e = problem("[deployments.a]\nkind = \"sim\"\nsim = { outages = [{ start_ms = 1, duration_ms = 0 }] }");
+        assert_eq!(e, ConfigProblem::EmptyOutage(0));
+    }
+
+    #[test]
+    fn a_pasted_key_in_api_key_env_is_rejected_without_being_echoed() {
+        let key = "sk-proj-THIS-IS-A-KEY";
+        let text = format!(
+            "[deployments.a]\nkind = \"openai-compatible\"\nbase_url = \"https://x/v1\"\napi_key_env = \"{key}\""
+        );
+        let (name, d) = parse(&text).unwrap().into_iter().next().unwrap();
+        let err = d.validate(&name).unwrap_err();
+        assert_eq!(err.problem, ConfigProblem::BadKeyEnvName);
+        assert!(!err.to_string().contains(key));
+        assert!(!format!("{err:?}").contains(key));
+    }
+}
