@@ -567,8 +567,9 @@ where
             == WriteOutcome::Applied
         {
             self.ports.metrics.record(Metric::Failed(class));
-            if dead_letter_reason.is_some() {
-                self.ports.metrics.record(Metric::DeadLettered);
+            if let Some(reason) = &dead_letter_reason {
+                let task_id = record.task.id.clone();
+                self.ports.metrics.record(Metric::DeadLettered { task_id, reason: reason.clone() });
             }
         }
         Ok(match dead_letter_reason {

@@ -523,7 +523,7 @@ impl MetricsSink for CountingSink {
                 bump(&c.retries)
             }
             Metric::Deferred(_) => bump(&c.deferred),
-            Metric::DeadLettered => bump(&c.dead_lettered),
+            Metric::DeadLettered { .. } => bump(&c.dead_lettered),
             Metric::Cancelled => bump(&c.cancelled),
             Metric::BreakerChanged { deployment, state } => {
                 if state == BreakerState::Open {

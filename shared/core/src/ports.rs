@@ -365,8 +365,13 @@ pub enum Metric {
     RetryScheduled(ErrorClass),
     /// A delivery was deferred without using an attempt.
     Deferred(DeferReason),
-    /// A task was dead-lettered.
-    DeadLettered,
+    /// A task was dead-lettered by the engine.
+    DeadLettered {
+        /// The task.
+        task_id: String,
+        /// Why.
+        reason: String,
+    },
     /// A task was cancelled while running.
     Cancelled,
     /// A deployment's breaker changed state.

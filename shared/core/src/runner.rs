@@ -6,10 +6,10 @@
 //! concurrency limit until a permit of that key is free. A maintenance tick (every `poll`)
 //! looks for resumes, frees limit-parked work and aborts calls of tasks cancelled elsewhere.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -21,6 +21,7 @@ use crate::ports::{
     BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink,
     TaskStore, WorkQueue,
 };
+use crate::ports::PendingTask;
 use crate::provider::Provider;
 use crate::time::Clock;
 
@@ -54,12 +55,29 @@ impl Parking {
     }
 }
 
+/// What the runner has done so far, for progress displays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Deliveries finished for good (each is one task that reached a terminal state).
+    pub finished: u64,
+    /// Tasks waiting for a scheduled retry.
+    pub retrying: usize,
+    /// Deliveries queued or parked.
+    pub waiting: usize,
+    /// Deliveries being processed.
+    pub active: usize,
+    /// Deliveries parked by a pause.
+    pub paused: usize,
+}
+
 /// The embedded loop.
 pub struct Runner<S, B, L, M, P, C, Q> {
     engine: Arc<Engine<S, B, L, M, P, C>>,
     queue: Arc<Q>,
     config: RunnerConfig,
     active: AtomicUsize,
+    finished: AtomicU64,
+    retrying: Mutex<HashSet<String>>,
     parking: Mutex<Parking>,
 }
 
@@ -84,6 +102,8 @@ where
             queue,
             config,
             active: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
+            retrying: Mutex::default(),
             parking: Mutex::default(),
         })
     }
@@ -101,22 +121,28 @@ where
             + parking.limited.values().map(VecDeque::len).sum::<usize>()
     }
 
-    /// Whether work is parked because of a pause.
-    pub fn paused_parked(&self) -> usize {
-        self.lock_parking().paused.len()
+    /// What the runner has done so far.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            finished: self.finished.load(Ordering::Relaxed),
+            retrying: self.retrying.lock().expect("poisoned").len(),
+            waiting: self.waiting(),
+            active: self.active.load(Ordering::Relaxed),
+            paused: self.lock_parking().paused.len(),
+        }
     }
 
     /// Take over the store: release leases left by a dead runner (the caller holds the store's
-    /// lock) and queue every unfinished task. Returns (released leases, queued tasks).
-    pub async fn recover(&self) -> Result<(u64, usize), StoreError> {
+    /// lock) and queue the unfinished tasks that `wanted` selects. Returns (released leases,
+    /// queued tasks).
+    pub async fn recover(&self, wanted: impl Fn(&PendingTask) -> bool) -> Result<(u64, usize), StoreError> {
         let store = &self.engine.ports().store;
-        let released = store
-            .release_all_leases(self.engine.ports().clock.now())
-            .await?;
+        let released = store.release_all_leases(self.engine.ports().clock.now()).await?;
         let pending = store.pending().await?;
         let now = self.engine.ports().clock.now();
         let deliveries: Vec<_> = pending
             .iter()
+            .filter(|p| wanted(p))
             .map(|p| (Delivery::of(p), crate::time::until(p.ready_at, now)))
             .collect();
         let n = deliveries.len();
@@ -188,8 +214,14 @@ where
             .keys_for(&d.provider_id, &d.model_id);
         d.receive_count += 1;
         match decision {
-            Decision::Ack | Decision::DeadLetter { .. } => {}
-            Decision::Retry { delay } => self.queue.send(vec![(d, delay)]).await?,
+            Decision::Ack | Decision::DeadLetter { .. } => {
+                self.retrying.lock().expect("poisoned").remove(&d.task_id);
+                self.finished.fetch_add(1, Ordering::Relaxed);
+            }
+            Decision::Retry { delay } => {
+                self.retrying.lock().expect("poisoned").insert(d.task_id.clone());
+                self.queue.send(vec![(d, delay)]).await?;
+            }
             Decision::Defer {
                 reason: DeferReason::Paused,
                 ..

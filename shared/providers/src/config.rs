@@ -214,8 +214,7 @@ pub enum ConfigProblem {
 impl DeploymentConfig {
     /// Check the configuration of deployment `name`.
     pub fn validate(&self, name: &str) -> Result<(), ConfigError> {
-        self.check()
-            .map_err(|problem| ConfigError { deployment: name.to_owned(), problem })
+        self.check().map_err(|problem| ConfigError { deployment: name.to_owned(), problem })
     }
 
     fn check(&self) -> Result<(), ConfigProblem> {

@@ -52,15 +52,10 @@ pub enum Adapter {
 }
 
 impl Provider for Adapter {
-    fn call(
-        &self,
-        request: ProviderRequest,
-    ) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
-        async move {
-            match self {
-                Self::Sim(sim) => sim.call(request).await,
-                Self::OpenAi(openai) => openai.call(request).await,
-            }
+    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        match self {
+            Self::Sim(sim) => sim.call(request).await,
+            Self::OpenAi(openai) => openai.call(request).await,
         }
     }
 }
@@ -162,10 +157,7 @@ fn api_key(deployment: &str, var: &str, env: &impl Fn(&str) -> Option<String>) -
 }
 
 impl Provider for Deployments {
-    fn call(
-        &self,
-        request: ProviderRequest,
-    ) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
+    fn call(&self, request: ProviderRequest) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
         self.dispatch(request)
     }
 }

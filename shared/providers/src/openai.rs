@@ -187,8 +187,8 @@ async fn read_answer(
     stream: bool,
     started: Instant,
 ) -> Result<(Answer, Option<Duration>), ProviderError> {
-    let is_sse = header_string(response.headers(), CONTENT_TYPE.as_str())
-        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let is_sse =
+        header_string(response.headers(), CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with("text/event-stream"));
     if stream && is_sse {
         return read_stream(response, started).await;
     }
@@ -227,10 +227,7 @@ fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 impl Provider for OpenAiCompatible {
-    fn call(
-        &self,
-        request: ProviderRequest,
-    ) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
+    fn call(&self, request: ProviderRequest) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
         self.run(request)
     }
 }

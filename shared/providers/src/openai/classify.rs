@@ -57,7 +57,12 @@ impl ErrorFields {
 }
 
 /// Classify a non-success response.
-pub(crate) fn classify_response(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> ProviderError {
+pub(crate) fn classify_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+) -> ProviderError {
     let fields = ErrorFields::from_body(body);
     let code = fields.provider_code();
     let detail = cap(&describe(status, &fields, body));
@@ -79,11 +84,7 @@ fn describe(status: StatusCode, fields: &ErrorFields, body: &[u8]) -> String {
     }
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
-    if text.is_empty() {
-        status.canonical_reason().unwrap_or("unexpected status").to_owned()
-    } else {
-        text.to_owned()
-    }
+    if text.is_empty() { status.canonical_reason().unwrap_or("unexpected status").to_owned() } else { text.to_owned() }
 }
 
 /// A transient error for an `error` object sent inside a 200 stream.
@@ -123,11 +124,7 @@ pub(crate) fn transport_error(error: &reqwest::Error) -> ProviderError {
         "request failed"
     };
     let detail = cap(&format!("{what}: {}", error_chain(error)));
-    if error.is_builder() {
-        ProviderError::permanent(detail)
-    } else {
-        ProviderError::transient(detail)
-    }
+    if error.is_builder() { ProviderError::permanent(detail) } else { ProviderError::transient(detail) }
 }
 
 /// `error: source: source…` — `ProviderError` has no source field, so the chain is kept as text.
@@ -158,7 +155,11 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (*k, HeaderValue::from_str(v).unwrap())).map(|(k, v)| (k.parse().unwrap(), v)).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (*k, HeaderValue::from_str(v).unwrap()))
+            .map(|(k, v)| (k.parse().unwrap(), v))
+            .collect()
     }
 
     fn error_body(code: &str, kind: &str) -> Vec<u8> {
@@ -192,7 +193,8 @@ mod tests {
         assert_eq!(t.provider_code.as_deref(), Some("context_length_exceeded"));
         assert_eq!(t.provider_status, Some(400));
         assert!(t.message.contains("maximum context length"));
-        let no_code = classify_response(StatusCode::UNAUTHORIZED, &HeaderMap::new(), &error_body("", "auth"), SystemTime::now());
+        let no_code =
+            classify_response(StatusCode::UNAUTHORIZED, &HeaderMap::new(), &error_body("", "auth"), SystemTime::now());
         assert_eq!(no_code.to_task_error().provider_code.as_deref(), Some("auth"));
     }
 

@@ -101,8 +101,8 @@ impl StreamAccumulator {
         if let Some(usage) = chunk.usage {
             self.usage = Some(usage.into());
         }
-        if let Some(choice) = chunk.choices.into_iter().next() {
-            if let Some(content) = choice.delta.content {
+        if let Some(choice) = chunk.choices.into_iter().flatten().next() {
+            if let Some(content) = choice.delta.and_then(|d| d.content) {
                 self.text.push_str(&content);
             }
             if choice.finish_reason.is_some() {
@@ -128,6 +128,15 @@ mod tests {
         "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
         "data: [DONE]\n\n",
     );
+
+    #[test]
+    fn a_usage_chunk_with_null_choices_is_read() {
+        let mut acc = StreamAccumulator::default();
+        acc.feed(b"data: {\"choices\":[{\"delta\":null,\"finish_reason\":\"length\"}]}\n").unwrap();
+        acc.feed(b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3}}\n").unwrap();
+        let answer = acc.finish().unwrap();
+        assert_eq!((answer.finish_reason.as_str(), answer.usage.output_tokens), ("length", 3));
+    }
 
     #[test]
     fn accumulates_across_arbitrary_splits() {

@@ -111,8 +111,9 @@ impl From<WireUsage> for Usage {
 pub(crate) struct Chunk {
     pub id: Option<String>,
     pub model: Option<String>,
+    /// `null` or absent in the usage-only chunk of some compatible servers (vLLM).
     #[serde(default)]
-    pub choices: Vec<ChunkChoice>,
+    pub choices: Option<Vec<ChunkChoice>>,
     pub usage: Option<WireUsage>,
     pub error: Option<Value>,
 }
@@ -121,7 +122,7 @@ pub(crate) struct Chunk {
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChunkChoice {
     #[serde(default)]
-    pub delta: Delta,
+    pub delta: Option<Delta>,
     pub finish_reason: Option<String>,
 }
 

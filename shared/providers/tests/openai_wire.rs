@@ -1,0 +1,271 @@
+//! The OpenAI-compatible adapter against a local server replaying OpenAI's wire format
+//! (`support/fixtures.rs`): answers, streams, every error class, transport failures,
+//! cancellation by drop, and key redaction. Nothing here reaches the internet.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::json;
+use support::{FAKE_KEY, HangServer, RawFault, WireServer, deployments_at, raw_server};
+use taskexec_core::error::{ErrorClass, ProviderError};
+use taskexec_core::provider::{Provider, ProviderRequest};
+use taskexec_core::task::BenchmarkTask;
+
+fn request(stream: bool) -> ProviderRequest {
+    let task: BenchmarkTask = serde_json::from_value(json!({
+        "id": "task-42", "providerId": "d", "modelId": "gpt-4o-mini", "prompt": "Say hello",
+        "parameters": {
+            "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
+            "stop": ["END"], "seed": 7, "responseFormat": {"type": "text"}, "stream": stream,
+            "extra": {"logit_bias": {"50256": -100}, "user": "bench"}
+        }
+    }))
+    .unwrap();
+    ProviderRequest::for_task(&task, "d", 3)
+}
+
+async fn fail(server: &WireServer, scenario: &str) -> ProviderError {
+    server.deployments(scenario).call(request(false)).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn success_maps_the_request_and_reads_the_answer() {
+    let server = WireServer::start().await;
+    let answer = server.deployments("ok").call(request(false)).await.unwrap();
+    assert_eq!(answer.text, "Hello! How can I assist you today?");
+    assert_eq!(answer.finish_reason, "stop");
+    assert_eq!((answer.usage.input_tokens, answer.usage.output_tokens, answer.usage.cached_tokens), (19, 10, Some(4)));
+    assert_eq!(answer.model, "gpt-4o-mini-2024-07-18");
+    assert_eq!(answer.request_id.as_deref(), Some("req_8f2c"));
+    assert!(answer.latency > Duration::ZERO && answer.ttft.is_none());
+
+    let seen = server.recorded().pop().unwrap();
+    let header = |name: &str| seen.headers.get(name).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(header("x-taskexec-task-id"), "task-42");
+    assert_eq!(header("x-taskexec-attempt"), "3");
+    assert_eq!(header("authorization"), format!("Bearer {FAKE_KEY}"));
+    assert_eq!(header("content-type"), "application/json");
+    assert_eq!(
+        seen.body,
+        json!({
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}],
+            "temperature": 0.2, "top_p": 0.9, "max_tokens": 50, "stop": ["END"], "seed": 7,
+            "response_format": {"type": "text"},
+            "logit_bias": {"50256": -100}, "user": "bench"
+        })
+    );
+}
+
+#[tokio::test]
+async fn streamed_success_reads_deltas_usage_and_ttft() {
+    let server = WireServer::start().await;
+    let answer = server.deployments("stream").call(request(true)).await.unwrap();
+    assert_eq!(answer.text, "Hello there!");
+    assert_eq!(answer.finish_reason, "stop");
+    assert_eq!((answer.usage.input_tokens, answer.usage.output_tokens), (9, 3));
+    assert_eq!(answer.request_id.as_deref(), Some("chatcmpl-123"));
+    let ttft = answer.ttft.expect("a streamed answer has a time to first token");
+    assert!(ttft <= answer.latency);
+    let body = server.recorded().pop().unwrap().body;
+    assert_eq!(body["stream"], json!(true));
+    assert_eq!(body["stream_options"], json!({"include_usage": true}));
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_reused() {
+    let server = WireServer::start().await;
+    let deployments = server.deployments("ok");
+    for _ in 0..3 {
+        deployments.call(request(false)).await.unwrap();
+    }
+    let peers: Vec<_> = server.recorded().iter().map(|r| r.peer).collect();
+    assert!(peers.windows(2).all(|w| w[0] == w[1]), "{peers:?}");
+}
+
+#[tokio::test]
+async fn rate_limit_uses_retry_after_seconds() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "rate_limit_s").await;
+    assert_eq!(e.class(), ErrorClass::RateLimited);
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+    let t = e.to_task_error();
+    assert_eq!((t.provider_status, t.provider_code.as_deref()), (Some(429), Some("rate_limit_exceeded")));
+    assert!(t.message.starts_with("Rate limit reached for gpt-4o-mini"));
+}
+
+#[tokio::test]
+async fn rate_limit_prefers_retry_after_ms() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "rate_limit_ms").await;
+    assert_eq!(e.class(), ErrorClass::RateLimited);
+    assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
+}
+
+#[tokio::test]
+async fn insufficient_quota_is_permanent() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "quota").await;
+    assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(429)));
+    assert_eq!(e.to_task_error().provider_code.as_deref(), Some("insufficient_quota"));
+}
+
+#[tokio::test]
+async fn context_length_exceeded_is_permanent() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "context").await;
+    assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(400)));
+    let t = e.to_task_error();
+    assert_eq!(t.provider_code.as_deref(), Some("context_length_exceeded"));
+    assert!(t.message.contains("maximum context length is 128000 tokens"));
+}
+
+#[tokio::test]
+async fn unauthorized_is_permanent_and_the_echoed_key_is_scrubbed() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "unauthorized").await;
+    assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(401)));
+    assert_eq!(e.to_task_error().provider_code.as_deref(), Some("invalid_api_key"));
+    assert!(e.to_string().contains("Incorrect API key provided: [redacted]"), "{e}");
+    assert_no_key(&[e.to_string(), format!("{e:?}"), format!("{:?}", e.to_task_error())]);
+}
+
+#[tokio::test]
+async fn server_errors_are_transient_and_keep_retry_after() {
+    let server = WireServer::start().await;
+    let e500 = fail(&server, "server_error").await;
+    assert_eq!((e500.class(), e500.status(), e500.retry_after()), (ErrorClass::Transient, Some(500), None));
+    assert_eq!(e500.to_task_error().provider_code.as_deref(), Some("server_error"));
+    let e503 = fail(&server, "unavailable").await;
+    assert_eq!((e503.class(), e503.status()), (ErrorClass::Transient, Some(503)));
+    assert_eq!(e503.retry_after(), Some(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn a_malformed_200_is_transient() {
+    let server = WireServer::start().await;
+    let e = fail(&server, "malformed").await;
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert!(e.to_string().contains("malformed response body"), "{e}");
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_done_is_transient() {
+    let server = WireServer::start().await;
+    let e = server.deployments("truncated_stream").call(request(true)).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert!(e.to_string().contains("truncated stream"), "{e}");
+}
+
+#[tokio::test]
+async fn transport_failures_are_transient() {
+    for (fault, stream) in
+        [(RawFault::CloseBeforeResponse, false), (RawFault::ResetMidBody, false), (RawFault::ResetMidStream, true)]
+    {
+        let base = raw_server(fault).await;
+        let e = deployments_at(&base).call(request(stream)).await.unwrap_err();
+        assert_eq!((e.class(), e.status()), (ErrorClass::Transient, None), "{fault:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    drop(listener);
+    let e = deployments_at(&base).call(request(false)).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient);
+    assert!(e.to_string().contains("connect failed"), "{e}");
+}
+
+/// Start a call, let it run ~100 ms after the server has it, drop it, and check that the
+/// server sees the connection close long before its 60 s answer.
+async fn assert_drop_closes_connection(mut server: HangServer, stream: bool) {
+    let deployments = deployments_at(&server.base);
+    // Boxed, so that `drop` really drops the future (a `tokio::pin!`ned one lives to scope end).
+    let mut call = Box::pin(deployments.call(request(stream)));
+    tokio::select! {
+        _ = &mut call => panic!("the hanging server answered"),
+        _ = server.entered.recv() => {}
+    }
+    let still_running = tokio::time::timeout(Duration::from_millis(100), &mut call).await;
+    assert!(still_running.is_err(), "the call must still be waiting");
+    drop(call);
+    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
+        .await
+        .expect("the server should see the connection close long before its 60 s answer");
+}
+
+#[tokio::test]
+async fn dropping_the_call_closes_the_connection() {
+    assert_drop_closes_connection(HangServer::start().await, false).await;
+}
+
+#[tokio::test]
+async fn dropping_a_streamed_call_mid_stream_closes_the_connection() {
+    assert_drop_closes_connection(HangServer::start_streaming().await, true).await;
+}
+
+#[tokio::test]
+async fn the_key_never_appears_in_debug_errors_or_logs() {
+    let logs = capture_logs();
+    let server = WireServer::start().await;
+    let mut seen = vec![format!("{:?}", server.deployments("ok")), format!("{:#?}", server.deployments("ok"))];
+    server.deployments("ok").call(request(false)).await.unwrap();
+    for scenario in ["unauthorized", "context", "rate_limit_s", "malformed", "nope"] {
+        let e = fail(&server, scenario).await;
+        seen.extend([e.to_string(), format!("{e:?}")]);
+    }
+    let e = deployments_at("http://127.0.0.1:1/v1").call(request(false)).await.unwrap_err();
+    seen.push(e.to_string());
+    let log_text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(log_text.contains("provider call"), "the adapter logs its calls: {log_text}");
+    seen.push(log_text);
+    assert_no_key(&seen);
+}
+
+fn assert_no_key(texts: &[String]) {
+    for text in texts {
+        assert!(!text.contains(FAKE_KEY), "key leaked in: {text}");
+        assert!(!text.contains("FAKE-KEY"), "part of the key leaked in: {text}");
+    }
+}
+
+/// Every log line of this test binary, at TRACE, from the moment this is first called.
+///
+/// A global subscriber rather than `set_default`: a thread-local one misses events whose
+/// callsites other tests' threads registered first, which made this test flaky.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let logs = logs.clone();
+            move || LogWriter(logs.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
