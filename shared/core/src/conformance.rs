@@ -30,21 +30,32 @@ pub use submit::*;
 use std::collections::BTreeMap;
 
 use crate::error::{ErrorClass, TaskError};
-use crate::ports::{
-    BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, FinishRequest, Outcome, TaskStore,
-};
-use crate::task::{
-    AttemptRecord, BenchmarkTask, TaskParameters, TaskPriority, TaskRecord, TaskResult, Usage,
-};
+use crate::ports::{BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, FinishRequest, Outcome, TaskStore};
+use crate::task::{AttemptRecord, BenchmarkTask, TaskParameters, TaskPriority, TaskRecord, TaskResult, Usage};
 use crate::time::Millis;
 
 /// Every store port the suite exercises, as one bound.
+///
+/// ```
+/// use taskexec_core::conformance::Store;
+/// use taskexec_core::memory::MemoryStore;
+/// fn takes_any_store(_: impl Store) {}
+/// takes_any_store(MemoryStore::default());
+/// ```
 pub trait Store: TaskStore + ControlStore + BreakerStore {}
 
 impl<S: TaskStore + ControlStore + BreakerStore> Store for S {}
 
 /// What a test factory may return: a store, or a store with a guard that must outlive it (a
 /// temporary directory holding a database file, a table to delete afterwards).
+///
+/// ```
+/// use taskexec_core::conformance::Fixture;
+/// use taskexec_core::memory::MemoryStore;
+/// let (_store, ()) = MemoryStore::default().split();
+/// let (_store, guard) = (MemoryStore::default(), "kept until the case ends").split();
+/// assert_eq!(guard, "kept until the case ends");
+/// ```
 pub trait Fixture {
     /// The store under test.
     type Store: Store;
@@ -163,22 +174,12 @@ pub(crate) fn task_for(id: &str, run: &str, provider: &str, model: &str, at: Mil
 
 /// The stored record of a task that must exist.
 pub(crate) async fn get<S: Store>(store: &S, id: &str) -> TaskRecord {
-    store
-        .get(id)
-        .await
-        .expect("get")
-        .unwrap_or_else(|| panic!("task {id} is missing"))
+    store.get(id).await.expect("get").unwrap_or_else(|| panic!("task {id} is missing"))
 }
 
 /// The kinds of a task's audit events, oldest first.
 pub(crate) async fn kinds<S: Store>(store: &S, id: &str) -> Vec<String> {
-    store
-        .events(id)
-        .await
-        .expect("events")
-        .into_iter()
-        .map(|e| e.kind)
-        .collect()
+    store.events(id).await.expect("events").into_iter().map(|e| e.kind).collect()
 }
 
 /// Submit records that must all be new.
@@ -190,12 +191,7 @@ pub(crate) async fn submit_new<S: Store>(store: &S, records: Vec<TaskRecord>) {
 
 /// A claim by `w1` at `now` with a lease of [`LEASE_MS`].
 pub(crate) fn claim_at(id: &str, now: Millis) -> ClaimRequest {
-    ClaimRequest {
-        task_id: id.to_owned(),
-        owner: "w1".to_owned(),
-        now,
-        lease_until: now + LEASE_MS,
-    }
+    ClaimRequest { task_id: id.to_owned(), owner: "w1".to_owned(), now, lease_until: now + LEASE_MS }
 }
 
 /// Claim a task that must be claimable, returning the record as claimed.
@@ -238,11 +234,7 @@ pub(crate) fn result(latency_ms: f64) -> TaskResult {
     TaskResult {
         text: "answer".to_owned(),
         finish_reason: "stop".to_owned(),
-        usage: Usage {
-            input_tokens: 10,
-            output_tokens: 20,
-            cached_tokens: None,
-        },
+        usage: Usage { input_tokens: 10, output_tokens: 20, cached_tokens: None },
         deployment: "sim".to_owned(),
         model: "m".to_owned(),
         request_id: Some("req-1".to_owned()),
@@ -264,8 +256,5 @@ pub(crate) fn error(class: ErrorClass) -> TaskError {
 
 /// A failure without dead-lettering.
 pub(crate) fn failed(class: ErrorClass) -> Outcome {
-    Outcome::Failed {
-        error: error(class),
-        dead_letter_reason: None,
-    }
+    Outcome::Failed { error: error(class), dead_letter_reason: None }
 }

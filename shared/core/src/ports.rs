@@ -214,18 +214,39 @@ pub struct GroupSummary {
 /// ```
 pub trait TaskStore: Send + Sync + 'static {
     /// Store new tasks idempotently (id + content hash), each with a `submitted` event.
+    ///
+    /// One outcome per record, in order: [`SubmitOutcome::Created`] stores the record as given;
+    /// an id already stored with the same `content_hash` is a [`SubmitOutcome::Duplicate`]
+    /// carrying the stored state, and one with another hash a [`SubmitOutcome::Conflict`]; in
+    /// both cases nothing is written (no record change, no event). A repeat inside one batch is
+    /// judged against the earlier record of the batch. Records are independent: a store may
+    /// commit a large batch in several transactions.
     fn submit(
         &self,
         records: Vec<TaskRecord>,
     ) -> impl Future<Output = StoreResult<Vec<SubmitOutcome>>> + Send;
-    /// Read one task.
+    /// Read one task (`None` if the id is unknown).
     fn get(&self, task_id: &str) -> impl Future<Output = StoreResult<Option<TaskRecord>>> + Send;
     /// Claim a task for one attempt (see [`ClaimOutcome`]); committed before returning.
+    ///
+    /// - unknown id → `NotFound`; completed, failed or cancelled → `Terminal(state)`;
+    /// - queued with `next_attempt_at > now` → `NotDue { at }`;
+    /// - running with `lease.until > now` → `LeaseHeld { until }` (a lease with `until <= now`
+    ///   has expired and the task is reclaimed);
+    /// - paused globally or for the task's run (read in the same atomic step) → `Paused`;
+    /// - otherwise `Claimed`: state running, `epoch + 1`, `attempt + 1`, lease set to
+    ///   (`owner`, `lease_until`), `started_at` set if unset (kept on later claims),
+    ///   `next_attempt_at` cleared, and a `claimed` event (`reclaimed` for an expired lease).
+    ///
+    /// Every outcome but `Claimed` changes nothing. Of many concurrent claims of one claimable
+    /// task exactly one is `Claimed`.
     fn claim(
         &self,
         request: ClaimRequest,
     ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
-    /// Extend the lease of a running attempt (fenced by epoch).
+    /// Extend the lease of a running attempt (fenced by epoch): `Applied` (lease `until` set)
+    /// only while the task is running with this `epoch`, otherwise `Stale` (also for an unknown
+    /// id). Writes no event.
     fn renew_lease(
         &self,
         task_id: &str,
@@ -233,17 +254,36 @@ pub trait TaskStore: Send + Sync + 'static {
         until: Millis,
     ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
     /// Record an attempt's outcome (fenced by epoch and `running`).
+    ///
+    /// Applies only if the task is running with `request.epoch`; otherwise `Stale` and nothing
+    /// changes (a stale worker, a cancelled task, a second finish, an unknown id). When applied:
+    /// lease cleared, `attempt`/`throttles` set to the request's, `record` appended to the
+    /// history, then per outcome:
+    /// - `Completed`: completed, `result` stored, `ended_at = now`, `error` cleared; event `completed`;
+    /// - `Retry`: queued, `error` and `next_attempt_at` stored; event `retryScheduled`;
+    /// - `Failed`: failed, `error` and `dead_letter_reason` stored, `ended_at = now`; event
+    ///   `failed`, then `deadLettered` when a reason is given;
+    /// - `Released`: queued, `next_attempt_at` cleared; event `released`.
+    ///
+    /// The epoch is unchanged. Of concurrent finishes with one epoch exactly one applies.
     fn finish(
         &self,
         request: FinishRequest,
     ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
     /// Cancel a queued or running task (bumps epoch).
+    ///
+    /// Queued or running → `Cancelled { was }`: state cancelled, `epoch + 1`, lease cleared,
+    /// `ended_at = now`, `error` of class `cancelled`, a `cancelled` event, and the control
+    /// state's `cancel_seq` + 1. Already finished → `AlreadyTerminal(state)`; unknown →
+    /// `NotFound`; neither changes anything.
     fn cancel(
         &self,
         task_id: &str,
         now: Millis,
     ) -> impl Future<Output = StoreResult<CancelOutcome>> + Send;
-    /// Give a failed task a fresh attempt budget (`failed → queued`).
+    /// Give a failed task a fresh attempt budget (`failed → queued`): `epoch + 1`, `attempt`
+    /// and `throttles` 0, `next_attempt_at`, `ended_at` and `dead_letter_reason` cleared, a
+    /// `redriven` event → `Applied`. Any other state (or an unknown id) → `Stale`, no change.
     fn redrive(
         &self,
         task_id: &str,
@@ -251,19 +291,27 @@ pub trait TaskStore: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
     /// Release every lease: `running → queued`. Only the process that owns the store (the
     /// embedded runner holding its lock) calls this, at start, to take over a dead runner's work.
+    ///
+    /// Lease cleared, `epoch` and `attempt` unchanged, a `released` event each; returns how many
+    /// tasks were released. The released attempts' writes are stale (the task is not running).
     fn release_all_leases(&self, now: Millis) -> impl Future<Output = StoreResult<u64>> + Send;
-    /// Append an event that changes no state (deferrals).
+    /// Append an event that changes no state (deferrals), as given.
     fn note(&self, event: AuditEvent) -> impl Future<Output = StoreResult<()>> + Send;
-    /// The audit trail of one task, oldest first.
+    /// The audit trail of one task, oldest first (insertion order), and only that task's.
     fn events(&self, task_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
-    /// Every queued or running task (for the embedded queue to rebuild itself).
+    /// Every queued or running task (for the embedded queue to rebuild itself), in submission
+    /// order, with `ready_at` = `next_attempt_at` if set, else `submitted_at`.
     fn pending(&self) -> impl Future<Output = StoreResult<Vec<PendingTask>>> + Send;
-    /// Per deployment/model figures of a run (`None`: all runs).
+    /// Per deployment/model figures of a run (`None`: all runs), one group per
+    /// (`provider_id`, `model_id`) that has tasks, ordered by that pair. The figures are those of
+    /// `crate::metrics::summarise`: counts per state, failures keyed by the JSON name of their
+    /// error class, dead-lettered tasks, retries = Σ max(attempt, 1) − 1, throttles Σ, the
+    /// `latency_ms` of each completed task's result, earliest `started_at`, latest `ended_at`.
     fn summary(
         &self,
         run_id: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<GroupSummary>>> + Send;
-    /// Records of a run, in submission order (for export).
+    /// Records of a run, whole and in submission order (for export).
     fn run_tasks(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
 }
 
@@ -299,9 +347,10 @@ impl ControlState {
 
 /// Control state: pause flags and the cancel signal.
 pub trait ControlStore: Send + Sync + 'static {
-    /// Read the control state.
+    /// Read the control state (a new store: not paused, no paused run, `cancel_seq` 0).
     fn control(&self) -> impl Future<Output = StoreResult<ControlState>> + Send;
-    /// Pause or resume.
+    /// Pause or resume, globally or for one run. Idempotent. Claims check it atomically (see
+    /// [`TaskStore::claim`]); attempts already running are not affected.
     fn set_paused(
         &self,
         scope: PauseScope,
@@ -311,12 +360,12 @@ pub trait ControlStore: Send + Sync + 'static {
 
 /// Circuit-breaker state per deployment. Written only when the state changes.
 pub trait BreakerStore: Send + Sync + 'static {
-    /// The stored snapshot of a deployment's breaker.
+    /// The stored snapshot of a deployment's breaker (`None` if never saved).
     fn load(
         &self,
         deployment: &str,
     ) -> impl Future<Output = StoreResult<Option<BreakerSnapshot>>> + Send;
-    /// Store a snapshot after a state change.
+    /// Store a snapshot after a state change, replacing the deployment's previous one.
     fn save(
         &self,
         deployment: &str,

@@ -66,8 +66,12 @@ async fn drive(store: Arc<SqliteStore>, next: Arc<AtomicUsize>, tasks: usize) {
         if i >= tasks {
             return;
         }
-        let request =
-            ClaimRequest { task_id: format!("task-{i:06}"), owner: "bench".into(), now: NOW, lease_until: NOW + 60_000 };
+        let request = ClaimRequest {
+            task_id: format!("task-{i:06}"),
+            owner: "bench".into(),
+            now: NOW,
+            lease_until: NOW + 60_000,
+        };
         let ClaimOutcome::Claimed(claimed) = store.claim(request).await.expect("claim") else { panic!("not claimed") };
         let written = store.finish(completion(&claimed)).await.expect("finish");
         assert_eq!(written, WriteOutcome::Applied);

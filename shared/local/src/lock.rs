@@ -52,7 +52,8 @@ impl RunnerLock {
         let path = lock_path(db_path.as_ref());
         let io_error = |source| LockError::Io { path: path.clone(), source };
         // Not truncated on open: the holder's pid must survive a failed attempt.
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(LockError::Held { pid: read_pid(&mut file), path }),
@@ -104,7 +105,10 @@ mod tests {
         let LockError::Held { path, pid } = &err else { panic!("expected Held, got {err:?}") };
         assert_eq!((path.as_path(), *pid), (first.path(), Some(std::process::id())));
         let message = err.to_string();
-        assert!(message.contains("tasks.db.lock") && message.contains(&format!("pid {}", std::process::id())), "{message}");
+        assert!(
+            message.contains("tasks.db.lock") && message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
 
         drop(first);
         let again = RunnerLock::acquire(&db).unwrap();

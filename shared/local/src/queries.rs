@@ -12,7 +12,8 @@ use crate::row::{parse_state, query_record, query_records, record_columns};
 
 /// One task.
 pub(crate) fn get(conn: &Connection, task_id: &str) -> StoreResult<Option<TaskRecord>> {
-    let mut stmt = conn.prepare_cached(concat!("SELECT ", record_columns!(), " FROM tasks WHERE id = ?1")).map_err(sql)?;
+    let mut stmt =
+        conn.prepare_cached(concat!("SELECT ", record_columns!(), " FROM tasks WHERE id = ?1")).map_err(sql)?;
     query_record(&mut stmt, [task_id])
 }
 

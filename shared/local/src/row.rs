@@ -92,7 +92,10 @@ impl RawRecord {
 }
 
 /// Read one full record from a statement that selects [`record_columns!`].
-pub(crate) fn query_record(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Params) -> StoreResult<Option<TaskRecord>> {
+pub(crate) fn query_record(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> StoreResult<Option<TaskRecord>> {
     let raw = {
         let mut rows = stmt.query(params).map_err(sql)?;
         match rows.next().map_err(sql)? {
@@ -104,7 +107,10 @@ pub(crate) fn query_record(stmt: &mut rusqlite::Statement<'_>, params: impl rusq
 }
 
 /// Every record a statement selecting [`record_columns!`] returns, in its order.
-pub(crate) fn query_records(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Params) -> StoreResult<Vec<TaskRecord>> {
+pub(crate) fn query_records(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> StoreResult<Vec<TaskRecord>> {
     let raws = stmt.query_map(params, raw_record).map_err(sql)?.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)?;
     raws.into_iter().map(RawRecord::into_record).collect()
 }

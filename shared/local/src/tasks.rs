@@ -65,7 +65,11 @@ fn submit_one(conn: &Connection, r: &TaskRecord) -> StoreResult<SubmitOutcome> {
     let mut existing = conn.prepare_cached("SELECT content_hash, state FROM tasks WHERE id = ?1").map_err(sql)?;
     let (hash, state): (String, String) =
         existing.query_row([&r.task.id], |row| Ok((row.get(0)?, row.get(1)?))).map_err(sql)?;
-    if hash == r.content_hash { Ok(SubmitOutcome::Duplicate(parse_state(&r.task.id, &state)?)) } else { Ok(SubmitOutcome::Conflict) }
+    if hash == r.content_hash {
+        Ok(SubmitOutcome::Duplicate(parse_state(&r.task.id, &state)?))
+    } else {
+        Ok(SubmitOutcome::Conflict)
+    }
 }
 
 /// The columns a claim decides on.
@@ -86,9 +90,7 @@ fn claim_view(conn: &Connection, task_id: &str) -> StoreResult<Option<ClaimView>
         )
         .map_err(sql)?;
     let row = stmt
-        .query_row([task_id], |row| {
-            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
-        })
+        .query_row([task_id], |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
         .optional()
         .map_err(sql)?;
     let Some((state, epoch, next_attempt_at, lease_until, paused)) = row else { return Ok(None) };
@@ -128,7 +130,8 @@ pub(crate) fn claim(conn: &Connection, req: &ClaimRequest) -> StoreResult<ClaimO
             record_columns!()
         ))
         .map_err(sql)?;
-    let params = params![to.as_str(), req.owner, req.lease_until, req.now, req.task_id, view.state.as_str(), view.epoch];
+    let params =
+        params![to.as_str(), req.owner, req.lease_until, req.now, req.task_id, view.state.as_str(), view.epoch];
     let record = query_record(&mut update, params)?.expect("the row was read in this transaction");
     let kind = if event == TaskEvent::Claim { "claimed" } else { "reclaimed" };
     append(conn, &req.task_id, req.now, kind, record.epoch, Some(&format!("attempt {}", record.attempt)))?;
@@ -187,8 +190,7 @@ const FINISH_COMPLETED: &str = finish_sql!(
     "next_attempt_at = NULL, ended_at = ?7, result_json = ?8, latency_ms = ?9, error_json = NULL, error_class = NULL"
 );
 const FINISH_RETRY: &str = finish_sql!("next_attempt_at = ?7, error_json = ?8, error_class = ?9");
-const FINISH_FAILED: &str =
-    finish_sql!("ended_at = ?7, error_json = ?8, error_class = ?9, dead_letter_reason = ?10");
+const FINISH_FAILED: &str = finish_sql!("ended_at = ?7, error_json = ?8, error_class = ?9, dead_letter_reason = ?10");
 const FINISH_RELEASED: &str = finish_sql!("next_attempt_at = NULL");
 
 fn finish_update(
@@ -288,7 +290,14 @@ pub(crate) fn note(conn: &Connection, event: &AuditEvent) -> StoreResult<()> {
     append(conn, &event.task_id, event.at, &event.kind, event.epoch, event.detail.as_deref())
 }
 
-fn append(conn: &Connection, task_id: &str, at: Millis, kind: &str, epoch: u64, detail: Option<&str>) -> StoreResult<()> {
+fn append(
+    conn: &Connection,
+    task_id: &str,
+    at: Millis,
+    kind: &str,
+    epoch: u64,
+    detail: Option<&str>,
+) -> StoreResult<()> {
     let mut stmt = conn
         .prepare_cached("INSERT INTO events (task_id, at, kind, epoch, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(sql)?;

@@ -14,12 +14,8 @@ pub async fn concurrent_claims_claim_once<S: Store>(store: S) {
     let racers: Vec<_> = (0..16)
         .map(|i| {
             let store = Arc::clone(&store);
-            let request = ClaimRequest {
-                task_id: "t1".into(),
-                owner: format!("w{i}"),
-                now: T0,
-                lease_until: T0 + 1_000,
-            };
+            let request =
+                ClaimRequest { task_id: "t1".into(), owner: format!("w{i}"), now: T0, lease_until: T0 + 1_000 };
             tokio::spawn(async move { store.claim(request).await.unwrap() })
         })
         .collect();
@@ -60,8 +56,5 @@ pub async fn concurrent_finishes_apply_once<S: Store>(store: S) {
 
     assert_eq!(applied, 1);
     assert_eq!(get(&*store, "t1").await.history.len(), 1);
-    assert_eq!(
-        kinds(&*store, "t1").await,
-        ["submitted", "claimed", "completed"]
-    );
+    assert_eq!(kinds(&*store, "t1").await, ["submitted", "claimed", "completed"]);
 }

@@ -3,9 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{
-    Store, T0, claimed, completed, error, failed, finish_of, get, submit_new, task, task_for,
-};
+use super::{Store, T0, claimed, completed, error, failed, finish_of, get, submit_new, task, task_for};
 use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::ErrorClass;
 use crate::ports::{AuditEvent, ControlState, GroupSummary, Outcome, PauseScope, PendingTask};
@@ -23,30 +21,15 @@ pub async fn events_are_per_task_in_order<S: Store>(store: S) {
         detail: Some(detail.into()),
     };
     store.note(deferred("a", T0 + 1, "paused")).await.unwrap();
-    store
-        .note(deferred("b", T0 + 2, "breaker open"))
-        .await
-        .unwrap();
-    store
-        .note(deferred("a", T0 + 3, "limit reached"))
-        .await
-        .unwrap();
+    store.note(deferred("b", T0 + 2, "breaker open")).await.unwrap();
+    store.note(deferred("a", T0 + 3, "limit reached")).await.unwrap();
 
     let a = store.events("a").await.unwrap();
     assert_eq!(a.len(), 3, "{a:?}");
     assert_eq!(a[0].kind, "submitted");
-    assert_eq!(
-        a[1..],
-        [
-            deferred("a", T0 + 1, "paused"),
-            deferred("a", T0 + 3, "limit reached")
-        ]
-    );
+    assert_eq!(a[1..], [deferred("a", T0 + 1, "paused"), deferred("a", T0 + 3, "limit reached")]);
     let b = store.events("b").await.unwrap();
-    assert_eq!(
-        b.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
-        ["submitted", "deferred"]
-    );
+    assert_eq!(b.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["submitted", "deferred"]);
     assert!(b.iter().all(|e| e.task_id == "b"));
     assert!(store.events("nope").await.unwrap().is_empty());
 }
@@ -58,23 +41,14 @@ pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {
     high.task.priority = TaskPriority::High;
     let high = TaskRecord::new(high.task, T0);
     submit_new(&store, vec![high]).await;
-    let later: Vec<_> = ["b", "c", "d", "e"]
-        .iter()
-        .map(|id| task_for(id, "r2", "p2", "m2", T0 + 10))
-        .collect();
+    let later: Vec<_> = ["b", "c", "d", "e"].iter().map(|id| task_for(id, "r2", "p2", "m2", T0 + 10)).collect();
     submit_new(&store, later).await;
     claimed(&store, "b", T0 + 20).await;
     let c = claimed(&store, "c", T0 + 20).await;
-    let retry = Outcome::Retry {
-        error: error(ErrorClass::Transient),
-        next_attempt_at: T0 + 500,
-    };
+    let retry = Outcome::Retry { error: error(ErrorClass::Transient), next_attempt_at: T0 + 500 };
     store.finish(finish_of(&c, retry, T0 + 30)).await.unwrap();
     let d = claimed(&store, "d", T0 + 20).await;
-    store
-        .finish(finish_of(&d, completed(1.0), T0 + 30))
-        .await
-        .unwrap();
+    store.finish(finish_of(&d, completed(1.0), T0 + 30)).await.unwrap();
     store.cancel("e", T0 + 30).await.unwrap();
 
     let pending = store.pending().await.unwrap();
@@ -112,11 +86,7 @@ async fn summary_scenario<S: Store>(store: &S) {
         task_for("r2task", "r2", "p1", "m1", T0),
     ];
     submit_new(store, records).await;
-    let finish = |id: &'static str,
-                  start: Millis,
-                  outcome: Outcome,
-                  attempt: u32,
-                  throttles: u32| async move {
+    let finish = |id: &'static str, start: Millis, outcome: Outcome, attempt: u32, throttles: u32| async move {
         let running = claimed(store, id, start).await;
         let mut request = finish_of(&running, outcome, start + 100);
         (request.attempt, request.throttles) = (attempt, throttles);
@@ -124,10 +94,7 @@ async fn summary_scenario<S: Store>(store: &S) {
     };
     finish("ok1", T0 + 5, completed(200.0), 2, 1).await;
     finish("ok2", T0 + 10, completed(100.0), 1, 0).await;
-    let dead = Outcome::Failed {
-        error: error(ErrorClass::Transient),
-        dead_letter_reason: Some("exhausted".into()),
-    };
+    let dead = Outcome::Failed { error: error(ErrorClass::Transient), dead_letter_reason: Some("exhausted".into()) };
     finish("dead", T0 + 20, dead, 3, 0).await;
     finish("perm", T0 + 30, failed(ErrorClass::Permanent), 1, 0).await;
     finish("other", T0 + 40, completed(7.0), 1, 5).await;
@@ -169,12 +136,7 @@ pub async fn summary_counts_per_group<S: Store>(store: S) {
 
     let groups = sorted(store.summary(Some("r1")).await.unwrap());
 
-    let solo = GroupSummary {
-        provider_id: "p0".into(),
-        model_id: "m9".into(),
-        queued: 1,
-        ..GroupSummary::default()
-    };
+    let solo = GroupSummary { provider_id: "p0".into(), model_id: "m9".into(), queued: 1, ..GroupSummary::default() };
     let other = GroupSummary {
         provider_id: "p1".into(),
         model_id: "m2".into(),
@@ -195,18 +157,9 @@ pub async fn summary_without_run_covers_all_runs<S: Store>(store: S) {
 
     let groups = sorted(store.summary(None).await.unwrap());
 
-    let keys: Vec<_> = groups
-        .iter()
-        .map(|g| (g.provider_id.as_str(), g.model_id.as_str()))
-        .collect();
+    let keys: Vec<_> = groups.iter().map(|g| (g.provider_id.as_str(), g.model_id.as_str())).collect();
     assert_eq!(keys, [("p0", "m9"), ("p1", "m1"), ("p1", "m2")]);
-    assert_eq!(
-        groups[1],
-        GroupSummary {
-            queued: 2,
-            ..p1_m1_of_r1()
-        }
-    );
+    assert_eq!(groups[1], GroupSummary { queued: 2, ..p1_m1_of_r1() });
 }
 
 /// A run's records come back whole, in submission order, and only that run's.
@@ -230,25 +183,13 @@ pub async fn control_pause_and_resume<S: Store>(store: S) {
 
     store.set_paused(PauseScope::Global, true).await.unwrap();
     store.set_paused(PauseScope::Global, true).await.unwrap();
-    store
-        .set_paused(PauseScope::Run("r1".into()), true)
-        .await
-        .unwrap();
-    store
-        .set_paused(PauseScope::Run("r2".into()), true)
-        .await
-        .unwrap();
+    store.set_paused(PauseScope::Run("r1".into()), true).await.unwrap();
+    store.set_paused(PauseScope::Run("r2".into()), true).await.unwrap();
     let paused = store.control().await.unwrap();
     assert!(paused.paused);
-    assert_eq!(
-        paused.paused_runs,
-        BTreeSet::from(["r1".to_owned(), "r2".to_owned()])
-    );
+    assert_eq!(paused.paused_runs, BTreeSet::from(["r1".to_owned(), "r2".to_owned()]));
 
-    store
-        .set_paused(PauseScope::Run("r1".into()), false)
-        .await
-        .unwrap();
+    store.set_paused(PauseScope::Run("r1".into()), false).await.unwrap();
     store.set_paused(PauseScope::Global, false).await.unwrap();
     let resumed = store.control().await.unwrap();
     assert!(!resumed.paused);
@@ -259,21 +200,11 @@ pub async fn control_pause_and_resume<S: Store>(store: S) {
 /// Breaker snapshots round-trip per deployment; a save replaces the previous one.
 pub async fn breaker_snapshot_round_trips<S: Store>(store: S) {
     assert_eq!(store.load("d1").await.unwrap(), None);
-    let open = BreakerSnapshot {
-        state: BreakerState::Open,
-        opens: 2,
-        open_until: Some(T0 + 10_000),
-        changed_at: T0,
-    };
+    let open = BreakerSnapshot { state: BreakerState::Open, opens: 2, open_until: Some(T0 + 10_000), changed_at: T0 };
     store.save("d1", open.clone()).await.unwrap();
     assert_eq!(store.load("d1").await.unwrap(), Some(open));
 
-    let closed = BreakerSnapshot {
-        state: BreakerState::Closed,
-        opens: 0,
-        open_until: None,
-        changed_at: T0 + 20_000,
-    };
+    let closed = BreakerSnapshot { state: BreakerState::Closed, opens: 0, open_until: None, changed_at: T0 + 20_000 };
     store.save("d1", closed.clone()).await.unwrap();
     assert_eq!(store.load("d1").await.unwrap(), Some(closed));
     assert_eq!(store.load("d2").await.unwrap(), None);

@@ -12,24 +12,15 @@ pub async fn submit_creates_queued_task<S: Store>(store: S) {
     record.task.deadline = Some(60_000);
     record.task.parameters.system = Some("be brief".into());
     record.task.parameters.temperature = Some(0.7);
-    record.task.metadata.insert(
-        "suite".into(),
-        serde_json::json!({"case": 3, "tags": ["a"]}),
-    );
+    record.task.metadata.insert("suite".into(), serde_json::json!({"case": 3, "tags": ["a"]}));
     let record = crate::task::TaskRecord::new(record.task, T0);
 
-    assert_eq!(
-        store.submit(vec![record.clone()]).await.unwrap(),
-        [SubmitOutcome::Created]
-    );
+    assert_eq!(store.submit(vec![record.clone()]).await.unwrap(), [SubmitOutcome::Created]);
 
     assert_eq!(get(&store, "t1").await, record);
     let events = store.events("t1").await.unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(
-        (events[0].task_id.as_str(), events[0].kind.as_str()),
-        ("t1", "submitted")
-    );
+    assert_eq!((events[0].task_id.as_str(), events[0].kind.as_str()), ("t1", "submitted"));
     assert_eq!((events[0].at, events[0].epoch), (T0, 0));
 }
 
@@ -56,10 +47,7 @@ pub async fn submit_different_content_is_conflict<S: Store>(store: S) {
     changed.task.prompt.push_str(" (edited)");
     let changed = crate::task::TaskRecord::new(changed.task, T0 + 5);
 
-    assert_eq!(
-        store.submit(vec![changed]).await.unwrap(),
-        [SubmitOutcome::Conflict]
-    );
+    assert_eq!(store.submit(vec![changed]).await.unwrap(), [SubmitOutcome::Conflict]);
     assert_eq!(get(&store, "t1").await, original);
     assert_eq!(kinds(&store, "t1").await, ["submitted"]);
 }
@@ -71,13 +59,7 @@ pub async fn submit_batch_keeps_order_of_mixed_outcomes<S: Store>(store: S) {
     conflicting.task.prompt = "another prompt".into();
     let conflicting = crate::task::TaskRecord::new(conflicting.task, T0);
 
-    let batch = vec![
-        task("b", "r1"),
-        task("a", "r1"),
-        conflicting,
-        task("c", "r1"),
-        task("b", "r1"),
-    ];
+    let batch = vec![task("b", "r1"), task("a", "r1"), conflicting, task("c", "r1"), task("b", "r1")];
     let out = store.submit(batch).await.unwrap();
 
     use SubmitOutcome::{Conflict, Created, Duplicate};
