@@ -49,10 +49,12 @@ fn store_err(e: taskexec_core::error::StoreError) -> Failure {
 pub async fn status(db: &Path, task: Option<&str>, run: Option<&str>, json: bool, events: bool) -> Result<u8, Failure> {
     let store = open(db)?;
     if let Some(id) = task {
-        let record = store.get(id).await.map_err(store_err)?.ok_or_else(|| Failure::input(anyhow!("no task with id {id}")))?;
+        let record =
+            store.get(id).await.map_err(store_err)?.ok_or_else(|| Failure::input(anyhow!("no task with id {id}")))?;
         let mut value = serde_json::to_value(record.status()).expect("status serialises");
         if events {
-            value["events"] = serde_json::to_value(store.events(id).await.map_err(store_err)?).expect("events serialise");
+            value["events"] =
+                serde_json::to_value(store.events(id).await.map_err(store_err)?).expect("events serialise");
         }
         println!("{}", serde_json::to_string_pretty(&value).expect("json"));
         return Ok(exit::OK);
@@ -132,7 +134,9 @@ pub async fn export(db: &Path, run: &str, format: Format, output: Option<&Path>)
     }
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display())).map_err(Failure::runtime)?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))
+                .map_err(Failure::runtime)?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };

@@ -77,8 +77,7 @@ impl Config {
     /// A config with one `sim` deployment named `sim`.
     #[must_use]
     pub fn builtin() -> Self {
-        let sim: DeploymentConfig =
-            toml::from_str("kind = \"sim\"\n[sim]\n").expect("the built-in deployment parses");
+        let sim: DeploymentConfig = toml::from_str("kind = \"sim\"\n[sim]\n").expect("the built-in deployment parses");
         Self { deployments: [("sim".to_owned(), sim)].into(), ..Self::default() }
     }
 

@@ -58,7 +58,10 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::input(anyhow::Error::new(e).context("invalid deployments")))?;
     let default_run = args.run_id.clone().unwrap_or_else(|| taskfile::default_run_id(&args.file));
     if !taskexec_core::validate::is_valid_id(&default_run) {
-        return Err(Failure::input(anyhow::anyhow!("--run-id `{default_run}` must match {}", taskexec_core::validate::ID_PATTERN)));
+        return Err(Failure::input(anyhow::anyhow!(
+            "--run-id `{default_run}` must match {}",
+            taskexec_core::validate::ID_PATTERN
+        )));
     }
     let known: BTreeSet<String> = deployments.names().map(str::to_owned).collect();
     let checked = taskfile::check(&args.file, &default_run, &known).map_err(Failure::input)?;
@@ -162,19 +165,24 @@ async fn execute(
 
     let before = summaries(&store, runs).await?;
     let baseline = baseline(&before);
-    let (released, queued) = runner.recover(|p| runs.contains(&p.run_id)).await.map_err(|e| Failure::runtime(e.into()))?;
+    let (released, queued) =
+        runner.recover(|p| runs.contains(&p.run_id)).await.map_err(|e| Failure::runtime(e.into()))?;
     if !args.quiet {
         if released > 0 {
             eprintln!("taskexec: took over {released} task(s) left running by a stopped runner");
         }
         if baseline.done > 0 {
-            eprintln!("taskexec: continuing: {} of {} task(s) already finished, {queued} to run", baseline.done, baseline.total);
+            eprintln!(
+                "taskexec: continuing: {} of {} task(s) already finished, {queued} to run",
+                baseline.done, baseline.total
+            );
         }
     }
 
     let shutdown = CancellationToken::new();
     let interrupted = watch_signals(shutdown.clone());
-    let display = tokio::spawn(show_progress(runner.clone(), sink.clone(), baseline, args.quiet || args.json, shutdown.clone()));
+    let display =
+        tokio::spawn(show_progress(runner.clone(), sink.clone(), baseline, args.quiet || args.json, shutdown.clone()));
     let outcome = runner.run(shutdown.clone()).await;
     let was_interrupted = interrupted.is_cancelled();
     shutdown.cancel();
@@ -255,7 +263,13 @@ fn watch_signals(shutdown: CancellationToken) -> CancellationToken {
     interrupted
 }
 
-async fn show_progress<R: ProgressSource>(runner: Arc<R>, sink: Arc<CliSink>, base: Baseline, quiet: bool, stop: CancellationToken) {
+async fn show_progress<R: ProgressSource>(
+    runner: Arc<R>,
+    sink: Arc<CliSink>,
+    base: Baseline,
+    quiet: bool,
+    stop: CancellationToken,
+) {
     let mut display = Display::new(base.total, quiet, Duration::from_secs(2));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {

@@ -24,8 +24,18 @@ pub fn table(run_id: &str, groups: &[GroupSummary]) -> String {
     );
     let _ = writeln!(
         out,
-        "  {:<18} {:<18} {:>6} {:>7} {:<30} {:>5} {:>8} {:>8} {:>8} {:>8}",
-        "deployment", "model", "ok", "failed", "failed by class", "dead", "retries", "p50 ms", "p95 ms", "p99 ms"
+        "  {:<18} {:<18} {:>6} {:>7} {:<30} {:>5} {:>8} {:>6} {:>8} {:>8} {:>8}",
+        "deployment",
+        "model",
+        "ok",
+        "failed",
+        "failed by class",
+        "dead",
+        "retries",
+        "429s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms"
     );
     for g in groups {
         let mut latencies = g.latencies_ms.clone();
@@ -34,7 +44,7 @@ pub fn table(run_id: &str, groups: &[GroupSummary]) -> String {
         let classes = g.failed_by_class.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
-            "  {:<18} {:<18} {:>6} {:>7} {:<30} {:>5} {:>8} {:>8.1} {:>8.1} {:>8.1}",
+            "  {:<18} {:<18} {:>6} {:>7} {:<30} {:>5} {:>8} {:>6} {:>8.1} {:>8.1} {:>8.1}",
             g.provider_id,
             g.model_id,
             g.completed,
@@ -42,6 +52,7 @@ pub fn table(run_id: &str, groups: &[GroupSummary]) -> String {
             if classes.is_empty() { "-".to_owned() } else { classes },
             g.dead_lettered,
             g.retries,
+            g.throttles,
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.95),
             percentile(&latencies, 0.99),
@@ -63,13 +74,17 @@ mod tests {
             failed_by_class: [("transient".to_owned(), 2), ("permanent".to_owned(), 1)].into(),
             dead_lettered: 2,
             retries: 7,
+            throttles: 3,
             latencies_ms: vec![40.0, 10.0, 30.0, 20.0],
             ..GroupSummary::default()
         };
         let text = table("r", &[g]);
-        assert!(text.starts_with("run r: 7 tasks · 4 completed · 3 failed · 0 cancelled · 0 pending · error rate 42.9%"), "{text}");
+        assert!(
+            text.starts_with("run r: 7 tasks · 4 completed · 3 failed · 0 cancelled · 0 pending · error rate 42.9%"),
+            "{text}"
+        );
         let row = text.lines().nth(2).unwrap();
         assert!(row.contains("permanent 1, transient 2"), "{row}");
-        assert!(row.trim_end().ends_with("20.0     40.0     40.0"), "{row}");
+        assert!(row.trim_end().ends_with("7      3     20.0     40.0     40.0"), "{row}");
     }
 }

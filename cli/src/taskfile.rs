@@ -35,7 +35,11 @@ pub struct FileCheck {
 }
 
 /// Validate every line of `path`: JSON, contract limits, known deployment, duplicate ids.
-pub fn check(path: &Path, default_run: &str, deployments: &BTreeSet<String>) -> anyhow::Result<Result<FileCheck, Vec<LineError>>> {
+pub fn check(
+    path: &Path,
+    default_run: &str,
+    deployments: &BTreeSet<String>,
+) -> anyhow::Result<Result<FileCheck, Vec<LineError>>> {
     let mut errors = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut summary = FileCheck::default();
@@ -59,7 +63,10 @@ pub fn check(path: &Path, default_run: &str, deployments: &BTreeSet<String>) -> 
         }
     })?;
     if summary.tasks == 0 && errors.is_empty() {
-        errors.push(LineError { line: 0, error: FieldError { field: String::new(), message: "the file holds no tasks".into() } });
+        errors.push(LineError {
+            line: 0,
+            error: FieldError { field: String::new(), message: "the file holds no tasks".into() },
+        });
     }
     Ok(if errors.is_empty() { Ok(summary) } else { Err(errors) })
 }
@@ -108,9 +115,12 @@ fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str)) -> anyhow::Result<
 #[must_use]
 pub fn default_run_id(path: &Path) -> String {
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
-    let cleaned: String =
-        stem.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') { c } else { '-' }).collect();
-    let cleaned = cleaned.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).chars().take(128).collect::<String>();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') { c } else { '-' })
+        .collect();
+    let cleaned =
+        cleaned.trim_start_matches(|c: char| !c.is_ascii_alphanumeric()).chars().take(128).collect::<String>();
     if cleaned.is_empty() { "run".into() } else { cleaned }
 }
 
@@ -168,7 +178,10 @@ mod tests {
     #[test]
     fn empty_file_is_an_error_and_run_ids_default_to_the_stem() {
         let f = file("\n\n");
-        assert_eq!(check(f.path(), "r", &deployments()).unwrap().unwrap_err()[0].error.message, "the file holds no tasks");
+        assert_eq!(
+            check(f.path(), "r", &deployments()).unwrap().unwrap_err()[0].error.message,
+            "the file holds no tasks"
+        );
         assert_eq!(default_run_id(Path::new("dir/quickstart.jsonl")), "quickstart");
         assert_eq!(default_run_id(Path::new("my tasks (v2).jsonl")), "my-tasks--v2-");
     }

@@ -40,7 +40,8 @@ async fn cancelling_a_hanging_task_from_another_process_closes_its_connection() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_new_attempts_and_resume_continues() {
-    let server = mock(MockConfig { latency: Latency::Fixed(Duration::from_millis(100)), ..MockConfig::default() }).await;
+    let server =
+        mock(MockConfig { latency: Latency::Fixed(Duration::from_millis(100)), ..MockConfig::default() }).await;
     let s = Scratch::new();
     s.config(&server.base_url(), "");
     let file = s.tasks(60);

@@ -24,7 +24,8 @@ async fn sigkill_mid_run_then_rerun_completes_every_task_exactly_once() {
     let args = ["run", file.to_str().unwrap(), "--quiet", "--concurrency", "20"];
 
     let mut child = s.cmd(&args).spawn().unwrap();
-    wait_for("a third of the calls", Duration::from_secs(60), || server.stats().total_calls >= (TASKS / 3) as u64).await;
+    wait_for("a third of the calls", Duration::from_secs(60), || server.stats().total_calls >= (TASKS / 3) as u64)
+        .await;
     child.kill().await.unwrap(); // SIGKILL
     let killed_at_calls = server.stats().total_calls;
     assert!(killed_at_calls < TASKS as u64, "the run must be killed mid-way");

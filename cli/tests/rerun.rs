@@ -35,7 +35,10 @@ async fn rerun_is_a_no_op_conflicts_are_refused_and_results_export() {
     let changed = s.write("tasks.jsonl", &changed);
     let (code, _, stderr) = s.run(&["run", changed.to_str().unwrap()]).await;
     assert_eq!(code, 2);
-    assert!(stderr.contains("line 4: field `id`: task `t3` already exists in the database with different content"), "{stderr}");
+    assert!(
+        stderr.contains("line 4: field `id`: task `t3` already exists in the database with different content"),
+        "{stderr}"
+    );
 
     let (code, jsonl, _) = s.run(&["export", "tasks", "--format", "jsonl"]).await;
     assert_eq!(code, 0);

@@ -48,7 +48,9 @@ impl Scratch {
     /// Write `tasks.jsonl` with `n` tasks `t0..` for deployment `mock`.
     pub fn tasks(&self, n: usize) -> PathBuf {
         let lines: Vec<String> = (0..n)
-            .map(|i| format!(r#"{{"id":"t{i}","providerId":"mock","modelId":"m","prompt":"question {i}","timeout":120000}}"#))
+            .map(|i| {
+                format!(r#"{{"id":"t{i}","providerId":"mock","modelId":"m","prompt":"question {i}","timeout":120000}}"#)
+            })
             .collect();
         self.write("tasks.jsonl", &lines.join("\n"))
     }

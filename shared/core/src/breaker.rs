@@ -54,10 +54,7 @@ impl BreakerPolicy {
     /// The cool-down after the `opens`-th consecutive open (1-based).
     #[must_use]
     pub fn cooldown(&self, opens: u32) -> Duration {
-        let factor = self
-            .cooldown_multiplier
-            .max(1.0)
-            .powi(i32::try_from(opens.saturating_sub(1)).unwrap_or(i32::MAX));
+        let factor = self.cooldown_multiplier.max(1.0).powi(i32::try_from(opens.saturating_sub(1)).unwrap_or(i32::MAX));
         let ms = (self.cooldown_ms as f64 * factor).min(self.max_cooldown_ms as f64);
         Duration::from_millis(ms as u64)
     }
@@ -91,12 +88,7 @@ pub struct BreakerSnapshot {
 
 impl Default for BreakerSnapshot {
     fn default() -> Self {
-        Self {
-            state: BreakerState::Closed,
-            opens: 0,
-            open_until: None,
-            changed_at: 0,
-        }
+        Self { state: BreakerState::Closed, opens: 0, open_until: None, changed_at: 0 }
     }
 }
 
@@ -154,14 +146,7 @@ impl Breaker {
     /// A breaker in a stored state (window counts start empty).
     #[must_use]
     pub fn restore(policy: BreakerPolicy, snapshot: BreakerSnapshot) -> Self {
-        Self {
-            policy,
-            snapshot,
-            buckets: VecDeque::new(),
-            consecutive_failures: 0,
-            probes_out: 0,
-            probe_successes: 0,
-        }
+        Self { policy, snapshot, buckets: VecDeque::new(), consecutive_failures: 0, probes_out: 0, probe_successes: 0 }
     }
 
     /// The state as it stands (an open breaker whose cool-down passed still reads open until a
@@ -182,22 +167,14 @@ impl Breaker {
                 }
                 self.set_state(BreakerState::HalfOpen, now);
                 self.probes_out = 1;
-                (
-                    Admission::Allowed { probe: true },
-                    Some(BreakerState::HalfOpen),
-                )
+                (Admission::Allowed { probe: true }, Some(BreakerState::HalfOpen))
             }
             BreakerState::HalfOpen if self.probes_out < self.policy.half_open_probes => {
                 self.probes_out += 1;
                 (Admission::Allowed { probe: true }, None)
             }
             // Probes are out: ask again shortly; their outcomes decide.
-            BreakerState::HalfOpen => (
-                Admission::Rejected {
-                    retry_at: now + 250,
-                },
-                None,
-            ),
+            BreakerState::HalfOpen => (Admission::Rejected { retry_at: now + 250 }, None),
         }
     }
 
@@ -243,11 +220,7 @@ impl Breaker {
             self.buckets.pop_front();
         }
         if self.buckets.back().is_none_or(|b| b.start != start) {
-            self.buckets.push_back(Bucket {
-                start,
-                calls: 0,
-                failures: 0,
-            });
+            self.buckets.push_back(Bucket { start, calls: 0, failures: 0 });
         }
         let bucket = self.buckets.back_mut().expect("just pushed");
         bucket.calls += 1;
@@ -264,18 +237,13 @@ impl Breaker {
         if self.consecutive_failures >= self.policy.consecutive_failures {
             return true;
         }
-        let (calls, failures) = self
-            .buckets
-            .iter()
-            .fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
-        calls >= self.policy.min_calls
-            && f64::from(failures) >= self.policy.failure_rate * f64::from(calls)
+        let (calls, failures) = self.buckets.iter().fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
+        calls >= self.policy.min_calls && f64::from(failures) >= self.policy.failure_rate * f64::from(calls)
     }
 
     fn open(&mut self, now: Millis) {
         self.snapshot.opens += 1;
-        self.snapshot.open_until =
-            Some(now + duration_ms(self.policy.cooldown(self.snapshot.opens)));
+        self.snapshot.open_until = Some(now + duration_ms(self.policy.cooldown(self.snapshot.opens)));
         self.set_state(BreakerState::Open, now);
     }
 
@@ -317,29 +285,14 @@ mod tests {
         assert_eq!(b.admit(0).0, Admission::Allowed { probe: false });
         assert_eq!(b.record(CallResult::Failure, false, 0), None);
         assert_eq!(b.record(CallResult::Failure, false, 0), None);
-        assert_eq!(
-            b.record(CallResult::Failure, false, 0),
-            Some(BreakerState::Open)
-        );
+        assert_eq!(b.record(CallResult::Failure, false, 0), Some(BreakerState::Open));
         assert_eq!(b.admit(999).0, Admission::Rejected { retry_at: 1_000 });
         // Cool-down over: the first caller becomes a probe and the state goes half-open.
-        assert_eq!(
-            b.admit(1_000),
-            (
-                Admission::Allowed { probe: true },
-                Some(BreakerState::HalfOpen)
-            )
-        );
+        assert_eq!(b.admit(1_000), (Admission::Allowed { probe: true }, Some(BreakerState::HalfOpen)));
         assert_eq!(b.admit(1_001).0, Admission::Allowed { probe: true });
-        assert!(
-            matches!(b.admit(1_002).0, Admission::Rejected { .. }),
-            "only two probes"
-        );
+        assert!(matches!(b.admit(1_002).0, Admission::Rejected { .. }), "only two probes");
         assert_eq!(b.record(CallResult::Healthy, true, 1_100), None);
-        assert_eq!(
-            b.record(CallResult::Healthy, true, 1_200),
-            Some(BreakerState::Closed)
-        );
+        assert_eq!(b.record(CallResult::Healthy, true, 1_200), Some(BreakerState::Closed));
         assert_eq!(b.snapshot().opens, 0);
         assert_eq!(b.admit(1_300).0, Admission::Allowed { probe: false });
     }
@@ -350,44 +303,28 @@ mod tests {
         trip(&mut b, 0);
         assert_eq!(b.snapshot().open_until, Some(1_000));
         b.admit(1_000);
-        assert_eq!(
-            b.record(CallResult::Failure, true, 1_050),
-            Some(BreakerState::Open)
-        );
+        assert_eq!(b.record(CallResult::Failure, true, 1_050), Some(BreakerState::Open));
         assert_eq!(b.snapshot().open_until, Some(1_050 + 2_000));
         b.admit(3_050);
         b.record(CallResult::Failure, true, 3_060);
-        assert_eq!(
-            b.snapshot().open_until,
-            Some(3_060 + 3_000),
-            "capped at max_cooldown_ms"
-        );
+        assert_eq!(b.snapshot().open_until, Some(3_060 + 3_000), "capped at max_cooldown_ms");
         assert_eq!(b.snapshot().opens, 3);
     }
 
     #[test]
     fn failure_rate_over_window_with_minimum_calls() {
-        let mut b = Breaker::new(BreakerPolicy {
-            consecutive_failures: 100,
-            ..policy()
-        });
+        let mut b = Breaker::new(BreakerPolicy { consecutive_failures: 100, ..policy() });
         // 1 failure in 1 call: 100% but below min_calls.
         assert_eq!(b.record(CallResult::Failure, false, 0), None);
         b.record(CallResult::Healthy, false, 10);
         b.record(CallResult::Healthy, false, 20);
         // 2 of 4 calls failed: 50% at min_calls → open.
-        assert_eq!(
-            b.record(CallResult::Failure, false, 30),
-            Some(BreakerState::Open)
-        );
+        assert_eq!(b.record(CallResult::Failure, false, 30), Some(BreakerState::Open));
     }
 
     #[test]
     fn old_failures_slide_out_of_the_window() {
-        let mut b = Breaker::new(BreakerPolicy {
-            consecutive_failures: 100,
-            ..policy()
-        });
+        let mut b = Breaker::new(BreakerPolicy { consecutive_failures: 100, ..policy() });
         b.record(CallResult::Failure, false, 0);
         b.record(CallResult::Failure, false, 0);
         b.record(CallResult::Healthy, false, 0);
@@ -401,10 +338,7 @@ mod tests {
 
     #[test]
     fn successes_reset_the_consecutive_run_and_late_results_are_ignored() {
-        let mut b = Breaker::new(BreakerPolicy {
-            min_calls: 100,
-            ..policy()
-        });
+        let mut b = Breaker::new(BreakerPolicy { min_calls: 100, ..policy() });
         b.record(CallResult::Failure, false, 0);
         b.record(CallResult::Failure, false, 0);
         b.record(CallResult::Healthy, false, 0);
@@ -432,9 +366,6 @@ mod tests {
         let mut b = Breaker::new(policy());
         trip(&mut b, 0);
         let mut restored = Breaker::restore(policy(), b.snapshot().clone());
-        assert_eq!(
-            restored.admit(500).0,
-            Admission::Rejected { retry_at: 1_000 }
-        );
+        assert_eq!(restored.admit(500).0, Admission::Rejected { retry_at: 1_000 });
     }
 }

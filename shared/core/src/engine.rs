@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Admission, Breaker, BreakerPolicy, CallResult};
 use crate::error::{ErrorClass, ProviderError, StoreError, TaskError};
 use crate::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlStore, DeferReason,
-    Delivery, FinishRequest, LimitKey, LimiterStore, Metric, MetricsSink, Outcome, TaskStore,
-    WriteOutcome,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery,
+    FinishRequest, LimitKey, LimiterStore, Metric, MetricsSink, Outcome, TaskStore, WriteOutcome,
 };
 use crate::provider::{Provider, ProviderRequest, ProviderResponse};
 use crate::retry::RetryPolicy;
@@ -166,9 +165,7 @@ where
 {
     /// An engine over `ports`.
     pub fn new(ports: Ports<S, B, L, M, P, C>, config: EngineConfig) -> Self {
-        let rng = config
-            .seed
-            .map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        let rng = config.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
         Self {
             ports,
             config,
@@ -196,10 +193,7 @@ where
             Ok(decision) => decision,
             Err(error) => {
                 tracing::warn!(task_id = %delivery.task_id, %error, "store failed; delivery will be retried");
-                Decision::Defer {
-                    delay: Duration::from_secs(1),
-                    reason: DeferReason::StoreUnavailable,
-                }
+                Decision::Defer { delay: Duration::from_secs(1), reason: DeferReason::StoreUnavailable }
             }
         }
     }
@@ -217,9 +211,7 @@ where
             Ok(held) => held,
             Err(key) => {
                 self.forget_probe(&d.provider_id, probe);
-                return Ok(self
-                    .defer(d, self.config.limit_recheck, DeferReason::LimitReached(key))
-                    .await);
+                return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
             }
         };
         let decision = self.claim_and_call(d, probe).await;
@@ -242,15 +234,11 @@ where
             Ok(ClaimOutcome::Claimed(record)) => return self.attempt(*record, d, probe).await,
             Ok(ClaimOutcome::Terminal(_)) => (None, DeferReason::NotDue),
             Ok(ClaimOutcome::NotDue { at }) => (Some(until(at, now)), DeferReason::NotDue),
-            Ok(ClaimOutcome::LeaseHeld { until: at }) => {
-                (Some(until(at, now)), DeferReason::LeaseHeld)
-            }
+            Ok(ClaimOutcome::LeaseHeld { until: at }) => (Some(until(at, now)), DeferReason::LeaseHeld),
             Ok(ClaimOutcome::Paused) => (Some(self.config.pause_recheck), DeferReason::Paused),
             Ok(ClaimOutcome::NotFound) => {
                 self.forget_probe(&d.provider_id, probe);
-                return Ok(Decision::DeadLetter {
-                    reason: format!("no task with id {}", d.task_id),
-                });
+                return Ok(Decision::DeadLetter { reason: format!("no task with id {}", d.task_id) });
             }
             Err(e) => {
                 self.forget_probe(&d.provider_id, probe);
@@ -287,23 +275,13 @@ where
         Decision::Defer { delay, reason }
     }
 
-    async fn attempt(
-        &self,
-        record: TaskRecord,
-        d: &Delivery,
-        probe: bool,
-    ) -> Result<Decision, StoreError> {
+    async fn attempt(&self, record: TaskRecord, d: &Delivery, probe: bool) -> Result<Decision, StoreError> {
         let started = self.ports.clock.now();
         let deadline = record.deadline_at();
         if deadline.is_some_and(|at| at <= started) {
             self.forget_probe(&d.provider_id, probe);
-            let error = TaskError::new(
-                ErrorClass::DeadlineExceeded,
-                "overall deadline passed before the attempt",
-            );
-            return self
-                .fail(&record, error, None, record.attempt, record.throttles, None)
-                .await;
+            let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
+            return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
         }
         let timeout = self.attempt_timeout(&record, started);
         self.ports.metrics.record(Metric::AttemptStarted);
@@ -321,8 +299,7 @@ where
         };
         let error = match end {
             CallEnd::Answered(response) => {
-                self.record_breaker(&d.provider_id, CallResult::Healthy, probe, finished)
-                    .await?;
+                self.record_breaker(&d.provider_id, CallResult::Healthy, probe, finished).await?;
                 return self.complete(&record, d, response, entry).await;
             }
             CallEnd::Cancelled | CallEnd::LeaseLost => {
@@ -334,27 +311,12 @@ where
                 entry.latency_ms = ms_f64(elapsed);
                 entry.outcome = ErrorClass::DeadlineExceeded.as_str().into();
                 self.forget_probe(&d.provider_id, probe);
-                let error = TaskError::new(
-                    ErrorClass::DeadlineExceeded,
-                    "overall deadline passed during the attempt",
-                );
-                return self
-                    .fail(
-                        &record,
-                        error,
-                        None,
-                        record.attempt,
-                        record.throttles,
-                        Some(entry),
-                    )
-                    .await;
+                let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed during the attempt");
+                return self.fail(&record, error, None, record.attempt, record.throttles, Some(entry)).await;
             }
             CallEnd::TimedOut(elapsed) => {
                 entry.latency_ms = ms_f64(elapsed);
-                ProviderError::transient(format!(
-                    "attempt timed out after {} ms",
-                    timeout.as_millis()
-                ))
+                ProviderError::transient(format!("attempt timed out after {} ms", timeout.as_millis()))
             }
             CallEnd::Failed(error, elapsed) => {
                 entry.latency_ms = ms_f64(elapsed);
@@ -367,10 +329,7 @@ where
     }
 
     fn attempt_timeout(&self, record: &TaskRecord, now: Millis) -> Duration {
-        let timeout = record
-            .task
-            .timeout
-            .map_or(self.config.default_timeout, Duration::from_millis);
+        let timeout = record.task.timeout.map_or(self.config.default_timeout, Duration::from_millis);
         match record.deadline_at() {
             Some(at) => timeout.min(until(at, now)),
             None => timeout,
@@ -381,10 +340,8 @@ where
     async fn call(&self, record: &TaskRecord, timeout: Duration) -> CallEnd {
         let id = record.task.id.clone();
         let token = CancellationToken::new();
-        self.lock_in_flight()
-            .insert(id.clone(), (record.epoch, token.clone()));
-        let request =
-            ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
+        self.lock_in_flight().insert(id.clone(), (record.epoch, token.clone()));
+        let request = ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
         let began = Instant::now();
         let end = tokio::select! {
             result = tokio::time::timeout(timeout, self.ports.provider.call(request)) => match result {
@@ -438,15 +395,8 @@ where
             attempts,
         };
         let latency_ms = result.latency_ms;
-        let written = self
-            .finish(
-                record,
-                Outcome::Completed(result),
-                record.attempt,
-                record.throttles,
-                Some(entry),
-            )
-            .await?;
+        let written =
+            self.finish(record, Outcome::Completed(result), record.attempt, record.throttles, Some(entry)).await?;
         if written == WriteOutcome::Applied {
             self.ports.metrics.record(Metric::Completed { latency_ms });
         }
@@ -471,77 +421,39 @@ where
             _ => (record.attempt, record.throttles),
         };
         match class {
-            ErrorClass::Transient => {
-                self.record_breaker(&d.provider_id, CallResult::Failure, probe, now)
-                    .await?
-            }
-            ErrorClass::Permanent => {
-                self.record_breaker(&d.provider_id, CallResult::Healthy, probe, now)
-                    .await?
-            }
+            ErrorClass::Transient => self.record_breaker(&d.provider_id, CallResult::Failure, probe, now).await?,
+            ErrorClass::Permanent => self.record_breaker(&d.provider_id, CallResult::Healthy, probe, now).await?,
             _ => self.forget_probe(&d.provider_id, probe),
         }
         let exhausted = match class {
             ErrorClass::Permanent => {
-                return self
-                    .fail(record, task_error, None, attempt, throttles, Some(entry))
-                    .await;
+                return self.fail(record, task_error, None, attempt, throttles, Some(entry)).await;
             }
             ErrorClass::RateLimited if throttles > policy.throttle_budget => Some(format!(
                 "throttle budget exhausted: {throttles} rate-limit answers (budget {})",
                 policy.throttle_budget
             )),
-            ErrorClass::Transient if !policy.attempts_left(attempt) => Some(format!(
-                "attempts exhausted: {attempt} of {} used",
-                policy.max_attempts
-            )),
+            ErrorClass::Transient if !policy.attempts_left(attempt) => {
+                Some(format!("attempts exhausted: {attempt} of {} used", policy.max_attempts))
+            }
             _ => None,
         };
         if let Some(reason) = exhausted {
             let reason = format!("{reason}; last error: {}", task_error.message);
-            return self
-                .fail(
-                    record,
-                    task_error,
-                    Some(reason),
-                    attempt,
-                    throttles,
-                    Some(entry),
-                )
-                .await;
+            return self.fail(record, task_error, Some(reason), attempt, throttles, Some(entry)).await;
         }
-        let n = if class == ErrorClass::RateLimited {
-            throttles
-        } else {
-            attempt
-        };
-        let delay = policy.delay_for(
-            n,
-            error.retry_after(),
-            &mut *self.rng.lock().expect("rng poisoned"),
-        );
+        let n = if class == ErrorClass::RateLimited { throttles } else { attempt };
+        let delay = policy.delay_for(n, error.retry_after(), &mut *self.rng.lock().expect("rng poisoned"));
         let next_attempt_at = now + duration_ms(delay);
         if record.deadline_at().is_some_and(|at| next_attempt_at >= at) {
             let error = TaskError::new(
                 ErrorClass::DeadlineExceeded,
-                format!(
-                    "overall deadline leaves no room for a retry after: {}",
-                    task_error.message
-                ),
+                format!("overall deadline leaves no room for a retry after: {}", task_error.message),
             );
-            return self
-                .fail(record, error, None, attempt, throttles, Some(entry))
-                .await;
+            return self.fail(record, error, None, attempt, throttles, Some(entry)).await;
         }
-        let outcome = Outcome::Retry {
-            error: task_error,
-            next_attempt_at,
-        };
-        if self
-            .finish(record, outcome, attempt, throttles, Some(entry))
-            .await?
-            == WriteOutcome::Applied
-        {
+        let outcome = Outcome::Retry { error: task_error, next_attempt_at };
+        if self.finish(record, outcome, attempt, throttles, Some(entry)).await? == WriteOutcome::Applied {
             self.ports.metrics.record(Metric::RetryScheduled(class));
         }
         Ok(Decision::Retry { delay })
@@ -557,15 +469,8 @@ where
         entry: Option<AttemptRecord>,
     ) -> Result<Decision, StoreError> {
         let class = error.class;
-        let outcome = Outcome::Failed {
-            error,
-            dead_letter_reason: dead_letter_reason.clone(),
-        };
-        if self
-            .finish(record, outcome, attempt, throttles, entry)
-            .await?
-            == WriteOutcome::Applied
-        {
+        let outcome = Outcome::Failed { error, dead_letter_reason: dead_letter_reason.clone() };
+        if self.finish(record, outcome, attempt, throttles, entry).await? == WriteOutcome::Applied {
             self.ports.metrics.record(Metric::Failed(class));
             if let Some(reason) = &dead_letter_reason {
                 let task_id = record.task.id.clone();
@@ -605,11 +510,7 @@ where
     /// Cancel a task: queued ones are finalised at once; a running one here has its in-flight
     /// request dropped.
     pub async fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
-        let outcome = self
-            .ports
-            .store
-            .cancel(task_id, self.ports.clock.now())
-            .await?;
+        let outcome = self.ports.store.cancel(task_id, self.ports.clock.now()).await?;
         if let Some((_, token)) = self.lock_in_flight().get(task_id) {
             token.cancel();
         }
@@ -627,11 +528,8 @@ where
             }
             *seen = seq;
         }
-        let in_flight: Vec<(String, u64, CancellationToken)> = self
-            .lock_in_flight()
-            .iter()
-            .map(|(id, (epoch, t))| (id.clone(), *epoch, t.clone()))
-            .collect();
+        let in_flight: Vec<(String, u64, CancellationToken)> =
+            self.lock_in_flight().iter().map(|(id, (epoch, t))| (id.clone(), *epoch, t.clone())).collect();
         let mut aborted = 0;
         for (id, epoch, token) in in_flight {
             let current = self.ports.store.get(&id).await?;
@@ -648,9 +546,7 @@ where
         self.lock_in_flight().len()
     }
 
-    fn lock_in_flight(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
         self.in_flight.lock().expect("in-flight map poisoned")
     }
 
@@ -684,12 +580,7 @@ where
     }
 
     async fn ensure_breaker(&self, deployment: &str) -> Result<(), StoreError> {
-        if self
-            .breakers
-            .lock()
-            .expect("breakers poisoned")
-            .contains_key(deployment)
-        {
+        if self.breakers.lock().expect("breakers poisoned").contains_key(deployment) {
             return Ok(());
         }
         let stored = self.ports.breakers.load(deployment).await?;
@@ -697,11 +588,7 @@ where
             Some(s) => Breaker::restore(self.config.breaker.clone(), s),
             None => Breaker::new(self.config.breaker.clone()),
         };
-        self.breakers
-            .lock()
-            .expect("breakers poisoned")
-            .entry(deployment.to_owned())
-            .or_insert(breaker);
+        self.breakers.lock().expect("breakers poisoned").entry(deployment.to_owned()).or_insert(breaker);
         Ok(())
     }
 
@@ -717,9 +604,7 @@ where
             let Some(breaker) = map.get_mut(deployment) else {
                 return Ok(());
             };
-            breaker
-                .record(result, probe, now)
-                .map(|_| breaker.snapshot().clone())
+            breaker.record(result, probe, now).map(|_| breaker.snapshot().clone())
         };
         match changed {
             Some(snapshot) => self.breaker_changed(deployment, snapshot).await,
@@ -733,21 +618,12 @@ where
         snapshot: crate::breaker::BreakerSnapshot,
     ) -> Result<(), StoreError> {
         tracing::info!(deployment, state = ?snapshot.state, opens = snapshot.opens, "breaker changed state");
-        self.ports.metrics.record(Metric::BreakerChanged {
-            deployment: deployment.to_owned(),
-            state: snapshot.state,
-        });
+        self.ports.metrics.record(Metric::BreakerChanged { deployment: deployment.to_owned(), state: snapshot.state });
         self.ports.breakers.save(deployment, snapshot).await
     }
 
     fn forget_probe(&self, deployment: &str, probe: bool) {
-        if probe
-            && let Some(b) = self
-                .breakers
-                .lock()
-                .expect("breakers poisoned")
-                .get_mut(deployment)
-        {
+        if probe && let Some(b) = self.breakers.lock().expect("breakers poisoned").get_mut(deployment) {
             b.forget_probe();
         }
     }

@@ -122,22 +122,13 @@ impl ProviderError {
     /// A transient error without a response (connect, reset, timeout, malformed body).
     #[must_use]
     pub fn transient(detail: impl Into<String>) -> Self {
-        Self::Transient {
-            retry_after: None,
-            status: None,
-            code: None,
-            detail: detail.into(),
-        }
+        Self::Transient { retry_after: None, status: None, code: None, detail: detail.into() }
     }
 
     /// A permanent error without a response.
     #[must_use]
     pub fn permanent(detail: impl Into<String>) -> Self {
-        Self::Permanent {
-            status: None,
-            code: None,
-            detail: detail.into(),
-        }
+        Self::Permanent { status: None, code: None, detail: detail.into() }
     }
 
     /// The class this error maps to.
@@ -154,9 +145,7 @@ impl ProviderError {
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::Transient { retry_after, .. } => {
-                *retry_after
-            }
+            Self::RateLimited { retry_after, .. } | Self::Transient { retry_after, .. } => *retry_after,
             Self::Permanent { .. } => None,
         }
     }
@@ -165,9 +154,9 @@ impl ProviderError {
     #[must_use]
     pub fn status(&self) -> Option<u16> {
         match self {
-            Self::RateLimited { status, .. }
-            | Self::Transient { status, .. }
-            | Self::Permanent { status, .. } => *status,
+            Self::RateLimited { status, .. } | Self::Transient { status, .. } | Self::Permanent { status, .. } => {
+                *status
+            }
         }
     }
 
@@ -175,23 +164,9 @@ impl ProviderError {
     #[must_use]
     pub fn to_task_error(&self) -> TaskError {
         let (status, code, detail) = match self {
-            Self::RateLimited {
-                status,
-                code,
-                detail,
-                ..
-            }
-            | Self::Transient {
-                status,
-                code,
-                detail,
-                ..
-            }
-            | Self::Permanent {
-                status,
-                code,
-                detail,
-            } => (status, code, detail),
+            Self::RateLimited { status, code, detail, .. }
+            | Self::Transient { status, code, detail, .. }
+            | Self::Permanent { status, code, detail } => (status, code, detail),
         };
         TaskError {
             class: self.class(),

@@ -65,23 +65,15 @@ pub fn transition(from: TaskState, event: TaskEvent) -> Result<TaskState, Invali
 /// Whether `event` bumps the fencing epoch.
 #[must_use]
 pub fn bumps_epoch(event: TaskEvent) -> bool {
-    matches!(
-        event,
-        TaskEvent::Claim | TaskEvent::Reclaim | TaskEvent::Cancel | TaskEvent::Redrive
-    )
+    matches!(event, TaskEvent::Claim | TaskEvent::Reclaim | TaskEvent::Cancel | TaskEvent::Redrive)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STATES: [TaskState; 5] = [
-        TaskState::Queued,
-        TaskState::Running,
-        TaskState::Completed,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
+    const STATES: [TaskState; 5] =
+        [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled];
     const EVENTS: [TaskEvent; 9] = [
         TaskEvent::Claim,
         TaskEvent::Reclaim,
@@ -99,11 +91,7 @@ mod tests {
         (TaskState::Queued, TaskEvent::Claim, TaskState::Running),
         (TaskState::Running, TaskEvent::Reclaim, TaskState::Running),
         (TaskState::Running, TaskEvent::Release, TaskState::Queued),
-        (
-            TaskState::Running,
-            TaskEvent::Complete,
-            TaskState::Completed,
-        ),
+        (TaskState::Running, TaskEvent::Complete, TaskState::Completed),
         (TaskState::Running, TaskEvent::Retry, TaskState::Queued),
         (TaskState::Running, TaskEvent::Fail, TaskState::Failed),
         (TaskState::Queued, TaskEvent::Expire, TaskState::Failed),
@@ -117,10 +105,7 @@ mod tests {
         let mut rejected = 0;
         for from in STATES {
             for event in EVENTS {
-                let expected = LEGAL
-                    .iter()
-                    .find(|(f, e, _)| *f == from && *e == event)
-                    .map(|(_, _, to)| *to);
+                let expected = LEGAL.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
                 match (transition(from, event), expected) {
                     (Ok(to), Some(want)) => assert_eq!(to, want, "{from:?} {event:?}"),
                     (Err(e), None) => {
@@ -139,10 +124,7 @@ mod tests {
         for from in STATES.into_iter().filter(|s| s.is_terminal()) {
             for event in EVENTS {
                 if let Ok(to) = transition(from, event) {
-                    assert_eq!(
-                        (from, event, to),
-                        (TaskState::Failed, TaskEvent::Redrive, TaskState::Queued)
-                    );
+                    assert_eq!((from, event, to), (TaskState::Failed, TaskEvent::Redrive, TaskState::Queued));
                 }
             }
         }
@@ -151,22 +133,9 @@ mod tests {
     #[test]
     fn epoch_bumps_on_claims_cancel_and_redrive_only() {
         let bumping: Vec<_> = EVENTS.into_iter().filter(|e| bumps_epoch(*e)).collect();
-        assert_eq!(
-            bumping,
-            [
-                TaskEvent::Claim,
-                TaskEvent::Reclaim,
-                TaskEvent::Cancel,
-                TaskEvent::Redrive
-            ]
-        );
+        assert_eq!(bumping, [TaskEvent::Claim, TaskEvent::Reclaim, TaskEvent::Cancel, TaskEvent::Redrive]);
         assert!(
-            InvalidTransition {
-                from: TaskState::Completed,
-                event: TaskEvent::Claim
-            }
-            .to_string()
-            .contains("Claim")
+            InvalidTransition { from: TaskState::Completed, event: TaskEvent::Claim }.to_string().contains("Claim")
         );
     }
 }

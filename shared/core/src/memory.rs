@@ -13,10 +13,9 @@ use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::{ErrorClass, TaskError};
 use crate::lifecycle::{TaskEvent, transition};
 use crate::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState,
-    ControlStore, Delivery, FinishRequest, GroupSummary, LimitKey, LimiterStore, Metric,
-    MetricsSink, Outcome, PauseScope, PendingTask, StoreResult, SubmitOutcome, TaskStore,
-    WorkQueue, WriteOutcome,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
+    FinishRequest, GroupSummary, LimitKey, LimiterStore, Metric, MetricsSink, Outcome, PauseScope, PendingTask,
+    StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
 };
 use crate::schedule::Scheduler;
 use crate::task::{Lease, TaskRecord, TaskState};
@@ -33,13 +32,7 @@ struct Tables {
 
 impl Tables {
     fn event(&mut self, r: &TaskRecord, at: Millis, kind: &str, detail: Option<String>) {
-        self.events.push(AuditEvent {
-            task_id: r.task.id.clone(),
-            at,
-            kind: kind.into(),
-            epoch: r.epoch,
-            detail,
-        });
+        self.events.push(AuditEvent { task_id: r.task.id.clone(), at, kind: kind.into(), epoch: r.epoch, detail });
     }
 }
 
@@ -81,24 +74,12 @@ fn claim_record(t: &mut Tables, req: &ClaimRequest) -> ClaimOutcome {
     r.state = transition(r.state, event).expect("claim is legal from queued and running");
     r.epoch += 1;
     r.attempt += 1;
-    r.lease = Some(Lease {
-        owner: req.owner.clone(),
-        until: req.lease_until,
-    });
+    r.lease = Some(Lease { owner: req.owner.clone(), until: req.lease_until });
     r.started_at.get_or_insert(req.now);
     r.next_attempt_at = None;
     let record = r.clone();
-    let kind = if event == TaskEvent::Claim {
-        "claimed"
-    } else {
-        "reclaimed"
-    };
-    t.event(
-        &record,
-        req.now,
-        kind,
-        Some(format!("attempt {}", record.attempt)),
-    );
+    let kind = if event == TaskEvent::Claim { "claimed" } else { "reclaimed" };
+    t.event(&record, req.now, kind, Some(format!("attempt {}", record.attempt)));
     ClaimOutcome::Claimed(Box::new(record))
 }
 
@@ -122,19 +103,13 @@ fn finish_record(t: &mut Tables, req: FinishRequest) -> WriteOutcome {
             r.ended_at = Some(req.now);
             events.push(("completed", None));
         }
-        Outcome::Retry {
-            error,
-            next_attempt_at,
-        } => {
+        Outcome::Retry { error, next_attempt_at } => {
             r.state = TaskState::Queued;
             r.next_attempt_at = Some(next_attempt_at);
             events.push(("retryScheduled", Some(error.message.clone())));
             r.error = Some(error);
         }
-        Outcome::Failed {
-            error,
-            dead_letter_reason,
-        } => {
+        Outcome::Failed { error, dead_letter_reason } => {
             r.state = TaskState::Failed;
             r.ended_at = Some(req.now);
             events.push(("failed", Some(error.message.clone())));
@@ -163,9 +138,7 @@ impl TaskStore for MemoryStore {
             records
                 .into_iter()
                 .map(|r| match t.tasks.get(&r.task.id) {
-                    Some(old) if old.content_hash == r.content_hash => {
-                        SubmitOutcome::Duplicate(old.state)
-                    }
+                    Some(old) if old.content_hash == r.content_hash => SubmitOutcome::Duplicate(old.state),
                     Some(_) => SubmitOutcome::Conflict,
                     None => {
                         t.event(&r, r.submitted_at, "submitted", None);
@@ -186,12 +159,7 @@ impl TaskStore for MemoryStore {
         Ok(self.with(|t| claim_record(t, &request)))
     }
 
-    async fn renew_lease(
-        &self,
-        task_id: &str,
-        epoch: u64,
-        until: Millis,
-    ) -> StoreResult<WriteOutcome> {
+    async fn renew_lease(&self, task_id: &str, epoch: u64, until: Millis) -> StoreResult<WriteOutcome> {
         Ok(self.with(|t| match t.tasks.get_mut(task_id) {
             Some(r) if r.state == TaskState::Running && r.epoch == epoch => {
                 if let Some(lease) = &mut r.lease {
@@ -251,23 +219,14 @@ impl TaskStore for MemoryStore {
 
     async fn release_all_leases(&self, now: Millis) -> StoreResult<u64> {
         Ok(self.with(|t| {
-            let running: Vec<String> = t
-                .order
-                .iter()
-                .filter(|id| t.tasks[*id].state == TaskState::Running)
-                .cloned()
-                .collect();
+            let running: Vec<String> =
+                t.order.iter().filter(|id| t.tasks[*id].state == TaskState::Running).cloned().collect();
             for id in &running {
                 let r = t.tasks.get_mut(id).expect("listed");
                 r.state = TaskState::Queued;
                 r.lease = None;
                 let record = r.clone();
-                t.event(
-                    &record,
-                    now,
-                    "released",
-                    Some("lease of a stopped runner taken back".into()),
-                );
+                t.event(&record, now, "released", Some("lease of a stopped runner taken back".into()));
             }
             running.len() as u64
         }))
@@ -279,13 +238,7 @@ impl TaskStore for MemoryStore {
     }
 
     async fn events(&self, task_id: &str) -> StoreResult<Vec<AuditEvent>> {
-        Ok(self.with(|t| {
-            t.events
-                .iter()
-                .filter(|e| e.task_id == task_id)
-                .cloned()
-                .collect()
-        }))
+        Ok(self.with(|t| t.events.iter().filter(|e| e.task_id == task_id).cloned().collect()))
     }
 
     async fn pending(&self) -> StoreResult<Vec<PendingTask>> {
@@ -308,24 +261,13 @@ impl TaskStore for MemoryStore {
 
     async fn summary(&self, run_id: Option<&str>) -> StoreResult<Vec<GroupSummary>> {
         Ok(self.with(|t| {
-            let records = t
-                .order
-                .iter()
-                .map(|id| &t.tasks[id])
-                .filter(|r| run_id.is_none_or(|run| r.run_id() == run));
+            let records = t.order.iter().map(|id| &t.tasks[id]).filter(|r| run_id.is_none_or(|run| r.run_id() == run));
             crate::metrics::summarise(records)
         }))
     }
 
     async fn run_tasks(&self, run_id: &str) -> StoreResult<Vec<TaskRecord>> {
-        Ok(self.with(|t| {
-            t.order
-                .iter()
-                .map(|id| &t.tasks[id])
-                .filter(|r| r.run_id() == run_id)
-                .cloned()
-                .collect()
-        }))
+        Ok(self.with(|t| t.order.iter().map(|id| &t.tasks[id]).filter(|r| r.run_id() == run_id).cloned().collect()))
     }
 }
 
@@ -371,11 +313,7 @@ impl<C: Clock> MemoryQueue<C> {
     /// A queue promoting waiting tasks by one class per `aging`.
     #[must_use]
     pub fn new(aging: Duration, clock: C) -> Self {
-        Self {
-            scheduler: Mutex::new(Scheduler::new(aging)),
-            notify: Notify::new(),
-            clock,
-        }
+        Self { scheduler: Mutex::new(Scheduler::new(aging)), notify: Notify::new(), clock }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
@@ -409,9 +347,7 @@ impl<C: Clock> WorkQueue for MemoryQueue<C> {
                 s.next_due()
             };
             let sleep_until = match next_due {
-                Some(at) => (tokio::time::Instant::now()
-                    + crate::time::until(at, self.clock.now()))
-                .min(deadline),
+                Some(at) => (tokio::time::Instant::now() + crate::time::until(at, self.clock.now())).min(deadline),
                 None => deadline,
             };
             tokio::select! {
@@ -457,13 +393,7 @@ impl LimiterStore for MemoryLimiter {
     }
 
     async fn in_use(&self, key: &LimitKey) -> StoreResult<u32> {
-        Ok(self
-            .in_use
-            .lock()
-            .expect("limiter poisoned")
-            .get(key)
-            .copied()
-            .unwrap_or(0))
+        Ok(self.in_use.lock().expect("limiter poisoned").get(key).copied().unwrap_or(0))
     }
 }
 
@@ -564,28 +494,16 @@ mod tests {
         q.send(vec![
             (delivery("n", TaskPriority::Normal), Duration::ZERO),
             (delivery("h", TaskPriority::High), Duration::ZERO),
-            (
-                delivery("later", TaskPriority::High),
-                Duration::from_secs(5),
-            ),
+            (delivery("later", TaskPriority::High), Duration::from_secs(5)),
         ])
         .await
         .unwrap();
         assert_eq!(q.len(), 3);
-        assert_eq!(
-            q.receive(Duration::ZERO).await.unwrap().unwrap().task_id,
-            "h"
-        );
-        assert_eq!(
-            q.receive(Duration::ZERO).await.unwrap().unwrap().task_id,
-            "n"
-        );
+        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "h");
+        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "n");
         assert_eq!(q.receive(Duration::from_millis(10)).await.unwrap(), None);
         clock.advance(Duration::from_secs(5));
-        assert_eq!(
-            q.receive(Duration::ZERO).await.unwrap().unwrap().task_id,
-            "later"
-        );
+        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "later");
         assert!(q.is_empty());
     }
 
@@ -595,9 +513,7 @@ mod tests {
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.receive(Duration::from_secs(60)).await });
         tokio::task::yield_now().await;
-        q.send(vec![(delivery("x", TaskPriority::Low), Duration::ZERO)])
-            .await
-            .unwrap();
+        q.send(vec![(delivery("x", TaskPriority::Low), Duration::ZERO)]).await.unwrap();
         assert_eq!(waiter.await.unwrap().unwrap().unwrap().task_id, "x");
     }
 
@@ -617,12 +533,7 @@ mod tests {
     #[test]
     fn counting_sink_tracks_open_breakers() {
         let s = CountingSink::default();
-        let changed = |d: &str, state| {
-            s.record(Metric::BreakerChanged {
-                deployment: d.into(),
-                state,
-            })
-        };
+        let changed = |d: &str, state| s.record(Metric::BreakerChanged { deployment: d.into(), state });
         changed("a", BreakerState::Open);
         changed("b", BreakerState::Open);
         changed("a", BreakerState::HalfOpen);

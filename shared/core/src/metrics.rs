@@ -61,10 +61,7 @@ impl ExecutionMetrics {
         let failed = sum(|g| g.failed_by_class.values().sum());
         let completed = sum(|g| g.completed);
         let cancelled = sum(|g| g.cancelled);
-        let mut latencies: Vec<f64> = groups
-            .iter()
-            .flat_map(|g| g.latencies_ms.iter().copied())
-            .collect();
+        let mut latencies: Vec<f64> = groups.iter().flat_map(|g| g.latencies_ms.iter().copied()).collect();
         latencies.sort_by(f64::total_cmp);
         let first = groups.iter().filter_map(|g| g.first_start).min();
         let last = groups.iter().filter_map(|g| g.last_end).max();
@@ -85,16 +82,8 @@ impl ExecutionMetrics {
             p50_latency: percentile(&latencies, 0.50),
             p95_latency: percentile(&latencies, 0.95),
             p99_latency: percentile(&latencies, 0.99),
-            throughput: if secs > 0.0 {
-                terminal as f64 / secs
-            } else {
-                0.0
-            },
-            error_rate: if completed + failed > 0 {
-                failed as f64 / (completed + failed) as f64
-            } else {
-                0.0
-            },
+            throughput: if secs > 0.0 { terminal as f64 / secs } else { 0.0 },
+            error_rate: if completed + failed > 0 { failed as f64 / (completed + failed) as f64 } else { 0.0 },
             retries: sum(|g| g.retries),
             throttles: sum(|g| g.throttles),
             dead_lettered: sum(|g| g.dead_lettered),
@@ -131,11 +120,7 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / values.len() as f64
-    }
+    if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
 }
 
 /// Group records per deployment/model (the one way summaries are computed from records).
@@ -214,37 +199,22 @@ mod tests {
                 retries: 4,
                 ..GroupSummary::default()
             },
-            GroupSummary {
-                running: 1,
-                ..GroupSummary::default()
-            },
+            GroupSummary { running: 1, ..GroupSummary::default() },
         ];
         let m = ExecutionMetrics::from_groups(&groups, Some("r1"));
         assert_eq!(m.scope, "run");
         assert_eq!(m.total_tasks, 8);
         assert_eq!(m.pending_tasks, 3);
         assert_eq!(m.average_execution_time, 20.0);
-        assert_eq!(
-            m.error_rate, 0.25,
-            "1 failed of 4 finished with an outcome; cancelled excluded"
-        );
+        assert_eq!(m.error_rate, 0.25, "1 failed of 4 finished with an outcome; cancelled excluded");
         assert_eq!(m.throughput, 2.5, "5 terminal tasks over 2 s");
         assert_eq!(m.retries, 4);
         let json = serde_json::to_value(&m).unwrap();
-        for field in [
-            "totalTasks",
-            "completedTasks",
-            "failedTasks",
-            "averageExecutionTime",
-            "throughput",
-            "errorRate",
-        ] {
+        for field in ["totalTasks", "completedTasks", "failedTasks", "averageExecutionTime", "throughput", "errorRate"]
+        {
             assert!(json.get(field).is_some(), "{field}");
         }
         let empty = ExecutionMetrics::from_groups(&[], None);
-        assert_eq!(
-            (empty.scope.as_str(), empty.error_rate, empty.throughput),
-            ("global", 0.0, 0.0)
-        );
+        assert_eq!((empty.scope.as_str(), empty.error_rate, empty.throughput), ("global", 0.0, 0.0));
     }
 }

@@ -221,10 +221,7 @@ pub trait TaskStore: Send + Sync + 'static {
     /// both cases nothing is written (no record change, no event). A repeat inside one batch is
     /// judged against the earlier record of the batch. Records are independent: a store may
     /// commit a large batch in several transactions.
-    fn submit(
-        &self,
-        records: Vec<TaskRecord>,
-    ) -> impl Future<Output = StoreResult<Vec<SubmitOutcome>>> + Send;
+    fn submit(&self, records: Vec<TaskRecord>) -> impl Future<Output = StoreResult<Vec<SubmitOutcome>>> + Send;
     /// Read one task (`None` if the id is unknown).
     fn get(&self, task_id: &str) -> impl Future<Output = StoreResult<Option<TaskRecord>>> + Send;
     /// Claim a task for one attempt (see [`ClaimOutcome`]); committed before returning.
@@ -240,10 +237,7 @@ pub trait TaskStore: Send + Sync + 'static {
     ///
     /// Every outcome but `Claimed` changes nothing. Of many concurrent claims of one claimable
     /// task exactly one is `Claimed`.
-    fn claim(
-        &self,
-        request: ClaimRequest,
-    ) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
+    fn claim(&self, request: ClaimRequest) -> impl Future<Output = StoreResult<ClaimOutcome>> + Send;
     /// Extend the lease of a running attempt (fenced by epoch): `Applied` (lease `until` set)
     /// only while the task is running with this `epoch`, otherwise `Stale` (also for an unknown
     /// id). Writes no event.
@@ -266,29 +260,18 @@ pub trait TaskStore: Send + Sync + 'static {
     /// - `Released`: queued, `next_attempt_at` cleared; event `released`.
     ///
     /// The epoch is unchanged. Of concurrent finishes with one epoch exactly one applies.
-    fn finish(
-        &self,
-        request: FinishRequest,
-    ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+    fn finish(&self, request: FinishRequest) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
     /// Cancel a queued or running task (bumps epoch).
     ///
     /// Queued or running → `Cancelled { was }`: state cancelled, `epoch + 1`, lease cleared,
     /// `ended_at = now`, `error` of class `cancelled`, a `cancelled` event, and the control
     /// state's `cancel_seq` + 1. Already finished → `AlreadyTerminal(state)`; unknown →
     /// `NotFound`; neither changes anything.
-    fn cancel(
-        &self,
-        task_id: &str,
-        now: Millis,
-    ) -> impl Future<Output = StoreResult<CancelOutcome>> + Send;
+    fn cancel(&self, task_id: &str, now: Millis) -> impl Future<Output = StoreResult<CancelOutcome>> + Send;
     /// Give a failed task a fresh attempt budget (`failed → queued`): `epoch + 1`, `attempt`
     /// and `throttles` 0, `next_attempt_at`, `ended_at` and `dead_letter_reason` cleared, a
     /// `redriven` event → `Applied`. Any other state (or an unknown id) → `Stale`, no change.
-    fn redrive(
-        &self,
-        task_id: &str,
-        now: Millis,
-    ) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
+    fn redrive(&self, task_id: &str, now: Millis) -> impl Future<Output = StoreResult<WriteOutcome>> + Send;
     /// Release every lease: `running → queued`. Only the process that owns the store (the
     /// embedded runner holding its lock) calls this, at start, to take over a dead runner's work.
     ///
@@ -307,10 +290,7 @@ pub trait TaskStore: Send + Sync + 'static {
     /// `crate::metrics::summarise`: counts per state, failures keyed by the JSON name of their
     /// error class, dead-lettered tasks, retries = Σ max(attempt, 1) − 1, throttles Σ, the
     /// `latency_ms` of each completed task's result, earliest `started_at`, latest `ended_at`.
-    fn summary(
-        &self,
-        run_id: Option<&str>,
-    ) -> impl Future<Output = StoreResult<Vec<GroupSummary>>> + Send;
+    fn summary(&self, run_id: Option<&str>) -> impl Future<Output = StoreResult<Vec<GroupSummary>>> + Send;
     /// Records of a run, whole and in submission order (for export).
     fn run_tasks(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
 }
@@ -351,26 +331,15 @@ pub trait ControlStore: Send + Sync + 'static {
     fn control(&self) -> impl Future<Output = StoreResult<ControlState>> + Send;
     /// Pause or resume, globally or for one run. Idempotent. Claims check it atomically (see
     /// [`TaskStore::claim`]); attempts already running are not affected.
-    fn set_paused(
-        &self,
-        scope: PauseScope,
-        paused: bool,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn set_paused(&self, scope: PauseScope, paused: bool) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// Circuit-breaker state per deployment. Written only when the state changes.
 pub trait BreakerStore: Send + Sync + 'static {
     /// The stored snapshot of a deployment's breaker (`None` if never saved).
-    fn load(
-        &self,
-        deployment: &str,
-    ) -> impl Future<Output = StoreResult<Option<BreakerSnapshot>>> + Send;
+    fn load(&self, deployment: &str) -> impl Future<Output = StoreResult<Option<BreakerSnapshot>>> + Send;
     /// Store a snapshot after a state change, replacing the deployment's previous one.
-    fn save(
-        &self,
-        deployment: &str,
-        snapshot: BreakerSnapshot,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn save(&self, deployment: &str, snapshot: BreakerSnapshot) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 /// A concurrency key: what a limit counts.
@@ -387,11 +356,7 @@ pub enum LimitKey {
 /// Concurrency-limiter state: permits per key.
 pub trait LimiterStore: Send + Sync + 'static {
     /// Take a permit under `limit`, or say none is free.
-    fn try_acquire(
-        &self,
-        key: &LimitKey,
-        limit: u32,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    fn try_acquire(&self, key: &LimitKey, limit: u32) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Give a permit back.
     fn release(&self, key: &LimitKey) -> impl Future<Output = StoreResult<()>> + Send;
     /// Permits in use.
@@ -494,13 +459,9 @@ impl Delivery {
 /// start ([`crate::memory::MemoryQueue`]); AWS: one SQS queue per priority.
 pub trait WorkQueue: Send + Sync + 'static {
     /// Enqueue deliveries, each visible after its delay.
-    fn send(
-        &self,
-        deliveries: Vec<(Delivery, Duration)>,
-    ) -> impl Future<Output = StoreResult<()>> + Send;
+    fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> impl Future<Output = StoreResult<()>> + Send;
     /// Wait up to `wait` for one due delivery.
-    fn receive(&self, wait: Duration)
-    -> impl Future<Output = StoreResult<Option<Delivery>>> + Send;
+    fn receive(&self, wait: Duration) -> impl Future<Output = StoreResult<Option<Delivery>>> + Send;
     /// Deliveries waiting (due or delayed).
     fn len(&self) -> usize;
     /// Whether nothing is waiting.

@@ -47,16 +47,10 @@ impl ProviderRequest {
         let p = &task.parameters;
         let mut messages = Vec::with_capacity(p.messages.len() + 2);
         if let Some(system) = &p.system {
-            messages.push(ChatMessage {
-                role: Role::System,
-                content: system.clone(),
-            });
+            messages.push(ChatMessage { role: Role::System, content: system.clone() });
         }
         messages.extend(p.messages.iter().cloned());
-        messages.push(ChatMessage {
-            role: Role::User,
-            content: task.prompt.clone(),
-        });
+        messages.push(ChatMessage { role: Role::User, content: task.prompt.clone() });
         Self {
             deployment: deployment.to_owned(),
             model: task.model_id.clone(),
@@ -100,17 +94,11 @@ pub struct ProviderResponse {
 /// running task is cancelled.
 pub trait Provider: Send + Sync + 'static {
     /// Make one call.
-    fn call(
-        &self,
-        request: ProviderRequest,
-    ) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send;
+    fn call(&self, request: ProviderRequest) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send;
 }
 
 impl<T: Provider> Provider for std::sync::Arc<T> {
-    fn call(
-        &self,
-        request: ProviderRequest,
-    ) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
+    fn call(&self, request: ProviderRequest) -> impl Future<Output = Result<ProviderResponse, ProviderError>> + Send {
         (**self).call(request)
     }
 }
@@ -129,10 +117,7 @@ mod tests {
         .unwrap();
         let r = ProviderRequest::for_task(&task, "d", 2);
         let roles: Vec<_> = r.messages.iter().map(|m| m.role).collect();
-        assert_eq!(
-            roles,
-            [Role::System, Role::User, Role::Assistant, Role::User]
-        );
+        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::User]);
         assert_eq!(r.messages.last().unwrap().content, "now");
         assert_eq!(r.max_tokens, Some(5));
         assert!(r.stream);

@@ -23,12 +23,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base_delay_ms: 500,
-            max_delay_ms: 30_000,
-            throttle_budget: 20,
-        }
+        Self { max_attempts: 3, base_delay_ms: 500, max_delay_ms: 30_000, throttle_budget: 20 }
     }
 }
 
@@ -44,10 +39,7 @@ impl RetryPolicy {
     #[must_use]
     pub fn ceiling(&self, n: u32) -> Duration {
         let exp = n.saturating_sub(1).min(32);
-        let ms = self
-            .base_delay_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.max_delay_ms);
+        let ms = self.base_delay_ms.saturating_mul(1u64 << exp).min(self.max_delay_ms);
         Duration::from_millis(ms)
     }
 
@@ -75,35 +67,20 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_then_caps() {
-        let p = RetryPolicy {
-            base_delay_ms: 100,
-            max_delay_ms: 1_000,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { base_delay_ms: 100, max_delay_ms: 1_000, ..RetryPolicy::default() };
         let ceilings: Vec<_> = (1..=6).map(|n| p.ceiling(n).as_millis()).collect();
         assert_eq!(ceilings, [100, 200, 400, 800, 1_000, 1_000]);
-        assert_eq!(
-            p.ceiling(200),
-            Duration::from_millis(1_000),
-            "no overflow at large n"
-        );
+        assert_eq!(p.ceiling(200), Duration::from_millis(1_000), "no overflow at large n");
     }
 
     #[test]
     fn jitter_stays_within_bounds_and_spreads() {
-        let p = RetryPolicy {
-            base_delay_ms: 100,
-            max_delay_ms: 10_000,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { base_delay_ms: 100, max_delay_ms: 10_000, ..RetryPolicy::default() };
         let mut rng = StdRng::seed_from_u64(7);
         for n in 1..=5 {
             let ceiling = p.ceiling(n);
             let delays: Vec<_> = (0..2_000).map(|_| p.delay_for(n, None, &mut rng)).collect();
-            assert!(
-                delays.iter().all(|d| *d <= ceiling),
-                "retry {n} above {ceiling:?}"
-            );
+            assert!(delays.iter().all(|d| *d <= ceiling), "retry {n} above {ceiling:?}");
             let min = delays.iter().min().unwrap();
             let max = delays.iter().max().unwrap();
             // Full jitter covers the whole range, not just the top of it.
@@ -114,11 +91,7 @@ mod tests {
 
     #[test]
     fn retry_after_wins_when_larger() {
-        let p = RetryPolicy {
-            base_delay_ms: 100,
-            max_delay_ms: 1_000,
-            ..RetryPolicy::default()
-        };
+        let p = RetryPolicy { base_delay_ms: 100, max_delay_ms: 1_000, ..RetryPolicy::default() };
         let mut rng = StdRng::seed_from_u64(1);
         let long = Duration::from_secs(5);
         for _ in 0..100 {

@@ -17,11 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Decision, Engine};
 use crate::error::StoreError;
-use crate::ports::{
-    BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink,
-    TaskStore, WorkQueue,
-};
 use crate::ports::PendingTask;
+use crate::ports::{
+    BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink, TaskStore, WorkQueue,
+};
 use crate::provider::Provider;
 use crate::time::Clock;
 
@@ -36,10 +35,7 @@ pub struct RunnerConfig {
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self {
-            concurrency: 64,
-            poll: Duration::from_millis(200),
-        }
+        Self { concurrency: 64, poll: Duration::from_millis(200) }
     }
 }
 
@@ -92,11 +88,7 @@ where
     Q: WorkQueue,
 {
     /// A runner feeding `engine` from `queue`.
-    pub fn new(
-        engine: Arc<Engine<S, B, L, M, P, C>>,
-        queue: Arc<Q>,
-        config: RunnerConfig,
-    ) -> Arc<Self> {
+    pub fn new(engine: Arc<Engine<S, B, L, M, P, C>>, queue: Arc<Q>, config: RunnerConfig) -> Arc<Self> {
         Arc::new(Self {
             engine,
             queue,
@@ -116,9 +108,7 @@ where
     /// Deliveries waiting in the queue or parked.
     pub fn waiting(&self) -> usize {
         let parking = self.lock_parking();
-        self.queue.len()
-            + parking.paused.len()
-            + parking.limited.values().map(VecDeque::len).sum::<usize>()
+        self.queue.len() + parking.paused.len() + parking.limited.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// What the runner has done so far.
@@ -158,19 +148,12 @@ where
         let result = self.pull(&slots, &shutdown).await;
         // Wait for in-flight work: every slot back.
         let all = u32::try_from(self.config.concurrency.max(1)).unwrap_or(u32::MAX);
-        let _all = slots
-            .acquire_many(all)
-            .await
-            .expect("semaphore never closed");
+        let _all = slots.acquire_many(all).await.expect("semaphore never closed");
         maintenance.abort();
         result
     }
 
-    async fn pull(
-        self: &Arc<Self>,
-        slots: &Arc<Semaphore>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), StoreError> {
+    async fn pull(self: &Arc<Self>, slots: &Arc<Semaphore>, shutdown: &CancellationToken) -> Result<(), StoreError> {
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
@@ -201,17 +184,11 @@ where
     }
 
     fn is_idle(&self) -> bool {
-        self.active.load(Ordering::SeqCst) == 0
-            && self.queue.is_empty()
-            && self.lock_parking().is_empty()
+        self.active.load(Ordering::SeqCst) == 0 && self.queue.is_empty() && self.lock_parking().is_empty()
     }
 
     async fn act(&self, mut d: Delivery, decision: Decision) -> Result<(), StoreError> {
-        let keys = self
-            .engine
-            .config()
-            .limits
-            .keys_for(&d.provider_id, &d.model_id);
+        let keys = self.engine.config().limits.keys_for(&d.provider_id, &d.model_id);
         d.receive_count += 1;
         match decision {
             Decision::Ack | Decision::DeadLetter { .. } => {
@@ -222,19 +199,9 @@ where
                 self.retrying.lock().expect("poisoned").insert(d.task_id.clone());
                 self.queue.send(vec![(d, delay)]).await?;
             }
-            Decision::Defer {
-                reason: DeferReason::Paused,
-                ..
-            } => self.lock_parking().paused.push(d),
-            Decision::Defer {
-                reason: DeferReason::LimitReached(key),
-                ..
-            } => {
-                self.lock_parking()
-                    .limited
-                    .entry(key)
-                    .or_default()
-                    .push_back(d);
+            Decision::Defer { reason: DeferReason::Paused, .. } => self.lock_parking().paused.push(d),
+            Decision::Defer { reason: DeferReason::LimitReached(key), .. } => {
+                self.lock_parking().limited.entry(key).or_default().push_back(d);
                 return Ok(());
             }
             Decision::Defer { delay, .. } => self.queue.send(vec![(d, delay)]).await?,
@@ -278,10 +245,8 @@ where
         let control = self.engine.ports().store.control().await?;
         let resumed: Vec<_> = {
             let mut parking = self.lock_parking();
-            let (still, resumed): (Vec<_>, Vec<_>) = parking
-                .paused
-                .drain(..)
-                .partition(|d| control.is_paused(&d.run_id));
+            let (still, resumed): (Vec<_>, Vec<_>) =
+                parking.paused.drain(..).partition(|d| control.is_paused(&d.run_id));
             parking.paused = still;
             resumed.into_iter().map(|d| (d, Duration::ZERO)).collect()
         };

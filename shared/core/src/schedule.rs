@@ -51,23 +51,14 @@ impl Scheduler {
     /// A scheduler promoting a waiting task by one class per `aging`.
     #[must_use]
     pub fn new(aging: Duration) -> Self {
-        Self {
-            aging: duration_ms(aging).max(1),
-            seq: 0,
-            due: BinaryHeap::new(),
-            delayed: BinaryHeap::new(),
-        }
+        Self { aging: duration_ms(aging).max(1), seq: 0, due: BinaryHeap::new(), delayed: BinaryHeap::new() }
     }
 
     /// Add a delivery that becomes due at `due_at`; `delivery.ready_at` is set to it.
     pub fn push(&mut self, mut delivery: Delivery, due_at: Millis) {
         delivery.ready_at = due_at;
         self.seq += 1;
-        let entry = Entry {
-            key: due_at,
-            seq: self.seq,
-            delivery,
-        };
+        let entry = Entry { key: due_at, seq: self.seq, delivery };
         self.delayed.push(Reverse(entry));
     }
 
@@ -80,11 +71,7 @@ impl Scheduler {
     /// When the next delayed delivery becomes due, if nothing is due now.
     #[must_use]
     pub fn next_due(&self) -> Option<Millis> {
-        if self.due.is_empty() {
-            self.delayed.peek().map(|Reverse(e)| e.key)
-        } else {
-            Some(Millis::MIN)
-        }
+        if self.due.is_empty() { self.delayed.peek().map(|Reverse(e)| e.key) } else { Some(Millis::MIN) }
     }
 
     /// Deliveries held (due and delayed).
@@ -126,9 +113,7 @@ mod tests {
     }
 
     fn drain(s: &mut Scheduler, now: Millis) -> Vec<String> {
-        std::iter::from_fn(|| s.pop(now))
-            .map(|d| d.task_id)
-            .collect()
+        std::iter::from_fn(|| s.pop(now)).map(|d| d.task_id).collect()
     }
 
     #[test]
@@ -150,10 +135,7 @@ mod tests {
         s.push(d("h-early", TaskPriority::High), 19_999);
         s.push(d("h-late", TaskPriority::High), 20_001);
         s.push(d("n-late", TaskPriority::Normal), 10_001);
-        assert_eq!(
-            drain(&mut s, 30_000),
-            ["h-early", "old-low", "h-late", "n-late"]
-        );
+        assert_eq!(drain(&mut s, 30_000), ["h-early", "old-low", "h-late", "n-late"]);
     }
 
     #[test]
@@ -170,10 +152,7 @@ mod tests {
             }
         }
         let t = served_at.expect("low was served");
-        assert!(
-            t <= 200 + 10,
-            "low served at {t} ms, aging bound is 2 × 100 ms"
-        );
+        assert!(t <= 200 + 10, "low served at {t} ms, aging bound is 2 × 100 ms");
     }
 
     #[test]

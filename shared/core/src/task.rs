@@ -124,9 +124,7 @@ pub enum Role {
 }
 
 /// Scheduling class. Embedded: strict priority with aging; AWS: one queue each, weighted.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskPriority {
     /// Served first.
@@ -403,10 +401,7 @@ impl TaskRecord {
     /// The overall deadline, in ms since the epoch.
     #[must_use]
     pub fn deadline_at(&self) -> Option<Millis> {
-        self.task.deadline.map(|d| {
-            self.submitted_at
-                .saturating_add(i64::try_from(d).unwrap_or(i64::MAX))
-        })
+        self.task.deadline.map(|d| self.submitted_at.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)))
     }
 
     /// The story's `TaskStatus` view of this record.
@@ -501,13 +496,8 @@ mod tests {
         for p in [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low] {
             assert_eq!(TaskPriority::parse(p.as_str()), Some(p));
         }
-        for s in [
-            TaskState::Queued,
-            TaskState::Running,
-            TaskState::Completed,
-            TaskState::Failed,
-            TaskState::Cancelled,
-        ] {
+        for s in [TaskState::Queued, TaskState::Running, TaskState::Completed, TaskState::Failed, TaskState::Cancelled]
+        {
             assert_eq!(TaskState::parse(s.as_str()), Some(s));
         }
         assert_eq!(TaskPriority::parse("urgent"), None);

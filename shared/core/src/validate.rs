@@ -36,10 +36,7 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -64,8 +61,8 @@ pub fn is_valid_id(id: &str) -> bool {
 
 /// Parse one task from JSON text, reporting every problem found.
 pub fn parse_task(text: &str) -> Result<BenchmarkTask, Vec<FieldError>> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| vec![FieldError::new("", format!("malformed JSON: {e}"))])?;
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| vec![FieldError::new("", format!("malformed JSON: {e}"))])?;
     parse_task_value(value)
 }
 
@@ -86,20 +83,13 @@ pub fn parse_task_value(value: Value) -> Result<BenchmarkTask, Vec<FieldError>> 
             let message = e.inner().to_string();
             // The missing-field error repeats what the required check already said.
             if !message.starts_with("missing field") {
-                errors.push(FieldError::new(
-                    if field == "." { String::new() } else { field },
-                    message,
-                ));
+                errors.push(FieldError::new(if field == "." { String::new() } else { field }, message));
             }
             return Err(errors);
         }
     };
     errors.extend(validate(&task));
-    if errors.is_empty() {
-        Ok(task)
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(task) } else { Err(errors) }
 }
 
 /// Check a parsed task against the contract's limits.
@@ -111,32 +101,12 @@ pub fn validate(task: &BenchmarkTask) -> Vec<FieldError> {
             errors.push(FieldError::new(field, message));
         }
     };
-    check(
-        is_valid_id(&task.id),
-        "id",
-        format!("must match {ID_PATTERN}"),
-    );
-    check(
-        !task.provider_id.trim().is_empty(),
-        "providerId",
-        "must not be empty".into(),
-    );
-    check(
-        !task.model_id.trim().is_empty(),
-        "modelId",
-        "must not be empty".into(),
-    );
-    check(
-        !task.prompt.is_empty(),
-        "prompt",
-        "must not be empty".into(),
-    );
+    check(is_valid_id(&task.id), "id", format!("must match {ID_PATTERN}"));
+    check(!task.provider_id.trim().is_empty(), "providerId", "must not be empty".into());
+    check(!task.model_id.trim().is_empty(), "modelId", "must not be empty".into());
+    check(!task.prompt.is_empty(), "prompt", "must not be empty".into());
     if let Some(run) = &task.run_id {
-        check(
-            is_valid_id(run),
-            "runId",
-            format!("must match {ID_PATTERN}"),
-        );
+        check(is_valid_id(run), "runId", format!("must match {ID_PATTERN}"));
     }
     let p = &task.parameters;
     let text_bytes = task.prompt.len()
@@ -145,23 +115,13 @@ pub fn validate(task: &BenchmarkTask) -> Vec<FieldError> {
     check(
         text_bytes <= MAX_PROMPT_BYTES,
         "prompt",
-        format!(
-            "prompt, system prompt and messages are {text_bytes} bytes; the limit is {MAX_PROMPT_BYTES}"
-        ),
+        format!("prompt, system prompt and messages are {text_bytes} bytes; the limit is {MAX_PROMPT_BYTES}"),
     );
     if let Some(t) = task.timeout {
-        check(
-            TIMEOUT_RANGE_MS.contains(&t),
-            "timeout",
-            format!("{t} ms is outside 1..=900000 ms"),
-        );
+        check(TIMEOUT_RANGE_MS.contains(&t), "timeout", format!("{t} ms is outside 1..=900000 ms"));
     }
     if let Some(d) = task.deadline {
-        check(
-            (1..=MAX_DEADLINE_MS).contains(&d),
-            "deadline",
-            format!("{d} ms is outside 1..={MAX_DEADLINE_MS} ms"),
-        );
+        check((1..=MAX_DEADLINE_MS).contains(&d), "deadline", format!("{d} ms is outside 1..={MAX_DEADLINE_MS} ms"));
     }
     let metadata = json_len(&task.metadata);
     check(
@@ -175,29 +135,13 @@ pub fn validate(task: &BenchmarkTask) -> Vec<FieldError> {
         "parameters.extra",
         format!("{extra} bytes as JSON; the limit is {MAX_EXTRA_BYTES}"),
     );
-    check(
-        p.messages.len() <= MAX_MESSAGES,
-        "parameters.messages",
-        format!("at most {MAX_MESSAGES} messages"),
-    );
-    check(
-        p.stop.len() <= MAX_STOP,
-        "parameters.stop",
-        format!("at most {MAX_STOP} stop sequences"),
-    );
+    check(p.messages.len() <= MAX_MESSAGES, "parameters.messages", format!("at most {MAX_MESSAGES} messages"));
+    check(p.stop.len() <= MAX_STOP, "parameters.stop", format!("at most {MAX_STOP} stop sequences"));
     if let Some(t) = p.temperature {
-        check(
-            (0.0..=2.0).contains(&t),
-            "parameters.temperature",
-            format!("{t} is outside 0..=2"),
-        );
+        check((0.0..=2.0).contains(&t), "parameters.temperature", format!("{t} is outside 0..=2"));
     }
     if let Some(t) = p.top_p {
-        check(
-            (0.0..=1.0).contains(&t),
-            "parameters.topP",
-            format!("{t} is outside 0..=1"),
-        );
+        check((0.0..=1.0).contains(&t), "parameters.topP", format!("{t} is outside 0..=1"));
     }
     if let Some(n) = p.max_tokens {
         check(n >= 1, "parameters.maxTokens", "must be at least 1".into());
@@ -214,17 +158,12 @@ mod tests {
     use super::*;
 
     fn fields(text: &str) -> Vec<String> {
-        parse_task(text)
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        parse_task(text).unwrap_err().into_iter().map(|e| e.field).collect()
     }
 
     #[test]
     fn accepts_a_minimal_task() {
-        let t =
-            parse_task(r#"{"id":"a-1","providerId":"sim","modelId":"m","prompt":"hi"}"#).unwrap();
+        let t = parse_task(r#"{"id":"a-1","providerId":"sim","modelId":"m","prompt":"hi"}"#).unwrap();
         assert_eq!(t.id, "a-1");
     }
 
@@ -232,28 +171,18 @@ mod tests {
     fn names_each_problem_field() {
         assert_eq!(fields("{not json"), [""]);
         assert_eq!(fields("[1]"), [""]);
-        assert_eq!(
-            fields(r#"{"id":"a","providerId":"p"}"#),
-            ["modelId", "prompt"]
-        );
+        assert_eq!(fields(r#"{"id":"a","providerId":"p"}"#), ["modelId", "prompt"]);
         assert_eq!(
             fields(r#"{"id":"a","providerId":"p","modelId":"m","prompt":"x","priority":"urgent"}"#),
             ["priority"]
         );
+        assert_eq!(fields(r#"{"id":"a","providerId":"p","modelId":"m","prompt":"x","timeout":-5}"#), ["timeout"]);
         assert_eq!(
-            fields(r#"{"id":"a","providerId":"p","modelId":"m","prompt":"x","timeout":-5}"#),
-            ["timeout"]
-        );
-        assert_eq!(
-            fields(
-                r#"{"id":"a","providerId":"p","modelId":"m","prompt":"x","parameters":{"temperature":"hot"}}"#
-            ),
+            fields(r#"{"id":"a","providerId":"p","modelId":"m","prompt":"x","parameters":{"temperature":"hot"}}"#),
             ["parameters.temperature"]
         );
         assert_eq!(
-            fields(
-                r#"{"id":"bad id","providerId":"p","modelId":"m","prompt":"","timeout":0,"parameters":{"topP":3}}"#
-            ),
+            fields(r#"{"id":"bad id","providerId":"p","modelId":"m","prompt":"","timeout":0,"parameters":{"topP":3}}"#),
             ["id", "prompt", "timeout", "parameters.topP"]
         );
     }
@@ -265,14 +194,10 @@ mod tests {
         let errors = parse_task(&text).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(
-            errors[0].to_string().starts_with(
-                "field `prompt`: prompt, system prompt and messages are 1048577 bytes"
-            )
+            errors[0].to_string().starts_with("field `prompt`: prompt, system prompt and messages are 1048577 bytes")
         );
         let meta = "y".repeat(MAX_METADATA_BYTES);
-        let text = format!(
-            r#"{{"id":"a","providerId":"p","modelId":"m","prompt":"p","metadata":{{"k":"{meta}"}}}}"#
-        );
+        let text = format!(r#"{{"id":"a","providerId":"p","modelId":"m","prompt":"p","metadata":{{"k":"{meta}"}}}}"#);
         assert_eq!(fields(&text), ["metadata"]);
     }
 

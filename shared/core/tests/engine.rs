@@ -10,9 +10,7 @@ use taskexec_core::breaker::{BreakerPolicy, BreakerState};
 use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
-use taskexec_core::ports::{
-    BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, TaskStore,
-};
+use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, TaskStore};
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState, Usage};
@@ -37,10 +35,7 @@ struct Scripted {
 
 impl Scripted {
     fn script(&self, task: &str, steps: impl IntoIterator<Item = Step>) {
-        self.steps
-            .lock()
-            .unwrap()
-            .insert(task.into(), steps.into_iter().collect());
+        self.steps.lock().unwrap().insert(task.into(), steps.into_iter().collect());
     }
 }
 
@@ -60,24 +55,15 @@ impl Provider for Scripted {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         let mut guard = InFlight(self, false);
-        let step = self
-            .steps
-            .lock()
-            .unwrap()
-            .get_mut(&request.task_id)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or(Step::Ok);
+        let step =
+            self.steps.lock().unwrap().get_mut(&request.task_id).and_then(VecDeque::pop_front).unwrap_or(Step::Ok);
         // Every call takes a little (virtual) time so concurrent calls overlap.
         tokio::time::sleep(Duration::from_millis(10)).await;
         let out = match step {
             Step::Ok => Ok(ProviderResponse {
                 text: format!("answer to {}", request.task_id),
                 finish_reason: "stop".into(),
-                usage: Usage {
-                    input_tokens: 3,
-                    output_tokens: 5,
-                    cached_tokens: None,
-                },
+                usage: Usage { input_tokens: 3, output_tokens: 5, cached_tokens: None },
                 model: request.model,
                 request_id: Some("req-1".into()),
                 latency: Duration::from_millis(10),
@@ -91,8 +77,7 @@ impl Provider for Scripted {
     }
 }
 
-type TestEngine =
-    Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
+type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
 
 struct Harness {
     engine: Arc<TestEngine>,
@@ -113,22 +98,12 @@ fn harness(config: EngineConfig) -> Harness {
         provider: provider.clone(),
         clock: clock.clone(),
     };
-    Harness {
-        engine: Arc::new(Engine::new(ports, config)),
-        provider,
-        clock,
-        sink,
-    }
+    Harness { engine: Arc::new(Engine::new(ports, config)), provider, clock, sink }
 }
 
 fn config() -> EngineConfig {
     EngineConfig {
-        retry: RetryPolicy {
-            max_attempts: 3,
-            base_delay_ms: 100,
-            max_delay_ms: 1_000,
-            throttle_budget: 2,
-        },
+        retry: RetryPolicy { max_attempts: 3, base_delay_ms: 100, max_delay_ms: 1_000, throttle_budget: 2 },
         breaker: BreakerPolicy {
             consecutive_failures: 3,
             min_calls: 100,
@@ -155,10 +130,7 @@ impl Harness {
             r#"{{"id":"{id}","providerId":"dep","modelId":"m","prompt":"p","runId":"run"{extra}}}"#
         ))
         .unwrap();
-        self.store()
-            .submit(vec![TaskRecord::new(task, 0)])
-            .await
-            .unwrap();
+        self.store().submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
         Delivery {
             task_id: id.into(),
             provider_id: "dep".into(),
@@ -175,13 +147,7 @@ impl Harness {
     }
 
     async fn event_kinds(&self, id: &str) -> Vec<String> {
-        self.store()
-            .events(id)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.kind)
-            .collect()
+        self.store().events(id).await.unwrap().into_iter().map(|e| e.kind).collect()
     }
 }
 
@@ -215,15 +181,9 @@ async fn success_completes_with_result_and_timings() {
     assert_eq!(result.text, "answer to t1");
     assert_eq!(result.deployment, "dep");
     assert_eq!(result.attempts.len(), 1);
-    assert_eq!(
-        result.attempts[0].queue_wait_ms, 1_000_000,
-        "queue wait counted from ready_at, apart from latency"
-    );
+    assert_eq!(result.attempts[0].queue_wait_ms, 1_000_000, "queue wait counted from ready_at, apart from latency");
     assert_eq!(result.latency_ms, 10.0);
-    assert_eq!(
-        h.event_kinds("t1").await,
-        ["submitted", "claimed", "completed"]
-    );
+    assert_eq!(h.event_kinds("t1").await, ["submitted", "claimed", "completed"]);
     // A duplicate delivery of a finished task is acknowledged without a call.
     assert_eq!(h.engine.process(&d).await, Decision::Ack);
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
@@ -234,56 +194,32 @@ async fn rate_limits_raise_throttles_only_and_honour_retry_after() {
     let h = harness(config());
     let d = h.submit("t1", "").await;
     h.provider.script("t1", [rate_limited(5_000)]);
-    assert_eq!(
-        h.engine.process(&d).await,
-        Decision::Retry {
-            delay: Duration::from_millis(5_000)
-        }
-    );
+    assert_eq!(h.engine.process(&d).await, Decision::Retry { delay: Duration::from_millis(5_000) });
     let r = h.record("t1").await;
     assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Queued, 0, 1));
     assert_eq!(r.next_attempt_at, Some(1_005_000));
     assert_eq!(r.error.unwrap().class, ErrorClass::RateLimited);
     // Not due yet: deferred, no call, nothing counted.
-    assert!(matches!(
-        h.engine.process(&d).await,
-        Decision::Defer {
-            reason: DeferReason::NotDue,
-            ..
-        }
-    ));
+    assert!(matches!(h.engine.process(&d).await, Decision::Defer { reason: DeferReason::NotDue, .. }));
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
     h.clock.advance(Duration::from_secs(5));
     assert_eq!(h.engine.process(&d).await, Decision::Ack);
     let r = h.record("t1").await;
-    assert_eq!(
-        (r.state, r.attempt, r.throttles),
-        (TaskState::Completed, 1, 1)
-    );
-    assert_eq!(
-        r.result.unwrap().attempts.len(),
-        2,
-        "the 429 attempt keeps its own timing entry"
-    );
+    assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Completed, 1, 1));
+    assert_eq!(r.result.unwrap().attempts.len(), 2, "the 429 attempt keeps its own timing entry");
 }
 
 #[tokio::test(start_paused = true)]
 async fn throttle_budget_exhaustion_dead_letters() {
     let h = harness(config());
     let d = h.submit("t1", "").await;
-    h.provider
-        .script("t1", [rate_limited(10), rate_limited(10), rate_limited(10)]);
+    h.provider.script("t1", [rate_limited(10), rate_limited(10), rate_limited(10)]);
     for _ in 0..2 {
         assert!(matches!(h.engine.process(&d).await, Decision::Retry { .. }));
         h.clock.advance(Duration::from_secs(2));
     }
-    let Decision::DeadLetter { reason } = h.engine.process(&d).await else {
-        panic!("expected dead letter")
-    };
-    assert!(
-        reason.starts_with("throttle budget exhausted: 3 rate-limit answers"),
-        "{reason}"
-    );
+    let Decision::DeadLetter { reason } = h.engine.process(&d).await else { panic!("expected dead letter") };
+    assert!(reason.starts_with("throttle budget exhausted: 3 rate-limit answers"), "{reason}");
     let r = h.record("t1").await;
     assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Failed, 0, 3));
     assert_eq!(r.error.unwrap().class, ErrorClass::RateLimited);
@@ -293,35 +229,20 @@ async fn throttle_budget_exhaustion_dead_letters() {
 async fn transient_failures_retry_with_backoff_then_dead_letter_with_reason() {
     let h = harness(config());
     let d = h.submit("t1", "").await;
-    h.provider
-        .script("t1", [transient(), transient(), transient()]);
+    h.provider.script("t1", [transient(), transient(), transient()]);
     for n in 1..=2u32 {
-        let Decision::Retry { delay } = h.engine.process(&d).await else {
-            panic!("expected retry")
-        };
-        assert!(
-            delay <= Duration::from_millis(100 * 2u64.pow(n - 1)),
-            "full jitter under the ceiling"
-        );
+        let Decision::Retry { delay } = h.engine.process(&d).await else { panic!("expected retry") };
+        assert!(delay <= Duration::from_millis(100 * 2u64.pow(n - 1)), "full jitter under the ceiling");
         assert_eq!(h.record("t1").await.attempt, n);
         h.clock.advance(Duration::from_secs(1));
     }
-    let Decision::DeadLetter { reason } = h.engine.process(&d).await else {
-        panic!("expected dead letter")
-    };
-    assert_eq!(
-        reason,
-        "attempts exhausted: 3 of 3 used; last error: unavailable"
-    );
+    let Decision::DeadLetter { reason } = h.engine.process(&d).await else { panic!("expected dead letter") };
+    assert_eq!(reason, "attempts exhausted: 3 of 3 used; last error: unavailable");
     let r = h.record("t1").await;
     assert_eq!((r.state, r.attempt), (TaskState::Failed, 3));
     assert_eq!(r.dead_letter_reason.as_deref(), Some(reason.as_str()));
     assert_eq!(r.history.len(), 3);
-    assert!(
-        h.event_kinds("t1")
-            .await
-            .ends_with(&["failed".into(), "deadLettered".into()])
-    );
+    assert!(h.event_kinds("t1").await.ends_with(&["failed".into(), "deadLettered".into()]));
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 3);
 }
 
@@ -333,82 +254,41 @@ async fn permanent_errors_fail_at_once_and_never_open_the_breaker() {
         let d = h.submit(&id, "").await;
         h.provider.script(
             &id,
-            [Step::Fail(ProviderError::Permanent {
-                status: Some(400),
-                code: None,
-                detail: "bad".into(),
-            })],
+            [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into() })],
         );
         assert_eq!(h.engine.process(&d).await, Decision::Ack);
         let r = h.record(&id).await;
         assert_eq!((r.state, r.attempt), (TaskState::Failed, 1));
         assert_eq!(r.error.unwrap().provider_status, Some(400));
     }
-    assert_eq!(
-        h.breakers().load("dep").await.unwrap(),
-        None,
-        "breaker never changed state"
-    );
+    assert_eq!(h.breakers().load("dep").await.unwrap(), None, "breaker never changed state");
 }
 
 #[tokio::test(start_paused = true)]
 async fn deferrals_leave_attempt_and_throttles_unchanged() {
     let h = harness(EngineConfig {
-        limits: Limits {
-            deployments: [("dep".to_owned(), 1)].into(),
-            ..Limits::default()
-        },
+        limits: Limits { deployments: [("dep".to_owned(), 1)].into(), ..Limits::default() },
         ..config()
     });
     let d = h.submit("t1", "").await;
     // Paused: no attempt starts.
-    h.store()
-        .set_paused(PauseScope::Run("run".into()), true)
-        .await
-        .unwrap();
-    assert!(matches!(
-        h.engine.process(&d).await,
-        Decision::Defer {
-            reason: DeferReason::Paused,
-            ..
-        }
-    ));
-    h.store()
-        .set_paused(PauseScope::Run("run".into()), false)
-        .await
-        .unwrap();
-    h.store()
-        .set_paused(PauseScope::Global, true)
-        .await
-        .unwrap();
-    assert!(matches!(
-        h.engine.process(&d).await,
-        Decision::Defer {
-            reason: DeferReason::Paused,
-            ..
-        }
-    ));
-    h.store()
-        .set_paused(PauseScope::Global, false)
-        .await
-        .unwrap();
+    h.store().set_paused(PauseScope::Run("run".into()), true).await.unwrap();
+    assert!(matches!(h.engine.process(&d).await, Decision::Defer { reason: DeferReason::Paused, .. }));
+    h.store().set_paused(PauseScope::Run("run".into()), false).await.unwrap();
+    h.store().set_paused(PauseScope::Global, true).await.unwrap();
+    assert!(matches!(h.engine.process(&d).await, Decision::Defer { reason: DeferReason::Paused, .. }));
+    h.store().set_paused(PauseScope::Global, false).await.unwrap();
     // Limit reached: the only permit is held by someone else.
     let key = LimitKey::Deployment("dep".into());
     use taskexec_core::ports::LimiterStore;
     assert!(h.engine.ports().limiter.try_acquire(&key, 1).await.unwrap());
     assert_eq!(
         h.engine.process(&d).await,
-        Decision::Defer {
-            delay: Duration::from_millis(50),
-            reason: DeferReason::LimitReached(key.clone())
-        }
+        Decision::Defer { delay: Duration::from_millis(50), reason: DeferReason::LimitReached(key.clone()) }
     );
     h.engine.ports().limiter.release(&key).await.unwrap();
     let r = h.record("t1").await;
-    assert_eq!(
-        (r.state, r.attempt, r.throttles, r.epoch),
-        (TaskState::Queued, 0, 0, 0)
-    );
+    assert_eq!((r.state, r.attempt, r.throttles, r.epoch), (TaskState::Queued, 0, 0, 0));
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 0);
     // Breaker open: trip it with three failing tasks, then t1 is deferred.
     for i in 0..3 {
@@ -417,27 +297,12 @@ async fn deferrals_leave_attempt_and_throttles_unchanged() {
         h.provider.script(&id, [transient()]);
         h.engine.process(&f).await;
     }
-    let Decision::Defer { delay, reason } = h.engine.process(&d).await else {
-        panic!("expected defer")
-    };
-    assert_eq!(
-        (delay, reason),
-        (
-            Duration::from_secs(5),
-            DeferReason::BreakerOpen("dep".into())
-        )
-    );
+    let Decision::Defer { delay, reason } = h.engine.process(&d).await else { panic!("expected defer") };
+    assert_eq!((delay, reason), (Duration::from_secs(5), DeferReason::BreakerOpen("dep".into())));
     let r = h.record("t1").await;
-    assert_eq!(
-        (r.state, r.attempt, r.throttles, r.epoch),
-        (TaskState::Queued, 0, 0, 0)
-    );
+    assert_eq!((r.state, r.attempt, r.throttles, r.epoch), (TaskState::Queued, 0, 0, 0));
     let kinds = h.event_kinds("t1").await;
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "deferred").count(),
-        3,
-        "pause ×2 and breaker audited: {kinds:?}"
-    );
+    assert_eq!(kinds.iter().filter(|k| *k == "deferred").count(), 3, "pause ×2 and breaker audited: {kinds:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -449,23 +314,14 @@ async fn breaker_opens_probes_and_closes_through_the_engine() {
         h.provider.script(&id, [transient()]);
         h.engine.process(&f).await;
     }
-    assert_eq!(
-        h.breakers().load("dep").await.unwrap().unwrap().state,
-        BreakerState::Open
-    );
+    assert_eq!(h.breakers().load("dep").await.unwrap().unwrap().state, BreakerState::Open);
     let d = h.submit("t1", "").await;
     assert!(matches!(h.engine.process(&d).await, Decision::Defer { .. }));
     h.clock.advance(Duration::from_secs(5));
     // The cool-down is over: t1 goes through as the probe and its success closes the breaker.
     assert_eq!(h.engine.process(&d).await, Decision::Ack);
-    assert_eq!(
-        h.breakers().load("dep").await.unwrap().unwrap().state,
-        BreakerState::Closed
-    );
-    assert_eq!(
-        taskexec_core::memory::Counters::get(&h.sink.counters.breaker_opens),
-        1
-    );
+    assert_eq!(h.breakers().load("dep").await.unwrap().unwrap().state, BreakerState::Closed);
+    assert_eq!(taskexec_core::memory::Counters::get(&h.sink.counters.breaker_opens), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -531,10 +387,7 @@ async fn a_cancel_from_elsewhere_is_noticed_by_check_cancellations() {
 
 #[tokio::test(start_paused = true)]
 async fn long_calls_renew_their_lease() {
-    let h = harness(EngineConfig {
-        lease: Duration::from_secs(3),
-        ..config()
-    });
+    let h = harness(EngineConfig { lease: Duration::from_secs(3), ..config() });
     let d = h.submit("t1", "").await;
     h.provider.script("t1", [Step::Hang]);
     let engine = h.engine.clone();
@@ -578,11 +431,7 @@ async fn limits_are_never_exceeded_under_concurrency() {
     for handle in handles {
         assert_eq!(handle.await.unwrap(), Decision::Ack);
     }
-    assert_eq!(
-        h.provider.peak.load(Ordering::SeqCst),
-        2,
-        "the model limit (2) is the tighter one"
-    );
+    assert_eq!(h.provider.peak.load(Ordering::SeqCst), 2, "the model limit (2) is the tighter one");
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 40);
 }
 
@@ -591,35 +440,19 @@ async fn unknown_task_is_dead_lettered_as_poison() {
     let h = harness(config());
     let mut d = h.submit("t1", "").await;
     d.task_id = "nope".into();
-    assert_eq!(
-        h.engine.process(&d).await,
-        Decision::DeadLetter {
-            reason: "no task with id nope".into()
-        }
-    );
+    assert_eq!(h.engine.process(&d).await, Decision::DeadLetter { reason: "no task with id nope".into() });
 }
 
 #[tokio::test(start_paused = true)]
 async fn stale_outcome_after_reclaim_is_discarded() {
-    let h = harness(EngineConfig {
-        lease: Duration::from_secs(3),
-        ..config()
-    });
+    let h = harness(EngineConfig { lease: Duration::from_secs(3), ..config() });
     let d = h.submit("t1", "").await;
     // First attempt claims, then the worker "dies" (lease lapses) and another claims.
     use taskexec_core::ports::{ClaimOutcome, ClaimRequest, FinishRequest, Outcome, WriteOutcome};
-    let claim = |owner: &str, now| ClaimRequest {
-        task_id: "t1".into(),
-        owner: owner.into(),
-        now,
-        lease_until: now + 3_000,
-    };
-    let ClaimOutcome::Claimed(first) = h.store().claim(claim("a", 0)).await.unwrap() else {
-        panic!()
-    };
-    let ClaimOutcome::Claimed(second) = h.store().claim(claim("b", 5_000)).await.unwrap() else {
-        panic!()
-    };
+    let claim =
+        |owner: &str, now| ClaimRequest { task_id: "t1".into(), owner: owner.into(), now, lease_until: now + 3_000 };
+    let ClaimOutcome::Claimed(first) = h.store().claim(claim("a", 0)).await.unwrap() else { panic!() };
+    let ClaimOutcome::Claimed(second) = h.store().claim(claim("b", 5_000)).await.unwrap() else { panic!() };
     assert_eq!(second.epoch, first.epoch + 1);
     let late = FinishRequest {
         task_id: "t1".into(),

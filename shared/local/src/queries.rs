@@ -69,7 +69,8 @@ fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingTask> {
     })
 }
 
-/// Per deployment/model figures, computed in SQL from the state columns. The definitions are
+/// Per deployment/model figures, computed in SQL from the state columns (through the run index
+/// when a run is given). The definitions are
 /// those of `taskexec_core::metrics::summarise` (which works on whole records); the conformance
 /// suite keeps the two equal.
 pub(crate) fn summary(conn: &Connection, run_id: Option<&str>) -> StoreResult<Vec<GroupSummary>> {
@@ -91,13 +92,19 @@ fn group(groups: &mut Groups, provider_id: String, model_id: String) -> &mut Gro
 
 /// Counts per (group, state, error class), folded into the groups.
 fn add_counts(conn: &Connection, run_id: Option<&str>, groups: &mut Groups) -> StoreResult<()> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT provider_id, model_id, state, COALESCE(error_class, 'unknown'), count(*), \
-             count(dead_letter_reason), sum(max(attempt, 1) - 1), sum(throttles), min(started_at), max(ended_at) \
-             FROM tasks WHERE ?1 IS NULL OR run_id = ?1 GROUP BY 1, 2, 3, 4",
-        )
-        .map_err(sql)?;
+    macro_rules! counts {
+        ($filter:literal) => {
+            concat!(
+                "SELECT provider_id, model_id, state, COALESCE(error_class, 'unknown'), count(*), \
+                 count(dead_letter_reason), sum(max(attempt, 1) - 1), sum(throttles), min(started_at), \
+                 max(ended_at) FROM tasks ",
+                $filter,
+                " GROUP BY 1, 2, 3, 4"
+            )
+        };
+    }
+    let statement = if run_id.is_some() { counts!("WHERE run_id = ?1") } else { counts!("WHERE ?1 IS NULL") };
+    let mut stmt = conn.prepare_cached(statement).map_err(sql)?;
     let mut rows = stmt.query([run_id]).map_err(sql)?;
     while let Some(r) = rows.next().map_err(sql)? {
         let g = group(groups, r.get(0).map_err(sql)?, r.get(1).map_err(sql)?);
@@ -125,12 +132,12 @@ fn add_counts(conn: &Connection, run_id: Option<&str>, groups: &mut Groups) -> S
 
 /// Latency of every completed task, in submission order.
 fn add_latencies(conn: &Connection, run_id: Option<&str>, groups: &mut Groups) -> StoreResult<()> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT provider_id, model_id, latency_ms FROM tasks \
-             WHERE latency_ms IS NOT NULL AND (?1 IS NULL OR run_id = ?1) ORDER BY seq",
-        )
-        .map_err(sql)?;
+    let statement = if run_id.is_some() {
+        "SELECT provider_id, model_id, latency_ms FROM tasks WHERE run_id = ?1 AND latency_ms IS NOT NULL ORDER BY seq"
+    } else {
+        "SELECT provider_id, model_id, latency_ms FROM tasks WHERE ?1 IS NULL AND latency_ms IS NOT NULL ORDER BY seq"
+    };
+    let mut stmt = conn.prepare_cached(statement).map_err(sql)?;
     let mut rows = stmt.query([run_id]).map_err(sql)?;
     while let Some(r) = rows.next().map_err(sql)? {
         let g = group(groups, r.get(0).map_err(sql)?, r.get(1).map_err(sql)?);

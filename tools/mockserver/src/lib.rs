@@ -187,7 +187,8 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
         "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer to {task_id}")}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
     });
-    (StatusCode::OK, [("content-type", "application/json"), ("x-request-id", "req-mock")], answer.to_string()).into_response()
+    (StatusCode::OK, [("content-type", "application/json"), ("x-request-id", "req-mock")], answer.to_string())
+        .into_response()
 }
 
 /// A hanging answer: headers at once, then a space every 100 ms for an hour (valid JSON

@@ -61,7 +61,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { port, latency, seed, threads } => {
-            let config = MockConfig { latency: Latency::parse(&latency)?, seed, record: false, ..MockConfig::default() };
+            let config =
+                MockConfig { latency: Latency::parse(&latency)?, seed, record: false, ..MockConfig::default() };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build()?;
             rt.block_on(async {
                 let server = MockServer::start(config, port).await?;
@@ -73,7 +74,10 @@ fn main() -> anyhow::Result<()> {
         Command::GenTasks { n, deployment, out } => {
             let mut w = std::io::BufWriter::new(std::fs::File::create(&out)?);
             for i in 0..n {
-                writeln!(w, r#"{{"id":"t{i}","providerId":"{deployment}","modelId":"mock-model","prompt":"Task {i}: say ok."}}"#)?;
+                writeln!(
+                    w,
+                    r#"{{"id":"t{i}","providerId":"{deployment}","modelId":"mock-model","prompt":"Task {i}: say ok."}}"#
+                )?;
             }
             w.flush()?;
             Ok(())
