@@ -33,7 +33,8 @@ async fn sigkill_mid_run_then_rerun_completes_every_task_exactly_once() {
     // What the dead runner left: claimed tasks with no committed result.
     let store = SqliteStore::open(s.db()).unwrap();
     let mut in_flight = HashMap::new();
-    for p in store.pending().await.unwrap() {
+    let (pending, _) = store.pending(0, TASKS).await.unwrap();
+    for p in pending {
         let r = store.get(&p.task_id).await.unwrap().unwrap();
         if r.state == TaskState::Running {
             in_flight.insert(p.task_id.clone(), r.lease.unwrap().until);

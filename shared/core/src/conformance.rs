@@ -8,7 +8,7 @@
 //! Compiled only with the `conformance` feature, which adapter crates enable in their
 //! dev-dependencies:
 //!
-//! ```ignore
+//! ```text
 //! // tests/conformance.rs of an adapter crate (needs tokio as a dev-dependency)
 //! taskexec_core::conformance_tests!(|| async { MyStore::default() });
 //! ```
@@ -86,7 +86,7 @@ impl<S: Store, G> Fixture for (S, G) {
 /// (a store, or `(store, guard)`). The calling crate needs `tokio` (with `macros` and
 /// `rt-multi-thread`) among its dev-dependencies.
 ///
-/// ```ignore
+/// ```text
 /// taskexec_core::conformance_tests!(|| async { MemoryStore::default() });
 /// ```
 #[macro_export]

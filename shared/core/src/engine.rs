@@ -200,17 +200,17 @@ where
 
     async fn try_process(&self, d: &Delivery) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
-        let probe = match self.admit(&d.provider_id, now).await? {
+        let probe = match self.admit(d.provider_id(), now).await? {
             Admission::Allowed { probe } => probe,
             Admission::Rejected { retry_at } => {
-                let reason = DeferReason::BreakerOpen(d.provider_id.clone());
+                let reason = DeferReason::BreakerOpen(d.provider_id().to_owned());
                 return Ok(self.defer(d, until(retry_at, now), reason).await);
             }
         };
         let held = match self.acquire(d).await? {
             Ok(held) => held,
             Err(key) => {
-                self.forget_probe(&d.provider_id, probe);
+                self.forget_probe(d.provider_id(), probe);
                 return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
             }
         };
@@ -237,15 +237,15 @@ where
             Ok(ClaimOutcome::LeaseHeld { until: at }) => (Some(until(at, now)), DeferReason::LeaseHeld),
             Ok(ClaimOutcome::Paused) => (Some(self.config.pause_recheck), DeferReason::Paused),
             Ok(ClaimOutcome::NotFound) => {
-                self.forget_probe(&d.provider_id, probe);
+                self.forget_probe(d.provider_id(), probe);
                 return Ok(Decision::DeadLetter { reason: format!("no task with id {}", d.task_id) });
             }
             Err(e) => {
-                self.forget_probe(&d.provider_id, probe);
+                self.forget_probe(d.provider_id(), probe);
                 return Err(e);
             }
         };
-        self.forget_probe(&d.provider_id, probe);
+        self.forget_probe(d.provider_id(), probe);
         Ok(match delay {
             None => Decision::Ack,
             Some(delay) => self.defer(d, delay, reason).await,
@@ -279,7 +279,7 @@ where
         let started = self.ports.clock.now();
         let deadline = record.deadline_at();
         if deadline.is_some_and(|at| at <= started) {
-            self.forget_probe(&d.provider_id, probe);
+            self.forget_probe(d.provider_id(), probe);
             let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
             return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
         }
@@ -299,18 +299,18 @@ where
         };
         let error = match end {
             CallEnd::Answered(response) => {
-                self.record_breaker(&d.provider_id, CallResult::Healthy, probe, finished).await?;
+                self.record_breaker(d.provider_id(), CallResult::Healthy, probe, finished).await?;
                 return self.complete(&record, d, response, entry).await;
             }
             CallEnd::Cancelled | CallEnd::LeaseLost => {
-                self.forget_probe(&d.provider_id, probe);
+                self.forget_probe(d.provider_id(), probe);
                 self.ports.metrics.record(Metric::Cancelled);
                 return Ok(Decision::Ack);
             }
             CallEnd::TimedOut(elapsed) if deadline.is_some_and(|at| at <= finished) => {
                 entry.latency_ms = ms_f64(elapsed);
                 entry.outcome = ErrorClass::DeadlineExceeded.as_str().into();
-                self.forget_probe(&d.provider_id, probe);
+                self.forget_probe(d.provider_id(), probe);
                 let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed during the attempt");
                 return self.fail(&record, error, None, record.attempt, record.throttles, Some(entry)).await;
             }
@@ -387,7 +387,7 @@ where
             text: response.text,
             finish_reason: response.finish_reason,
             usage: response.usage,
-            deployment: d.provider_id.clone(),
+            deployment: d.provider_id().to_owned(),
             model: response.model,
             request_id: response.request_id,
             latency_ms: entry.latency_ms,
@@ -421,9 +421,9 @@ where
             _ => (record.attempt, record.throttles),
         };
         match class {
-            ErrorClass::Transient => self.record_breaker(&d.provider_id, CallResult::Failure, probe, now).await?,
-            ErrorClass::Permanent => self.record_breaker(&d.provider_id, CallResult::Healthy, probe, now).await?,
-            _ => self.forget_probe(&d.provider_id, probe),
+            ErrorClass::Transient => self.record_breaker(d.provider_id(), CallResult::Failure, probe, now).await?,
+            ErrorClass::Permanent => self.record_breaker(d.provider_id(), CallResult::Healthy, probe, now).await?,
+            _ => self.forget_probe(d.provider_id(), probe),
         }
         let exhausted = match class {
             ErrorClass::Permanent => {
@@ -552,7 +552,7 @@ where
 
     async fn acquire(&self, d: &Delivery) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
         let mut held = Vec::new();
-        for (key, limit) in self.config.limits.keys_for(&d.provider_id, &d.model_id) {
+        for (key, limit) in self.config.limits.keys_for(d.provider_id(), d.model_id()) {
             if self.ports.limiter.try_acquire(&key, limit).await? {
                 held.push(key);
                 continue;

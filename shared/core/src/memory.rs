@@ -241,21 +241,27 @@ impl TaskStore for MemoryStore {
         Ok(self.with(|t| t.events.iter().filter(|e| e.task_id == task_id).cloned().collect()))
     }
 
-    async fn pending(&self) -> StoreResult<Vec<PendingTask>> {
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
         Ok(self.with(|t| {
-            t.order
-                .iter()
-                .map(|id| &t.tasks[id])
-                .filter(|r| !r.state.is_terminal())
-                .map(|r| PendingTask {
-                    task_id: r.task.id.clone(),
-                    priority: r.task.priority,
-                    run_id: r.run_id().to_owned(),
-                    provider_id: r.task.provider_id.clone(),
-                    model_id: r.task.model_id.clone(),
-                    ready_at: r.next_attempt_at.unwrap_or(r.submitted_at),
-                })
-                .collect()
+            let start = usize::try_from(cursor).unwrap_or(usize::MAX).min(t.order.len());
+            let mut page = Vec::new();
+            for (pos, id) in t.order.iter().enumerate().skip(start) {
+                if page.len() == limit {
+                    return (page, Some(pos as u64));
+                }
+                let r = &t.tasks[id];
+                if !r.state.is_terminal() {
+                    page.push(PendingTask {
+                        task_id: r.task.id.clone(),
+                        priority: r.task.priority,
+                        run_id: r.run_id().to_owned(),
+                        provider_id: r.task.provider_id.clone(),
+                        model_id: r.task.model_id.clone(),
+                        ready_at: r.next_attempt_at.unwrap_or(r.submitted_at),
+                    });
+                }
+            }
+            (page, None)
         }))
     }
 
@@ -327,7 +333,7 @@ impl<C: Clock> WorkQueue for MemoryQueue<C> {
         {
             let mut s = self.lock();
             for (d, delay) in deliveries {
-                s.push(d, now + crate::time::duration_ms(delay));
+                s.push(d, now + crate::time::duration_ms(delay), now);
             }
         }
         self.notify.notify_waiters();
@@ -472,19 +478,17 @@ impl MetricsSink for CountingSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Route;
     use crate::task::TaskPriority;
     use crate::time::FakeClock;
 
     fn delivery(id: &str, priority: TaskPriority) -> Delivery {
-        Delivery {
-            task_id: id.into(),
-            provider_id: "p".into(),
-            model_id: "m".into(),
-            run_id: "r".into(),
+        Delivery::new(
+            id,
+            std::sync::Arc::new(Route { provider_id: "p".into(), model_id: "m".into(), run_id: "r".into() }),
             priority,
-            receive_count: 0,
-            ready_at: 0,
-        }
+            0,
+        )
     }
 
     #[tokio::test(start_paused = true)]

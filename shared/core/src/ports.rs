@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -282,9 +283,15 @@ pub trait TaskStore: Send + Sync + 'static {
     fn note(&self, event: AuditEvent) -> impl Future<Output = StoreResult<()>> + Send;
     /// The audit trail of one task, oldest first (insertion order), and only that task's.
     fn events(&self, task_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
-    /// Every queued or running task (for the embedded queue to rebuild itself), in submission
-    /// order, with `ready_at` = `next_attempt_at` if set, else `submitted_at`.
-    fn pending(&self) -> impl Future<Output = StoreResult<Vec<PendingTask>>> + Send;
+    /// Queued and running tasks (for the embedded queue to rebuild itself) in submission order, a
+    /// page at a time: up to `limit` tasks after `cursor` (0 for the first page), and the cursor of
+    /// the next page (`None` after the last), with `ready_at` = `next_attempt_at` if set, else
+    /// `submitted_at`. A recovery of a million tasks never holds them all at once.
+    fn pending(
+        &self,
+        cursor: u64,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<(Vec<PendingTask>, Option<u64>)>> + Send;
     /// Per deployment/model figures of a run (`None`: all runs), one group per
     /// (`provider_id`, `model_id`) that has tasks, ordered by that pair. The figures are those of
     /// `crate::metrics::summarise`: counts per state, failures keyed by the JSON name of their
@@ -420,17 +427,26 @@ pub enum DeferReason {
     StoreUnavailable,
 }
 
-/// A message handed to a worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// The task.
-    pub task_id: String,
-    /// Routing hints carried by the message, so limits and breakers are checked before a claim.
+/// Where a task goes: deployment (or route), model and run. Shared between deliveries, so a
+/// queue of 100,000 tasks holds each distinct route once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Deployment or route.
     pub provider_id: String,
     /// Model.
     pub model_id: String,
     /// Run.
     pub run_id: String,
+}
+
+/// A message handed to a worker. It carries the task's route, so limits and breakers are
+/// checked before a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The task.
+    pub task_id: String,
+    /// Deployment, model and run.
+    pub route: Arc<Route>,
     /// Scheduling class.
     pub priority: TaskPriority,
     /// How many times this message was received.
@@ -440,18 +456,49 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A first delivery of a pending task.
+    /// A first delivery.
+    pub fn new(task_id: impl Into<String>, route: Arc<Route>, priority: TaskPriority, ready_at: Millis) -> Self {
+        Self { task_id: task_id.into(), route, priority, receive_count: 0, ready_at }
+    }
+
+    /// The deployment (or route) asked for.
     #[must_use]
-    pub fn of(p: &PendingTask) -> Self {
-        Self {
-            task_id: p.task_id.clone(),
-            provider_id: p.provider_id.clone(),
-            model_id: p.model_id.clone(),
-            run_id: p.run_id.clone(),
-            priority: p.priority,
-            receive_count: 0,
-            ready_at: p.ready_at,
-        }
+    pub fn provider_id(&self) -> &str {
+        &self.route.provider_id
+    }
+
+    /// The model.
+    #[must_use]
+    pub fn model_id(&self) -> &str {
+        &self.route.model_id
+    }
+
+    /// The run.
+    #[must_use]
+    pub fn run_id(&self) -> &str {
+        &self.route.run_id
+    }
+}
+
+/// Builds deliveries from pending tasks, sharing repeated routes.
+#[derive(Debug, Default)]
+pub struct DeliveryBuilder {
+    routes: std::collections::HashSet<Arc<Route>>,
+}
+
+impl DeliveryBuilder {
+    /// A first delivery of a pending task (consumed, so its id is moved, not copied).
+    pub fn build(&mut self, p: PendingTask) -> Delivery {
+        let route = Route { provider_id: p.provider_id, model_id: p.model_id, run_id: p.run_id };
+        let route = match self.routes.get(&route) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(route);
+                self.routes.insert(shared.clone());
+                shared
+            }
+        };
+        Delivery::new(p.task_id, route, p.priority, p.ready_at)
     }
 }
 

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Decision, Engine};
 use crate::error::StoreError;
-use crate::ports::PendingTask;
 use crate::ports::{
     BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink, TaskStore, WorkQueue,
 };
+use crate::ports::{DeliveryBuilder, PendingTask};
 use crate::provider::Provider;
 use crate::time::Clock;
 
@@ -38,6 +38,9 @@ impl Default for RunnerConfig {
         Self { concurrency: 64, poll: Duration::from_millis(200) }
     }
 }
+
+/// Tasks read from the store per page during recovery.
+const RECOVERY_PAGE: usize = 5_000;
 
 #[derive(Debug, Default)]
 struct Parking {
@@ -128,16 +131,24 @@ where
     pub async fn recover(&self, wanted: impl Fn(&PendingTask) -> bool) -> Result<(u64, usize), StoreError> {
         let store = &self.engine.ports().store;
         let released = store.release_all_leases(self.engine.ports().clock.now()).await?;
-        let pending = store.pending().await?;
-        let now = self.engine.ports().clock.now();
-        let deliveries: Vec<_> = pending
-            .iter()
-            .filter(|p| wanted(p))
-            .map(|p| (Delivery::of(p), crate::time::until(p.ready_at, now)))
-            .collect();
-        let n = deliveries.len();
-        self.queue.send(deliveries).await?;
-        Ok((released, n))
+        let mut builder = DeliveryBuilder::default();
+        let (mut cursor, mut queued) = (Some(0), 0);
+        while let Some(at) = cursor {
+            let (page, next) = store.pending(at, RECOVERY_PAGE).await?;
+            let now = self.engine.ports().clock.now();
+            let deliveries: Vec<_> = page
+                .into_iter()
+                .filter(|p| wanted(p))
+                .map(|p| {
+                    let delay = crate::time::until(p.ready_at, now);
+                    (builder.build(p), delay)
+                })
+                .collect();
+            queued += deliveries.len();
+            self.queue.send(deliveries).await?;
+            cursor = next;
+        }
+        Ok((released, queued))
     }
 
     /// Process until nothing is left to do (every task terminal), or `shutdown` fires; then wait
@@ -188,7 +199,7 @@ where
     }
 
     async fn act(&self, mut d: Delivery, decision: Decision) -> Result<(), StoreError> {
-        let keys = self.engine.config().limits.keys_for(&d.provider_id, &d.model_id);
+        let keys = self.engine.config().limits.keys_for(d.provider_id(), d.model_id());
         d.receive_count += 1;
         match decision {
             Decision::Ack | Decision::DeadLetter { .. } => {
@@ -246,7 +257,7 @@ where
         let resumed: Vec<_> = {
             let mut parking = self.lock_parking();
             let (still, resumed): (Vec<_>, Vec<_>) =
-                parking.paused.drain(..).partition(|d| control.is_paused(&d.run_id));
+                parking.paused.drain(..).partition(|d| control.is_paused(d.run_id()));
             parking.paused = still;
             resumed.into_iter().map(|d| (d, Duration::ZERO)).collect()
         };

@@ -54,12 +54,22 @@ impl Scheduler {
         Self { aging: duration_ms(aging).max(1), seq: 0, due: BinaryHeap::new(), delayed: BinaryHeap::new() }
     }
 
-    /// Add a delivery that becomes due at `due_at`; `delivery.ready_at` is set to it.
-    pub fn push(&mut self, mut delivery: Delivery, due_at: Millis) {
+    /// Add a delivery that becomes due at `due_at`; `delivery.ready_at` is set to it. One that
+    /// is due already goes straight to the due heap (a recovery of 100,000 tasks must not fill
+    /// the delayed heap, whose capacity would stay allocated).
+    pub fn push(&mut self, mut delivery: Delivery, due_at: Millis, now: Millis) {
         delivery.ready_at = due_at;
         self.seq += 1;
-        let entry = Entry { key: due_at, seq: self.seq, delivery };
-        self.delayed.push(Reverse(entry));
+        if due_at <= now {
+            let key = self.score(&delivery);
+            self.due.push(Reverse(Entry { key, seq: self.seq, delivery }));
+        } else {
+            self.delayed.push(Reverse(Entry { key: due_at, seq: self.seq, delivery }));
+        }
+    }
+
+    fn score(&self, d: &Delivery) -> Millis {
+        d.ready_at + i64::from(d.priority.rank()) * self.aging
     }
 
     /// Take the best due delivery at `now`.
@@ -89,7 +99,7 @@ impl Scheduler {
     fn promote(&mut self, now: Millis) {
         while self.delayed.peek().is_some_and(|Reverse(e)| e.key <= now) {
             let Reverse(mut e) = self.delayed.pop().expect("peeked");
-            e.key = e.delivery.ready_at + i64::from(e.delivery.priority.rank()) * self.aging;
+            e.key = self.score(&e.delivery);
             self.due.push(Reverse(e));
         }
     }
@@ -98,18 +108,16 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ports::Route;
     use crate::task::TaskPriority;
 
     fn d(id: &str, priority: TaskPriority) -> Delivery {
-        Delivery {
-            task_id: id.into(),
-            provider_id: "p".into(),
-            model_id: "m".into(),
-            run_id: "r".into(),
+        Delivery::new(
+            id,
+            std::sync::Arc::new(Route { provider_id: "p".into(), model_id: "m".into(), run_id: "r".into() }),
             priority,
-            receive_count: 0,
-            ready_at: 0,
-        }
+            0,
+        )
     }
 
     fn drain(s: &mut Scheduler, now: Millis) -> Vec<String> {
@@ -119,33 +127,33 @@ mod tests {
     #[test]
     fn strict_priority_when_due_together_fifo_within_class() {
         let mut s = Scheduler::new(Duration::from_secs(10));
-        s.push(d("l1", TaskPriority::Low), 0);
-        s.push(d("n1", TaskPriority::Normal), 0);
-        s.push(d("h1", TaskPriority::High), 0);
-        s.push(d("n2", TaskPriority::Normal), 0);
-        s.push(d("h2", TaskPriority::High), 0);
+        s.push(d("l1", TaskPriority::Low), 0, 0);
+        s.push(d("n1", TaskPriority::Normal), 0, 0);
+        s.push(d("h1", TaskPriority::High), 0, 0);
+        s.push(d("n2", TaskPriority::Normal), 0, 0);
+        s.push(d("h2", TaskPriority::High), 0, 0);
         assert_eq!(drain(&mut s, 0), ["h1", "h2", "n1", "n2", "l1"]);
     }
 
     #[test]
     fn aging_lets_a_long_waiting_low_task_overtake_new_high_ones() {
         let mut s = Scheduler::new(Duration::from_secs(10));
-        s.push(d("old-low", TaskPriority::Low), 0);
+        s.push(d("old-low", TaskPriority::Low), 0, 0);
         // High tasks keep arriving; those due after 2 × aging rank below the old low one.
-        s.push(d("h-early", TaskPriority::High), 19_999);
-        s.push(d("h-late", TaskPriority::High), 20_001);
-        s.push(d("n-late", TaskPriority::Normal), 10_001);
+        s.push(d("h-early", TaskPriority::High), 19_999, 0);
+        s.push(d("h-late", TaskPriority::High), 20_001, 0);
+        s.push(d("n-late", TaskPriority::Normal), 10_001, 0);
         assert_eq!(drain(&mut s, 30_000), ["h-early", "old-low", "h-late", "n-late"]);
     }
 
     #[test]
     fn low_never_starves_under_a_steady_stream_of_high() {
         let mut s = Scheduler::new(Duration::from_millis(100));
-        s.push(d("low", TaskPriority::Low), 0);
+        s.push(d("low", TaskPriority::Low), 0, 0);
         // Every 10 ms a high task arrives and one task is served.
         let mut served_at = None;
         for t in (0..10_000).step_by(10) {
-            s.push(d(&format!("h{t}"), TaskPriority::High), t);
+            s.push(d(&format!("h{t}"), TaskPriority::High), t, t);
             if s.pop(t).is_some_and(|d| d.task_id == "low") {
                 served_at = Some(t);
                 break;
@@ -158,7 +166,7 @@ mod tests {
     #[test]
     fn delayed_deliveries_wait_until_due() {
         let mut s = Scheduler::new(Duration::from_secs(1));
-        s.push(d("later", TaskPriority::High), 500);
+        s.push(d("later", TaskPriority::High), 500, 0);
         assert_eq!(s.pop(499), None);
         assert_eq!(s.next_due(), Some(500));
         assert_eq!(s.len(), 1);

@@ -10,7 +10,7 @@ use taskexec_core::breaker::{BreakerPolicy, BreakerState};
 use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
-use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, TaskStore};
+use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route, TaskStore};
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState, Usage};
@@ -131,15 +131,12 @@ impl Harness {
         ))
         .unwrap();
         self.store().submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
-        Delivery {
-            task_id: id.into(),
-            provider_id: "dep".into(),
-            model_id: "m".into(),
-            run_id: "run".into(),
-            priority: Default::default(),
-            receive_count: 0,
-            ready_at: 0,
-        }
+        Delivery::new(
+            id,
+            std::sync::Arc::new(Route { provider_id: "dep".into(), model_id: "m".into(), run_id: "run".into() }),
+            Default::default(),
+            0,
+        )
     }
 
     async fn record(&self, id: &str) -> TaskRecord {

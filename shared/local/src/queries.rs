@@ -37,25 +37,31 @@ pub(crate) fn events(conn: &Connection, task_id: &str) -> StoreResult<Vec<AuditE
 }
 
 /// Queued and running tasks in submission order.
-pub(crate) fn pending(conn: &Connection) -> StoreResult<Vec<PendingTask>> {
+pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, priority, run_id, provider_id, model_id, COALESCE(next_attempt_at, submitted_at) \
-             FROM tasks WHERE state IN ('queued', 'running') ORDER BY seq",
+            "SELECT id, priority, run_id, provider_id, model_id, COALESCE(next_attempt_at, submitted_at), seq \
+             FROM tasks WHERE seq > ?1 AND state IN ('queued', 'running') ORDER BY seq LIMIT ?2",
         )
         .map_err(sql)?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(1)?, pending_row(r)?)));
-    let rows: Vec<(String, PendingTask)> = rows.and_then(Iterator::collect).map_err(sql)?;
-    rows.into_iter()
-        .map(|(priority, mut task)| {
-            task.priority = TaskPriority::parse(&priority).ok_or_else(|| SqliteStoreError::BadValue {
-                task_id: task.task_id.clone(),
-                column: "priority",
-                value: priority,
-            })?;
-            Ok(task)
-        })
-        .collect()
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(rusqlite::params![cursor, limit]).map_err(sql)?;
+    let mut page = Vec::new();
+    let mut last = cursor;
+    while let Some(r) = rows.next().map_err(sql)? {
+        let priority: String = r.get(1).map_err(sql)?;
+        let mut task = pending_row(r).map_err(sql)?;
+        task.priority = TaskPriority::parse(&priority).ok_or_else(|| SqliteStoreError::BadValue {
+            task_id: task.task_id.clone(),
+            column: "priority",
+            value: priority,
+        })?;
+        last = r.get(6).map_err(sql)?;
+        page.push(task);
+    }
+    let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == limit;
+    Ok((page, full.then(|| u64::try_from(last).unwrap_or(0))))
 }
 
 fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingTask> {

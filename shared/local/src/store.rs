@@ -130,8 +130,8 @@ impl TaskStore for SqliteStore {
         self.read(move |c| queries::events(c, &id)).await
     }
 
-    async fn pending(&self) -> StoreResult<Vec<PendingTask>> {
-        self.read(queries::pending).await
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+        self.read(move |c| queries::pending(c, cursor, limit)).await
     }
 
     async fn summary(&self, run_id: Option<&str>) -> StoreResult<Vec<GroupSummary>> {

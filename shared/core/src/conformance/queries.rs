@@ -51,7 +51,17 @@ pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {
     store.finish(finish_of(&d, completed(1.0), T0 + 30)).await.unwrap();
     store.cancel("e", T0 + 30).await.unwrap();
 
-    let pending = store.pending().await.unwrap();
+    let (pending, next) = store.pending(0, 100).await.unwrap();
+    assert_eq!(next, None, "one page holds everything");
+    // Pages of two: the same tasks in the same order, never more than two at a time.
+    let (mut paged, mut cursor) = (Vec::new(), Some(0));
+    while let Some(at) = cursor {
+        let (page, next) = store.pending(at, 2).await.unwrap();
+        assert!(page.len() <= 2);
+        paged.extend(page);
+        cursor = next;
+    }
+    assert_eq!(paged, pending);
 
     let entry = |id: &str, priority, run: &str, p: &str, m: &str, ready_at| PendingTask {
         task_id: id.into(),
