@@ -114,6 +114,11 @@ pub async fn redrive(db: &Path, ids: &[String]) -> Result<u8, Failure> {
     let store = open(db)?;
     let mut refused = 0;
     for id in ids {
+        if store.get(id).await.map_err(store_err)?.is_none() {
+            eprintln!("no task with id {id}");
+            refused += 1;
+            continue;
+        }
         match store.redrive(id, SystemClock.now()).await.map_err(store_err)? {
             WriteOutcome::Applied => println!("{id} queued again (run the task file again to execute it)"),
             WriteOutcome::Stale => {

@@ -1,0 +1,98 @@
+//! Admission before a claim: the deployment's circuit breaker (restored from and saved to the
+//! breaker store on every state change) and the concurrency permits of the task's limit keys.
+
+use crate::breaker::{Admission, Breaker, CallResult};
+use crate::error::StoreError;
+use crate::ports::{BreakerStore, ControlStore, Delivery, LimitKey, LimiterStore, Metric, MetricsSink, TaskStore};
+use crate::provider::Provider;
+use crate::time::{Clock, Millis};
+
+use super::Engine;
+
+impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
+where
+    S: TaskStore + ControlStore,
+    B: BreakerStore,
+    L: LimiterStore,
+    M: MetricsSink,
+    P: Provider,
+    C: Clock,
+{
+    pub(super) async fn acquire(&self, d: &Delivery) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
+        let mut held = Vec::new();
+        for (key, limit) in self.config.limits.keys_for(d.provider_id(), d.model_id()) {
+            if self.ports.limiter.try_acquire(&key, limit).await? {
+                held.push(key);
+                continue;
+            }
+            for k in held.iter().rev() {
+                self.ports.limiter.release(k).await?;
+            }
+            return Ok(Err(key));
+        }
+        Ok(Ok(held))
+    }
+
+    pub(super) async fn admit(&self, deployment: &str, now: Millis) -> Result<Admission, StoreError> {
+        self.ensure_breaker(deployment).await?;
+        let (admission, changed) = {
+            let mut map = self.breakers.lock().expect("breakers poisoned");
+            let breaker = map.get_mut(deployment).expect("ensured");
+            let (admission, changed) = breaker.admit(now);
+            (admission, changed.map(|_| breaker.snapshot().clone()))
+        };
+        if let Some(snapshot) = changed {
+            self.breaker_changed(deployment, snapshot).await?;
+        }
+        Ok(admission)
+    }
+
+    pub(super) async fn ensure_breaker(&self, deployment: &str) -> Result<(), StoreError> {
+        if self.breakers.lock().expect("breakers poisoned").contains_key(deployment) {
+            return Ok(());
+        }
+        let stored = self.ports.breakers.load(deployment).await?;
+        let breaker = match stored {
+            Some(s) => Breaker::restore(self.config.breaker.clone(), s),
+            None => Breaker::new(self.config.breaker.clone()),
+        };
+        self.breakers.lock().expect("breakers poisoned").entry(deployment.to_owned()).or_insert(breaker);
+        Ok(())
+    }
+
+    pub(super) async fn record_breaker(
+        &self,
+        deployment: &str,
+        result: CallResult,
+        probe: bool,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let changed = {
+            let mut map = self.breakers.lock().expect("breakers poisoned");
+            let Some(breaker) = map.get_mut(deployment) else {
+                return Ok(());
+            };
+            breaker.record(result, probe, now).map(|_| breaker.snapshot().clone())
+        };
+        match changed {
+            Some(snapshot) => self.breaker_changed(deployment, snapshot).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(super) async fn breaker_changed(
+        &self,
+        deployment: &str,
+        snapshot: crate::breaker::BreakerSnapshot,
+    ) -> Result<(), StoreError> {
+        tracing::info!(deployment, state = ?snapshot.state, opens = snapshot.opens, "breaker changed state");
+        self.ports.metrics.record(Metric::BreakerChanged { deployment: deployment.to_owned(), state: snapshot.state });
+        self.ports.breakers.save(deployment, snapshot).await
+    }
+
+    pub(super) fn forget_probe(&self, deployment: &str, probe: bool) {
+        if probe && let Some(b) = self.breakers.lock().expect("breakers poisoned").get_mut(deployment) {
+            b.forget_probe();
+        }
+    }
+}

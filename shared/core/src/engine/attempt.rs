@@ -1,0 +1,274 @@
+//! One attempt: the provider call raced against its timeout, the cancellation token and the
+//! lease heartbeat, and the fenced write of its outcome (completed, retry, failed or
+//! dead-lettered), with the attempt/throttle accounting of DESIGN.md.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::CallResult;
+use crate::error::{ErrorClass, ProviderError, StoreError, TaskError};
+use crate::ports::{
+    BreakerStore, ControlStore, Delivery, FinishRequest, LimiterStore, Metric, MetricsSink, Outcome, TaskStore,
+    WriteOutcome,
+};
+use crate::provider::{Provider, ProviderRequest, ProviderResponse};
+use crate::task::{AttemptRecord, TaskRecord, TaskResult};
+use crate::time::{Clock, Millis, duration_ms, format_rfc3339, until};
+
+use super::{Decision, Engine};
+
+impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
+where
+    S: TaskStore + ControlStore,
+    B: BreakerStore,
+    L: LimiterStore,
+    M: MetricsSink,
+    P: Provider,
+    C: Clock,
+{
+    pub(super) async fn attempt(&self, record: TaskRecord, d: &Delivery, probe: bool) -> Result<Decision, StoreError> {
+        let started = self.ports.clock.now();
+        let deadline = record.deadline_at();
+        if deadline.is_some_and(|at| at <= started) {
+            self.forget_probe(d.provider_id(), probe);
+            let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
+            return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
+        }
+        let timeout = self.attempt_timeout(&record, started);
+        self.ports.metrics.record(Metric::AttemptStarted);
+        let end = self.call(&record, timeout).await;
+        let finished = self.ports.clock.now();
+        let mut entry = AttemptRecord {
+            attempt: record.attempt,
+            epoch: record.epoch,
+            started_at: format_rfc3339(started),
+            latency_ms: 0.0,
+            ttft_ms: None,
+            queue_wait_ms: u64::try_from(started - d.ready_at).unwrap_or(0),
+            outcome: "ok".into(),
+            provider_status: None,
+        };
+        let error = match end {
+            CallEnd::Answered(response) => {
+                self.record_breaker(d.provider_id(), CallResult::Healthy, probe, finished).await?;
+                return self.complete(&record, d, response, entry).await;
+            }
+            CallEnd::Cancelled | CallEnd::LeaseLost => {
+                self.forget_probe(d.provider_id(), probe);
+                self.ports.metrics.record(Metric::Cancelled);
+                return Ok(Decision::Ack);
+            }
+            CallEnd::TimedOut(elapsed) if deadline.is_some_and(|at| at <= finished) => {
+                entry.latency_ms = ms_f64(elapsed);
+                entry.outcome = ErrorClass::DeadlineExceeded.as_str().into();
+                self.forget_probe(d.provider_id(), probe);
+                let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed during the attempt");
+                return self.fail(&record, error, None, record.attempt, record.throttles, Some(entry)).await;
+            }
+            CallEnd::TimedOut(elapsed) => {
+                entry.latency_ms = ms_f64(elapsed);
+                ProviderError::transient(format!("attempt timed out after {} ms", timeout.as_millis()))
+            }
+            CallEnd::Failed(error, elapsed) => {
+                entry.latency_ms = ms_f64(elapsed);
+                entry.provider_status = error.status();
+                error
+            }
+        };
+        entry.outcome = error.class().as_str().into();
+        self.failed_attempt(&record, d, probe, error, entry).await
+    }
+
+    pub(super) fn attempt_timeout(&self, record: &TaskRecord, now: Millis) -> Duration {
+        let timeout = record.task.timeout.map_or(self.config.default_timeout, Duration::from_millis);
+        match record.deadline_at() {
+            Some(at) => timeout.min(until(at, now)),
+            None => timeout,
+        }
+    }
+
+    /// One provider call, raced against the timeout, the cancellation token and the lease.
+    pub(super) async fn call(&self, record: &TaskRecord, timeout: Duration) -> CallEnd {
+        let id = record.task.id.clone();
+        let token = CancellationToken::new();
+        self.lock_in_flight().insert(id.clone(), (record.epoch, token.clone()));
+        let request = ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
+        let began = Instant::now();
+        let end = tokio::select! {
+            result = tokio::time::timeout(timeout, self.ports.provider.call(request)) => match result {
+                Ok(Ok(response)) => CallEnd::Answered(response),
+                Ok(Err(error)) => CallEnd::Failed(error, began.elapsed()),
+                Err(_) => CallEnd::TimedOut(began.elapsed()),
+            },
+            () = token.cancelled() => CallEnd::Cancelled,
+            () = self.heartbeat(&id, record.epoch) => CallEnd::LeaseLost,
+        };
+        self.lock_in_flight().remove(&id);
+        end
+    }
+
+    /// Renew the lease every third of its length; returns when the lease is lost.
+    pub(super) async fn heartbeat(&self, task_id: &str, epoch: u64) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let until = self.ports.clock.now() + duration_ms(self.config.lease);
+            match self.ports.store.renew_lease(task_id, epoch, until).await {
+                Ok(WriteOutcome::Applied) => {}
+                Ok(WriteOutcome::Stale) => return,
+                Err(error) => {
+                    tracing::warn!(task_id, %error, "lease renewal failed; will try again")
+                }
+            }
+        }
+    }
+
+    pub(super) async fn complete(
+        &self,
+        record: &TaskRecord,
+        d: &Delivery,
+        response: ProviderResponse,
+        mut entry: AttemptRecord,
+    ) -> Result<Decision, StoreError> {
+        entry.latency_ms = ms_f64(response.latency);
+        entry.ttft_ms = response.ttft.map(ms_f64);
+        let mut attempts = record.history.clone();
+        attempts.push(entry.clone());
+        let result = TaskResult {
+            text: response.text,
+            finish_reason: response.finish_reason,
+            usage: response.usage,
+            deployment: d.provider_id().to_owned(),
+            model: response.model,
+            request_id: response.request_id,
+            latency_ms: entry.latency_ms,
+            ttft_ms: entry.ttft_ms,
+            attempts,
+        };
+        let latency_ms = result.latency_ms;
+        let written =
+            self.finish(record, Outcome::Completed(result), record.attempt, record.throttles, Some(entry)).await?;
+        if written == WriteOutcome::Applied {
+            self.ports.metrics.record(Metric::Completed { latency_ms });
+        }
+        Ok(Decision::Ack)
+    }
+
+    pub(super) async fn failed_attempt(
+        &self,
+        record: &TaskRecord,
+        d: &Delivery,
+        probe: bool,
+        error: ProviderError,
+        entry: AttemptRecord,
+    ) -> Result<Decision, StoreError> {
+        let now = self.ports.clock.now();
+        let class = error.class();
+        let task_error = error.to_task_error();
+        let policy = &self.config.retry;
+        // A 429 gives back the attempt its claim counted and uses the throttle budget instead.
+        let (attempt, throttles) = match class {
+            ErrorClass::RateLimited => (record.attempt.saturating_sub(1), record.throttles + 1),
+            _ => (record.attempt, record.throttles),
+        };
+        match class {
+            ErrorClass::Transient => self.record_breaker(d.provider_id(), CallResult::Failure, probe, now).await?,
+            ErrorClass::Permanent => self.record_breaker(d.provider_id(), CallResult::Healthy, probe, now).await?,
+            _ => self.forget_probe(d.provider_id(), probe),
+        }
+        let exhausted = match class {
+            ErrorClass::Permanent => {
+                return self.fail(record, task_error, None, attempt, throttles, Some(entry)).await;
+            }
+            ErrorClass::RateLimited if throttles > policy.throttle_budget => Some(format!(
+                "throttle budget exhausted: {throttles} rate-limit answers (budget {})",
+                policy.throttle_budget
+            )),
+            ErrorClass::Transient if !policy.attempts_left(attempt) => {
+                Some(format!("attempts exhausted: {attempt} of {} used", policy.max_attempts))
+            }
+            _ => None,
+        };
+        if let Some(reason) = exhausted {
+            let reason = format!("{reason}; last error: {}", task_error.message);
+            return self.fail(record, task_error, Some(reason), attempt, throttles, Some(entry)).await;
+        }
+        let n = if class == ErrorClass::RateLimited { throttles } else { attempt };
+        let delay = policy.delay_for(n, error.retry_after(), &mut *self.rng.lock().expect("rng poisoned"));
+        let next_attempt_at = now + duration_ms(delay);
+        if record.deadline_at().is_some_and(|at| next_attempt_at >= at) {
+            let error = TaskError::new(
+                ErrorClass::DeadlineExceeded,
+                format!("overall deadline leaves no room for a retry after: {}", task_error.message),
+            );
+            return self.fail(record, error, None, attempt, throttles, Some(entry)).await;
+        }
+        let outcome = Outcome::Retry { error: task_error, next_attempt_at };
+        if self.finish(record, outcome, attempt, throttles, Some(entry)).await? == WriteOutcome::Applied {
+            self.ports.metrics.record(Metric::RetryScheduled(class));
+        }
+        Ok(Decision::Retry { delay })
+    }
+
+    pub(super) async fn fail(
+        &self,
+        record: &TaskRecord,
+        error: TaskError,
+        dead_letter_reason: Option<String>,
+        attempt: u32,
+        throttles: u32,
+        entry: Option<AttemptRecord>,
+    ) -> Result<Decision, StoreError> {
+        let class = error.class;
+        let outcome = Outcome::Failed { error, dead_letter_reason: dead_letter_reason.clone() };
+        if self.finish(record, outcome, attempt, throttles, entry).await? == WriteOutcome::Applied {
+            self.ports.metrics.record(Metric::Failed(class));
+            if let Some(reason) = &dead_letter_reason {
+                let task_id = record.task.id.clone();
+                self.ports.metrics.record(Metric::DeadLettered { task_id, reason: reason.clone() });
+            }
+        }
+        Ok(match dead_letter_reason {
+            Some(reason) => Decision::DeadLetter { reason },
+            None => Decision::Ack,
+        })
+    }
+
+    pub(super) async fn finish(
+        &self,
+        record: &TaskRecord,
+        outcome: Outcome,
+        attempt: u32,
+        throttles: u32,
+        entry: Option<AttemptRecord>,
+    ) -> Result<WriteOutcome, StoreError> {
+        let request = FinishRequest {
+            task_id: record.task.id.clone(),
+            epoch: record.epoch,
+            outcome,
+            attempt,
+            throttles,
+            record: entry,
+            now: self.ports.clock.now(),
+        };
+        let written = self.ports.store.finish(request).await?;
+        if written == WriteOutcome::Stale {
+            tracing::info!(task_id = %record.task.id, epoch = record.epoch, "outcome discarded: the task moved on");
+        }
+        Ok(written)
+    }
+}
+
+/// How an attempt's call ended.
+pub(super) enum CallEnd {
+    Answered(ProviderResponse),
+    Failed(ProviderError, Duration),
+    TimedOut(Duration),
+    Cancelled,
+    LeaseLost,
+}
+
+fn ms_f64(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}

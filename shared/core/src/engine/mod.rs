@@ -1,0 +1,309 @@
+//! The engine and its one decision function: a [`Delivery`] in, a [`Decision`] out.
+//!
+//! [`Engine::process`] admits the call through the deployment's breaker and the concurrency
+//! limits, claims the task (committed before the call), makes one provider call under the
+//! attempt timeout with a lease heartbeat and a cancellation token, records the outcome with a
+//! write fenced by the claim's epoch, and says what to do with the delivery. The embedded runner
+//! ([`crate::runner`]) and the Lambda worker are thin loops around it.
+
+mod admission;
+mod attempt;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Admission, Breaker, BreakerPolicy};
+use crate::error::StoreError;
+use crate::ports::{
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey,
+    LimiterStore, Metric, MetricsSink, TaskStore,
+};
+use crate::provider::Provider;
+use crate::retry::RetryPolicy;
+use crate::task::TaskState;
+use crate::time::{Clock, duration_ms, until};
+
+/// What to do with a delivery after processing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Done with it: the task is terminal (or the delivery was stale).
+    Ack,
+    /// An attempt failed; deliver again after `delay`. The retry is recorded on the task.
+    Retry {
+        /// How long to wait.
+        delay: Duration,
+    },
+    /// Not started (no attempt used); deliver again after `delay`.
+    Defer {
+        /// How long to wait.
+        delay: Duration,
+        /// Why.
+        reason: DeferReason,
+    },
+    /// The engine gave up on the task (recorded on it as failed, with the reason).
+    DeadLetter {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Concurrency limits. The embedded runner bounds the global concurrency itself; `global` is for
+/// shapes where many workers share a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Shared global limit.
+    pub global: Option<u32>,
+    /// Per deployment.
+    pub deployments: BTreeMap<String, u32>,
+    /// Per (deployment, model).
+    pub models: BTreeMap<(String, String), u32>,
+}
+
+impl Limits {
+    /// The keys a task on `deployment`/`model` must hold, with their limits.
+    #[must_use]
+    pub fn keys_for(&self, deployment: &str, model: &str) -> Vec<(LimitKey, u32)> {
+        let mut keys = Vec::with_capacity(3);
+        if let Some(n) = self.global {
+            keys.push((LimitKey::Global, n));
+        }
+        if let Some(n) = self.deployments.get(deployment) {
+            keys.push((LimitKey::Deployment(deployment.to_owned()), *n));
+        }
+        if let Some(n) = self.models.get(&(deployment.to_owned(), model.to_owned())) {
+            keys.push((LimitKey::Model(deployment.to_owned(), model.to_owned()), *n));
+        }
+        keys
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Attempt budget and backoff.
+    pub retry: RetryPolicy,
+    /// Breaker thresholds (one breaker per deployment).
+    pub breaker: BreakerPolicy,
+    /// Lease length; renewed every third of it during long calls.
+    pub lease: Duration,
+    /// Attempt timeout for tasks that set none.
+    pub default_timeout: Duration,
+    /// Concurrency limits.
+    pub limits: Limits,
+    /// This worker's id (lease owner).
+    pub owner: String,
+    /// Seed for backoff jitter (random when `None`).
+    pub seed: Option<u64>,
+    /// How long a paused task waits before asking again.
+    pub pause_recheck: Duration,
+    /// How long a task deferred by a full limit waits before asking again.
+    pub limit_recheck: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            breaker: BreakerPolicy::default(),
+            lease: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
+            owner: "engine".into(),
+            seed: None,
+            pause_recheck: Duration::from_secs(1),
+            limit_recheck: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The ports the engine runs on.
+pub struct Ports<S, B, L, M, P, C> {
+    /// Task store.
+    pub store: S,
+    /// Breaker state.
+    pub breakers: B,
+    /// Concurrency limiter.
+    pub limiter: L,
+    /// Metrics.
+    pub metrics: M,
+    /// The provider(s).
+    pub provider: P,
+    /// Clock.
+    pub clock: C,
+}
+
+/// The engine, generic over its ports.
+pub struct Engine<S, B, L, M, P, C> {
+    ports: Ports<S, B, L, M, P, C>,
+    config: EngineConfig,
+    rng: Mutex<StdRng>,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    seen_cancel_seq: Mutex<u64>,
+}
+
+impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
+where
+    S: TaskStore + ControlStore,
+    B: BreakerStore,
+    L: LimiterStore,
+    M: MetricsSink,
+    P: Provider,
+    C: Clock,
+{
+    /// An engine over `ports`.
+    pub fn new(ports: Ports<S, B, L, M, P, C>, config: EngineConfig) -> Self {
+        let rng = config.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        Self {
+            ports,
+            config,
+            rng: Mutex::new(rng),
+            breakers: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            seen_cancel_seq: Mutex::new(0),
+        }
+    }
+
+    /// The ports (for the runner and the API).
+    pub fn ports(&self) -> &Ports<S, B, L, M, P, C> {
+        &self.ports
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The decision function: process one delivery. A store failure is answered with a retry of
+    /// the delivery (nothing was recorded, so nothing is lost).
+    pub async fn process(&self, delivery: &Delivery) -> Decision {
+        match self.try_process(delivery).await {
+            Ok(decision) => decision,
+            Err(error) => {
+                tracing::warn!(task_id = %delivery.task_id, %error, "store failed; delivery will be retried");
+                Decision::Defer { delay: Duration::from_secs(1), reason: DeferReason::StoreUnavailable }
+            }
+        }
+    }
+
+    async fn try_process(&self, d: &Delivery) -> Result<Decision, StoreError> {
+        let now = self.ports.clock.now();
+        let probe = match self.admit(d.provider_id(), now).await? {
+            Admission::Allowed { probe } => probe,
+            Admission::Rejected { retry_at } => {
+                let reason = DeferReason::BreakerOpen(d.provider_id().to_owned());
+                return Ok(self.defer(d, until(retry_at, now), reason).await);
+            }
+        };
+        let held = match self.acquire(d).await? {
+            Ok(held) => held,
+            Err(key) => {
+                self.forget_probe(d.provider_id(), probe);
+                return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
+            }
+        };
+        let decision = self.claim_and_call(d, probe).await;
+        for key in held.iter().rev() {
+            self.ports.limiter.release(key).await?;
+        }
+        decision
+    }
+
+    async fn claim_and_call(&self, d: &Delivery, probe: bool) -> Result<Decision, StoreError> {
+        let now = self.ports.clock.now();
+        let request = ClaimRequest {
+            task_id: d.task_id.clone(),
+            owner: self.config.owner.clone(),
+            now,
+            lease_until: now + duration_ms(self.config.lease),
+        };
+        let claimed = self.ports.store.claim(request).await;
+        if let Ok(ClaimOutcome::Claimed(record)) = claimed {
+            return self.attempt(*record, d, probe).await;
+        }
+        // No attempt is made: an admitted probe gives its slot back.
+        self.forget_probe(d.provider_id(), probe);
+        let (delay, reason) = match claimed? {
+            ClaimOutcome::Claimed(_) => unreachable!("handled above"),
+            ClaimOutcome::Terminal(_) => return Ok(Decision::Ack),
+            ClaimOutcome::NotFound => {
+                return Ok(Decision::DeadLetter { reason: format!("no task with id {}", d.task_id) });
+            }
+            ClaimOutcome::NotDue { at } => (until(at, now), DeferReason::NotDue),
+            ClaimOutcome::LeaseHeld { until: at } => (until(at, now), DeferReason::LeaseHeld),
+            ClaimOutcome::Paused => (self.config.pause_recheck, DeferReason::Paused),
+        };
+        Ok(self.defer(d, delay, reason).await)
+    }
+
+    async fn defer(&self, d: &Delivery, delay: Duration, reason: DeferReason) -> Decision {
+        self.ports.metrics.record(Metric::Deferred(reason.clone()));
+        let detail = match &reason {
+            DeferReason::Paused => Some("paused".to_owned()),
+            DeferReason::BreakerOpen(dep) => Some(format!("breaker of {dep} open")),
+            // Limit and lease deferrals are frequent and self-explanatory: not audited.
+            _ => None,
+        };
+        if let Some(detail) = detail {
+            let event = AuditEvent {
+                task_id: d.task_id.clone(),
+                at: self.ports.clock.now(),
+                kind: "deferred".into(),
+                epoch: 0,
+                detail: Some(detail),
+            };
+            if let Err(error) = self.ports.store.note(event).await {
+                tracing::warn!(task_id = %d.task_id, %error, "could not audit a deferral");
+            }
+        }
+        Decision::Defer { delay, reason }
+    }
+    /// Cancel a task: queued ones are finalised at once; a running one here has its in-flight
+    /// request dropped.
+    pub async fn cancel(&self, task_id: &str) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.ports.store.cancel(task_id, self.ports.clock.now()).await?;
+        if let Some((_, token)) = self.lock_in_flight().get(task_id) {
+            token.cancel();
+        }
+        Ok(outcome)
+    }
+
+    /// Abort in-flight calls of tasks cancelled elsewhere (another process, another worker).
+    /// Reads the control state once; looks at the tasks only when the cancel counter moved.
+    pub async fn check_cancellations(&self) -> Result<usize, StoreError> {
+        let seq = self.ports.store.control().await?.cancel_seq;
+        {
+            let mut seen = self.seen_cancel_seq.lock().expect("poisoned");
+            if *seen == seq {
+                return Ok(0);
+            }
+            *seen = seq;
+        }
+        let in_flight: Vec<(String, u64, CancellationToken)> =
+            self.lock_in_flight().iter().map(|(id, (epoch, t))| (id.clone(), *epoch, t.clone())).collect();
+        let mut aborted = 0;
+        for (id, epoch, token) in in_flight {
+            let current = self.ports.store.get(&id).await?;
+            if current.is_none_or(|r| r.state != TaskState::Running || r.epoch != epoch) {
+                token.cancel();
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// Tasks with a provider call in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock_in_flight().len()
+    }
+
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
+        self.in_flight.lock().expect("in-flight map poisoned")
+    }
+}
