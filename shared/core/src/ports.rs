@@ -1,6 +1,7 @@
 //! Ports: the small capability traits the engine is written against. Every port has an
 //! in-memory adapter in [`crate::memory`]; the SQLite adapters live in `taskexec-local`, the AWS
-//! ones in a later `taskexec-aws`. One behavioural suite (`conformance`, behind the feature of that name) runs against all.
+//! ones in a later `taskexec-aws`. One behavioural suite (module `conformance`, behind the
+//! feature of that name) runs against all.
 //!
 //! Methods return `impl Future + Send` (no `async_trait`); the engine is generic over them.
 
