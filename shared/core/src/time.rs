@@ -60,6 +60,28 @@ impl Clock for FakeClock {
     }
 }
 
+/// A clock that follows tokio's time from a starting reading, so tests that run on tokio's
+/// paused clock see wall time move exactly as timers fire.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    origin: Millis,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `origin` now.
+    #[must_use]
+    pub fn starting_at(origin: Millis) -> Self {
+        Self { origin, start: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Millis {
+        self.origin + duration_ms(self.start.elapsed())
+    }
+}
+
 /// A duration in whole milliseconds, saturating.
 #[must_use]
 pub fn duration_ms(d: Duration) -> i64 {
@@ -93,6 +115,13 @@ mod tests {
     fn formats_utc_millis() {
         assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_rfc3339(1_234), "1970-01-01T00:00:01.234Z");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_clock_follows_paused_time() {
+        let clock = TokioClock::starting_at(1_000);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(clock.now(), 1_250);
     }
 
     #[test]

@@ -1,81 +1,22 @@
 //! Engine behaviour with in-memory ports, a fake clock and a scripted provider: no sleeps
 //! (tokio's paused clock drives timeouts and heartbeats).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use common::{Scripted, Step, rate_limited, transient};
 
 use taskexec_core::breaker::{BreakerPolicy, BreakerState};
 use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
 use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route, TaskStore};
-use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::retry::RetryPolicy;
-use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState, Usage};
+use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
 use taskexec_core::time::FakeClock;
-
-/// What the scripted provider does on one call.
-#[derive(Clone)]
-enum Step {
-    Ok,
-    Fail(ProviderError),
-    Hang,
-}
-
-#[derive(Default)]
-struct Scripted {
-    steps: Mutex<HashMap<String, VecDeque<Step>>>,
-    calls: AtomicUsize,
-    in_flight: AtomicUsize,
-    peak: AtomicUsize,
-    dropped: AtomicUsize,
-}
-
-impl Scripted {
-    fn script(&self, task: &str, steps: impl IntoIterator<Item = Step>) {
-        self.steps.lock().unwrap().insert(task.into(), steps.into_iter().collect());
-    }
-}
-
-struct InFlight<'a>(&'a Scripted, bool);
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if !self.1 {
-            self.0.dropped.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Provider for Scripted {
-    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        let mut guard = InFlight(self, false);
-        let step =
-            self.steps.lock().unwrap().get_mut(&request.task_id).and_then(VecDeque::pop_front).unwrap_or(Step::Ok);
-        // Every call takes a little (virtual) time so concurrent calls overlap.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let out = match step {
-            Step::Ok => Ok(ProviderResponse {
-                text: format!("answer to {}", request.task_id),
-                finish_reason: "stop".into(),
-                usage: Usage { input_tokens: 3, output_tokens: 5, cached_tokens: None },
-                model: request.model,
-                request_id: Some("req-1".into()),
-                latency: Duration::from_millis(10),
-                ttft: None,
-            }),
-            Step::Fail(e) => Err(e),
-            Step::Hang => std::future::pending().await,
-        };
-        guard.1 = true;
-        out
-    }
-}
 
 type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
 
@@ -146,24 +87,6 @@ impl Harness {
     async fn event_kinds(&self, id: &str) -> Vec<String> {
         self.store().events(id).await.unwrap().into_iter().map(|e| e.kind).collect()
     }
-}
-
-fn rate_limited(retry_after_ms: u64) -> Step {
-    Step::Fail(ProviderError::RateLimited {
-        retry_after: Some(Duration::from_millis(retry_after_ms)),
-        status: Some(429),
-        code: Some("rate_limit_exceeded".into()),
-        detail: "slow down".into(),
-    })
-}
-
-fn transient() -> Step {
-    Step::Fail(ProviderError::Transient {
-        retry_after: None,
-        status: Some(503),
-        code: None,
-        detail: "unavailable".into(),
-    })
 }
 
 #[tokio::test(start_paused = true)]
