@@ -1,0 +1,1 @@
+//! taskexec-api (being built).

@@ -1,0 +1,1 @@
+//! taskexec-aws (being built).
