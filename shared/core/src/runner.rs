@@ -31,11 +31,13 @@ pub struct RunnerConfig {
     pub concurrency: usize,
     /// Maintenance interval: resume checks, cancellation checks, limit unparking.
     pub poll: Duration,
+    /// Keep waiting for new work when everything is done (a server), instead of returning.
+    pub keep_running: bool,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { concurrency: 64, poll: Duration::from_millis(200) }
+        Self { concurrency: 64, poll: Duration::from_millis(200), keep_running: false }
     }
 }
 
@@ -176,7 +178,7 @@ where
             };
             let Some(delivery) = delivery else {
                 drop(permit);
-                if self.is_idle() {
+                if !self.config.keep_running && self.is_idle() {
                     return Ok(());
                 }
                 continue;

@@ -47,7 +47,7 @@ fn runner(limits: Limits, concurrency: usize) -> (Arc<TestRunner>, Arc<Scripted>
     };
     let engine = Arc::new(Engine::new(ports, config));
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(10), clock));
-    let config = RunnerConfig { concurrency, poll: Duration::from_millis(50) };
+    let config = RunnerConfig { concurrency, poll: Duration::from_millis(50), keep_running: false };
     (Runner::new(engine, queue, config), provider)
 }
 
