@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The only values of `TaskError.class` (DESIGN.md, "Errors are classified once").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorClass {
     /// 429 for request or token rate: retried without using an attempt, counted in `throttles`.
     RateLimited,
@@ -44,6 +45,7 @@ impl ErrorClass {
 /// The error reported on a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskError {
     /// One of the five classes.
     pub class: ErrorClass,

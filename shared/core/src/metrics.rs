@@ -17,6 +17,7 @@ use crate::time::Millis;
 /// The story's `ExecutionMetrics`, global or for one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecutionMetrics {
     /// `global` or `run`.
     pub scope: String,
@@ -94,6 +95,7 @@ impl ExecutionMetrics {
 /// The story's `ResourceUsage`: a sample of this process's use of the machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResourceUsage {
     /// CPU use of the process, percent of one core (may exceed 100 on several cores).
     pub cpu_percent: f64,

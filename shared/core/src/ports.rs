@@ -316,6 +316,7 @@ pub enum PauseScope {
 /// Control state shared by every worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ControlState {
     /// Global pause.
     pub paused: bool,

@@ -16,6 +16,7 @@ use crate::time::{Millis, format_rfc3339};
 /// A benchmark task: one prompt for one deployment (or route) and model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BenchmarkTask {
     /// Caller-chosen id, also the idempotency key (see [`crate::validate::ID_PATTERN`]).
     pub id: String,
@@ -68,6 +69,7 @@ impl BenchmarkTask {
 /// settings go into `extra`, which adapters pass through to the provider's request body.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskParameters {
     /// System prompt, placed where the provider expects it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +106,7 @@ pub struct TaskParameters {
 /// One message of an earlier conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChatMessage {
     /// Who spoke.
     pub role: Role,
@@ -114,6 +117,7 @@ pub struct ChatMessage {
 /// The speaker of a [`ChatMessage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Role {
     /// A system instruction.
     System,
@@ -126,6 +130,7 @@ pub enum Role {
 /// Scheduling class. Embedded: strict priority with aging; AWS: one queue each, weighted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskPriority {
     /// Served first.
     High,
@@ -169,6 +174,7 @@ impl TaskPriority {
 /// with `attempt > 0` and `nextAttemptAt` set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskState {
     /// Waiting for a worker (first attempt or a scheduled retry).
     Queued,
@@ -218,6 +224,7 @@ impl TaskState {
 /// Token counts as the provider reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     /// Prompt tokens.
     pub input_tokens: u64,
@@ -231,6 +238,7 @@ pub struct Usage {
 /// How one attempt ended, for the per-attempt history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     /// Which call this was: `attempt` after the call was counted (429s do not count).
     pub attempt: u32,
@@ -255,6 +263,7 @@ pub struct AttemptRecord {
 /// What a completed task produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskResult {
     /// The answer text.
     pub text: String,
@@ -281,6 +290,7 @@ pub struct TaskResult {
 /// The story's `TaskStatus`: what `GET /tasks/{id}` and `taskexec status` return.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskStatus {
     /// Task id.
     pub id: String,
