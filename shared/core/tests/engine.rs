@@ -387,3 +387,13 @@ async fn stale_outcome_after_reclaim_is_discarded() {
     assert_eq!(h.record("t1").await.epoch, second.epoch);
     drop(d);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_invocation_cap_bounds_the_attempt() {
+    let h = harness(config());
+    let d = h.submit("t1", r#","timeout":60000"#).await;
+    h.provider.script("t1", [Step::Hang]);
+    assert!(matches!(h.engine.process_within(&d, Some(Duration::from_millis(300))).await, Decision::Retry { .. }));
+    let r = h.record("t1").await;
+    assert_eq!(r.error.unwrap().message, "attempt timed out after 300 ms");
+}

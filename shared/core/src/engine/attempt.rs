@@ -27,7 +27,13 @@ where
     P: Provider,
     C: Clock,
 {
-    pub(super) async fn attempt(&self, record: TaskRecord, d: &Delivery, probe: bool) -> Result<Decision, StoreError> {
+    pub(super) async fn attempt(
+        &self,
+        record: TaskRecord,
+        d: &Delivery,
+        probe: bool,
+        cap: Option<Duration>,
+    ) -> Result<Decision, StoreError> {
         let started = self.ports.clock.now();
         let deadline = record.deadline_at();
         if deadline.is_some_and(|at| at <= started) {
@@ -35,7 +41,7 @@ where
             let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
             return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
         }
-        let timeout = self.attempt_timeout(&record, started);
+        let timeout = self.attempt_timeout(&record, started, cap);
         self.ports.metrics.record(Metric::AttemptStarted);
         let end = self.call(&record, timeout).await;
         let finished = self.ports.clock.now();
@@ -80,12 +86,13 @@ where
         self.failed_attempt(&record, d, probe, error, entry).await
     }
 
-    pub(super) fn attempt_timeout(&self, record: &TaskRecord, now: Millis) -> Duration {
-        let timeout = record.task.timeout.map_or(self.config.default_timeout, Duration::from_millis);
-        match record.deadline_at() {
-            Some(at) => timeout.min(until(at, now)),
-            None => timeout,
+    /// The task's timeout, bounded by its overall deadline and by `cap`.
+    pub(super) fn attempt_timeout(&self, record: &TaskRecord, now: Millis, cap: Option<Duration>) -> Duration {
+        let mut timeout = record.task.timeout.map_or(self.config.default_timeout, Duration::from_millis);
+        if let Some(at) = record.deadline_at() {
+            timeout = timeout.min(until(at, now));
         }
+        cap.map_or(timeout, |cap| timeout.min(cap))
     }
 
     /// One provider call, raced against the timeout, the cancellation token and the lease.

@@ -183,7 +183,13 @@ where
     /// The decision function: process one delivery. A store failure is answered with a retry of
     /// the delivery (nothing was recorded, so nothing is lost).
     pub async fn process(&self, delivery: &Delivery) -> Decision {
-        match self.try_process(delivery).await {
+        self.process_within(delivery, None).await
+    }
+
+    /// [`Self::process`] with every attempt also bounded by `cap` (in Lambda: the invocation's
+    /// remaining time minus a safety margin).
+    pub async fn process_within(&self, delivery: &Delivery, cap: Option<Duration>) -> Decision {
+        match self.try_process(delivery, cap).await {
             Ok(decision) => decision,
             Err(error) => {
                 tracing::warn!(task_id = %delivery.task_id, %error, "store failed; delivery will be retried");
@@ -192,7 +198,7 @@ where
         }
     }
 
-    async fn try_process(&self, d: &Delivery) -> Result<Decision, StoreError> {
+    async fn try_process(&self, d: &Delivery, cap: Option<Duration>) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
         let probe = match self.admit(d.provider_id(), now).await? {
             Admission::Allowed { probe } => probe,
@@ -208,14 +214,14 @@ where
                 return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
             }
         };
-        let decision = self.claim_and_call(d, probe).await;
+        let decision = self.claim_and_call(d, probe, cap).await;
         for key in held.iter().rev() {
             self.ports.limiter.release(key).await?;
         }
         decision
     }
 
-    async fn claim_and_call(&self, d: &Delivery, probe: bool) -> Result<Decision, StoreError> {
+    async fn claim_and_call(&self, d: &Delivery, probe: bool, cap: Option<Duration>) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
         let request = ClaimRequest {
             task_id: d.task_id.clone(),
@@ -225,7 +231,7 @@ where
         };
         let claimed = self.ports.store.claim(request).await;
         if let Ok(ClaimOutcome::Claimed(record)) = claimed {
-            return self.attempt(*record, d, probe).await;
+            return self.attempt(*record, d, probe, cap).await;
         }
         // No attempt is made: an admitted probe gives its slot back.
         self.forget_probe(d.provider_id(), probe);
