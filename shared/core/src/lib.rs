@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod lifecycle;
 pub mod memory;
+pub mod message;
 pub mod metrics;
 pub mod ports;
 pub mod provider;

@@ -1,0 +1,148 @@
+//! Queue messages: what a work-queue message body holds. Two forms are accepted:
+//! - an **envelope** `{"taskId","providerId","modelId","runId","priority","readyAt"}`, sent by the
+//!   API, the sweeper and the worker for a task already stored;
+//! - a **raw task**: a `BenchmarkTask` JSON as another system's SQS producer sends it (see
+//!   `docs/api.md`); without an `id`, one is derived from the content hash, so a re-sent message
+//!   is the same task.
+//!
+//! Anything else is poison: it cannot be decoded, and the worker sends it to the DLQ.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::ports::{Delivery, Route};
+use crate::task::{BenchmarkTask, TaskPriority};
+use crate::time::Millis;
+use crate::validate::{FieldError, parse_task_value};
+
+/// The envelope of a stored task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Envelope {
+    /// The task.
+    pub task_id: String,
+    /// Deployment or route.
+    pub provider_id: String,
+    /// Model.
+    pub model_id: String,
+    /// Run.
+    pub run_id: String,
+    /// Scheduling class (also decides the queue).
+    pub priority: TaskPriority,
+    /// When the task became due (ms since the epoch).
+    #[serde(default)]
+    pub ready_at: Millis,
+}
+
+impl Envelope {
+    /// The envelope of a delivery.
+    #[must_use]
+    pub fn of(d: &Delivery) -> Self {
+        Self {
+            task_id: d.task_id.clone(),
+            provider_id: d.provider_id().to_owned(),
+            model_id: d.model_id().to_owned(),
+            run_id: d.run_id().to_owned(),
+            priority: d.priority,
+            ready_at: d.ready_at,
+        }
+    }
+
+    /// The delivery this envelope carries, received `receive_count` times.
+    #[must_use]
+    pub fn into_delivery(self, receive_count: u32) -> Delivery {
+        let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
+        let mut d = Delivery::new(self.task_id, Arc::new(route), self.priority, self.ready_at);
+        d.receive_count = receive_count;
+        d
+    }
+
+    /// The JSON body.
+    #[must_use]
+    pub fn to_body(&self) -> String {
+        serde_json::to_string(self).expect("an envelope always serialises")
+    }
+}
+
+/// A decoded message body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueMessage {
+    /// A stored task's envelope.
+    Envelope(Envelope),
+    /// A task sent by another system (its id filled in from the content hash if it had none).
+    RawTask(Box<BenchmarkTask>),
+}
+
+/// Why a body is poison.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or not an object.
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    /// Looked like an envelope but is not a valid one.
+    #[error("invalid envelope: {0}")]
+    BadEnvelope(String),
+    /// Looked like a task but is not a valid one.
+    #[error("invalid task: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    BadTask(Vec<FieldError>),
+}
+
+/// Decode a message body.
+pub fn decode(body: &str) -> Result<QueueMessage, DecodeError> {
+    let value: Value = serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let Value::Object(mut object) = value else { return Err(DecodeError::NotJson("not an object".into())) };
+    if object.contains_key("taskId") {
+        return serde_json::from_value(Value::Object(object))
+            .map(QueueMessage::Envelope)
+            .map_err(|e| DecodeError::BadEnvelope(e.to_string()));
+    }
+    if object.get("id").is_none_or(Value::is_null) {
+        // serde_json maps are sorted, so this hash is the same for the same content.
+        let canonical = serde_json::to_vec(&object).expect("a map serialises");
+        let digest = Sha256::digest(&canonical);
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        object.insert("id".into(), Value::String(format!("h-{hex}")));
+    }
+    parse_task_value(Value::Object(object)).map(|t| QueueMessage::RawTask(Box::new(t))).map_err(DecodeError::BadTask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_through_deliveries() {
+        let body = r#"{"taskId":"t-1","providerId":"sim","modelId":"m","runId":"demo","priority":"high","readyAt":5}"#;
+        let QueueMessage::Envelope(e) = decode(body).unwrap() else { panic!("envelope expected") };
+        let d = e.clone().into_delivery(3);
+        assert_eq!((d.task_id.as_str(), d.provider_id(), d.run_id(), d.receive_count), ("t-1", "sim", "demo", 3));
+        assert_eq!(Envelope::of(&d), e);
+        assert_eq!(decode(&e.to_body()).unwrap(), QueueMessage::Envelope(e));
+    }
+
+    #[test]
+    fn raw_tasks_without_an_id_get_a_stable_one() {
+        let body = r#"{"providerId":"sim","modelId":"m","prompt":"hello","priority":"low"}"#;
+        let QueueMessage::RawTask(a) = decode(body).unwrap() else { panic!("task expected") };
+        let reordered = r#"{"prompt":"hello","modelId":"m","priority":"low","providerId":"sim"}"#;
+        let QueueMessage::RawTask(b) = decode(reordered).unwrap() else { panic!("task expected") };
+        assert!(a.id.starts_with("h-") && a.id.len() == 34, "{}", a.id);
+        assert_eq!(a.id, b.id, "same content, same id");
+        let with_id = r#"{"id":"mine","providerId":"sim","modelId":"m","prompt":"hello"}"#;
+        let QueueMessage::RawTask(c) = decode(with_id).unwrap() else { panic!("task expected") };
+        assert_eq!(c.id, "mine");
+    }
+
+    #[test]
+    fn poison_is_explained() {
+        assert!(matches!(decode("{{{"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode("[1,2]"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode(r#"{"taskId":"t","priority":"urgent"}"#), Err(DecodeError::BadEnvelope(_))));
+        let Err(DecodeError::BadTask(errors)) = decode(r#"{"providerId":"sim"}"#) else { panic!("bad task expected") };
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["modelId", "prompt"]);
+    }
+}
