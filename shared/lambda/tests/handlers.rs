@@ -1,0 +1,283 @@
+//! The worker and DLQ handlers on in-memory ports with a recording SQS: each decision does the
+//! right thing to its message, poison goes to the DLQ under its message id, duplicates complete
+//! once, deferrals past the refresh threshold are re-sent fresh.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use taskexec_core::engine::{Engine, EngineConfig, Ports};
+use taskexec_core::error::ProviderError;
+use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
+use taskexec_core::ports::{ControlStore, PauseScope, TaskStore};
+use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
+use taskexec_core::retry::RetryPolicy;
+use taskexec_core::task::{TaskState, Usage};
+use taskexec_core::time::TokioClock;
+use taskexec_lambda::actions::{Action, QueuePair, RecordingActions, Topology};
+use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
+use taskexec_lambda::worker::{Worker, WorkerSettings};
+
+#[derive(Default)]
+struct Stub {
+    calls: AtomicUsize,
+}
+
+impl Provider for Stub {
+    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if request.task_id.starts_with("flaky") {
+            return Err(ProviderError::transient("connection reset"));
+        }
+        if request.task_id.starts_with("slow") {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Ok(ProviderResponse {
+            text: "ok".into(),
+            finish_reason: "stop".into(),
+            usage: Usage::default(),
+            model: request.model,
+            request_id: None,
+            latency: Duration::from_millis(50),
+            ttft: None,
+        })
+    }
+}
+
+type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Stub>, TokioClock>;
+type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>>;
+
+fn topology() -> Topology {
+    let pair = |priority, name: &str| QueuePair {
+        priority,
+        url: format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-{name}"),
+        dlq_url: format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-{name}-dlq"),
+    };
+    use taskexec_core::task::TaskPriority as P;
+    Topology { queues: [pair(P::High, "high"), pair(P::Normal, "normal"), pair(P::Low, "low")] }
+}
+
+fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingActions>) {
+    let stub = Arc::new(Stub::default());
+    let ports = Ports {
+        store: MemoryStore::default(),
+        breakers: MemoryStore::default(),
+        limiter: MemoryLimiter::default(),
+        metrics: Arc::new(CountingSink::default()),
+        provider: stub.clone(),
+        clock: TokioClock::starting_at(1_700_000_000_000),
+    };
+    let config =
+        EngineConfig { retry: RetryPolicy::default().with_max_attempts(2), seed: Some(1), ..EngineConfig::default() };
+    let actions = Arc::new(RecordingActions::default());
+    (Worker::new(Arc::new(Engine::new(ports, config)), actions.clone(), topology(), settings), stub, actions)
+}
+
+fn message(id: &str, queue: &str, body: &str, receives: u32) -> serde_json::Value {
+    serde_json::json!({
+        "messageId": id,
+        "receiptHandle": format!("rh-{id}"),
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": receives.to_string()},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+        "eventSourceARN": format!("arn:aws:sqs:us-east-1:123456789012:taskexec-{queue}"),
+        "awsRegion": "us-east-1"
+    })
+}
+
+fn event(messages: Vec<serde_json::Value>) -> SqsEvent {
+    serde_json::from_value(serde_json::json!({ "Records": messages })).unwrap()
+}
+
+fn raw(id: &str) -> String {
+    format!(r#"{{"id":"{id}","providerId":"sim","modelId":"m","prompt":"hello","runId":"r"}}"#)
+}
+
+fn envelope(id: &str) -> String {
+    format!(r#"{{"taskId":"{id}","providerId":"sim","modelId":"m","runId":"r","priority":"normal","readyAt":0}}"#)
+}
+
+fn failed_ids(r: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    r.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_raw_tasks_completes_and_is_acknowledged() {
+    let (w, stub, actions) = worker(WorkerSettings::default());
+    let batch = event((0..3).map(|i| message(&format!("m{i}"), "normal", &raw(&format!("t{i}")), 1)).collect());
+    let response = w.handle(batch, None).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 3);
+    assert!(actions.actions().is_empty(), "success needs no SQS call: Lambda deletes the batch");
+    let store = &w.executor().ports().store;
+    for i in 0..3 {
+        assert_eq!(store.get(&format!("t{i}")).await.unwrap().unwrap().state, TaskState::Completed);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicate_delivery_while_running_makes_one_call_and_keeps_the_message() {
+    let (w, stub, actions) = worker(WorkerSettings::default());
+    let first = event(vec![message("m1", "normal", &raw("slow-1"), 1)]);
+    let w = Arc::new(w);
+    let running = tokio::spawn({
+        let w = w.clone();
+        async move { w.handle(first, None).await }
+    });
+    while stub.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The same task arrives again (another message) while the first attempt runs.
+    let duplicate = w.handle(event(vec![message("m2", "normal", &envelope("slow-1"), 1)]), None).await;
+    assert_eq!(failed_ids(&duplicate), ["m2"], "not acknowledged: it must survive until the task is terminal");
+    let Action::Visibility(_, receipt, seconds) = &actions.actions()[0] else { panic!("{:?}", actions.actions()) };
+    assert_eq!(receipt, "rh-m2");
+    assert!((25..=30).contains(seconds), "invisible for the lease's remaining time, got {seconds}");
+    assert!(running.await.unwrap().batch_item_failures.is_empty());
+    // Later the duplicate comes back, finds the task terminal, and is acknowledged.
+    let again = w.handle(event(vec![message("m2", "normal", &envelope("slow-1"), 2)]), None).await;
+    assert!(again.batch_item_failures.is_empty());
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 1, "one provider call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_goes_to_the_dlq_under_its_message_id_and_is_acknowledged() {
+    let (w, _, actions) = worker(WorkerSettings::default());
+    let response = w.handle(event(vec![message("bad-1", "high", "{not json", 1)]), None).await;
+    assert!(response.batch_item_failures.is_empty());
+    let Action::Send(url, body, 0) = &actions.actions()[0] else { panic!("{:?}", actions.actions()) };
+    assert!(url.ends_with("taskexec-high-dlq"));
+    let note = taskexec_lambda::worker::PoisonNote::from_body(body).unwrap();
+    assert_eq!((note.message_id.as_str(), note.body.as_str()), ("bad-1", "{not json"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_use_visibility_and_exhaustion_dead_letters_to_the_dlq() {
+    let (w, _, actions) = worker(WorkerSettings::default());
+    let first = w.handle(event(vec![message("m1", "low", &raw("flaky-1"), 1)]), None).await;
+    assert_eq!(failed_ids(&first), ["m1"]);
+    assert!(matches!(&actions.actions()[0], Action::Visibility(url, _, s) if url.ends_with("taskexec-low") && *s <= 1));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = w.handle(event(vec![message("m1", "low", &raw("flaky-1"), 2)]), None).await;
+    assert!(second.batch_item_failures.is_empty(), "dead-lettered: acknowledged");
+    let Action::Send(url, body, 0) = &actions.actions()[1] else { panic!("{:?}", actions.actions()) };
+    assert!(url.ends_with("taskexec-low-dlq"));
+    assert!(body.contains(r#""taskId":"flaky-1""#));
+    let r = w.executor().ports().store.get("flaky-1").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempt), (TaskState::Failed, 2));
+    assert!(r.dead_letter_reason.unwrap().starts_with("attempts exhausted: 2 of 2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_deferral_is_refreshed_not_dead_lettered() {
+    let (w, stub, actions) = worker(WorkerSettings { refresh_after_receives: 500, ..WorkerSettings::default() });
+    w.executor().ports().store.set_paused(PauseScope::Global, true).await.unwrap();
+    let early = w.handle(event(vec![message("m1", "normal", &raw("t1"), 3)]), None).await;
+    assert_eq!(failed_ids(&early), ["m1"], "deferred by visibility while young");
+    let late = w.handle(event(vec![message("m1", "normal", &envelope("t1"), 501)]), None).await;
+    assert!(late.batch_item_failures.is_empty(), "the old message is deleted…");
+    let log = actions.actions();
+    assert!(
+        matches!(&log[1], Action::Send(url, body, 1) if url.ends_with("taskexec-normal") && body.contains("\"t1\"")),
+        "{log:?}"
+    );
+    assert!(matches!(&log[2], Action::Delete(_, receipt) if receipt == "rh-m1"), "…after a fresh copy was sent");
+    let r = w.executor().ports().store.get("t1").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempt), (TaskState::Queued, 0), "deferrals used no attempt");
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_invocation_deadline_bounds_each_attempt() {
+    let (w, _, _) = worker(WorkerSettings { safety_margin: Duration::from_secs(1), ..WorkerSettings::default() });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let response = w.handle(event(vec![message("m1", "normal", &raw("slow-2"), 1)]), Some(deadline)).await;
+    assert_eq!(failed_ids(&response), ["m1"], "timed out: retried");
+    let r = w.executor().ports().store.get("slow-2").await.unwrap().unwrap();
+    let message = r.error.unwrap().message;
+    assert!(message.starts_with("attempt timed out after 1"), "≈ 2 s cap: {message}");
+}
+
+fn task(id: &str) -> taskexec_core::task::TaskRecord {
+    let t = serde_json::from_str(&raw(id)).unwrap();
+    taskexec_core::task::TaskRecord::new(t, 1_700_000_000_000)
+}
+
+async fn claim(store: &MemoryStore, id: &str, now: i64) -> taskexec_core::task::TaskRecord {
+    use taskexec_core::ports::{ClaimOutcome, ClaimRequest};
+    let req = ClaimRequest { task_id: id.into(), owner: "dead".into(), now, lease_until: now + 1_000 };
+    let ClaimOutcome::Claimed(r) = store.claim(req).await.unwrap() else { panic!("claim {id}") };
+    *r
+}
+
+async fn finish(store: &MemoryStore, r: &taskexec_core::task::TaskRecord, outcome: taskexec_core::ports::Outcome) {
+    let req = taskexec_core::ports::FinishRequest {
+        task_id: r.task.id.clone(),
+        epoch: r.epoch,
+        outcome,
+        attempt: r.attempt,
+        throttles: 0,
+        record: None,
+        now: 1_700_000_000_500,
+    };
+    store.finish(req).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dlq_records_poison_analyses_dead_letters_and_requeues_crash_victims() {
+    use taskexec_core::error::{ErrorClass, TaskError};
+    use taskexec_core::ports::Outcome;
+    let store = MemoryStore::default();
+    let ids = ["dead", "victim-left", "victim-done", "done"];
+    store.submit(ids.iter().map(|id| task(id)).collect()).await.unwrap();
+    let t0 = 1_700_000_000_000;
+    let dead = claim(&store, "dead", t0).await;
+    let error = TaskError::new(ErrorClass::Transient, "reset");
+    finish(&store, &dead, Outcome::Failed { error, dead_letter_reason: Some("attempts exhausted".into()) }).await;
+    claim(&store, "victim-left", t0).await;
+    claim(&store, "victim-done", t0).await;
+    claim(&store, "victim-done", t0 + 5_000).await; // the lease lapsed once: a second claim, attempt 2
+    let done = claim(&store, "done", t0).await;
+    finish(&store, &done, Outcome::Released).await;
+    store.cancel("done", t0).await.unwrap();
+
+    let actions = Arc::new(RecordingActions::default());
+    let clock = TokioClock::starting_at(t0 + 10_000);
+    let sink = Arc::new(CountingSink::default());
+    let dlq = DlqHandler::new(store, MemoryPoisonLog::default(), actions.clone(), sink.clone(), clock, topology(), 2);
+    let note =
+        taskexec_lambda::worker::PoisonNote { message_id: "orig".into(), reason: "bad".into(), body: "x".into() };
+    let batch = event(vec![
+        message("p1", "normal-dlq", &note.to_body(), 1),
+        message("p2", "normal-dlq", "garbage", 1001),
+        message("d1", "normal-dlq", &envelope("dead"), 1),
+        message("v1", "normal-dlq", &envelope("victim-left"), 1001),
+        message("v2", "normal-dlq", &envelope("victim-done"), 1001),
+        message("c1", "normal-dlq", &envelope("done"), 1),
+        message("u1", "normal-dlq", &envelope("nobody"), 1),
+    ]);
+    let (response, outcomes) = dlq.handle(batch).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(
+        outcomes,
+        [
+            DlqOutcome::Poison("orig".into()),
+            DlqOutcome::Poison("p2".into()),
+            DlqOutcome::Analysed("dead".into()),
+            DlqOutcome::Requeued("victim-left".into()),
+            DlqOutcome::Finalised("victim-done".into()),
+            DlqOutcome::AlreadyDone("done".into()),
+            DlqOutcome::Poison("u1".into()),
+        ]
+    );
+    let notes = dlq.poison_log().notes.lock().unwrap().clone();
+    assert_eq!(notes.iter().map(|n| n.message_id.as_str()).collect::<Vec<_>>(), ["orig", "p2", "u1"]);
+    assert_eq!(actions.actions().len(), 1, "only the re-queue sends");
+    assert!(
+        matches!(&actions.actions()[0], Action::Send(url, body, 0) if url.ends_with("taskexec-normal") && body.contains("victim-left"))
+    );
+    assert_eq!(taskexec_core::memory::Counters::get(&sink.counters.dead_lettered), 2, "analysed + finalised");
+}
