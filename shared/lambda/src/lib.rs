@@ -3,11 +3,13 @@
 //! aws`'s local event-source poller:
 //! - [`worker`]: an SQS batch in, the engine's decision per message, partial batch failures out;
 //! - [`dlq`]: dead-lettered messages analysed, re-queued or finalised;
-//! - [`sweeper`]: overdue tasks re-sent, queue weights rebalanced.
+//! - [`sweeper`]: overdue tasks re-sent, queue weights rebalanced;
+//! - [`poller`]: a local event-source mapping feeding SQS batches to the worker as Lambda would.
 #![warn(missing_docs)]
 
 pub mod actions;
 pub mod dlq;
 pub mod executor;
+pub mod poller;
 pub mod sweeper;
 pub mod worker;

@@ -281,3 +281,67 @@ async fn dlq_records_poison_analyses_dead_letters_and_requeues_crash_victims() {
     );
     assert_eq!(taskexec_core::memory::Counters::get(&sink.counters.dead_lettered), 2, "analysed + finalised");
 }
+
+/// Serves each queued message once, as SQS would to one consumer.
+#[derive(Default)]
+struct FakeSource {
+    pending: std::sync::Mutex<Vec<(String, aws_lambda_events::event::sqs::SqsMessage)>>,
+}
+
+impl taskexec_lambda::poller::MessageSource for FakeSource {
+    async fn receive(
+        &self,
+        queue: &QueuePair,
+        max: i32,
+        _wait: Duration,
+    ) -> Result<Vec<aws_lambda_events::event::sqs::SqsMessage>, taskexec_lambda::actions::ActionError> {
+        let now: Vec<_> = {
+            let mut pending = self.pending.lock().unwrap();
+            let (mine, rest): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(url, _)| *url == queue.url);
+            *pending = rest;
+            let (now, later) = mine.split_at(mine.len().min(max as usize));
+            pending.extend(later.iter().cloned());
+            now.iter().map(|(_, m)| m.clone()).collect()
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(now)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_local_poller_feeds_batches_and_deletes_only_successes() {
+    use taskexec_lambda::poller::{PollerSettings, PollerStats, run};
+    let (w, _, actions) = worker(WorkerSettings::default());
+    let source = Arc::new(FakeSource::default());
+    let normal = topology().queues[1].url.clone();
+    let mut batch = event((0..12).map(|i| message(&format!("m{i}"), "normal", &raw(&format!("t{i}")), 1)).collect());
+    batch.records.push(serde_json::from_value(message("bad", "normal", "{oops", 1)).unwrap());
+    batch.records.push(serde_json::from_value(message("f1", "normal", &raw("flaky-x"), 1)).unwrap());
+    source.pending.lock().unwrap().extend(batch.records.into_iter().map(|m| (normal.clone(), m)));
+    let stats = Arc::new(PollerStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let settings = PollerSettings { concurrency: [1, 1, 1], ..PollerSettings::default() };
+    let task = tokio::spawn(run(
+        source,
+        Arc::new(w),
+        Arc::new(actions.clone()),
+        topology(),
+        settings,
+        stats.clone(),
+        stop.clone(),
+    ));
+    while stats.deletes.load(Ordering::SeqCst) + stats.failures.load(Ordering::SeqCst) < 14 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(stats.batches.load(Ordering::SeqCst), 2, "10 + 4: batches of at most ten");
+    assert_eq!(
+        stats.deletes.load(Ordering::SeqCst),
+        13,
+        "12 completed + 1 poison (sent to the DLQ, then acknowledged)"
+    );
+    assert_eq!(stats.failures.load(Ordering::SeqCst), 1, "the flaky task comes back by visibility");
+    let deletes = actions.actions().iter().filter(|a| matches!(a, Action::Delete(..))).count();
+    assert_eq!(deletes, 13);
+}
