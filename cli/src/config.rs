@@ -50,15 +50,15 @@ impl Default for EngineSection {
 }
 
 impl Config {
-    /// The config to use: `explicit`, else `<tasks file stem>.toml` beside the tasks file, else
-    /// `taskexec.toml` in the working directory, else the built-in one (a single `sim`
-    /// deployment). Returns where it came from.
-    pub fn locate(explicit: Option<&Path>, tasks: &Path) -> anyhow::Result<(Self, String)> {
+    /// The config to use: `explicit`, else `<tasks file stem>.toml` beside the tasks file (when
+    /// there is one), else `taskexec.toml` in the working directory, else the built-in one (a
+    /// single `sim` deployment). Returns where it came from.
+    pub fn locate(explicit: Option<&Path>, tasks: Option<&Path>) -> anyhow::Result<(Self, String)> {
         if let Some(path) = explicit {
             return Ok((Self::load(path)?, path.display().to_string()));
         }
-        let beside = tasks.with_extension("toml");
-        for candidate in [beside, PathBuf::from("taskexec.toml")] {
+        let beside = tasks.map(|t| t.with_extension("toml"));
+        for candidate in beside.into_iter().chain([PathBuf::from("taskexec.toml")]) {
             if candidate.is_file() {
                 return Ok((Self::load(&candidate)?, candidate.display().to_string()));
             }

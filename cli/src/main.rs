@@ -1,11 +1,13 @@
-//! `taskexec`: run AI-benchmark task files on the embedded engine (SQLite, no server), and
-//! inspect or steer a run from another process.
+//! `taskexec`: run AI-benchmark task files on the embedded engine (SQLite, no server), serve
+//! the HTTP API over the same engine, and inspect or steer a run from another process.
 
 mod admin;
 mod config;
+mod embedded;
 mod exit;
 mod progress;
 mod run;
+mod serve;
 mod summary;
 mod taskfile;
 
@@ -25,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run a task file (JSON Lines) to the end; running it again continues an interrupted run.
     Run(run::RunArgs),
+    /// Serve the HTTP API on this machine (loopback, bearer token from TASKEXEC_API_TOKEN) and
+    /// execute the tasks submitted to it.
+    Serve(serve::ServeArgs),
     /// Show a task (TaskStatus JSON), a run's summary, or everything.
     Status {
         /// A task id.
@@ -113,6 +118,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<u8, exit::Failure> {
     match command {
         Command::Run(args) => run::run(args).await,
+        Command::Serve(args) => serve::serve(args).await,
         Command::Status { task, run, json, events, db } => {
             admin::status(&db.db, task.as_deref(), run.as_deref(), json, events).await
         }

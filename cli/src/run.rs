@@ -7,19 +7,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use taskexec_core::engine::{Engine, EngineConfig, Ports};
-use taskexec_core::memory::{MemoryLimiter, MemoryQueue};
 use taskexec_core::metrics::ExecutionMetrics;
 use taskexec_core::ports::{GroupSummary, SubmitOutcome, TaskStore};
-use taskexec_core::runner::{Runner, RunnerConfig};
+use taskexec_core::runner::Runner;
 use taskexec_core::task::TaskRecord;
 use taskexec_core::time::{Clock, SystemClock};
-use taskexec_local::{RunnerLock, SqliteStore};
+use taskexec_local::SqliteStore;
 use taskexec_providers::Deployments;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::embedded::{self, Embedded};
 use crate::exit::{self, Failure};
 use crate::progress::{Baseline, CliSink, Display, Figures};
 use crate::{summary, taskfile};
@@ -53,9 +51,8 @@ const SUBMIT_CHUNK: usize = 2_000;
 
 /// Run the file; the exit code says how it went (see `exit`).
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
-    let (config, origin) = Config::locate(args.config.as_deref(), &args.file).map_err(Failure::input)?;
-    let deployments = Deployments::from_config(&config.deployments, |name| std::env::var(name).ok())
-        .map_err(|e| Failure::input(anyhow::Error::new(e).context("invalid deployments")))?;
+    let (config, origin) = Config::locate(args.config.as_deref(), Some(&args.file)).map_err(Failure::input)?;
+    let deployments = embedded::deployments(&config)?;
     let default_run = args.run_id.clone().unwrap_or_else(|| taskfile::default_run_id(&args.file));
     if !taskexec_core::validate::is_valid_id(&default_run) {
         return Err(Failure::input(anyhow::anyhow!(
@@ -75,10 +72,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
             return Err(Failure::input(anyhow::anyhow!("{n} problem(s) in {}; nothing was run", args.file.display())));
         }
     };
-    let lock = RunnerLock::acquire(&args.db).map_err(|e| Failure::runtime(anyhow::Error::new(e)))?;
-    let store = SqliteStore::open(&args.db)
-        .with_context(|| format!("cannot open database {}", args.db.display()))
-        .map_err(Failure::runtime)?;
+    let (lock, store) = embedded::open_locked(&args.db)?;
     if !args.quiet {
         eprintln!(
             "taskexec: {} tasks in {} (run {}), config {origin}, database {}",
@@ -139,29 +133,7 @@ async fn execute(
     store: SqliteStore,
     runs: &BTreeSet<String>,
 ) -> Result<u8, Failure> {
-    let sink = Arc::new(CliSink::default());
-    let engine_config = EngineConfig {
-        retry: config.retry.clone(),
-        breaker: config.breaker.clone(),
-        lease: config.lease(),
-        default_timeout: Duration::from_millis(config.engine.default_timeout_ms),
-        limits: config.limits(),
-        owner: format!("runner-{}", std::process::id()),
-        seed: config.engine.seed,
-        ..EngineConfig::default()
-    };
-    let ports = Ports {
-        store: store.clone(),
-        breakers: store.clone(),
-        limiter: MemoryLimiter::default(),
-        metrics: sink.clone(),
-        provider: deployments,
-        clock: SystemClock,
-    };
-    let engine = Arc::new(Engine::new(ports, engine_config));
-    let queue = Arc::new(MemoryQueue::new(Duration::from_millis(config.engine.aging_ms), SystemClock));
-    let concurrency = args.concurrency.unwrap_or(config.engine.concurrency).max(1);
-    let runner = Runner::new(engine, queue, RunnerConfig { concurrency, ..RunnerConfig::default() });
+    let Embedded { runner, sink, .. } = embedded::build(config, deployments, store.clone(), args.concurrency, false);
 
     let before = summaries(&store, runs).await?;
     let baseline = baseline(&before);
@@ -180,7 +152,7 @@ async fn execute(
     }
 
     let shutdown = CancellationToken::new();
-    let interrupted = watch_signals(shutdown.clone());
+    let interrupted = embedded::watch_signals(shutdown.clone());
     let display =
         tokio::spawn(show_progress(runner.clone(), sink.clone(), baseline, args.quiet || args.json, shutdown.clone()));
     let outcome = runner.run(shutdown.clone()).await;
@@ -233,34 +205,6 @@ fn report(args: &RunArgs, runs: &[(String, Vec<GroupSummary>)]) {
     for (run, groups) in runs {
         print!("{}", summary::table(run, groups));
     }
-}
-
-/// First Ctrl-C / SIGTERM: stop starting attempts and let the ones in flight finish. Second:
-/// exit at once (leases are taken back by the next run).
-fn watch_signals(shutdown: CancellationToken) -> CancellationToken {
-    let interrupted = CancellationToken::new();
-    let flag = interrupted.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term_recv = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = term_recv => {}
-        }
-        flag.cancel();
-        shutdown.cancel();
-        eprintln!("\ntaskexec: stopping: no new attempts; waiting for those in flight (Ctrl-C again to quit now)");
-        let _ = tokio::signal::ctrl_c().await;
-        std::process::exit(i32::from(exit::INTERRUPTED));
-    });
-    interrupted
 }
 
 async fn show_progress<R: ProgressSource>(

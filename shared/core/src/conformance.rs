@@ -11,6 +11,8 @@
 //! ```text
 //! // tests/conformance.rs of an adapter crate (needs tokio as a dev-dependency)
 //! taskexec_core::conformance_tests!(|| async { MyStore::default() });
+//! // a store that keeps less than everything (see `Capabilities`)
+//! taskexec_core::conformance_tests!(|| async { MyStore::default() }, capabilities = MyStore);
 //! ```
 
 mod cancel;
@@ -45,6 +47,31 @@ use crate::time::Millis;
 pub trait Store: TaskStore + ControlStore + BreakerStore {}
 
 impl<S: TaskStore + ControlStore + BreakerStore> Store for S {}
+
+/// What a store keeps beyond the transitions themselves, for the cases that depend on it.
+///
+/// ```
+/// use taskexec_core::conformance::{Capabilities, Everything};
+/// struct LogsNotes;
+/// impl Capabilities for LogsNotes {
+///     const FULL_AUDIT_TRAIL: bool = false;
+/// }
+/// assert!(Everything::FULL_AUDIT_TRAIL && !LogsNotes::FULL_AUDIT_TRAIL);
+/// ```
+pub trait Capabilities {
+    /// Whether [`TaskStore::events`] returns every event, the notes written with
+    /// [`TaskStore::note`] (deferrals) and event details included. A store whose write budget
+    /// keeps only transition events (kind, time, epoch) and logs the rest says `false`.
+    const FULL_AUDIT_TRAIL: bool;
+}
+
+/// Every capability: what the in-memory and SQLite stores keep.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Everything;
+
+impl Capabilities for Everything {
+    const FULL_AUDIT_TRAIL: bool = true;
+}
 
 /// What a test factory may return: a store, or a store with a guard that must outlive it (a
 /// temporary directory holding a database file, a table to delete afterwards).
@@ -89,9 +116,28 @@ impl<S: Store, G> Fixture for (S, G) {
 /// ```text
 /// taskexec_core::conformance_tests!(|| async { MemoryStore::default() });
 /// ```
+///
+/// A store whose budget forbids part of the contract names a [`Capabilities`] type; the cases
+/// that depend on a capability it lacks then assert the weaker rule it does keep:
+///
+/// ```text
+/// taskexec_core::conformance_tests!(|| async { MyStore::default() }, capabilities = MyStore);
+/// ```
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        $crate::conformance_tests!($factory, capabilities = $crate::conformance::Everything);
+    };
+    ($factory:expr, capabilities = $caps:ty) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn events_are_per_task_in_order() {
+            let (store, _guard) = $crate::conformance::Fixture::split(($factory)().await);
+            if <$caps as $crate::conformance::Capabilities>::FULL_AUDIT_TRAIL {
+                $crate::conformance::events_are_per_task_in_order(store).await;
+            } else {
+                $crate::conformance::transition_events_are_per_task_in_order(store).await;
+            }
+        }
         $crate::conformance_tests!(@cases $factory;
             submit_creates_queued_task,
             submit_same_content_is_duplicate_and_changes_nothing,
@@ -122,7 +168,6 @@ macro_rules! conformance_tests {
             redrive_requeues_failed_task,
             redrive_other_states_is_stale,
             release_all_leases_requeues_running_tasks,
-            events_are_per_task_in_order,
             pending_lists_unfinished_tasks,
             summary_counts_per_group,
             summary_without_run_covers_all_runs,

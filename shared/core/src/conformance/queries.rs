@@ -34,6 +34,26 @@ pub async fn events_are_per_task_in_order<S: Store>(store: S) {
     assert!(store.events("nope").await.unwrap().is_empty());
 }
 
+/// For a store without [`Capabilities::FULL_AUDIT_TRAIL`](super::Capabilities): notes are
+/// accepted but need not come back; transition events still come back oldest first, with their
+/// time and epoch, and only the asked task's.
+pub async fn transition_events_are_per_task_in_order<S: Store>(store: S) {
+    submit_new(&store, vec![task("a", "r1"), task("b", "r1")]).await;
+    let deferred = AuditEvent { task_id: "a".into(), at: T0 + 1, kind: "deferred".into(), epoch: 0, detail: None };
+    store.note(deferred).await.unwrap();
+    let running = claimed(&store, "a", T0 + 2).await;
+    store.finish(finish_of(&running, completed(1.0), T0 + 3)).await.unwrap();
+    store.cancel("b", T0 + 4).await.unwrap();
+
+    let a = store.events("a").await.unwrap();
+    let a: Vec<_> = a.into_iter().filter(|e| e.kind != "deferred").map(|e| (e.kind, e.at, e.epoch)).collect();
+    assert_eq!(a, [("submitted".into(), T0, 0), ("claimed".into(), T0 + 2, 1), ("completed".into(), T0 + 3, 1)]);
+    let b = store.events("b").await.unwrap();
+    assert_eq!(b.iter().map(|e| (e.kind.as_str(), e.epoch)).collect::<Vec<_>>(), [("submitted", 0), ("cancelled", 1)]);
+    assert!(b.iter().all(|e| e.task_id == "b"));
+    assert!(store.events("nope").await.unwrap().is_empty());
+}
+
 /// Pending lists queued and running tasks in submission order, due at their retry time or at
 /// submission.
 pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {

@@ -1,0 +1,107 @@
+//! Control routes: the story's `pauseExecution` / `resumeExecution` (`POST /control/pause`,
+//! `POST /control/resume`, globally or for one run) and the control state (`GET /control`).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use serde::{Deserialize, Serialize};
+use taskexec_core::ports::{ControlState, ControlStore, PauseScope, TaskStore, WorkQueue};
+use taskexec_core::validate::{ID_PATTERN, is_valid_id};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::routes::tasks::body_error;
+use crate::state::ApiState;
+
+/// The optional body of pause and resume: a run, or nothing for everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlRequest {
+    /// Pause or resume this run only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+impl ControlRequest {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let request: Self = serde_json::from_slice(body).map_err(|e| ApiError::invalid("", e.to_string()))?;
+        match &request.run_id {
+            Some(run) if !is_valid_id(run) => Err(ApiError::invalid("runId", format!("must match {ID_PATTERN}"))),
+            _ => Ok(request),
+        }
+    }
+
+    fn scope(self) -> PauseScope {
+        self.run_id.map_or(PauseScope::Global, PauseScope::Run)
+    }
+}
+
+/// Pause execution: no new attempt starts; attempts in flight finish.
+#[utoipa::path(
+    post, path = "/control/pause", tag = "control",
+    request_body(content = Option<ControlRequest>, description = "Optional: `{\"runId\": …}` pauses one run"),
+    responses(
+        (status = 200, description = "The control state now", body = ControlState),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pause<S, Q>(
+    State(state): State<ApiState<S, Q>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+    Q: WorkQueue,
+{
+    set_paused(&state, body, true).await
+}
+
+/// Resume execution, globally or for one run.
+#[utoipa::path(
+    post, path = "/control/resume", tag = "control",
+    request_body(content = Option<ControlRequest>, description = "Optional: `{\"runId\": …}` resumes one run"),
+    responses(
+        (status = 200, description = "The control state now", body = ControlState),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resume<S, Q>(
+    State(state): State<ApiState<S, Q>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+    Q: WorkQueue,
+{
+    set_paused(&state, body, false).await
+}
+
+async fn set_paused<S, Q>(
+    state: &ApiState<S, Q>,
+    body: Result<Bytes, BytesRejection>,
+    paused: bool,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+{
+    let request = ControlRequest::parse(&body.map_err(body_error)?)?;
+    state.store.set_paused(request.scope(), paused).await?;
+    Ok(Json(state.store.control().await?))
+}
+
+/// The control state: global pause, paused runs.
+#[utoipa::path(
+    get, path = "/control", tag = "control",
+    responses((status = 200, description = "The control state", body = ControlState))
+)]
+pub(crate) async fn get_control<S, Q>(State(state): State<ApiState<S, Q>>) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+    Q: WorkQueue,
+{
+    Ok(Json(state.store.control().await?))
+}

@@ -1,0 +1,144 @@
+//! Control, observation, authentication and the OpenAPI document, over the in-memory ports.
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{api, send, task};
+use serde_json::json;
+use taskexec_api::{ApiDoc, bearer_auth};
+use taskexec_core::ports::ControlStore;
+use utoipa::OpenApi;
+
+#[tokio::test]
+async fn pause_and_resume_globally_or_per_run_are_reflected_in_control() {
+    let api = api();
+    let (status, body) = api.call("POST", "/control/pause", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["paused"], true);
+    assert!(api.store.control().await.unwrap().paused);
+    let (_, body) = api.call("POST", "/control/pause", Some(json!({"runId": "r1"}))).await;
+    assert_eq!(body["pausedRuns"], json!(["r1"]));
+    let (_, body) = api.call("POST", "/control/resume", None).await;
+    assert_eq!((body["paused"].as_bool(), &body["pausedRuns"]), (Some(false), &json!(["r1"])));
+    let (_, body) = api.call("POST", "/control/resume", Some(json!({"runId": "r1"}))).await;
+    assert_eq!(body["pausedRuns"], json!([]));
+    let control = api.store.control().await.unwrap();
+    assert!(!control.paused && control.paused_runs.is_empty());
+    let (status, body) = api.call("GET", "/control", None).await;
+    assert_eq!((status, body["paused"].as_bool()), (StatusCode::OK, Some(false)));
+}
+
+#[tokio::test]
+async fn control_rejects_a_bad_body() {
+    let api = api();
+    let (status, body) = api.call("POST", "/control/pause", Some(json!({"runId": "not a run id"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["details"][0]["field"], "runId");
+    let (status, _) = api.call("POST", "/control/pause", Some(json!({"run": "r1"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are rejected");
+    assert!(!api.store.control().await.unwrap().paused);
+}
+
+#[tokio::test]
+async fn metrics_globally_and_per_run() {
+    let api = api();
+    let mut other = task("o");
+    other["runId"] = json!("r2");
+    api.call("POST", "/tasks", Some(json!([task("a"), task("b"), task("c"), other]))).await;
+    api.complete("a", 10.0).await;
+    api.complete("b", 30.0).await;
+    api.fail("c").await;
+    let (status, m) = api.call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((m["scope"].as_str(), m["totalTasks"].as_u64()), (Some("global"), Some(4)));
+    let (_, m) = api.call("GET", "/metrics?runId=r1", None).await;
+    assert_eq!((m["scope"].as_str(), m["runId"].as_str()), (Some("run"), Some("r1")));
+    assert_eq!(
+        (m["totalTasks"].as_u64(), m["completedTasks"].as_u64(), m["failedTasks"].as_u64()),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(m["averageExecutionTime"], 20.0);
+    let (status, body) = api.call("GET", "/metrics?runId=bad%20id", None).await;
+    assert_eq!((status, body["error"]["details"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("runId")));
+}
+
+#[tokio::test]
+async fn run_progress_counts_statuses() {
+    let api = api();
+    api.call("POST", "/tasks", Some(json!([task("a"), task("b"), task("c"), task("d")]))).await;
+    api.complete("a", 10.0).await;
+    api.fail("b").await;
+    api.call("DELETE", "/tasks/c", None).await;
+    api.call("POST", "/control/pause", Some(json!({"runId": "r1"}))).await;
+    let (status, run) = api.call("GET", "/runs/r1", None).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["runId"], "r1");
+    assert_eq!(run["totalTasks"], 4);
+    assert_eq!(run["counts"], json!({"queued": 1, "running": 0, "completed": 1, "failed": 1, "cancelled": 1}));
+    assert_eq!(run["progress"], 0.75);
+    assert_eq!(run["paused"], true);
+    assert_eq!(run["metrics"]["completedTasks"], 1);
+    let (status, _) = api.call("GET", "/runs/unknown", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn resources_are_a_real_sample_of_this_process() {
+    let api = api();
+    let (status, r) = api.call("GET", "/resources", None).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let memory = r["memoryBytes"].as_u64().unwrap();
+    assert!(memory > 1024 * 1024 && memory < 1 << 40, "resident memory of a test process: {memory}");
+    let percent = r["memoryPercent"].as_f64().unwrap();
+    assert!(percent > 0.0 && percent < 100.0, "{percent}");
+    assert!(r["cpuPercent"].as_f64().unwrap() >= 0.0);
+    assert!(r["networkRxBytes"].is_u64() && r["networkTxBytes"].is_u64());
+    assert_eq!(r["sampledAt"], "2027-01-15T08:00:00.000Z");
+}
+
+#[tokio::test]
+async fn bearer_auth_guards_every_route() {
+    let api = api();
+    let app = api.app.clone().layer(bearer_auth("correct-token-0123456789"));
+    for (method, uri) in [("GET", "/metrics"), ("POST", "/tasks"), ("GET", "/openapi.json"), ("GET", "/nowhere")] {
+        let (status, body) = send(&app, method, uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let (status, _) = send(&app, method, uri, None, Some("wrong-token")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} with a wrong token");
+    }
+    let (status, _) = send(&app, "GET", "/metrics", None, Some("correct-token-0123456789")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(&app, "POST", "/tasks", Some(task("a")), Some("correct-token-0123456789")).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route_and_the_contract_types() {
+    let api = api();
+    let (status, doc) = api.call("GET", "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc, serde_json::to_value(ApiDoc::openapi()).unwrap(), "served as generated");
+    let routes = [
+        ("/tasks", "post"),
+        ("/tasks/{id}", "get"),
+        ("/tasks/{id}", "delete"),
+        ("/tasks/{id}/redrive", "post"),
+        ("/control", "get"),
+        ("/control/pause", "post"),
+        ("/control/resume", "post"),
+        ("/metrics", "get"),
+        ("/runs/{id}", "get"),
+        ("/resources", "get"),
+        ("/openapi.json", "get"),
+    ];
+    for (path, method) in routes {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the document");
+    }
+    let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, routes.len(), "no route undocumented, none extra");
+    for schema in ["BenchmarkTask", "TaskStatus", "ExecutionMetrics", "ResourceUsage", "RunProgress", "ErrorBody"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+}
