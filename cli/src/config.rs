@@ -1,164 +1,30 @@
-//! The run configuration (TOML): engine settings, retry and breaker policies, deployments.
-//! Read once, at the edge; keys are read from the environment by the deployments' adapters
-//! (the config names the variable, never holds the key).
+//! Where the CLI finds its run configuration: `--config FILE`, else `FILE.toml` beside the task
+//! file, else `./taskexec.toml`, else the built-in one. The format itself is
+//! `taskexec_providers::settings::RunConfig`, shared with the Lambda functions.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde::Deserialize;
-use taskexec_core::breaker::BreakerPolicy;
-use taskexec_core::engine::Limits;
-use taskexec_core::retry::RetryPolicy;
-use taskexec_providers::config::DeploymentConfig;
+use anyhow::Context;
+pub use taskexec_providers::settings::RunConfig as Config;
 
-/// The whole file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// `[engine]`.
-    pub engine: EngineSection,
-    /// `[retry]`.
-    pub retry: RetryPolicy,
-    /// `[breaker]`.
-    pub breaker: BreakerPolicy,
-    /// `[deployments.NAME]`.
-    pub deployments: BTreeMap<String, DeploymentConfig>,
+/// The config to use: `explicit`, else `<tasks file stem>.toml` beside the tasks file (when
+/// there is one), else `taskexec.toml` in the working directory, else the built-in one (a
+/// single `sim` deployment). Returns where it came from.
+pub fn locate(explicit: Option<&Path>, tasks: Option<&Path>) -> anyhow::Result<(Config, String)> {
+    if let Some(path) = explicit {
+        return Ok((load(path)?, path.display().to_string()));
+    }
+    let beside = tasks.map(|t| t.with_extension("toml"));
+    for candidate in beside.into_iter().chain([PathBuf::from("taskexec.toml")]) {
+        if candidate.is_file() {
+            return Ok((load(&candidate)?, candidate.display().to_string()));
+        }
+    }
+    Ok((Config::builtin(), "built-in (one `sim` deployment)".into()))
 }
 
-/// `[engine]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineSection {
-    /// Tasks in flight at once (the global limit); `--concurrency` overrides it.
-    pub concurrency: usize,
-    /// Attempt timeout of tasks that set no `timeout`, ms.
-    pub default_timeout_ms: u64,
-    /// Lease length, ms (renewed every third of it during long calls).
-    pub lease_ms: u64,
-    /// A waiting task is promoted one priority class per this many ms.
-    pub aging_ms: u64,
-    /// Seed for backoff jitter (reproducible runs).
-    pub seed: Option<u64>,
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        Self { concurrency: 64, default_timeout_ms: 60_000, lease_ms: 30_000, aging_ms: 10_000, seed: None }
-    }
-}
-
-impl Config {
-    /// The config to use: `explicit`, else `<tasks file stem>.toml` beside the tasks file (when
-    /// there is one), else `taskexec.toml` in the working directory, else the built-in one (a
-    /// single `sim` deployment). Returns where it came from.
-    pub fn locate(explicit: Option<&Path>, tasks: Option<&Path>) -> anyhow::Result<(Self, String)> {
-        if let Some(path) = explicit {
-            return Ok((Self::load(path)?, path.display().to_string()));
-        }
-        let beside = tasks.map(|t| t.with_extension("toml"));
-        for candidate in beside.into_iter().chain([PathBuf::from("taskexec.toml")]) {
-            if candidate.is_file() {
-                return Ok((Self::load(&candidate)?, candidate.display().to_string()));
-            }
-        }
-        Ok((Self::builtin(), "built-in (one `sim` deployment)".into()))
-    }
-
-    /// Read and check a config file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: Self = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        config.check().with_context(|| format!("invalid config {}", path.display()))?;
-        Ok(config)
-    }
-
-    /// A config with one `sim` deployment named `sim`.
-    #[must_use]
-    pub fn builtin() -> Self {
-        let sim: DeploymentConfig = toml::from_str("kind = \"sim\"\n[sim]\n").expect("the built-in deployment parses");
-        Self { deployments: [("sim".to_owned(), sim)].into(), ..Self::default() }
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        if self.engine.concurrency == 0 {
-            bail!("engine.concurrency must be at least 1");
-        }
-        if self.retry.max_attempts == 0 {
-            bail!("retry.max_attempts must be at least 1");
-        }
-        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
-            bail!("breaker.failure_rate must be within 0..=1");
-        }
-        if self.deployments.is_empty() {
-            bail!("no deployments: add at least one [deployments.NAME] table");
-        }
-        Ok(())
-    }
-
-    /// The concurrency limits the deployments declare.
-    #[must_use]
-    pub fn limits(&self) -> Limits {
-        let mut limits = Limits::default();
-        for (name, d) in &self.deployments {
-            if let Some(n) = d.concurrency {
-                limits.deployments.insert(name.clone(), n);
-            }
-            for (model, n) in &d.model_concurrency {
-                limits.models.insert((name.clone(), model.clone()), *n);
-            }
-        }
-        limits
-    }
-
-    /// Lease length.
-    #[must_use]
-    pub fn lease(&self) -> Duration {
-        Duration::from_millis(self.engine.lease_ms.max(1_000))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_full_config_and_derives_limits() {
-        let config: Config = toml::from_str(
-            r#"
-            [engine]
-            concurrency = 8
-            [retry]
-            max_attempts = 4
-            [breaker]
-            consecutive_failures = 3
-            [deployments.fast]
-            kind = "sim"
-            concurrency = 5
-            model_concurrency = { "m1" = 2 }
-            [deployments.fast.sim]
-            [deployments.local]
-            kind = "openai-compatible"
-            base_url = "http://127.0.0.1:8080/v1"
-            api_key_env = "LOCAL_KEY"
-            "#,
-        )
-        .unwrap();
-        config.check().unwrap();
-        assert_eq!(config.engine.concurrency, 8);
-        assert_eq!(config.retry.max_attempts, 4);
-        assert_eq!(config.retry.throttle_budget, 20, "unset fields keep their defaults");
-        let limits = config.limits();
-        assert_eq!(limits.deployments.get("fast"), Some(&5));
-        assert_eq!(limits.models.get(&("fast".into(), "m1".into())), Some(&2));
-        assert!(!limits.deployments.contains_key("local"));
-    }
-
-    #[test]
-    fn rejects_unknown_keys_and_empty_deployments() {
-        assert!(toml::from_str::<Config>("[engine]\nconcurency = 3\n").is_err());
-        assert!(Config::default().check().is_err());
-        Config::builtin().check().unwrap();
-    }
+/// Read and check a config file.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::parse(&text).with_context(|| format!("invalid config {}", path.display()))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use taskexec_core::engine::{Engine, EngineConfig, Ports};
+use taskexec_core::engine::{Engine, Ports};
 use taskexec_core::memory::{MemoryLimiter, MemoryQueue};
 use taskexec_core::runner::{Runner, RunnerConfig};
 use taskexec_core::time::SystemClock;
@@ -62,16 +62,7 @@ pub fn build(
     keep_running: bool,
 ) -> Embedded {
     let sink = Arc::new(CliSink::default());
-    let engine_config = EngineConfig {
-        retry: config.retry.clone(),
-        breaker: config.breaker.clone(),
-        lease: config.lease(),
-        default_timeout: Duration::from_millis(config.engine.default_timeout_ms),
-        limits: config.limits(),
-        owner: format!("runner-{}", std::process::id()),
-        seed: config.engine.seed,
-        ..EngineConfig::default()
-    };
+    let engine_config = config.engine_config(format!("runner-{}", std::process::id()));
     let ports = Ports {
         store: store.clone(),
         breakers: store,

@@ -51,7 +51,7 @@ const SUBMIT_CHUNK: usize = 2_000;
 
 /// Run the file; the exit code says how it went (see `exit`).
 pub async fn run(args: RunArgs) -> Result<u8, Failure> {
-    let (config, origin) = Config::locate(args.config.as_deref(), Some(&args.file)).map_err(Failure::input)?;
+    let (config, origin) = crate::config::locate(args.config.as_deref(), Some(&args.file)).map_err(Failure::input)?;
     let deployments = embedded::deployments(&config)?;
     let default_run = args.run_id.clone().unwrap_or_else(|| taskfile::default_run_id(&args.file));
     if !taskexec_core::validate::is_valid_id(&default_run) {

@@ -16,7 +16,6 @@ use taskexec_core::ports::{ControlStore, TaskStore, WorkQueue};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::embedded::{self, Embedded};
 use crate::exit::{self, Failure};
 
@@ -47,7 +46,7 @@ pub struct ServeArgs {
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let token = api_token(std::env::var(TOKEN_ENV).ok())?;
     check_loopback(args.addr)?;
-    let (config, origin) = Config::locate(args.config.as_deref(), None).map_err(Failure::input)?;
+    let (config, origin) = crate::config::locate(args.config.as_deref(), None).map_err(Failure::input)?;
     let deployments = embedded::deployments(&config)?;
     let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
     let settings = ApiSettings::new(deployments.names(), Arc::new(sampler));

@@ -30,6 +30,7 @@
 pub mod config;
 pub mod openai;
 pub mod secret;
+pub mod settings;
 pub mod sim;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,174 @@
+//! The run configuration (TOML): engine settings, retry and breaker policies, deployments. The
+//! same format for `taskexec run`/`serve` (a file) and the Lambda functions (`TASKEXEC_CONFIG`).
+//! Parsed once, at the edge; keys are read from the environment by the deployments' adapters
+//! (the config names the variable, never holds the key).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use taskexec_core::breaker::BreakerPolicy;
+use taskexec_core::engine::{EngineConfig, Limits};
+use taskexec_core::retry::RetryPolicy;
+
+use crate::config::DeploymentConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// `[engine]`.
+    pub engine: EngineSection,
+    /// `[retry]`.
+    pub retry: RetryPolicy,
+    /// `[breaker]`.
+    pub breaker: BreakerPolicy,
+    /// `[deployments.NAME]`.
+    pub deployments: BTreeMap<String, DeploymentConfig>,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Tasks in flight at once (the global limit); `--concurrency` overrides it.
+    pub concurrency: usize,
+    /// Attempt timeout of tasks that set no `timeout`, ms.
+    pub default_timeout_ms: u64,
+    /// Lease length, ms (renewed every third of it during long calls).
+    pub lease_ms: u64,
+    /// A waiting task is promoted one priority class per this many ms.
+    pub aging_ms: u64,
+    /// Seed for backoff jitter (reproducible runs).
+    pub seed: Option<u64>,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self { concurrency: 64, default_timeout_ms: 60_000, lease_ms: 30_000, aging_ms: 10_000, seed: None }
+    }
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Not valid TOML for this format.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// Parsed, but a value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RunConfig {
+    /// Parse and check TOML text.
+    pub fn parse(text: &str) -> Result<Self, SettingsError> {
+        let config: Self = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// A config with one `sim` deployment named `sim`.
+    #[must_use]
+    pub fn builtin() -> Self {
+        let sim: DeploymentConfig = toml::from_str("kind = \"sim\"\n[sim]\n").expect("the built-in deployment parses");
+        Self { deployments: [("sim".to_owned(), sim)].into(), ..Self::default() }
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
+        if self.engine.concurrency == 0 {
+            return invalid("engine.concurrency must be at least 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
+            return invalid("breaker.failure_rate must be within 0..=1");
+        }
+        if self.deployments.is_empty() {
+            return invalid("no deployments: add at least one [deployments.NAME] table");
+        }
+        Ok(())
+    }
+
+    /// The concurrency limits the deployments declare.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        for (name, d) in &self.deployments {
+            if let Some(n) = d.concurrency {
+                limits.deployments.insert(name.clone(), n);
+            }
+            for (model, n) in &d.model_concurrency {
+                limits.models.insert((name.clone(), model.clone()), *n);
+            }
+        }
+        limits
+    }
+
+    /// Lease length.
+    #[must_use]
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.engine.lease_ms.max(1_000))
+    }
+
+    /// The engine's settings, for a worker named `owner`.
+    #[must_use]
+    pub fn engine_config(&self, owner: String) -> EngineConfig {
+        EngineConfig {
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            lease: self.lease(),
+            default_timeout: Duration::from_millis(self.engine.default_timeout_ms),
+            limits: self.limits(),
+            owner,
+            seed: self.engine.seed,
+            ..EngineConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config_and_derives_limits() {
+        let config: RunConfig = toml::from_str(
+            r#"
+            [engine]
+            concurrency = 8
+            [retry]
+            max_attempts = 4
+            [breaker]
+            consecutive_failures = 3
+            [deployments.fast]
+            kind = "sim"
+            concurrency = 5
+            model_concurrency = { "m1" = 2 }
+            [deployments.fast.sim]
+            [deployments.local]
+            kind = "openai-compatible"
+            base_url = "http://127.0.0.1:8080/v1"
+            api_key_env = "LOCAL_KEY"
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        assert_eq!(config.engine.concurrency, 8);
+        assert_eq!(config.retry.max_attempts, 4);
+        assert_eq!(config.retry.throttle_budget, 20, "unset fields keep their defaults");
+        let limits = config.limits();
+        assert_eq!(limits.deployments.get("fast"), Some(&5));
+        assert_eq!(limits.models.get(&("fast".into(), "m1".into())), Some(&2));
+        assert!(!limits.deployments.contains_key("local"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_empty_deployments() {
+        assert!(toml::from_str::<RunConfig>("[engine]\nconcurency = 3\n").is_err());
+        assert!(RunConfig::default().check().is_err());
+        RunConfig::builtin().check().unwrap();
+    }
+}
