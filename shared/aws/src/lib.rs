@@ -1,1 +1,16 @@
-//! taskexec-aws (being built).
+//! taskexec-aws: the adapters of the serverless shape. [`DynamoStore`] implements the task,
+//! control and breaker ports over one DynamoDB table; [`SqsQueue`] the work queue over three
+//! SQS queues (one per priority); [`EmfSink`] the metrics sink as CloudWatch Embedded Metric
+//! Format lines on stdout. Clients and configuration are passed in: nothing here reads the
+//! environment.
+#![warn(missing_docs)]
+
+mod dynamo;
+mod emf;
+mod error;
+mod sqs;
+
+pub use dynamo::{DynamoConfig, DynamoStore, OverdueTask, RunCounts, create_table, item_size, write_units};
+pub use emf::{EmfSink, NAMESPACE, emf_line};
+pub use error::AwsError;
+pub use sqs::{Envelope, QueueUrls, SqsQueue};

@@ -102,11 +102,12 @@ async fn sqs_batch_completes_every_task() {
 async fn sqs_duplicate_delivery_calls_once_and_keeps_the_second_message() {
     let (w, sim, actions) = worker_with_demo_tasks().await;
     let event = sqs(include_str!("../../../events/sqs-duplicate-delivery.json"));
-    let second = event.records[1].message_id.clone().unwrap();
+    let ids: Vec<_> = event.records.iter().map(|r| r.message_id.clone().unwrap()).collect();
     let response = w.handle(event, None).await;
     let failed: Vec<_> = response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+    // Both copies run concurrently: whichever claims first completes, the other is kept.
     assert_eq!(failed.len(), 1, "one copy claimed, the other kept for later");
-    assert!(failed[0] == second || response.batch_item_failures.len() == 1);
+    assert!(ids.contains(&failed[0]));
     assert!(matches!(actions.actions()[0], Action::Visibility(..)));
     assert_eq!(sim.calls.load(Ordering::SeqCst), 1);
     assert_eq!(w.executor().ports().store.get("t-1").await.unwrap().unwrap().state, TaskState::Completed);
