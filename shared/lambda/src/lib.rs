@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod dlq;
+pub mod env;
 pub mod executor;
 pub mod poller;
 pub mod sweeper;
