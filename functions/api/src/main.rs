@@ -1,1 +1,27 @@
-fn main() {}
+//! The API function: the taskexec HTTP API router (`taskexec-api`) over the DynamoDB store and
+//! the SQS queues, behind an API Gateway HTTP API (payload v2) with IAM authorization.
+//! Wiring only: configuration from the environment (read once), SDK clients built once.
+
+use std::sync::Arc;
+
+use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
+use taskexec_aws::{DynamoConfig, DynamoStore, QueueUrls, SqsQueue};
+use taskexec_lambda::env::FunctionEnv;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let env = FunctionEnv::from_env()?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone()));
+    let urls = QueueUrls {
+        high: env.topology.queues[0].url.clone(),
+        normal: env.topology.queues[1].url.clone(),
+        low: env.topology.queues[2].url.clone(),
+    };
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
+        .with_worker_timeout(env.worker_timeout);
+    let app = router(ApiState::new(Arc::new(store), Arc::new(queue), settings));
+    lambda_http::run(app).await
+}
