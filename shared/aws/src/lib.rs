@@ -10,7 +10,10 @@ mod emf;
 mod error;
 mod sqs;
 
-pub use dynamo::{DynamoConfig, DynamoStore, OverdueTask, RunCounts, create_table, item_size, write_units};
+pub use dynamo::{
+    ConsumedWrites, DynamoConfig, DynamoStore, OverdueTask, RunCounts, create_table, item_size, write_units,
+};
 pub use emf::{EmfSink, NAMESPACE, emf_line};
 pub use error::AwsError;
-pub use sqs::{Envelope, QueueUrls, SqsQueue};
+pub use sqs::{MAX_DELAY_SECS, MAX_VISIBILITY_SECS, QueueUrls, SqsQueue, delay_seconds};
+pub use taskexec_core::message::Envelope;

@@ -1,0 +1,180 @@
+//! Single items written only on change: the control item (pause flags, the cancel signal), one
+//! breaker snapshot per deployment, and a run's sharded progress counters (`ADD`, once per
+//! invocation).
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use serde::{Deserialize, Serialize};
+use taskexec_core::breaker::BreakerSnapshot;
+use taskexec_core::ports::{ControlState, PauseScope};
+
+use super::DynamoStore;
+use super::item::{Item, key, n, s};
+use super::keys;
+use crate::error::AwsError;
+
+/// A run's progress counters (cumulative, summed over shards).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RunCounts {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks failed for good.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+}
+
+impl RunCounts {
+    fn fields(&self) -> [(&'static str, u64); 4] {
+        [
+            ("submitted", self.submitted),
+            ("completed", self.completed),
+            ("failed", self.failed),
+            ("cancelled", self.cancelled),
+        ]
+    }
+
+    fn add(&mut self, other: &RunCounts) {
+        self.submitted += other.submitted;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.cancelled += other.cancelled;
+    }
+}
+
+fn control_key() -> Item {
+    key(keys::CONTROL, keys::CONTROL)
+}
+
+/// The control state, read strongly consistent.
+pub async fn read(store: &DynamoStore) -> Result<ControlState, AwsError> {
+    let out = store
+        .client
+        .get_item()
+        .table_name(store.table())
+        .set_key(Some(control_key()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::dynamo("GetItem", e))?;
+    Ok(out.item.map(|item| control_of(&item)).unwrap_or_default())
+}
+
+fn control_of(item: &Item) -> ControlState {
+    ControlState {
+        paused: item.get("paused").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
+        paused_runs: item.get("pausedRuns").and_then(|v| v.as_ss().ok()).into_iter().flatten().cloned().collect(),
+        cancel_seq: item.get("cancelSeq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
+    }
+}
+
+/// Pause or resume; no write when nothing would change.
+pub async fn set_paused(store: &DynamoStore, scope: PauseScope, paused: bool) -> Result<(), AwsError> {
+    let current = read(store).await?;
+    let request = store.client.update_item().table_name(store.table()).set_key(Some(control_key()));
+    let request = match scope {
+        PauseScope::Global if current.paused == paused => return Ok(()),
+        PauseScope::Global => {
+            request.update_expression("SET paused = :p").expression_attribute_values(":p", AttributeValue::Bool(paused))
+        }
+        PauseScope::Run(run) if current.paused_runs.contains(&run) == paused => return Ok(()),
+        PauseScope::Run(run) => request
+            .update_expression(if paused { "ADD pausedRuns :run" } else { "DELETE pausedRuns :run" })
+            .expression_attribute_values(":run", AttributeValue::Ss(vec![run])),
+    };
+    let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
+    store.meter.record(out.map_err(|e| AwsError::dynamo("UpdateItem", e))?.consumed_capacity());
+    Ok(())
+}
+
+/// Bump the cancel signal.
+pub async fn bump_cancel_seq(store: &DynamoStore) -> Result<(), AwsError> {
+    let out = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .set_key(Some(control_key()))
+        .update_expression("ADD cancelSeq :one")
+        .expression_attribute_values(":one", n(1))
+        .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+        .send()
+        .await
+        .map_err(|e| AwsError::dynamo("UpdateItem", e))?;
+    store.meter.record(out.consumed_capacity());
+    Ok(())
+}
+
+/// A deployment's breaker snapshot.
+pub async fn load_breaker(store: &DynamoStore, deployment: &str) -> Result<Option<BreakerSnapshot>, AwsError> {
+    let out = store
+        .client
+        .get_item()
+        .table_name(store.table())
+        .set_key(Some(key(keys::breaker_pk(deployment), keys::BREAKER)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::dynamo("GetItem", e))?;
+    out.item
+        .map(|item| serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("breaker {deployment}"), e)))
+        .transpose()
+}
+
+/// Replace a deployment's breaker snapshot.
+pub async fn save_breaker(store: &DynamoStore, deployment: &str, snapshot: &BreakerSnapshot) -> Result<(), AwsError> {
+    let mut item: Item =
+        serde_dynamo::to_item(snapshot).map_err(|e| AwsError::mapping(format!("breaker {deployment}"), e))?;
+    item.extend(key(keys::breaker_pk(deployment), keys::BREAKER));
+    let request = store.client.put_item().table_name(store.table()).set_item(Some(item));
+    let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
+    store.meter.record(out.map_err(|e| AwsError::dynamo("PutItem", e))?.consumed_capacity());
+    Ok(())
+}
+
+/// `ADD` the non-zero counts to one of the run's counter shards.
+pub async fn add_run_counts(store: &DynamoStore, run_id: &str, counts: &RunCounts) -> Result<(), AwsError> {
+    let fields: Vec<_> = counts.fields().into_iter().filter(|(_, v)| *v > 0).collect();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let shard = store.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % u64::from(store.config.counter_shards);
+    let expression = fields.iter().map(|(name, _)| format!("#{name} :{name}")).collect::<Vec<_>>().join(", ");
+    let mut request = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .set_key(Some(key(keys::run_pk(run_id), keys::counter_sk(shard as u16))))
+        .update_expression(format!("ADD {expression}"));
+    for (name, v) in fields {
+        request = request
+            .expression_attribute_names(format!("#{name}"), name)
+            .expression_attribute_values(format!(":{name}"), n(v));
+    }
+    let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
+    store.meter.record(out.map_err(|e| AwsError::dynamo("UpdateItem", e))?.consumed_capacity());
+    Ok(())
+}
+
+/// A run's counters, summed over its shards.
+pub async fn run_counts(store: &DynamoStore, run_id: &str) -> Result<RunCounts, AwsError> {
+    let out = store
+        .client
+        .query()
+        .table_name(store.table())
+        .key_condition_expression("#pk = :pk")
+        .expression_attribute_names("#pk", keys::PK)
+        .expression_attribute_values(":pk", s(keys::run_pk(run_id)))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::dynamo("Query", e))?;
+    let mut total = RunCounts::default();
+    for item in out.items.unwrap_or_default() {
+        let shard: RunCounts =
+            serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("counters of run {run_id}"), e))?;
+        total.add(&shard);
+    }
+    Ok(total)
+}

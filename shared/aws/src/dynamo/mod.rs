@@ -1,0 +1,262 @@
+//! [`DynamoStore`]: the task, control and breaker ports over one DynamoDB table.
+//!
+//! Per task a small STATE item (everything the life cycle changes) and a PAYLOAD item (the
+//! submitted task, written once), so claims and transitions cost 1 WCU; the result joins the
+//! state item in the completing write. Every transition is a conditional `UpdateItem` on
+//! `status` and `epoch`, decided by [`taskexec_core::lifecycle::transition`]. The audit trail
+//! is a compact list of transition events on the state item plus one JSON log line per event
+//! (target `taskexec::audit`); deferral notes are log lines only. Two indexes: a sparse,
+//! sharded one of unfinished tasks ordered by due time (`pending`, [`DynamoStore::overdue`])
+//! and a keys-only one per run (`summary`, `run_tasks`). See `docs/aws-dynamodb.md` for the
+//! layout and its write cost.
+
+mod control;
+mod interventions;
+mod item;
+mod keys;
+mod meter;
+mod queries;
+mod read;
+mod size;
+mod submit;
+mod table;
+mod transitions;
+mod update;
+
+use std::sync::atomic::AtomicU64;
+
+use aws_sdk_dynamodb::Client;
+use taskexec_core::breaker::BreakerSnapshot;
+use taskexec_core::ports::{
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, FinishRequest,
+    GroupSummary, PauseScope, PendingTask, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
+};
+use taskexec_core::task::{TaskRecord, TaskState};
+use taskexec_core::time::Millis;
+
+pub use control::RunCounts;
+pub use meter::ConsumedWrites;
+pub use size::{item_size, write_units};
+pub use table::create_table;
+
+/// Where the store lives and how its indexes are sharded. The shard counts are part of the
+/// table's layout: keep them for the table's lifetime (fewer shards would hide tasks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoConfig {
+    /// Table name.
+    pub table: String,
+    /// Partitions of the open-task index (spreads the writes of busy submissions).
+    pub open_shards: u16,
+    /// Partitions per run in the run index.
+    pub run_shards: u16,
+    /// Counter items per run.
+    pub counter_shards: u16,
+}
+
+impl DynamoConfig {
+    /// The defaults for `table`: 8 open shards, 4 run shards, 4 counter shards.
+    #[must_use]
+    pub fn new(table: impl Into<String>) -> Self {
+        Self { table: table.into(), open_shards: 8, run_shards: 4, counter_shards: 4 }
+    }
+
+    /// With `n` open-index partitions.
+    #[must_use]
+    pub fn with_open_shards(mut self, n: u16) -> Self {
+        self.open_shards = n.max(1);
+        self
+    }
+
+    /// With `n` run-index partitions per run.
+    #[must_use]
+    pub fn with_run_shards(mut self, n: u16) -> Self {
+        self.run_shards = n.max(1);
+        self
+    }
+
+    /// With `n` counter items per run.
+    #[must_use]
+    pub fn with_counter_shards(mut self, n: u16) -> Self {
+        self.counter_shards = n.max(1);
+        self
+    }
+}
+
+/// An unfinished task the sweeper should look at: a running task whose lease expired, or a
+/// queued one that is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverdueTask {
+    /// Route, priority and due time, as a delivery needs them.
+    pub task: PendingTask,
+    /// `Queued` or `Running`.
+    pub state: TaskState,
+    /// The epoch read.
+    pub epoch: u64,
+}
+
+/// The task, control and breaker stores over one DynamoDB table.
+///
+/// ```no_run
+/// use taskexec_aws::{DynamoConfig, DynamoStore};
+/// use taskexec_core::ports::TaskStore;
+/// # async fn demo(client: aws_sdk_dynamodb::Client) -> Result<(), taskexec_core::error::StoreError> {
+/// let store = DynamoStore::new(client, DynamoConfig::new("taskexec-tasks").with_open_shards(16));
+/// let overdue = store.overdue(1_700_000_000_000, 100).await?;
+/// let record = store.get("t1").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DynamoStore {
+    client: Client,
+    config: DynamoConfig,
+    /// Orders submissions of this process within a millisecond (run index sort key).
+    seq: AtomicU64,
+    /// Rotates the shard the sweeper starts at, so no shard starves.
+    sweep_start: AtomicU64,
+    /// Write capacity consumed, as DynamoDB reports it.
+    meter: meter::WriteMeter,
+}
+
+impl DynamoStore {
+    /// A store over an existing table (see [`create_table`] for its definition).
+    #[must_use]
+    pub fn new(client: Client, config: DynamoConfig) -> Self {
+        Self {
+            client,
+            config,
+            seq: AtomicU64::new(0),
+            sweep_start: AtomicU64::new(0),
+            meter: meter::WriteMeter::default(),
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &DynamoConfig {
+        &self.config
+    }
+
+    /// The DynamoDB client.
+    #[must_use]
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Write capacity consumed through this store so far, as DynamoDB reported it with each
+    /// write (zero on an emulator that does not report capacity, such as moto).
+    #[must_use]
+    pub fn consumed_writes(&self) -> ConsumedWrites {
+        self.meter.totals()
+    }
+
+    fn table(&self) -> &str {
+        &self.config.table
+    }
+}
+
+impl TaskStore for DynamoStore {
+    async fn submit(&self, records: Vec<TaskRecord>) -> StoreResult<Vec<SubmitOutcome>> {
+        Ok(submit::submit(self, records).await?)
+    }
+
+    async fn get(&self, task_id: &str) -> StoreResult<Option<TaskRecord>> {
+        Ok(read::record(self, task_id).await?)
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> StoreResult<ClaimOutcome> {
+        Ok(transitions::claim(self, &request).await?)
+    }
+
+    async fn renew_lease(&self, task_id: &str, epoch: u64, until: Millis) -> StoreResult<WriteOutcome> {
+        Ok(transitions::renew_lease(self, task_id, epoch, until).await?)
+    }
+
+    async fn finish(&self, request: FinishRequest) -> StoreResult<WriteOutcome> {
+        Ok(transitions::finish(self, request).await?)
+    }
+
+    async fn cancel(&self, task_id: &str, now: Millis) -> StoreResult<CancelOutcome> {
+        Ok(interventions::cancel(self, task_id, now).await?)
+    }
+
+    async fn redrive(&self, task_id: &str, now: Millis) -> StoreResult<WriteOutcome> {
+        Ok(interventions::redrive(self, task_id, now).await?)
+    }
+
+    async fn release_all_leases(&self, now: Millis) -> StoreResult<u64> {
+        Ok(interventions::release_all_leases(self, now).await?)
+    }
+
+    /// Deferrals are frequent and change no state: on DynamoDB they are a log line only (no
+    /// write), so [`TaskStore::events`] does not return them.
+    async fn note(&self, event: AuditEvent) -> StoreResult<()> {
+        transitions::log_event(&event.task_id, &event.kind, event.epoch, event.detail.as_deref());
+        Ok(())
+    }
+
+    /// The transition events kept on the state item (kind, time, epoch; no detail), oldest
+    /// first. Deferral notes and event details are in the JSON logs only.
+    async fn events(&self, task_id: &str) -> StoreResult<Vec<AuditEvent>> {
+        Ok(read::state(self, task_id).await?.map(|s| s.events()).unwrap_or_default())
+    }
+
+    /// Unfinished tasks in due order (`ready_at`, then a hash of the id) rather than submission
+    /// order; for tasks never retried the two agree. The cursor is the open-index sort key.
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+        Ok(queries::pending(self, cursor, limit).await?)
+    }
+
+    async fn summary(&self, run_id: Option<&str>) -> StoreResult<Vec<GroupSummary>> {
+        Ok(queries::summary(self, run_id).await?)
+    }
+
+    async fn run_tasks(&self, run_id: &str) -> StoreResult<Vec<TaskRecord>> {
+        Ok(queries::run_tasks(self, run_id).await?)
+    }
+}
+
+impl ControlStore for DynamoStore {
+    async fn control(&self) -> StoreResult<ControlState> {
+        Ok(control::read(self).await?)
+    }
+
+    async fn set_paused(&self, scope: PauseScope, paused: bool) -> StoreResult<()> {
+        Ok(control::set_paused(self, scope, paused).await?)
+    }
+}
+
+impl BreakerStore for DynamoStore {
+    async fn load(&self, deployment: &str) -> StoreResult<Option<BreakerSnapshot>> {
+        Ok(control::load_breaker(self, deployment).await?)
+    }
+
+    async fn save(&self, deployment: &str, snapshot: BreakerSnapshot) -> StoreResult<()> {
+        Ok(control::save_breaker(self, deployment, &snapshot).await?)
+    }
+}
+
+impl DynamoStore {
+    /// Unfinished tasks the sweeper should look at, at most `limit`: running ones whose lease
+    /// ran out by `now`, queued ones due by `now`. Reads the open index up to `now` and the
+    /// state of each candidate (eventually consistent: the sweeper re-checks by claiming).
+    pub async fn overdue(&self, now: Millis, limit: usize) -> StoreResult<Vec<OverdueTask>> {
+        Ok(queries::overdue(self, now, limit).await?)
+    }
+
+    /// Add to a run's progress counters: one `ADD` on one of the run's counter shards. Meant to
+    /// be called once per invocation with the invocation's totals, not once per task.
+    pub async fn add_run_counts(&self, run_id: &str, counts: &RunCounts) -> StoreResult<()> {
+        Ok(control::add_run_counts(self, run_id, counts).await?)
+    }
+
+    /// A run's progress counters, summed over its shards (all zero for an unknown run).
+    pub async fn run_counts(&self, run_id: &str) -> StoreResult<RunCounts> {
+        Ok(control::run_counts(self, run_id).await?)
+    }
+}
+
+/// The store declares what the conformance suite may expect of its audit trail.
+#[cfg(feature = "conformance")]
+impl taskexec_core::conformance::Capabilities for DynamoStore {
+    const FULL_AUDIT_TRAIL: bool = false;
+}

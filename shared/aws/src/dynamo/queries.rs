@@ -1,0 +1,259 @@
+//! Queries over the two indexes: pending and overdue tasks from the sparse open index (one
+//! query per shard, merged by due key), and a run's tasks from the run index (merged by
+//! submission order), whose summaries come from the tasks' state items read strongly consistent.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::future::try_join_all;
+use serde::Deserialize;
+use taskexec_core::metrics::summarise;
+use taskexec_core::ports::{GroupSummary, PendingTask};
+use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
+use taskexec_core::time::Millis;
+
+use super::item::{Item, StateItem, n, s};
+use super::keys;
+use super::read;
+use super::{DynamoStore, OverdueTask};
+use crate::error::AwsError;
+
+/// Items per index page while sweeping (one `BatchGetItem` of states each).
+const SWEEP_PAGE: i32 = 100;
+
+/// An entry of the open index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenEntry {
+    #[serde(rename = "pk", deserialize_with = "task_id_from_pk")]
+    pub task_id: String,
+    pub due_key: u64,
+    pub run_id: String,
+    pub provider_id: String,
+    pub model_id: String,
+    pub priority: TaskPriority,
+}
+
+fn task_id_from_pk<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let pk = String::deserialize(d)?;
+    keys::task_id_of(&pk).map(str::to_owned).ok_or_else(|| serde::de::Error::custom(format!("not a task key: {pk}")))
+}
+
+impl OpenEntry {
+    fn pending(self) -> PendingTask {
+        PendingTask {
+            ready_at: keys::ready_at_of(self.due_key),
+            task_id: self.task_id,
+            priority: self.priority,
+            run_id: self.run_id,
+            provider_id: self.provider_id,
+            model_id: self.model_id,
+        }
+    }
+}
+
+/// One page of an open-index shard between two due keys.
+async fn open_page(
+    store: &DynamoStore,
+    shard: u16,
+    (from, to): (u64, u64),
+    limit: i32,
+    start: Option<Item>,
+) -> Result<(Vec<OpenEntry>, Option<Item>), AwsError> {
+    let out = store
+        .client
+        .query()
+        .table_name(store.table())
+        .index_name(keys::OPEN_INDEX)
+        .key_condition_expression("#shard = :shard AND #due BETWEEN :from AND :to")
+        .expression_attribute_names("#shard", keys::OPEN_SHARD)
+        .expression_attribute_names("#due", keys::DUE_KEY)
+        .expression_attribute_values(":shard", s(keys::open_shard_n(shard)))
+        .expression_attribute_values(":from", n(from))
+        .expression_attribute_values(":to", n(to))
+        .limit(limit)
+        .set_exclusive_start_key(start)
+        .send()
+        .await
+        .map_err(|e| AwsError::dynamo("Query", e))?;
+    let entries = out.items.unwrap_or_default().into_iter().map(open_entry).collect::<Result<_, _>>()?;
+    Ok((entries, out.last_evaluated_key))
+}
+
+fn open_entry(item: Item) -> Result<OpenEntry, AwsError> {
+    let what = super::item::item_key(&item);
+    serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("open index entry {what}"), e))
+}
+
+/// Up to `want` entries of one shard from `from` to `to`, in due order.
+async fn shard_entries(
+    store: &DynamoStore,
+    shard: u16,
+    range: (u64, u64),
+    want: usize,
+) -> Result<Vec<OpenEntry>, AwsError> {
+    let (mut entries, mut start) = (Vec::new(), None);
+    loop {
+        let limit = i32::try_from(want - entries.len()).unwrap_or(i32::MAX);
+        let (page, next) = open_page(store, shard, range, limit, start).await?;
+        entries.extend(page);
+        match next {
+            Some(key) if entries.len() < want => start = Some(key),
+            _ => return Ok(entries),
+        }
+    }
+}
+
+/// Every open-index entry between two due keys (all shards), in due order.
+pub async fn open_entries(store: &DynamoStore, from: u64, to: u64) -> Result<Vec<OpenEntry>, AwsError> {
+    merged(store, (from, to), usize::MAX).await
+}
+
+async fn merged(store: &DynamoStore, range: (u64, u64), want: usize) -> Result<Vec<OpenEntry>, AwsError> {
+    let shards = (0..store.config.open_shards).map(|shard| shard_entries(store, shard, range, want));
+    let mut all: Vec<OpenEntry> = try_join_all(shards).await?.into_iter().flatten().collect();
+    all.sort_by(|a, b| (a.due_key, &a.task_id).cmp(&(b.due_key, &b.task_id)));
+    Ok(all)
+}
+
+/// A page of unfinished tasks from due key `cursor` on. A page never ends inside a group of
+/// equal due keys (so the next page, starting at that key, repeats nothing and skips nothing),
+/// unless one group alone is larger than `limit`.
+pub async fn pending(
+    store: &DynamoStore,
+    cursor: u64,
+    limit: usize,
+) -> Result<(Vec<PendingTask>, Option<u64>), AwsError> {
+    let limit = limit.max(1);
+    let mut all = merged(store, (cursor, u64::MAX), limit + 1).await?;
+    if all.len() <= limit {
+        return Ok((all.into_iter().map(OpenEntry::pending).collect(), None));
+    }
+    let next_key = all[limit].due_key;
+    let mut end = limit;
+    while end > 0 && all[end - 1].due_key == next_key {
+        end -= 1;
+    }
+    let (end, next) = if end == 0 { (limit, next_key.saturating_add(1)) } else { (end, next_key) };
+    all.truncate(end);
+    Ok((all.into_iter().map(OpenEntry::pending).collect(), Some(next)))
+}
+
+/// Whether the sweeper should look at a task in this state.
+fn is_overdue(state: &StateItem, now: Millis) -> bool {
+    match state.status {
+        TaskState::Queued => state.next_attempt_at.is_none_or(|at| at <= now),
+        TaskState::Running => state.lease_until.is_none_or(|until| until <= now),
+        _ => false,
+    }
+}
+
+/// Up to `limit` overdue tasks, shard after shard (starting at a rotating shard).
+pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<Vec<OverdueTask>, AwsError> {
+    let shards = store.config.open_shards;
+    let first = store.sweep_start.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut found = Vec::new();
+    for k in 0..shards {
+        let shard = ((first + u64::from(k)) % u64::from(shards)) as u16;
+        let mut start = None;
+        loop {
+            let (page, next) = open_page(store, shard, (0, keys::last_due_key(now)), SWEEP_PAGE, start).await?;
+            let ids: Vec<String> = page.iter().map(|e| e.task_id.clone()).collect();
+            let mut states = read::states(store, &ids, false).await?;
+            for entry in page {
+                let Some(state) = states.remove(&entry.task_id).filter(|state| is_overdue(state, now)) else {
+                    continue;
+                };
+                found.push(OverdueTask { state: state.status, epoch: state.epoch, task: entry.pending() });
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+            }
+            match next {
+                Some(key) => start = Some(key),
+                None => break,
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Task ids of a run in submission order (all run shards merged).
+async fn run_task_ids(store: &DynamoStore, run_id: &str) -> Result<Vec<String>, AwsError> {
+    let shards = (0..store.config.run_shards).map(|shard| run_shard_keys(store, keys::run_shard_n(run_id, shard)));
+    let mut all: Vec<(String, String)> = try_join_all(shards).await?.into_iter().flatten().collect();
+    all.sort();
+    Ok(all.into_iter().map(|(_, id)| id).collect())
+}
+
+/// (`runSeq`, task id) of every task in one run shard.
+async fn run_shard_keys(store: &DynamoStore, shard: String) -> Result<Vec<(String, String)>, AwsError> {
+    let (mut keys_found, mut start) = (Vec::new(), None);
+    loop {
+        let out = store
+            .client
+            .query()
+            .table_name(store.table())
+            .index_name(keys::RUN_INDEX)
+            .key_condition_expression("#shard = :shard")
+            .expression_attribute_names("#shard", keys::RUN_SHARD)
+            .expression_attribute_values(":shard", s(&shard))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("Query", e))?;
+        keys_found.extend(out.items.unwrap_or_default().iter().filter_map(run_entry));
+        match out.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok(keys_found),
+        }
+    }
+}
+
+fn run_entry(item: &Item) -> Option<(String, String)> {
+    let text = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_s().ok());
+    Some((text(keys::RUN_SEQ)?.clone(), keys::task_id_of(text(keys::PK)?)?.to_owned()))
+}
+
+/// Per deployment/model figures of a run, or of every run (a scan of the state items).
+pub async fn summary(store: &DynamoStore, run_id: Option<&str>) -> Result<Vec<GroupSummary>, AwsError> {
+    let states = match run_id {
+        Some(run) => {
+            let ids = run_task_ids(store, run).await?;
+            read::states(store, &ids, true).await?.into_values().collect()
+        }
+        None => all_states(store).await?,
+    };
+    let records: Vec<TaskRecord> = states.into_iter().map(StateItem::into_summary_record).collect();
+    Ok(summarise(records.iter()))
+}
+
+async fn all_states(store: &DynamoStore) -> Result<Vec<StateItem>, AwsError> {
+    let (mut states, mut start) = (Vec::new(), None);
+    loop {
+        let out = store
+            .client
+            .scan()
+            .table_name(store.table())
+            .filter_expression("#sk = :state")
+            .expression_attribute_names("#sk", keys::SK)
+            .expression_attribute_values(":state", s(keys::STATE))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("Scan", e))?;
+        for item in out.items.unwrap_or_default() {
+            states.push(StateItem::from_item(item)?);
+        }
+        match out.last_evaluated_key {
+            Some(key) => start = Some(key),
+            None => return Ok(states),
+        }
+    }
+}
+
+/// A run's records, whole and in submission order.
+pub async fn run_tasks(store: &DynamoStore, run_id: &str) -> Result<Vec<TaskRecord>, AwsError> {
+    let ids = run_task_ids(store, run_id).await?;
+    let mut records = read::records(store, &ids).await?;
+    Ok(ids.iter().filter_map(|id| records.remove(id)).collect())
+}

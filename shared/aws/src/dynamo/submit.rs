@@ -1,0 +1,110 @@
+//! Idempotent submission. Per record: the PAYLOAD item is put first, on condition that there
+//! is none or it has the same content hash; then the STATE item, on condition that there is
+//! none. A submission that died between the two leaves a payload only, which a retry of the
+//! same content completes; another content is a conflict. An existing state item makes the
+//! record a duplicate (same hash) or a conflict. Records of distinct ids go concurrently; the
+//! repeats of one id within a batch go in order, so each is judged against the earlier one.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::ReturnConsumedCapacity::Indexes;
+use futures::stream::{self, StreamExt};
+use taskexec_core::ports::SubmitOutcome;
+use taskexec_core::task::TaskRecord;
+
+use super::DynamoStore;
+use super::item::{Item, Shards, StateItem, payload_item, s};
+use super::keys;
+use super::read;
+use super::transitions::log_event;
+use crate::error::AwsError;
+
+/// Distinct task ids submitted at once.
+const CONCURRENCY: usize = 16;
+
+/// Store records idempotently; one outcome per record, in order.
+pub async fn submit(store: &DynamoStore, records: Vec<TaskRecord>) -> Result<Vec<SubmitOutcome>, AwsError> {
+    let n = records.len();
+    // Sequence numbers in batch order, reserved up front: the puts run concurrently.
+    let first_seq = store.seq.fetch_add(n as u64, Ordering::Relaxed);
+    let mut groups: Vec<Vec<(usize, TaskRecord)>> = Vec::new();
+    let mut group_of: HashMap<String, usize> = HashMap::new();
+    for (i, record) in records.into_iter().enumerate() {
+        let g = *group_of.entry(record.task.id.clone()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push((i, record));
+    }
+    let results: Vec<Result<Vec<(usize, SubmitOutcome)>, AwsError>> = stream::iter(groups)
+        .map(|group| submit_group(store, group, first_seq))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut outcomes = vec![SubmitOutcome::Conflict; n];
+    for result in results {
+        for (i, outcome) in result? {
+            outcomes[i] = outcome;
+        }
+    }
+    Ok(outcomes)
+}
+
+async fn submit_group(
+    store: &DynamoStore,
+    group: Vec<(usize, TaskRecord)>,
+    seq_base: u64,
+) -> Result<Vec<(usize, SubmitOutcome)>, AwsError> {
+    let mut out = Vec::with_capacity(group.len());
+    for (i, record) in group {
+        out.push((i, submit_one(store, &record, seq_base + i as u64).await?));
+    }
+    Ok(out)
+}
+
+async fn submit_one(store: &DynamoStore, record: &TaskRecord, seq: u64) -> Result<SubmitOutcome, AwsError> {
+    if !put_if(store, payload_item(record)?, Some(&record.content_hash)).await? {
+        return Ok(SubmitOutcome::Conflict);
+    }
+    let shards = Shards { open: store.config.open_shards, run: store.config.run_shards };
+    let state = StateItem::of_record(record, shards, seq);
+    if put_if(store, state.to_item()?, None).await? {
+        log_event(&record.task.id, "submitted", record.epoch, None);
+        return Ok(SubmitOutcome::Created);
+    }
+    let Some(existing) = read::state(store, &record.task.id).await? else {
+        return Err(AwsError::Corrupt { key: keys::task_pk(&record.task.id), problem: "state vanished" });
+    };
+    Ok(if existing.content_hash == record.content_hash {
+        SubmitOutcome::Duplicate(existing.status)
+    } else {
+        SubmitOutcome::Conflict
+    })
+}
+
+/// Put an item if none has its key (or, with `same_hash`, if the one there has that content
+/// hash). Returns whether it was written.
+async fn put_if(store: &DynamoStore, item: Item, same_hash: Option<&str>) -> Result<bool, AwsError> {
+    let mut request =
+        store.client.put_item().table_name(store.table()).set_item(Some(item)).return_consumed_capacity(Indexes);
+    request = match same_hash {
+        None => request.condition_expression("attribute_not_exists(#pk)"),
+        Some(hash) => request
+            .condition_expression("attribute_not_exists(#pk) OR #hash = :hash")
+            .expression_attribute_names("#hash", "contentHash")
+            .expression_attribute_values(":hash", s(hash)),
+    };
+    match request.expression_attribute_names("#pk", keys::PK).send().await {
+        Ok(out) => {
+            store.meter.record(out.consumed_capacity());
+            Ok(true)
+        }
+        Err(e) if e.as_service_error().is_some_and(PutItemError::is_conditional_check_failed_exception) => {
+            store.meter.rejected();
+            Ok(false)
+        }
+        Err(e) => Err(AwsError::dynamo("PutItem", e)),
+    }
+}

@@ -1,0 +1,164 @@
+//! [`EmfSink`]: metrics as CloudWatch Embedded Metric Format lines, one JSON line per metric on
+//! stdout (Lambda ships stdout to CloudWatch Logs, which extracts the metrics). No API call on
+//! the hot path. Namespace `taskexec`; dimensions `ErrorClass`, `Reason` and `Deployment` where
+//! they apply; high-cardinality facts (a task id) are plain properties, searchable in Logs
+//! Insights but not dimensions.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value, json};
+use taskexec_core::breaker::BreakerState;
+use taskexec_core::ports::{DeferReason, LimitKey, Metric, MetricsSink};
+use taskexec_core::time::{Clock, Millis, SystemClock};
+
+/// The CloudWatch namespace of every metric.
+pub const NAMESPACE: &str = "taskexec";
+
+/// One metric line under construction.
+#[derive(Debug, Default)]
+struct Line {
+    dimensions: Vec<(&'static str, String)>,
+    metrics: Vec<(&'static str, &'static str, f64)>,
+    properties: Vec<(&'static str, String)>,
+}
+
+impl Line {
+    fn metric(name: &'static str, unit: &'static str, value: f64) -> Self {
+        Self { metrics: vec![(name, unit, value)], ..Self::default() }
+    }
+
+    fn count(name: &'static str) -> Self {
+        Self::metric(name, "Count", 1.0)
+    }
+
+    fn and(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
+        self.metrics.push((name, unit, value));
+        self
+    }
+
+    fn dimension(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.dimensions.push((name, value.into()));
+        self
+    }
+
+    fn property(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.properties.push((name, value.into()));
+        self
+    }
+
+    fn to_json(&self, timestamp: Millis) -> String {
+        let names: Vec<&str> = self.dimensions.iter().map(|(name, _)| *name).collect();
+        let metrics: Vec<Value> =
+            self.metrics.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect();
+        let directive = json!({"Namespace": NAMESPACE, "Dimensions": [names], "Metrics": metrics});
+        let mut root = Map::new();
+        root.insert("_aws".into(), json!({"Timestamp": timestamp, "CloudWatchMetrics": [directive]}));
+        for (name, value) in self.dimensions.iter().chain(&self.properties) {
+            root.insert((*name).into(), json!(value));
+        }
+        for (name, _, value) in &self.metrics {
+            root.insert((*name).into(), json!(value));
+        }
+        Value::Object(root).to_string()
+    }
+}
+
+/// The EMF line of one metric at `timestamp` (ms since the epoch), without the newline.
+#[must_use]
+pub fn emf_line(metric: &Metric, timestamp: Millis) -> String {
+    line_of(metric).to_json(timestamp)
+}
+
+fn line_of(metric: &Metric) -> Line {
+    match metric {
+        Metric::AttemptStarted => Line::count("AttemptsStarted"),
+        Metric::Completed { latency_ms } => {
+            Line::count("TasksCompleted").and("AttemptLatency", "Milliseconds", *latency_ms)
+        }
+        Metric::Failed(class) => Line::count("TasksFailed").dimension("ErrorClass", class.as_str()),
+        Metric::RetryScheduled(class) => Line::count("RetriesScheduled").dimension("ErrorClass", class.as_str()),
+        Metric::Deferred(reason) => deferral(reason),
+        Metric::DeadLettered { task_id, reason } => {
+            Line::count("TasksDeadLettered").property("taskId", task_id).property("reason", reason)
+        }
+        Metric::Cancelled => Line::count("TasksCancelled"),
+        Metric::BreakerChanged { deployment, state } => breaker(deployment, *state),
+    }
+}
+
+fn deferral(reason: &DeferReason) -> Line {
+    let (name, deployment) = match reason {
+        DeferReason::Paused => ("paused", None),
+        DeferReason::BreakerOpen(d) => ("breakerOpen", Some(d)),
+        DeferReason::LimitReached(LimitKey::Global) => ("limitReached", None),
+        DeferReason::LimitReached(LimitKey::Deployment(d) | LimitKey::Model(d, _)) => ("limitReached", Some(d)),
+        DeferReason::LeaseHeld => ("leaseHeld", None),
+        DeferReason::NotDue => ("notDue", None),
+        DeferReason::StoreUnavailable => ("storeUnavailable", None),
+    };
+    let line = Line::count("Deferrals").dimension("Reason", name);
+    match deployment {
+        Some(d) => line.dimension("Deployment", d),
+        None => line,
+    }
+}
+
+/// `BreakerState` is 0 closed, 1 half-open, 2 open (alarm on ≥ 2); `BreakerOpened` counts opens.
+fn breaker(deployment: &str, state: BreakerState) -> Line {
+    let level = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    let line = Line::metric("BreakerState", "None", level);
+    let line = if state == BreakerState::Open { line.and("BreakerOpened", "Count", 1.0) } else { line };
+    line.dimension("Deployment", deployment)
+}
+
+/// A metrics sink writing one EMF line per metric.
+///
+/// ```
+/// use taskexec_aws::EmfSink;
+/// use taskexec_core::ports::{Metric, MetricsSink};
+/// use taskexec_core::time::FakeClock;
+/// let sink = EmfSink::new(Vec::new(), FakeClock::at(1_700_000_000_000));
+/// sink.record(Metric::AttemptStarted);
+/// let line = String::from_utf8(sink.into_inner()).unwrap();
+/// assert!(line.starts_with(r#"{"AttemptsStarted":1.0,"_aws":{"#), "{line}");
+/// ```
+#[derive(Debug)]
+pub struct EmfSink<W = std::io::Stdout, C = SystemClock> {
+    out: Mutex<W>,
+    clock: C,
+}
+
+impl EmfSink {
+    /// Lines on stdout, stamped with the system clock.
+    #[must_use]
+    pub fn stdout() -> Self {
+        Self::new(std::io::stdout(), SystemClock)
+    }
+}
+
+impl<W: Write + Send + 'static, C: Clock> EmfSink<W, C> {
+    /// Lines written to `out`, stamped by `clock`.
+    pub fn new(out: W, clock: C) -> Self {
+        Self { out: Mutex::new(out), clock }
+    }
+
+    /// The writer back (tests read what was written).
+    pub fn into_inner(self) -> W {
+        self.out.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<W: Write + Send + 'static, C: Clock> MetricsSink for EmfSink<W, C> {
+    fn record(&self, metric: Metric) {
+        let mut line = emf_line(&metric, self.clock.now());
+        line.push('\n');
+        let mut out = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A metric that cannot be written is dropped: metrics never fail the work they measure.
+        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+    }
+}

@@ -1,0 +1,96 @@
+//! What every emulator test needs: the endpoint of a local AWS emulator and clients for it.
+//!
+//! The endpoint comes from `TASKEXEC_TEST_AWS_ENDPOINT`; when that is unset, the first test to
+//! ask runs `scripts/emulators ensure-moto` (which installs moto in `.venv/` if needed and
+//! reuses a running server) and every test panics if that fails: an emulator test is never
+//! skipped silently. Tests isolate themselves with unique table and queue names.
+#![allow(dead_code)]
+
+pub mod workload;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+
+/// The emulator's endpoint, started on first use.
+pub fn endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| match std::env::var("TASKEXEC_TEST_AWS_ENDPOINT") {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => start_moto(),
+    })
+}
+
+fn start_moto() -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let portfile = root.join(".emulators/moto.endpoint");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/emulators"))
+        .arg("ensure-moto")
+        .arg(&portfile)
+        .output()
+        .expect("cannot run scripts/emulators (bash missing?)");
+    assert!(
+        out.status.success(),
+        "the AWS emulator did not start (scripts/emulators ensure-moto): {}\n\
+         set TASKEXEC_TEST_AWS_ENDPOINT to use another emulator",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "unexpected emulator endpoint {endpoint:?}");
+    endpoint
+}
+
+fn credentials() -> Credentials {
+    Credentials::new("testing", "testing", None, None, "taskexec-tests")
+}
+
+/// A DynamoDB client for the emulator.
+pub fn dynamo_client() -> aws_sdk_dynamodb::Client {
+    dynamo_client_at(endpoint())
+}
+
+/// A DynamoDB client for the endpoint given.
+pub fn dynamo_client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(credentials())
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// An SQS client for the emulator.
+pub fn sqs_client() -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint())
+        .credentials_provider(credentials())
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// A name no other test (of this run or an earlier one on the same emulator) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A store over a fresh table.
+pub async fn fresh_store() -> taskexec_aws::DynamoStore {
+    fresh_store_on(dynamo_client()).await
+}
+
+/// A store over a fresh table reached through `client`.
+pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::DynamoStore {
+    let table = unique_name("tasks");
+    taskexec_aws::create_table(&client, &table).await.expect("create the table");
+    taskexec_aws::DynamoStore::new(client, taskexec_aws::DynamoConfig::new(table).with_open_shards(4))
+}

@@ -1,0 +1,170 @@
+//! [`DynamoStore`] beyond the shared suite, on the local AWS emulator: the write budget of a
+//! successful task measured on the items really written, the sparse open index and the
+//! sweeper's `overdue`, run counters, and a submission that died between its two puts.
+
+mod common;
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::workload::{T0, answer, attempt, claim, noise, task, text};
+use taskexec_aws::{DynamoStore, RunCounts, item_size, write_units};
+use taskexec_core::error::{ErrorClass, TaskError};
+use taskexec_core::ports::{FinishRequest, Outcome, SubmitOutcome, TaskStore};
+use taskexec_core::task::TaskState;
+
+type Item = HashMap<String, AttributeValue>;
+
+async fn raw(store: &DynamoStore, id: &str, sk: &str) -> Item {
+    let key = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(format!("TASK#{id}"))),
+        ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
+    ]);
+    let out = store.client().get_item().table_name(&store.config().table).set_key(Some(key)).send().await.unwrap();
+    out.item.unwrap_or_default()
+}
+
+fn index_entry(state: &Item, attributes: &[&str]) -> usize {
+    state
+        .iter()
+        .filter(|(name, _)| attributes.contains(&name.as_str()))
+        .map(|(k, v)| item_size(&HashMap::from([(k.clone(), v.clone())])))
+        .sum()
+}
+
+/// Table and index write units of one successful task, measured on the items written.
+async fn write_budget(prompt: String) -> (usize, usize, Vec<(&'static str, usize)>) {
+    let store = common::fresh_store().await;
+    let id = "3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c6a";
+    store.submit(vec![task(id, "7c1e4b2a-9d3f-4a8e-b6c5-1f2e3d4c5b6a", prompt)]).await.unwrap();
+    let (payload, submitted) = (raw(&store, id, "PAYLOAD").await, raw(&store, id, "STATE").await);
+    let running = claim(&store, id, T0 + 40, 300_000).await;
+    let claimed = raw(&store, id, "STATE").await;
+    let result = answer(&running);
+    let finish = FinishRequest {
+        task_id: id.into(),
+        epoch: running.epoch,
+        outcome: Outcome::Completed(result),
+        attempt: 1,
+        throttles: 0,
+        record: Some(attempt(&running)),
+        now: T0 + 900,
+    };
+    store.finish(finish).await.unwrap();
+    let completed = raw(&store, id, "STATE").await;
+    let size = |item: &Item| item_size(item);
+    let steps = vec![
+        ("submit: payload put", write_units(size(&payload))),
+        ("submit: state put", write_units(size(&submitted))),
+        ("claim: state update", write_units(size(&submitted).max(size(&claimed)))),
+        ("finish: state update with result", write_units(size(&claimed).max(size(&completed)))),
+    ];
+    let table: usize = steps.iter().map(|(_, w)| w).sum();
+    let open = write_units(index_entry(
+        &submitted,
+        &["pk", "sk", "openShard", "dueKey", "runId", "providerId", "modelId", "priority"],
+    ));
+    let run = write_units(index_entry(&submitted, &["pk", "sk", "runShard", "runSeq"]));
+    assert_eq!(submitted.get("dueKey"), claimed.get("dueKey"), "a first claim leaves the open index alone");
+    assert!(!completed.contains_key("openShard") && !completed.contains_key("dueKey"), "sparse: gone when finished");
+    println!(
+        "sizes: payload {} B, state {} B submitted, {} B claimed, {} B completed",
+        size(&payload),
+        size(&submitted),
+        size(&claimed),
+        size(&completed)
+    );
+    (table, open * 2 + run, steps)
+}
+
+#[tokio::test]
+async fn a_successful_task_costs_at_most_five_table_write_units() {
+    let (table, indexes, steps) = write_budget(text(1024, 1)).await;
+    println!("1 KB English-like prompt and answer: {steps:?} → table {table} WCU + index {indexes} WCU");
+    assert!(table <= 5, "{steps:?}");
+    assert_eq!(indexes, 3, "open index insert and delete, run index insert");
+
+    let (table, indexes, steps) = write_budget(noise(1024)).await;
+    println!("1 KB random-letter prompt: {steps:?} → table {table} WCU + index {indexes} WCU");
+    assert!(table <= 6, "{steps:?}");
+}
+
+#[tokio::test]
+async fn overdue_finds_expired_leases_and_due_retries_only() {
+    let store = common::fresh_store().await;
+    let ids = ["live", "expired", "retry-due", "retry-later", "fresh", "done"];
+    store.submit(ids.iter().map(|id| task(id, "r1", format!("prompt {id}"))).collect()).await.unwrap();
+    claim(&store, "live", T0 + 10, 10_000).await;
+    claim(&store, "expired", T0 + 10, 100).await;
+    for (id, next) in [("retry-due", T0 + 500), ("retry-later", T0 + 50_000)] {
+        let running = claim(&store, id, T0 + 10, 100).await;
+        let outcome = Outcome::Retry { error: TaskError::new(ErrorClass::Transient, "503"), next_attempt_at: next };
+        let request = FinishRequest {
+            task_id: id.into(),
+            epoch: 1,
+            outcome,
+            attempt: 1,
+            throttles: 0,
+            record: Some(attempt(&running)),
+            now: T0 + 20,
+        };
+        store.finish(request).await.unwrap();
+    }
+    let done = claim(&store, "done", T0 + 10, 100).await;
+    let request = FinishRequest {
+        task_id: "done".into(),
+        epoch: done.epoch,
+        outcome: Outcome::Released,
+        attempt: 0,
+        throttles: 0,
+        record: None,
+        now: T0 + 20,
+    };
+    store.finish(request).await.unwrap();
+    store.cancel("done", T0 + 30).await.unwrap();
+
+    let mut overdue: Vec<_> =
+        store.overdue(T0 + 1_000, 100).await.unwrap().into_iter().map(|o| (o.task.task_id, o.state)).collect();
+    overdue.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let expected = [("expired", TaskState::Running), ("fresh", TaskState::Queued), ("retry-due", TaskState::Queued)];
+    assert_eq!(overdue, expected.map(|(id, state)| (id.to_owned(), state)));
+    assert_eq!(store.overdue(T0 + 1_000, 2).await.unwrap().len(), 2, "limit");
+    let (pending, _) = store.pending(0, 100).await.unwrap();
+    assert_eq!(pending.len(), 5, "the cancelled task left the open index");
+}
+
+#[tokio::test]
+async fn run_counters_add_up_over_shards() {
+    let store = common::fresh_store().await;
+    for _ in 0..5 {
+        store.add_run_counts("r1", &RunCounts { submitted: 2, completed: 1, ..RunCounts::default() }).await.unwrap();
+    }
+    store.add_run_counts("r2", &RunCounts { failed: 1, ..RunCounts::default() }).await.unwrap();
+    store.add_run_counts("r1", &RunCounts::default()).await.unwrap();
+
+    assert_eq!(
+        store.run_counts("r1").await.unwrap(),
+        RunCounts { submitted: 10, completed: 5, ..RunCounts::default() }
+    );
+    assert_eq!(store.run_counts("r2").await.unwrap().failed, 1);
+    assert_eq!(store.run_counts("nope").await.unwrap(), RunCounts::default());
+}
+
+#[tokio::test]
+async fn a_submission_that_died_after_its_payload_is_completed_by_a_retry() {
+    let store = common::fresh_store().await;
+    store.submit(vec![task("t1", "r1", "hello".into())]).await.unwrap();
+    let key = HashMap::from([
+        ("pk".to_owned(), AttributeValue::S("TASK#t1".into())),
+        ("sk".to_owned(), AttributeValue::S("STATE".into())),
+    ]);
+    store.client().delete_item().table_name(&store.config().table).set_key(Some(key)).send().await.unwrap();
+    assert_eq!(store.get("t1").await.unwrap(), None, "a payload alone is not a task");
+
+    let mut other = task("t1", "r1", "another prompt".into());
+    other.submitted_at = T0 + 1;
+    assert_eq!(store.submit(vec![other]).await.unwrap(), [SubmitOutcome::Conflict]);
+    assert_eq!(store.submit(vec![task("t1", "r1", "hello".into())]).await.unwrap(), [SubmitOutcome::Created]);
+    assert_eq!(store.get("t1").await.unwrap().unwrap().task.prompt, "hello");
+}

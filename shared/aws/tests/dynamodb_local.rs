@@ -1,0 +1,142 @@
+//! The store conformance suite against DynamoDB Local, the most faithful emulator of DynamoDB's
+//! conditional writes, `list_append`, sparse indexes and consistent reads.
+//!
+//! DynamoDB Local listens on every interface and has no flag against it, so it never runs in
+//! this process's network: the one test here re-runs itself through
+//! `scripts/emulators with-dynamodb-local`, inside a private network namespace whose only
+//! interface is loopback, where DynamoDB Local runs beside it. Inside, it finds the endpoint in
+//! `TASKEXEC_TEST_DDB_LOCAL_ENDPOINT` and runs every case, each on a fresh table. If the
+//! namespace or DynamoDB Local cannot be had (`unshare` needs root), the test fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::workload::{T0, answer, attempt, claim, noise, task, text};
+use taskexec_aws::ConsumedWrites;
+use taskexec_core::ports::{FinishRequest, Outcome, TaskStore};
+
+const ENDPOINT_VAR: &str = "TASKEXEC_TEST_DDB_LOCAL_ENDPOINT";
+
+macro_rules! run_cases {
+    ($endpoint:expr; $($case:ident),* $(,)?) => {{
+        let mut ran = 0;
+        $(
+            eprintln!("dynamodb-local: {}", stringify!($case));
+            let store = common::fresh_store_on(common::dynamo_client_at($endpoint)).await;
+            // Boxed: 38 cases inlined into one future overflow the test thread's stack.
+            Box::pin(taskexec_core::conformance::$case(store)).await;
+            ran += 1;
+        )*
+        ran
+    }};
+}
+
+async fn all_cases(endpoint: &str) -> usize {
+    run_cases!(endpoint;
+        submit_creates_queued_task,
+        submit_same_content_is_duplicate_and_changes_nothing,
+        submit_different_content_is_conflict,
+        submit_batch_keeps_order_of_mixed_outcomes,
+        claim_takes_queued_task,
+        claim_unknown_task_is_not_found,
+        claim_finished_task_is_terminal,
+        claim_before_retry_is_due_is_not_due,
+        claim_with_live_lease_is_held,
+        claim_after_lease_expiry_reclaims,
+        claim_keeps_first_started_at,
+        claim_respects_global_pause,
+        claim_respects_run_pause,
+        renew_lease_is_fenced,
+        finish_completed_records_result,
+        finish_retry_schedules_next_attempt,
+        finish_failed_records_error,
+        finish_failed_with_reason_dead_letters,
+        finish_released_requeues_without_outcome,
+        finish_with_stale_epoch_changes_nothing,
+        finish_after_cancel_is_stale,
+        second_finish_is_stale,
+        fenced_writes_to_unknown_task_are_stale,
+        cancel_queued_task,
+        cancel_running_task,
+        cancel_finished_or_unknown_task,
+        redrive_requeues_failed_task,
+        redrive_other_states_is_stale,
+        release_all_leases_requeues_running_tasks,
+        transition_events_are_per_task_in_order,
+        pending_lists_unfinished_tasks,
+        summary_counts_per_group,
+        summary_without_run_covers_all_runs,
+        run_tasks_in_submission_order,
+        control_pause_and_resume,
+        breaker_snapshot_round_trips,
+        concurrent_claims_claim_once,
+        concurrent_finishes_apply_once,
+    )
+}
+
+/// Write units DynamoDB Local bills for one successful task, step by step.
+async fn successful_task_writes(endpoint: &str, prompt: String) -> Vec<(&'static str, ConsumedWrites)> {
+    let store = common::fresh_store_on(common::dynamo_client_at(endpoint)).await;
+    let mut steps = Vec::new();
+    let mut before = store.consumed_writes();
+    let mut step = |name, now: ConsumedWrites| {
+        let delta = ConsumedWrites {
+            table: now.table - before.table,
+            indexes: now.indexes - before.indexes,
+            rejected: now.rejected - before.rejected,
+        };
+        steps.push((name, delta));
+        before = now;
+    };
+    let id = "3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c6a";
+    store.submit(vec![task(id, "7c1e4b2a-9d3f-4a8e-b6c5-1f2e3d4c5b6a", prompt)]).await.unwrap();
+    step("submit", store.consumed_writes());
+    let running = claim(&store, id, T0 + 40, 300_000).await;
+    step("claim", store.consumed_writes());
+    let finish = FinishRequest {
+        task_id: id.into(),
+        epoch: running.epoch,
+        outcome: Outcome::Completed(answer(&running)),
+        attempt: 1,
+        throttles: 0,
+        record: Some(attempt(&running)),
+        now: T0 + 900,
+    };
+    store.finish(finish).await.unwrap();
+    step("finish", store.consumed_writes());
+    steps
+}
+
+/// Inside the namespace: the suite, then the write budget as DynamoDB Local bills it.
+async fn inside(endpoint: &str) {
+    assert_eq!(all_cases(endpoint).await, 38);
+    for (name, prompt, table_budget) in [("English-like", text(1024, 1), 5.0), ("random-letter", noise(1024), 6.0)] {
+        let steps = successful_task_writes(endpoint, prompt).await;
+        let table: f64 = steps.iter().map(|(_, w)| w.table).sum();
+        let indexes: f64 = steps.iter().map(|(_, w)| w.indexes).sum();
+        println!("DynamoDB Local, 1 KB {name} prompt and answer: {steps:?} → table {table} WCU, indexes {indexes} WCU");
+        assert!(table <= table_budget, "{steps:?}");
+        assert!(steps.iter().all(|(_, w)| w.rejected == 0));
+    }
+}
+
+#[test]
+fn conformance_on_dynamodb_local() {
+    if let Ok(endpoint) = std::env::var(ENDPOINT_VAR) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(Box::pin(inside(&endpoint)));
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let me = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/emulators"))
+        .args(["with-dynamodb-local", "--"])
+        .arg(me)
+        .args(["conformance_on_dynamodb_local", "--exact", "--nocapture"])
+        .status()
+        .expect("cannot run scripts/emulators (bash missing?)");
+    assert!(status.success(), "the conformance suite on DynamoDB Local failed (output above)");
+}
