@@ -14,12 +14,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone()));
-    let urls = QueueUrls {
-        high: env.topology.queues[0].url.clone(),
-        normal: env.topology.queues[1].url.clone(),
-        low: env.topology.queues[2].url.clone(),
-    };
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), urls);
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
         .with_worker_timeout(env.worker_timeout);
     let app = router(ApiState::new(Arc::new(store), Arc::new(queue), settings));

@@ -1,1 +1,33 @@
-fn main() {}
+//! The dead-letter function: messages from the three DLQs analysed, re-queued or finalised
+//! (`taskexec_lambda::dlq`). Wiring only.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, QueueUrls, SqsQueue};
+use taskexec_core::time::SystemClock;
+use taskexec_lambda::dlq::DlqHandler;
+use taskexec_lambda::env::FunctionEnv;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let env = FunctionEnv::from_env()?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let handler = DlqHandler::new(
+        DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone())),
+        DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone())),
+        SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology)),
+        EmfSink::stdout(),
+        SystemClock,
+        env.topology.clone(),
+        env.config.retry.max_attempts,
+    );
+    let handler = &handler;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let (response, outcomes) = Box::pin(handler.handle(event.payload)).await;
+        tracing::info!(?outcomes, "dead-letter batch handled");
+        Ok::<SqsBatchResponse, Error>(response)
+    }))
+    .await
+}

@@ -1,1 +1,53 @@
-fn main() {}
+//! The worker function: SQS batches from the three priority queues through the engine's
+//! decision function, with partial batch failures (`taskexec_lambda::worker`). Wiring only.
+
+// The engine's futures nest deeply (worker → engine → provider adapters → reqwest).
+#![recursion_limit = "256"]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, QueueUrls, SqsQueue};
+use taskexec_core::engine::{Engine, Ports};
+use taskexec_core::memory::MemoryLimiter;
+use taskexec_core::time::SystemClock;
+use taskexec_lambda::env::FunctionEnv;
+use taskexec_lambda::worker::{Worker, WorkerSettings};
+use taskexec_providers::Deployments;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let env = FunctionEnv::from_env()?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let deployments = Deployments::from_config(&env.config.deployments, |name| std::env::var(name).ok())?;
+    let owner =
+        std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
+    let ports = Ports {
+        store: DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone())),
+        breakers: DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone())),
+        limiter: MemoryLimiter::default(),
+        metrics: EmfSink::stdout(),
+        provider: deployments,
+        clock: SystemClock,
+    };
+    let engine = Arc::new(Engine::new(ports, env.config.engine_config(owner)));
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
+    let worker = Worker::new(engine, queue, env.topology, WorkerSettings::default());
+    let worker = &worker;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = instant_of(event.context.deadline);
+        Ok::<SqsBatchResponse, Error>(worker.handle(event.payload, Some(deadline)).await)
+    }))
+    .await
+}
+
+/// The invocation's deadline (ms since the epoch) as an `Instant`.
+fn instant_of(deadline_ms: u64) -> Instant {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    let left = u64::try_from(u128::from(deadline_ms).saturating_sub(now_ms)).unwrap_or(0);
+    Instant::now() + Duration::from_millis(left)
+}

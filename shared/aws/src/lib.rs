@@ -8,6 +8,7 @@
 mod dynamo;
 mod emf;
 mod error;
+mod lambda;
 mod sqs;
 
 pub use dynamo::{

@@ -83,6 +83,11 @@ impl SqsQueue {
         Self { client, urls, api_calls: AtomicU64::new(0), outstanding: AtomicUsize::new(0) }
     }
 
+    /// The SQS client (for the Lambda ports in `crate::lambda`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The queue URLs.
     #[must_use]
     pub fn urls(&self) -> &QueueUrls {
@@ -95,7 +100,7 @@ impl SqsQueue {
         self.api_calls.load(Ordering::Relaxed)
     }
 
-    fn count(&self) {
+    pub(crate) fn count(&self) {
         self.api_calls.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -1,0 +1,131 @@
+//! The AWS side of the Lambda glue's ports (`taskexec-lambda`): SQS message actions and batch
+//! receiving for the worker, the DLQ handler and the local event-source poller; the DynamoDB
+//! overdue index for the sweeper; the DynamoDB poison log for the DLQ handler.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsMessage;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use taskexec_core::error::StoreError;
+use taskexec_core::ports::PendingTask;
+use taskexec_core::time::Millis;
+use taskexec_lambda::actions::{ActionError, QueueActions, QueuePair};
+use taskexec_lambda::dlq::PoisonLog;
+use taskexec_lambda::poller::MessageSource;
+use taskexec_lambda::sweeper::OverdueIndex;
+use taskexec_lambda::worker::PoisonNote;
+
+use crate::dynamo::DynamoStore;
+use crate::error::AwsError;
+use crate::sqs::SqsQueue;
+
+/// How long poison notes are kept (TTL), ms.
+const POISON_TTL_MS: Millis = 30 * 24 * 3600 * 1000;
+
+impl From<&taskexec_lambda::actions::Topology> for crate::sqs::QueueUrls {
+    fn from(t: &taskexec_lambda::actions::Topology) -> Self {
+        let [high, normal, low] = &t.queues;
+        Self { high: high.url.clone(), normal: normal.url.clone(), low: low.url.clone() }
+    }
+}
+
+impl QueueActions for SqsQueue {
+    async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, seconds: i32) -> Result<(), ActionError> {
+        let seconds = u32::try_from(seconds.max(0)).unwrap_or(0);
+        Ok(SqsQueue::change_visibility(self, queue_url, receipt_handle, seconds).await?)
+    }
+
+    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), ActionError> {
+        Ok(SqsQueue::delete(self, queue_url, receipt_handle).await?)
+    }
+
+    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), ActionError> {
+        let delay = Duration::from_secs(u64::try_from(delay_seconds.max(0)).unwrap_or(0));
+        Ok(self.send_body(queue_url, body, delay).await?)
+    }
+}
+
+impl MessageSource for SqsQueue {
+    async fn receive(&self, queue: &QueuePair, max: i32, wait: Duration) -> Result<Vec<SqsMessage>, ActionError> {
+        self.count();
+        let out = self
+            .client()
+            .receive_message()
+            .queue_url(&queue.url)
+            .max_number_of_messages(max.clamp(1, 10))
+            .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| AwsError::sqs("ReceiveMessage", e))?;
+        let arn = arn_of(&queue.url);
+        Ok(out.messages.unwrap_or_default().into_iter().map(|m| to_event_message(m, &arn)).collect())
+    }
+}
+
+/// The event-source ARN Lambda would put on a message of `queue_url` (only the queue name, the
+/// last segment, is used to find the queue again).
+fn arn_of(queue_url: &str) -> String {
+    let mut parts = queue_url.rsplit('/');
+    let name = parts.next().unwrap_or_default();
+    let account = parts.next().unwrap_or("000000000000");
+    format!("arn:aws:sqs:local:{account}:{name}")
+}
+
+fn to_event_message(m: aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
+    let mut attributes = HashMap::new();
+    for (k, v) in m.attributes.unwrap_or_default() {
+        attributes.insert(k.as_str().to_owned(), v);
+    }
+    let mut out = SqsMessage::default();
+    out.message_id = m.message_id;
+    out.receipt_handle = m.receipt_handle;
+    out.body = m.body;
+    out.md5_of_body = m.md5_of_body;
+    out.attributes = attributes;
+    out.event_source = Some("aws:sqs".into());
+    out.event_source_arn = Some(arn.to_owned());
+    out
+}
+
+impl OverdueIndex for DynamoStore {
+    async fn overdue(&self, now: Millis, limit: usize) -> Result<Vec<PendingTask>, StoreError> {
+        Ok(DynamoStore::overdue(self, now, limit).await?.into_iter().map(|o| o.task).collect())
+    }
+}
+
+impl PoisonLog for DynamoStore {
+    async fn record(&self, note: PoisonNote, at: Millis) -> Result<(), StoreError> {
+        let s = |v: String| AttributeValue::S(v);
+        let n = |v: Millis| AttributeValue::N(v.to_string());
+        self.client()
+            .put_item()
+            .table_name(&self.config().table)
+            .item("pk", s(format!("POISON#{}", note.message_id)))
+            .item("sk", s("POISON".into()))
+            .item("reason", s(note.reason))
+            .item("body", s(note.body))
+            .item("at", n(at))
+            .item("expiresAt", n((at + POISON_TTL_MS) / 1000))
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("PutItem", e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_keep_the_queue_name() {
+        assert_eq!(
+            arn_of("http://127.0.0.1:5000/123456789012/taskexec-high"),
+            "arn:aws:sqs:local:123456789012:taskexec-high"
+        );
+        assert_eq!(arn_of("https://sqs.us-east-1.amazonaws.com/1/q"), "arn:aws:sqs:local:1:q");
+    }
+}
