@@ -108,11 +108,12 @@ struct Poll<S, E, A> {
 impl<S: MessageSource, E: Executor, A: QueueActions> Poll<S, E, A> {
     async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            // Counted before the call: a receive cut short by shutdown was still made.
+            self.stats.receives.fetch_add(1, Ordering::Relaxed);
             let received = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = self.source.receive(&self.queue, self.settings.batch_size, self.settings.wait) => r,
             };
-            self.stats.receives.fetch_add(1, Ordering::Relaxed);
             match received {
                 Ok(messages) if !messages.is_empty() => self.handle(messages).await,
                 Ok(_) => {}

@@ -26,7 +26,14 @@ pub fn endpoint() -> &'static str {
 }
 
 fn start_moto() -> String {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The workspace root: the nearest ancestor of this crate holding scripts/emulators (this
+    // helper is shared by crates at different depths).
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .ancestors()
+        .find(|dir| dir.join("scripts/emulators").is_file())
+        .expect("scripts/emulators in an ancestor of the crate")
+        .to_owned();
     let portfile = root.join(".emulators/moto.endpoint");
     let out = Command::new("bash")
         .arg(root.join("scripts/emulators"))

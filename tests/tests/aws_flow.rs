@@ -1,0 +1,378 @@
+//! The serverless shape end to end against the local AWS emulator (moto server, pinned; started
+//! by `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT` is unset): the API router over
+//! DynamoDB and SQS takes submissions, the local event-source poller feeds the queues' batches to
+//! the worker handler exactly as Lambda would, the DLQ handler and the sweeper do their parts.
+//! The provider is the built-in `sim` (no network).
+
+#[path = "../../shared/aws/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use axum::body::Body;
+use http_body_util::BodyExt;
+use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
+use taskexec_aws::{DynamoConfig, DynamoStore, QueueUrls, SqsQueue};
+use taskexec_core::engine::{Engine, Ports};
+use taskexec_core::memory::{Counters, CountingSink, MemoryLimiter};
+use taskexec_core::ports::{ClaimOutcome, ClaimRequest, TaskStore};
+use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
+use taskexec_core::time::{Clock, SystemClock};
+use taskexec_lambda::actions::{QueuePair, Topology};
+use taskexec_lambda::dlq::{DlqHandler, DlqOutcome};
+use taskexec_lambda::poller::{MessageSource, PollerSettings, PollerStats};
+use taskexec_lambda::worker::{Worker, WorkerSettings};
+use taskexec_providers::Deployments;
+use taskexec_providers::settings::RunConfig;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const CONFIG: &str = r#"
+[engine]
+lease_ms = 3000
+[retry]
+max_attempts = 2
+base_delay_ms = 100
+max_delay_ms = 200
+[deployments.sim]
+kind = "sim"
+[deployments.sim.sim]
+latency = { median_ms = 20, p99_ms = 60 }
+seed = 1
+"#;
+
+type WorkerEngine = Engine<DynamoStore, DynamoStore, MemoryLimiter, Arc<CountingSink>, Deployments, SystemClock>;
+type TestWorker = Worker<Arc<WorkerEngine>, Arc<SqsQueue>>;
+
+/// One deployment of the stack on the emulator: a fresh table and six fresh queues.
+struct Stack {
+    table: String,
+    dynamo: aws_sdk_dynamodb::Client,
+    topology: Topology,
+    /// The API's queue client (its call counter is the submission side's).
+    api_queue: Arc<SqsQueue>,
+    /// The worker's and poller's queue client.
+    worker_queue: Arc<SqsQueue>,
+    app: axum::Router,
+    worker: Arc<TestWorker>,
+    sink: Arc<CountingSink>,
+}
+
+fn store(stack_dynamo: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
+    DynamoStore::new(stack_dynamo.clone(), DynamoConfig::new(table).with_open_shards(4))
+}
+
+async fn queue_pair(sqs: &aws_sdk_sqs::Client, priority: TaskPriority) -> QueuePair {
+    let name = common::unique_name(priority.as_str());
+    let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url.unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "1000"}).to_string();
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive)
+        .attributes(QueueAttributeName::VisibilityTimeout, "30")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    QueuePair { priority, url, dlq_url: dlq }
+}
+
+async fn stack() -> Stack {
+    let dynamo = common::dynamo_client();
+    let sqs = common::sqs_client();
+    let table = common::unique_name("tasks");
+    taskexec_aws::create_table(&dynamo, &table).await.unwrap();
+    let topology = Topology {
+        queues: [
+            queue_pair(&sqs, TaskPriority::High).await,
+            queue_pair(&sqs, TaskPriority::Normal).await,
+            queue_pair(&sqs, TaskPriority::Low).await,
+        ],
+    };
+    let config = RunConfig::parse(CONFIG).unwrap();
+    let api_queue = Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
+    let worker_queue = Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
+    let settings = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
+        .with_worker_timeout(Duration::from_secs(120));
+    let app = router(ApiState::new(Arc::new(store(&dynamo, &table)), api_queue.clone(), settings));
+    let sink = Arc::new(CountingSink::default());
+    let ports = Ports {
+        store: store(&dynamo, &table),
+        breakers: store(&dynamo, &table),
+        limiter: MemoryLimiter::default(),
+        metrics: sink.clone(),
+        provider: Deployments::from_config(&config.deployments, |_| None).unwrap(),
+        clock: SystemClock,
+    };
+    let engine = Arc::new(Engine::new(ports, config.engine_config("worker-e2e".into())));
+    let settings = WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() };
+    let worker = Arc::new(Worker::new(engine, worker_queue.clone(), topology.clone(), settings));
+    Stack { table, dynamo, topology, api_queue, worker_queue, app, worker, sink }
+}
+
+impl Stack {
+    fn store(&self) -> DynamoStore {
+        store(&self.dynamo, &self.table)
+    }
+
+    async fn call(&self, method: &str, uri: &str, body: Option<serde_json::Value>) -> (u16, serde_json::Value) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Start the local event-source mapping; it stops when the returned token is cancelled.
+    fn poll(&self) -> (CancellationToken, Arc<PollerStats>, tokio::task::JoinHandle<()>) {
+        let stop = CancellationToken::new();
+        let stats = Arc::new(PollerStats::default());
+        let settings = PollerSettings {
+            wait: Duration::from_secs(1),
+            concurrency: [2, 2, 2],
+            function_timeout: Duration::from_secs(60),
+            ..PollerSettings::default()
+        };
+        let handle = tokio::spawn(taskexec_lambda::poller::run(
+            self.worker_queue.clone(),
+            self.worker.clone(),
+            Arc::new(self.worker_queue.clone()),
+            self.topology.clone(),
+            settings,
+            stats.clone(),
+            stop.clone(),
+        ));
+        (stop, stats, handle)
+    }
+
+    async fn run_status(&self, run: &str) -> serde_json::Value {
+        self.call("GET", &format!("/runs/{run}"), None).await.1
+    }
+
+    async fn wait_run(&self, run: &str, field: &str, want: u64, limit: Duration) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let status = self.run_status(run).await;
+            if status["counts"][field].as_u64() == Some(want) {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "run {run} did not reach {field} = {want}: {status}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    async fn task(&self, id: &str) -> TaskRecord {
+        self.store().get(id).await.unwrap().unwrap()
+    }
+}
+
+fn tasks(run: &str, from: usize, n: usize, priority: &str) -> serde_json::Value {
+    (from..from + n)
+        .map(|i| {
+            serde_json::json!({"id": format!("{run}-{i}"), "providerId": "sim", "modelId": "sim-small",
+                "prompt": format!("question {i}"), "priority": priority, "runId": run})
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_tasks_submitted_through_the_api_all_complete_via_sqs() {
+    let s = stack().await;
+    let (stop, stats, handle) = s.poll();
+    for batch in 0..20 {
+        let priority = ["high", "normal", "low"][batch % 3];
+        let (status, body) = s.call("POST", "/tasks", Some(tasks("e2e", batch * 10, 10, priority))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let status = s.wait_run("e2e", "completed", 200, Duration::from_secs(180)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(status["totalTasks"], 200, "{status}");
+    assert_eq!(status["progress"], 1.0);
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 200, "one attempt per task");
+    let receives = stats.receives.load(Ordering::SeqCst);
+    let deletes = stats.deletes.load(Ordering::SeqCst);
+    let batches = stats.batches.load(Ordering::SeqCst);
+    let submit_calls = s.api_queue.api_calls();
+    let worker_calls = s.worker_queue.api_calls() - receives - deletes;
+    eprintln!(
+        "SQS per task: code {:.3} (submission {submit_calls}, worker {worker_calls}); mapping: {receives} receives \
+         ({batches} non-empty), {deletes} deletes for 200 tasks",
+        (submit_calls + worker_calls) as f64 / 200.0
+    );
+    assert_eq!(submit_calls, 20, "one SendMessageBatch per request of ten");
+    assert_eq!(worker_calls, 0, "successes need no call from the worker: the mapping deletes them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_through_the_api_stops_new_attempts_and_resume_continues() {
+    let s = stack().await;
+    let (status, _) = s.call("POST", "/control/pause", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("paused", 0, 10, "normal"))).await.0, 201);
+    let (stop, _, handle) = s.poll();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 0, "no attempt starts while paused");
+    assert!(Counters::get(&s.sink.counters.deferred) > 0, "the deliveries were deferred");
+    for i in 0..10 {
+        let r = s.task(&format!("paused-{i}")).await;
+        assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Queued, 0, 0), "deferrals use no attempt");
+    }
+    assert_eq!(s.call("POST", "/control/resume", None).await.0, 200);
+    s.wait_run("paused", "completed", 10, Duration::from_secs(60)).await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_whose_send_failed_is_resent_by_the_sweeper() {
+    let s = stack().await;
+    // The record was written, then the send failed: no message exists for it.
+    let task = serde_json::from_value(tasks("lost", 0, 1, "low")[0].clone()).unwrap();
+    s.store().submit(vec![TaskRecord::new(task, SystemClock.now() - 120_000)]).await.unwrap();
+    let (stop, _, handle) = s.poll();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.task("lost-0").await.state, TaskState::Queued, "nothing delivers it");
+    let report =
+        taskexec_lambda::sweeper::sweep(&s.store(), &*s.api_queue, &s.topology, &SystemClock, 100).await.unwrap();
+    assert_eq!(report.resent, 1);
+    s.wait_run("lost", "completed", 1, Duration::from_secs(60)).await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_that_died_mid_task_leaves_a_lease_that_expires_then_the_task_completes_once() {
+    let s = stack().await;
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("dies", 0, 1, "high"))).await.0, 201);
+    // A worker claimed it and died without writing an outcome.
+    let now = SystemClock.now();
+    let claim = ClaimRequest { task_id: "dies-0".into(), owner: "dead".into(), now, lease_until: now + 3_000 };
+    assert!(matches!(s.store().claim(claim).await.unwrap(), ClaimOutcome::Claimed(_)));
+    let (stop, _, handle) = s.poll();
+    s.wait_run("dies", "completed", 1, Duration::from_secs(60)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    let r = s.task("dies-0").await;
+    assert_eq!(r.attempt, 2, "the dead worker's claim counted, then the real attempt");
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 1, "one provider call after the lease expired");
+    assert!(r.started_at.unwrap() <= now);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn poison_and_exhausted_tasks_reach_the_dlq_and_redrive_gives_a_fresh_budget() {
+    let s = stack().await;
+    let normal = s.topology.queues[1].clone();
+    s.api_queue.send_raw(&normal.url, "this is not a task").await.unwrap();
+    let mut failing = tasks("dead", 0, 1, "normal");
+    failing[0]["parameters"] = serde_json::json!({"extra": {"sim_fault": "server_error"}});
+    assert_eq!(s.call("POST", "/tasks", Some(failing)).await.0, 201);
+    let (stop, _, handle) = s.poll();
+    s.wait_run("dead", "failed", 1, Duration::from_secs(60)).await;
+    let r = s.task("dead-0").await;
+    assert_eq!((r.attempt, r.error.as_ref().unwrap().class.as_str()), (2, "transient"));
+    assert!(r.dead_letter_reason.as_deref().unwrap().starts_with("attempts exhausted: 2 of 2"));
+
+    // The DLQ function's view: the poison note and the dead-lettered envelope.
+    let dlq =
+        QueuePair { priority: TaskPriority::Normal, url: normal.dlq_url.clone(), dlq_url: normal.dlq_url.clone() };
+    let mut messages = Vec::new();
+    let start = Instant::now();
+    while messages.len() < 2 && start.elapsed() < Duration::from_secs(30) {
+        messages.extend(s.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap());
+    }
+    assert_eq!(messages.len(), 2, "poison and dead letter on the DLQ");
+    let handler = DlqHandler::new(
+        s.store(),
+        s.store(),
+        s.api_queue.clone(),
+        Arc::new(CountingSink::default()),
+        SystemClock,
+        s.topology.clone(),
+        2,
+    );
+    let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
+    event.records = messages;
+    let (response, mut outcomes) = Box::pin(handler.handle(event)).await;
+    assert!(response.batch_item_failures.is_empty());
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert!(matches!(&outcomes[0], DlqOutcome::Analysed(id) if id == "dead-0"), "{outcomes:?}");
+    assert!(matches!(&outcomes[1], DlqOutcome::Poison(_)), "{outcomes:?}");
+    let DlqOutcome::Poison(message_id) = &outcomes[1] else { unreachable!() };
+    let item = s
+        .dynamo
+        .get_item()
+        .table_name(&s.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("POISON#{message_id}")))
+        .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("POISON".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(item.item.is_some(), "the poison message is recorded under its message id");
+
+    // Redrive: a fresh budget, and it runs again (and fails again: its fault is forced).
+    let (status, body) = s.call("POST", "/tasks/dead-0/redrive", None).await;
+    assert_eq!(status, 200, "{body}");
+    let redriven = s.task("dead-0").await;
+    assert_eq!((redriven.state, redriven.attempt), (TaskState::Queued, 0));
+    s.wait_run("dead", "failed", 1, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    while s.task("dead-0").await.history.len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the redriven task ran again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(s.task("dead-0").await.attempt, 2, "two more attempts after the redrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completion() {
+    let s = stack().await;
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("dup", 0, 1, "normal"))).await.0, 201);
+    // The same envelope sent twice more, as an at-least-once producer might.
+    let body = taskexec_core::message::Envelope {
+        task_id: "dup-0".into(),
+        provider_id: "sim".into(),
+        model_id: "sim-small".into(),
+        run_id: "dup".into(),
+        priority: TaskPriority::Normal,
+        ready_at: 0,
+    }
+    .to_body();
+    let normal = s.topology.queues[1].url.clone();
+    s.api_queue.send_raw(&normal, &body).await.unwrap();
+    s.api_queue.send_raw(&normal, &body).await.unwrap();
+    let (stop, stats, handle) = s.poll();
+    s.wait_run("dup", "completed", 1, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    while stats.deletes.load(Ordering::SeqCst) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(60), "every copy is eventually acknowledged");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 1, "one provider call");
+    assert_eq!(Counters::get(&s.sink.counters.completed), 1, "one completion");
+    assert_eq!(s.task("dup-0").await.attempt, 1);
+}
