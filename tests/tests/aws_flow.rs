@@ -15,16 +15,15 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use axum::body::Body;
 use http_body_util::BodyExt;
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
-use taskexec_aws::{DynamoConfig, DynamoStore, QueueUrls, SqsQueue};
-use taskexec_core::engine::{Engine, Ports};
-use taskexec_core::memory::{Counters, CountingSink, MemoryLimiter};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, DynamoStore};
+use taskexec_core::memory::{Counters, CountingSink};
 use taskexec_core::ports::{ClaimOutcome, ClaimRequest, TaskStore};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::actions::{QueuePair, Topology};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome};
 use taskexec_lambda::poller::{MessageSource, PollerSettings, PollerStats};
-use taskexec_lambda::worker::{Worker, WorkerSettings};
+use taskexec_lambda::worker::WorkerSettings;
 use taskexec_providers::Deployments;
 use taskexec_providers::settings::RunConfig;
 use tokio_util::sync::CancellationToken;
@@ -44,20 +43,13 @@ latency = { median_ms = 20, p99_ms = 60 }
 seed = 1
 "#;
 
-type WorkerEngine = Engine<DynamoStore, DynamoStore, MemoryLimiter, Arc<CountingSink>, Deployments, SystemClock>;
-type TestWorker = Worker<Arc<WorkerEngine>, Arc<SqsQueue>>;
-
 /// One deployment of the stack on the emulator: a fresh table and six fresh queues.
 struct Stack {
     table: String,
     dynamo: aws_sdk_dynamodb::Client,
+    backend: AwsBackend<Arc<CountingSink>>,
     topology: Topology,
-    /// The API's queue client (its call counter is the submission side's).
-    api_queue: Arc<SqsQueue>,
-    /// The worker's and poller's queue client.
-    worker_queue: Arc<SqsQueue>,
     app: axum::Router,
-    worker: Arc<TestWorker>,
     sink: Arc<CountingSink>,
 }
 
@@ -105,24 +97,19 @@ async fn stack() -> Stack {
         ],
     };
     let config = RunConfig::parse(CONFIG).unwrap();
-    let api_queue = Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
-    let worker_queue = Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
-    let settings = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
-        .with_worker_timeout(Duration::from_secs(120));
-    let app = router(ApiState::new(Arc::new(store(&dynamo, &table)), api_queue.clone(), settings));
     let sink = Arc::new(CountingSink::default());
-    let ports = Ports {
-        store: store(&dynamo, &table),
-        breakers: store(&dynamo, &table),
-        limiter: MemoryLimiter::default(),
-        metrics: sink.clone(),
-        provider: Deployments::from_config(&config.deployments, |_| None).unwrap(),
-        clock: SystemClock,
+    let settings = BackendSettings {
+        table: DynamoConfig::new(table.clone()).with_open_shards(4),
+        topology: topology.clone(),
+        engine: config.engine_config("worker-e2e".into()),
+        worker: WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() },
     };
-    let engine = Arc::new(Engine::new(ports, config.engine_config("worker-e2e".into())));
-    let settings = WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() };
-    let worker = Arc::new(Worker::new(engine, worker_queue.clone(), topology.clone(), settings));
-    Stack { table, dynamo, topology, api_queue, worker_queue, app, worker, sink }
+    let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
+    let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, sink.clone());
+    let api = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
+        .with_worker_timeout(Duration::from_secs(120));
+    let app = router(ApiState::new(backend.store.clone(), backend.queue.clone(), api));
+    Stack { table, dynamo, backend, topology, app, sink }
 }
 
 impl Stack {
@@ -147,21 +134,9 @@ impl Stack {
     fn poll(&self) -> (CancellationToken, Arc<PollerStats>, tokio::task::JoinHandle<()>) {
         let stop = CancellationToken::new();
         let stats = Arc::new(PollerStats::default());
-        let settings = PollerSettings {
-            wait: Duration::from_secs(1),
-            concurrency: [2, 2, 2],
-            function_timeout: Duration::from_secs(60),
-            ..PollerSettings::default()
-        };
-        let handle = tokio::spawn(taskexec_lambda::poller::run(
-            self.worker_queue.clone(),
-            self.worker.clone(),
-            Arc::new(self.worker_queue.clone()),
-            self.topology.clone(),
-            settings,
-            stats.clone(),
-            stop.clone(),
-        ));
+        let settings =
+            PollerSettings { wait: Duration::from_secs(1), concurrency: [2, 2, 2], ..PollerSettings::default() };
+        let handle = self.backend.poll(settings, stats.clone(), stop.clone());
         (stop, stats, handle)
     }
 
@@ -213,8 +188,8 @@ async fn two_hundred_tasks_submitted_through_the_api_all_complete_via_sqs() {
     let receives = stats.receives.load(Ordering::SeqCst);
     let deletes = stats.deletes.load(Ordering::SeqCst);
     let batches = stats.batches.load(Ordering::SeqCst);
-    let submit_calls = s.api_queue.api_calls();
-    let worker_calls = s.worker_queue.api_calls() - receives - deletes;
+    let submit_calls = s.backend.queue.api_calls();
+    let worker_calls = s.backend.worker_queue.api_calls() - receives - deletes;
     eprintln!(
         "SQS per task: code {:.3} (submission {submit_calls}, worker {worker_calls}); mapping: {receives} receives \
          ({batches} non-empty), {deletes} deletes for 200 tasks",
@@ -254,7 +229,7 @@ async fn a_task_whose_send_failed_is_resent_by_the_sweeper() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(s.task("lost-0").await.state, TaskState::Queued, "nothing delivers it");
     let report =
-        taskexec_lambda::sweeper::sweep(&s.store(), &*s.api_queue, &s.topology, &SystemClock, 100).await.unwrap();
+        taskexec_lambda::sweeper::sweep(&s.store(), &*s.backend.queue, &s.topology, &SystemClock, 100).await.unwrap();
     assert_eq!(report.resent, 1);
     s.wait_run("lost", "completed", 1, Duration::from_secs(60)).await;
     stop.cancel();
@@ -283,7 +258,7 @@ async fn a_worker_that_died_mid_task_leaves_a_lease_that_expires_then_the_task_c
 async fn poison_and_exhausted_tasks_reach_the_dlq_and_redrive_gives_a_fresh_budget() {
     let s = stack().await;
     let normal = s.topology.queues[1].clone();
-    s.api_queue.send_raw(&normal.url, "this is not a task").await.unwrap();
+    s.backend.queue.send_raw(&normal.url, "this is not a task").await.unwrap();
     let mut failing = tasks("dead", 0, 1, "normal");
     failing[0]["parameters"] = serde_json::json!({"extra": {"sim_fault": "server_error"}});
     assert_eq!(s.call("POST", "/tasks", Some(failing)).await.0, 201);
@@ -299,13 +274,13 @@ async fn poison_and_exhausted_tasks_reach_the_dlq_and_redrive_gives_a_fresh_budg
     let mut messages = Vec::new();
     let start = Instant::now();
     while messages.len() < 2 && start.elapsed() < Duration::from_secs(30) {
-        messages.extend(s.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap());
+        messages.extend(s.backend.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap());
     }
     assert_eq!(messages.len(), 2, "poison and dead letter on the DLQ");
     let handler = DlqHandler::new(
         s.store(),
         s.store(),
-        s.api_queue.clone(),
+        s.backend.queue.clone(),
         Arc::new(CountingSink::default()),
         SystemClock,
         s.topology.clone(),
@@ -361,8 +336,8 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
     }
     .to_body();
     let normal = s.topology.queues[1].url.clone();
-    s.api_queue.send_raw(&normal, &body).await.unwrap();
-    s.api_queue.send_raw(&normal, &body).await.unwrap();
+    s.backend.queue.send_raw(&normal, &body).await.unwrap();
+    s.backend.queue.send_raw(&normal, &body).await.unwrap();
     let (stop, stats, handle) = s.poll();
     s.wait_run("dup", "completed", 1, Duration::from_secs(60)).await;
     let start = Instant::now();

@@ -4,17 +4,13 @@
 // The engine's futures nest deeply (worker → engine → provider adapters → reqwest).
 #![recursion_limit = "256"]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, QueueUrls, SqsQueue};
-use taskexec_core::engine::{Engine, Ports};
-use taskexec_core::memory::MemoryLimiter;
-use taskexec_core::time::SystemClock;
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, EmfSink};
 use taskexec_lambda::env::FunctionEnv;
-use taskexec_lambda::worker::{Worker, WorkerSettings};
+use taskexec_lambda::worker::WorkerSettings;
 use taskexec_providers::Deployments;
 
 #[tokio::main]
@@ -22,22 +18,19 @@ async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let deployments = Deployments::from_config(&env.config.deployments, |name| std::env::var(name).ok())?;
     let owner =
         std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
-    let ports = Ports {
-        store: DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone())),
-        breakers: DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone())),
-        limiter: MemoryLimiter::default(),
-        metrics: EmfSink::stdout(),
-        provider: deployments,
-        clock: SystemClock,
+    let settings = BackendSettings {
+        table: DynamoConfig::new(env.table.clone()),
+        topology: env.topology.clone(),
+        engine: env.config.engine_config(owner),
+        worker: WorkerSettings::default(),
     };
-    let engine = Arc::new(Engine::new(ports, env.config.engine_config(owner)));
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
-    let worker = Worker::new(engine, queue, env.topology, WorkerSettings::default());
-    let worker = &worker;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, EmfSink::stdout());
+    let worker = &backend.worker;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         let deadline = instant_of(event.context.deadline);
         Ok::<SqsBatchResponse, Error>(worker.handle(event.payload, Some(deadline)).await)

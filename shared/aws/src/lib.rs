@@ -5,12 +5,14 @@
 //! environment.
 #![warn(missing_docs)]
 
+mod backend;
 mod dynamo;
 mod emf;
 mod error;
 mod lambda;
 mod sqs;
 
+pub use backend::{AwsBackend, AwsEngine, AwsWorker, BackendSettings};
 pub use dynamo::{
     ConsumedWrites, DynamoConfig, DynamoStore, OverdueTask, RunCounts, create_table, item_size, write_units,
 };

@@ -1,0 +1,100 @@
+//! The AWS backend assembled the one way the worker function, `taskexec serve --backend aws` and
+//! the emulator tests use: the DynamoDB store, the SQS queues, the engine over them and the
+//! configured deployments, and the worker handler; plus, for local runs, the event-source
+//! poller that feeds the worker as Lambda would.
+
+use std::sync::Arc;
+
+use taskexec_core::engine::{Engine, EngineConfig, Ports};
+use taskexec_core::memory::MemoryLimiter;
+use taskexec_core::ports::MetricsSink;
+use taskexec_core::time::SystemClock;
+use taskexec_lambda::actions::Topology;
+use taskexec_lambda::poller::{PollerSettings, PollerStats};
+use taskexec_lambda::worker::{Worker, WorkerSettings};
+use taskexec_providers::Deployments;
+use tokio_util::sync::CancellationToken;
+
+use crate::dynamo::{DynamoConfig, DynamoStore};
+use crate::sqs::{QueueUrls, SqsQueue};
+
+/// The engine of the AWS shape. Concurrency limits are per process (one Lambda container):
+/// capacity leased from DynamoDB is not built yet.
+pub type AwsEngine<M> = Engine<DynamoStore, DynamoStore, MemoryLimiter, M, Deployments, SystemClock>;
+
+/// The worker handler of the AWS shape.
+pub type AwsWorker<M> = Worker<Arc<AwsEngine<M>>, Arc<SqsQueue>>;
+
+/// Where the backend's resources are and how its engine and worker behave.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    /// The table.
+    pub table: DynamoConfig,
+    /// The queues.
+    pub topology: Topology,
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// The worker's settings.
+    pub worker: WorkerSettings,
+}
+
+/// Everything a process of the AWS shape needs.
+pub struct AwsBackend<M> {
+    /// The store, for the API.
+    pub store: Arc<DynamoStore>,
+    /// The queues, for the API (its own client: its call counter is the submission side's).
+    pub queue: Arc<SqsQueue>,
+    /// The worker's queues (actions and, locally, the poller's receives and deletes).
+    pub worker_queue: Arc<SqsQueue>,
+    /// The worker handler.
+    pub worker: Arc<AwsWorker<M>>,
+    /// Queue URLs and priorities.
+    pub topology: Topology,
+}
+
+impl<M: MetricsSink> AwsBackend<M> {
+    /// Build over the given clients.
+    pub fn new(
+        dynamo: &aws_sdk_dynamodb::Client,
+        sqs: &aws_sdk_sqs::Client,
+        settings: BackendSettings,
+        deployments: Deployments,
+        metrics: M,
+    ) -> Self {
+        let BackendSettings { table, topology, engine, worker } = settings;
+        let store = || DynamoStore::new(dynamo.clone(), table.clone());
+        let queues = || Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
+        let ports = Ports {
+            store: store(),
+            breakers: store(),
+            limiter: MemoryLimiter::default(),
+            metrics,
+            provider: deployments,
+            clock: SystemClock,
+        };
+        let worker_queue = queues();
+        let handler = Worker::new(Arc::new(Engine::new(ports, engine)), worker_queue.clone(), topology.clone(), worker);
+        Self { store: Arc::new(store()), queue: queues(), worker_queue, worker: Arc::new(handler), topology }
+    }
+
+    /// Run the local event-source mapping until `shutdown` (what Lambda does in the cloud).
+    pub fn poll(
+        &self,
+        settings: PollerSettings,
+        stats: Arc<PollerStats>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        M: 'static,
+    {
+        tokio::spawn(taskexec_lambda::poller::run(
+            self.worker_queue.clone(),
+            self.worker.clone(),
+            Arc::new(self.worker_queue.clone()),
+            self.topology.clone(),
+            settings,
+            stats,
+            shutdown,
+        ))
+    }
+}
