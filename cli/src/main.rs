@@ -8,6 +8,8 @@ mod exit;
 mod progress;
 mod run;
 mod serve;
+#[cfg(feature = "aws")]
+mod serve_aws;
 mod summary;
 mod taskfile;
 

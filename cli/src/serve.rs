@@ -40,12 +40,29 @@ pub struct ServeArgs {
     /// Tasks in flight at once (overrides `engine.concurrency`).
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// `embedded` (SQLite, this process runs the tasks) or `aws` (DynamoDB and SQS named by the
+    /// functions' environment variables; a local event-source poller feeds the worker handler as
+    /// Lambda would; needs a build with `--features aws`).
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub backend: Backend,
+}
+
+/// Where `serve` keeps tasks and runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// SQLite and the embedded engine.
+    Embedded,
+    /// DynamoDB and SQS (an AWS account or a local emulator via `AWS_ENDPOINT_URL`).
+    Aws,
 }
 
 /// Serve until Ctrl-C / SIGTERM; attempts and requests in flight finish first.
 pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let token = api_token(std::env::var(TOKEN_ENV).ok())?;
     check_loopback(args.addr)?;
+    if args.backend == Backend::Aws {
+        return serve_aws(args, token).await;
+    }
     let (config, origin) = crate::config::locate(args.config.as_deref(), None).map_err(Failure::input)?;
     let deployments = embedded::deployments(&config)?;
     let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
@@ -54,16 +71,11 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let Embedded { runner, queue, .. } = embedded::build(&config, deployments, store.clone(), args.concurrency, true);
     let (released, queued) = runner.recover(|_| true).await.map_err(|e| Failure::runtime(e.into()))?;
     let app = api(Arc::new(store), queue, settings, &token);
-    let listener = TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))
-        .map_err(Failure::runtime)?;
-    let local = listener.local_addr().map_err(|e| Failure::runtime(e.into()))?;
-    eprintln!(
-        "taskexec: serving the API on http://{local} (database {}, config {origin}; {queued} unfinished task(s) queued, \
-         {released} lease(s) taken over); Ctrl-C stops",
+    let what = format!(
+        "database {}, config {origin}; {queued} unfinished task(s) queued, {released} lease(s) taken over",
         args.db.display()
     );
+    let (listener, _) = listen(args.addr, &what).await?;
     let shutdown = CancellationToken::new();
     embedded::watch_signals(shutdown.clone());
     let stop_all = shutdown.clone();
@@ -80,6 +92,28 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     served.context("the HTTP server failed").map_err(Failure::runtime)?;
     eprintln!("taskexec: stopped");
     Ok(exit::OK)
+}
+
+#[cfg(feature = "aws")]
+async fn serve_aws(args: ServeArgs, token: String) -> Result<u8, Failure> {
+    crate::serve_aws::serve(args, token).await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn serve_aws(_args: ServeArgs, _token: String) -> Result<u8, Failure> {
+    Err(Failure::input(anyhow!(
+        "this taskexec was built without the AWS backend: build it with `cargo build -p taskexec-cli --features aws`"
+    )))
+}
+
+/// Bind the listener, serve `app` until Ctrl-C / SIGTERM (which also cancels `shutdown`), and
+/// say where. `what` describes the backend for the start-up line.
+pub async fn listen(addr: SocketAddr, what: &str) -> Result<(TcpListener, SocketAddr), Failure> {
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}")).map_err(Failure::runtime)?;
+    let local = listener.local_addr().map_err(|e| Failure::runtime(e.into()))?;
+    eprintln!("taskexec: serving the API on http://{local} ({what}); Ctrl-C stops");
+    Ok((listener, local))
 }
 
 /// The API over any store and queue, every route behind the bearer token.

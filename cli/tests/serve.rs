@@ -18,8 +18,15 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 
 /// Start `taskexec serve` on a free port; returns the child and its base URL.
 async fn start(s: &Scratch, config: &std::path::Path) -> (Child, String) {
-    let mut cmd = s.cmd(&["serve", "--config", config.to_str().unwrap(), "--addr", "127.0.0.1:0"]);
-    cmd.env("TASKEXEC_API_TOKEN", TOKEN).stderr(Stdio::piped());
+    start_with(s, config, &[], &[]).await
+}
+
+/// [`start`] with more arguments and environment variables.
+async fn start_with(s: &Scratch, config: &std::path::Path, args: &[&str], env: &[(String, String)]) -> (Child, String) {
+    let mut all = vec!["serve", "--config", config.to_str().unwrap(), "--addr", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut cmd = s.cmd(&all);
+    cmd.env("TASKEXEC_API_TOKEN", TOKEN).envs(env.iter().cloned()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = tokio::time::timeout(Duration::from_secs(30), async {
@@ -120,4 +127,57 @@ async fn refuses_to_start_without_a_token_or_on_a_public_address() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
     assert!(!s.db().exists(), "nothing was opened");
+}
+
+/// `--backend aws` against the local AWS emulator (moto): the same API over DynamoDB and SQS,
+/// the worker fed by the local event-source poller.
+#[cfg(feature = "aws")]
+#[path = "../../shared/aws/tests/common/mod.rs"]
+mod emulator;
+
+#[cfg(feature = "aws")]
+mod aws {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_aws_backend_serves_the_api_and_runs_tasks_through_sqs() {
+        let dynamo = emulator::dynamo_client();
+        let sqs = emulator::sqs_client();
+        let table = emulator::unique_name("serve");
+        taskexec_aws::create_table(&dynamo, &table).await.unwrap();
+        let topology = emulator::fresh_topology(&sqs).await;
+        let s = Scratch::new();
+        let config = s.write(
+            "aws.toml",
+            "[deployments.mock]\nkind = \"sim\"\n[deployments.mock.sim]\nlatency = { median_ms = 10, p99_ms = 30 }\n",
+        );
+        let mut env = vec![
+            ("AWS_ENDPOINT_URL".to_owned(), emulator::endpoint().to_owned()),
+            ("AWS_REGION".to_owned(), "us-east-1".to_owned()),
+            ("AWS_ACCESS_KEY_ID".to_owned(), "testing".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY".to_owned(), "testing".to_owned()),
+            ("TASKEXEC_TABLE".to_owned(), table),
+        ];
+        for (q, name) in topology.queues.iter().zip(["HIGH", "NORMAL", "LOW"]) {
+            env.push((format!("TASKEXEC_QUEUE_URL_{name}"), q.url.clone()));
+            env.push((format!("TASKEXEC_DLQ_URL_{name}"), q.dlq_url.clone()));
+        }
+        let (mut child, base) = start_with(&s, &config, &["--backend", "aws"], &env).await;
+        let client = reqwest::Client::new();
+        let anonymous = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(anonymous.status().as_u16(), 401);
+        let submitted = client.post(format!("{base}/tasks")).bearer_auth(TOKEN).json(&tasks(10)).send().await.unwrap();
+        assert_eq!(submitted.status().as_u16(), 201);
+        let start = Instant::now();
+        loop {
+            let (status, run) = get(&client, &format!("{base}/runs/web")).await;
+            assert_eq!(status, 200, "{run}");
+            if run["counts"]["completed"] == 10 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "not all completed in 60 s: {run}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop(&mut child).await;
+    }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use axum::body::Body;
 use http_body_util::BodyExt;
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
@@ -57,45 +56,12 @@ fn store(stack_dynamo: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
     DynamoStore::new(stack_dynamo.clone(), DynamoConfig::new(table).with_open_shards(4))
 }
 
-async fn queue_pair(sqs: &aws_sdk_sqs::Client, priority: TaskPriority) -> QueuePair {
-    let name = common::unique_name(priority.as_str());
-    let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url.unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "1000"}).to_string();
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive)
-        .attributes(QueueAttributeName::VisibilityTimeout, "30")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    QueuePair { priority, url, dlq_url: dlq }
-}
-
 async fn stack() -> Stack {
     let dynamo = common::dynamo_client();
     let sqs = common::sqs_client();
     let table = common::unique_name("tasks");
     taskexec_aws::create_table(&dynamo, &table).await.unwrap();
-    let topology = Topology {
-        queues: [
-            queue_pair(&sqs, TaskPriority::High).await,
-            queue_pair(&sqs, TaskPriority::Normal).await,
-            queue_pair(&sqs, TaskPriority::Low).await,
-        ],
-    };
+    let topology = common::fresh_topology(&sqs).await;
     let config = RunConfig::parse(CONFIG).unwrap();
     let sink = Arc::new(CountingSink::default());
     let settings = BackendSettings {

@@ -1,0 +1,78 @@
+//! `taskexec serve --backend aws`: the same API router over DynamoDB and SQS, and the worker
+//! handler fed by a local event-source poller exactly as Lambda would feed it (batches, partial
+//! failures, deletes of the successful ones). Resources are named by the functions' environment
+//! variables (`TASKEXEC_TABLE`, `TASKEXEC_QUEUE_URL_*`, `TASKEXEC_DLQ_URL_*`); the SDK reads
+//! `AWS_ENDPOINT_URL` for a local emulator. `--config FILE` stands in for `TASKEXEC_CONFIG`.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use taskexec_api::{ApiSettings, SystemSampler};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig};
+use taskexec_core::memory::CountingSink;
+use taskexec_lambda::env::FunctionEnv;
+use taskexec_lambda::poller::{PollerSettings, PollerStats};
+use taskexec_lambda::worker::WorkerSettings;
+use taskexec_providers::Deployments;
+use tokio_util::sync::CancellationToken;
+
+use crate::embedded;
+use crate::exit::{self, Failure};
+use crate::serve::{ServeArgs, api, listen, serve_http};
+
+/// The worker timeout assumed when `TASKEXEC_WORKER_TIMEOUT_SECONDS` is unset (Lambda's maximum).
+const DEFAULT_WORKER_TIMEOUT: &str = "900";
+
+/// Serve until Ctrl-C / SIGTERM.
+pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
+    let env = environment(&args)?;
+    let deployments = Deployments::from_config(&env.config.deployments, |name| std::env::var(name).ok())
+        .map_err(|e| Failure::input(anyhow::Error::new(e).context("invalid deployments")))?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let settings = BackendSettings {
+        table: DynamoConfig::new(env.table.clone()),
+        topology: env.topology.clone(),
+        engine: env.config.engine_config(format!("serve-{}", std::process::id())),
+        worker: WorkerSettings::default(),
+    };
+    let names: Vec<String> = deployments.names().map(str::to_owned).collect();
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, CountingSink::default());
+    let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
+    let api_settings = ApiSettings::new(names, Arc::new(sampler)).with_worker_timeout(env.worker_timeout);
+    let app = api(backend.store.clone(), backend.queue.clone(), api_settings, &token);
+    let what = format!("DynamoDB table {}, SQS queues of {}", env.table, env.topology.queues[1].url);
+    let (listener, _) = listen(args.addr, &what).await?;
+    let shutdown = CancellationToken::new();
+    embedded::watch_signals(shutdown.clone());
+    let poller = PollerSettings { function_timeout: env.worker_timeout, ..PollerSettings::default() };
+    let polling = backend.poll(poller, Arc::new(PollerStats::default()), shutdown.clone());
+    let served = serve_http(listener, app, shutdown.clone()).await;
+    shutdown.cancel();
+    polling.await.map_err(|e| Failure::runtime(e.into()))?;
+    served.context("the HTTP server failed").map_err(Failure::runtime)?;
+    eprintln!("taskexec: stopped");
+    Ok(exit::OK)
+}
+
+/// The functions' environment, with `--config FILE` in place of `TASKEXEC_CONFIG` and Lambda's
+/// longest timeout when none is set.
+fn environment(args: &ServeArgs) -> Result<FunctionEnv, Failure> {
+    let config = match &args.config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))
+                .map_err(Failure::input)?,
+        ),
+        None => None,
+    };
+    FunctionEnv::from_lookup(|name| match name {
+        "TASKEXEC_CONFIG" if config.is_some() => config.clone(),
+        "TASKEXEC_WORKER_TIMEOUT_SECONDS" => {
+            Some(std::env::var(name).unwrap_or_else(|_| DEFAULT_WORKER_TIMEOUT.to_owned()))
+        }
+        _ => std::env::var(name).ok(),
+    })
+    .map_err(|e| Failure::input(anyhow::Error::new(e).context("--backend aws")))
+}
