@@ -6,7 +6,14 @@ cfn-lint knows CloudFormation; it does not know taskexec's rules. This script ch
   + LowMaxConcurrency (CloudFormation has no addition, so the template looks the sum up in two
   generated Mappings; this script proves the tables right for every allowed combination);
 - each main queue's visibility timeout is 6 x the worker's timeout, for every allowed timeout;
-- queues, mappings, table, API routes and authorizer are as DESIGN.md asks;
+- queues, mappings, API routes and authorizer are as DESIGN.md asks;
+- the code is the source of truth for names, read from the Rust sources (never edited here):
+  the table's keys, attribute types, indexes and projections (shared/aws/src/dynamo/keys.rs and
+  table.rs), the TTL attribute (written in shared/aws/src), the environment variables the
+  functions read (shared/lambda/src/env.rs: every function gets every one), the binaries
+  (functions/*/Cargo.toml), the EMF metrics and their exact dimension sets (shared/aws/src/emf.rs)
+  and error classes (shared/core/src/error.rs) that alarms and dashboard read, and the IAM actions
+  each function's code needs;
 - samconfig.toml only overrides parameters that exist, with allowed values;
 - every file in events/ is JSON, and the API events cover exactly the template's routes.
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -132,18 +140,230 @@ def check_queues(c: Checker, t: dict) -> None:
             c.check(m.get("FunctionResponseTypes") == ["ReportBatchItemFailures"], f"{fn}{q}QueueMapping lacks ReportBatchItemFailures")
 
 
-def check_table(c: Checker, t: dict) -> None:
+def rust(path: str) -> str:
+    return (ROOT / path).read_text(encoding="utf-8")
+
+
+def rust_consts(src: str) -> dict[str, str]:
+    """`pub const NAME: &str = "value";` of a Rust file."""
+    return dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', src))
+
+
+def code_table() -> dict:
+    """The table as `create_table` builds it, from keys.rs and table.rs."""
+    keys, table = rust_consts(rust("shared/aws/src/dynamo/keys.rs")), rust("shared/aws/src/dynamo/table.rs")
+    attrs = {keys[k]: ty for k, ty in re.findall(r"attr\(keys::(\w+), ScalarAttributeType::(\w+)\)", table)}
+    request = table[table.index(".create_table()"):]
+    base = {keys[k]: kt.upper() for k, kt in re.findall(r"\.key_schema\(key\(keys::(\w+), KeyType::(\w+)\)", request)}
+    include = re.search(r"OPEN_INDEX_ATTRIBUTES: \[&str; \d+\] = \[([^\]]*)\]", table)
+    indexes = {}
+    for block in re.findall(r"GlobalSecondaryIndex::builder\(\)(.*?)\.build\(\)\s*\.map_err", table, re.S):
+        name = keys[re.search(r"index_name\(keys::(\w+)\)", block).group(1)]
+        ks = {keys[k]: kt.upper() for k, kt in re.findall(r"key\(keys::(\w+), KeyType::(\w+)\)", block)}
+        if "open_projection" in block:
+            projection = {"ProjectionType": "INCLUDE",
+                          "NonKeyAttributes": re.findall(r'"([^"]+)"', include.group(1)) if include else None}
+        elif "KeysOnly" in block:
+            projection = {"ProjectionType": "KEYS_ONLY"}
+        else:
+            projection = {"ProjectionType": "?"}
+        indexes[name] = {"keys": ks, "projection": projection}
+    return {"attrs": attrs, "keys": base, "indexes": indexes, "open": keys["OPEN_INDEX"], "run": keys["RUN_INDEX"]}
+
+
+def check_table(c: Checker, t: dict) -> dict:
     p = t["Resources"]["TasksTable"]["Properties"]
+    code = code_table()
+    c.check(len(code["indexes"]) == 2 and len(code["attrs"]) == 6, f"could not read the table from the Rust code: {code}")
     c.check(p.get("BillingMode") == "PAY_PER_REQUEST", "table is not PAY_PER_REQUEST")
     keys = {k["AttributeName"]: k["KeyType"] for k in p["KeySchema"]}
-    c.check(keys == {"pk": "HASH", "sk": "RANGE"}, f"table keys {keys}")
-    gsis = {g["IndexName"]: {k["AttributeName"]: k["KeyType"] for k in g["KeySchema"]} for g in p["GlobalSecondaryIndexes"]}
-    c.check(gsis == {"unfinished": {"gsi1pk": "HASH", "gsi1sk": "RANGE"}, "byRun": {"gsi2pk": "HASH", "gsi2sk": "RANGE"}},
-            f"GSIs {gsis}")
-    c.check(all(a["AttributeType"] == "S" for a in p["AttributeDefinitions"]), "a key attribute is not a string")
-    c.check(p.get("TimeToLiveSpecification") == {"AttributeName": "expiresAt", "Enabled": True}, "TTL is not expiresAt")
+    c.check(keys == code["keys"], f"table keys {keys} != code {code['keys']}")
+    attrs = {a["AttributeName"]: a["AttributeType"] for a in p["AttributeDefinitions"]}
+    c.check(attrs == code["attrs"], f"attribute definitions {attrs} != code {code['attrs']}")
+    gsis = {
+        g["IndexName"]: {"keys": {k["AttributeName"]: k["KeyType"] for k in g["KeySchema"]}, "projection": g["Projection"]}
+        for g in p["GlobalSecondaryIndexes"]
+    }
+    c.check(gsis == code["indexes"], f"GSIs {gsis} != code {code['indexes']}")
+    ttl = p.get("TimeToLiveSpecification", {})
+    c.check(ttl.get("Enabled") is True and ttl.get("AttributeName") == "expiresAt", f"TTL is not expiresAt: {ttl}")
+    written = any(f'.item("{ttl.get("AttributeName")}"' in f.read_text(encoding="utf-8")
+                  for f in (ROOT / "shared/aws/src").rglob("*.rs"))
+    c.check(written, f"no item of shared/aws/src writes the TTL attribute {ttl.get('AttributeName')}")
     c.check(p.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is True, "no PITR")
     c.check(p.get("SSESpecification", {}).get("SSEEnabled") is True, "no SSE on the table")
+    return code
+
+
+FUNCTIONS = {"ApiFunction": "api", "WorkerFunction": "worker", "DlqFunction": "dlq", "SweeperFunction": "sweeper"}
+
+
+def check_functions(c: Checker, t: dict) -> None:
+    """Binaries as in functions/*/Cargo.toml; every variable env.rs reads set for every function."""
+    read = set(re.findall(r'"(TASKEXEC_[A-Z_]+)"', rust("shared/lambda/src/env.rs").split("#[cfg(test)]")[0]))
+    c.check(len(read) >= 9, f"could not read the variables of shared/lambda/src/env.rs: {read}")
+    glob = t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    for name, pkg in FUNCTIONS.items():
+        r = t["Resources"].get(name)
+        if r is None:
+            c.failures.append(f"{name} missing")
+            continue
+        cargo = tomllib.loads((ROOT / "functions" / pkg / "Cargo.toml").read_text(encoding="utf-8"))
+        bins = [b["name"] for b in cargo.get("bin", [])]
+        c.check(r.get("Metadata", {}).get("Binary") in bins, f"{name} Binary is not one of {bins}")
+        c.check(r["Properties"].get("CodeUri") == f"functions/{pkg}", f"{name} CodeUri is not functions/{pkg}")
+        env = {**glob, **r["Properties"].get("Environment", {}).get("Variables", {})}
+        missing = read - set(env)
+        c.check(not missing, f"{name} lacks environment variables the code reads: {sorted(missing)}")
+        unread = {v for v in env if v.startswith("TASKEXEC_")} - read
+        c.check(not unread, f"{name} sets variables the code does not read: {sorted(unread)}")
+
+
+def grants(fn: dict) -> set[tuple[str, str]]:
+    """(action, resource) pairs of a function's inline policies; resources named `table`,
+    `index/<name>` or the queue's logical id. Conditional statements count as granted."""
+    out = set()
+    for policy in fn["Properties"].get("Policies", []):
+        for st in policy.get("Statement", []) if isinstance(policy, dict) else []:
+            if "Fn::If" in st:
+                st = st["Fn::If"][1]
+            if st.get("Effect") != "Allow":
+                continue
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            for res in resources:
+                if isinstance(res, dict) and "Fn::GetAtt" in res:
+                    name = "table" if res["Fn::GetAtt"][0] == "TasksTable" else res["Fn::GetAtt"][0]
+                elif isinstance(res, dict) and isinstance(res.get("Fn::Sub"), str) and "${TasksTable.Arn}/index/" in res["Fn::Sub"]:
+                    name = "index/" + res["Fn::Sub"].split("/index/", 1)[1]
+                else:
+                    name = json.dumps(res, sort_keys=True)
+                out.update((a, name) for a in actions)
+    return out
+
+
+MAIN = [f"{q}Queue" for q in QUEUES]
+DLQS = [f"{q}DeadLetterQueue" for q in QUEUES]
+CONSUME = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+
+
+def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
+    """What each function's code calls (shared/aws/src, shared/lambda/src). Keep in step with it."""
+    table = lambda *acts: {(f"dynamodb:{a}", "table") for a in acts}  # noqa: E731
+    send = lambda queues: {("sqs:SendMessage", q) for q in queues}  # noqa: E731
+    consume = lambda queues: {(a, q) for a in CONSUME for q in queues}  # noqa: E731
+    return {
+        # submit, reads, cancel/redrive/pause, runs and metrics (run index, BatchGetItem, Scan)
+        "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query", "Scan")
+        | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN),
+        # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters
+        "WorkerFunction": table("GetItem", "PutItem", "UpdateItem", "Query") | consume(MAIN) | send(MAIN + DLQS),
+        # task read, finalisation, poison notes; re-queue to the main queues
+        "DlqFunction": table("GetItem", "Query", "PutItem", "UpdateItem") | consume(DLQS) | send(MAIN),
+        # overdue tasks from the open index and their states; re-send
+        "SweeperFunction": table("BatchGetItem") | {("dynamodb:Query", f"index/{code['open']}")} | send(MAIN),
+    }
+
+
+def check_iam(c: Checker, t: dict, code: dict) -> None:
+    indexes = set(code["indexes"])
+    for name, need in needed(code).items():
+        got = grants(t["Resources"][name])
+        missing = need - got
+        c.check(not missing, f"{name} policy lacks {sorted(missing)}")
+        named = {r.split("/", 1)[1] for _, r in got if r.startswith("index/")}
+        c.check(named <= indexes, f"{name} policy names indexes that do not exist: {sorted(named - indexes)}")
+
+
+def emitted_metrics() -> dict[str, set[tuple[str, ...]]]:
+    """Metric name -> the dimension sets shared/aws/src/emf.rs prints it with (sorted names).
+
+    The sets are written out here (reading them from `line_of` would need a Rust parser); the
+    names are checked against emf.rs both ways, so a renamed or new metric fails the lint."""
+    sets = {
+        "AttemptsStarted": {()},
+        "TasksCompleted": {()},
+        "AttemptLatency": {()},
+        "TasksFailed": {("ErrorClass",)},
+        "RetriesScheduled": {("ErrorClass",)},
+        "Deferrals": {("Reason",), ("Deployment", "Reason")},
+        "TasksDeadLettered": {()},
+        "TasksCancelled": {()},
+        "BreakerState": {("Deployment",)},
+        "BreakerOpened": {("Deployment",)},
+    }
+    return sets
+
+
+def check_metrics(c: Checker, t: dict) -> None:
+    """Every `taskexec` metric an alarm or the dashboard reads is one the code emits, with exactly
+    a dimension set it emits, and an ErrorClass value the code has."""
+    emf = rust("shared/aws/src/emf.rs").split("#[cfg(test)]")[0]
+    ns = re.search(r'pub const NAMESPACE: &str = "([^"]+)";', emf)
+    c.check(ns is not None and ns.group(1) == "taskexec", "emf.rs NAMESPACE is not taskexec")
+    names = set(re.findall(r'(?:Line::count|Line::metric|\.and)\("(\w+)"', emf))
+    dims = set(re.findall(r'\.dimension\("(\w+)"', emf))
+    sets = emitted_metrics()
+    c.check(names == set(sets), f"emf.rs metric names {sorted(names)} != the checker's {sorted(sets)}")
+    c.check(dims == {d for s in sets.values() for dimset in s for d in dimset}, f"emf.rs dimensions {sorted(dims)}")
+    err = rust("shared/core/src/error.rs")
+    body = err[err.index("pub fn as_str"):]
+    classes = set(re.findall(r'Self::\w+ => "(\w+)"', body[: body.index("}\n\n")]))
+    c.check(len(classes) == 5, f"could not read the error classes: {classes}")
+
+    def metric(where: str, name: str, dimensions: dict[str, str | None]) -> None:
+        key = tuple(sorted(dimensions))
+        if name not in sets:
+            c.failures.append(f"{where} reads taskexec {name}, which the code does not emit")
+        else:
+            c.check(key in sets[name],
+                    f"{where} reads taskexec {name} with dimensions {list(key)}; the code emits {sorted(sets[name])}")
+        cls = dimensions.get("ErrorClass")
+        c.check(cls is None or cls in classes, f"{where} reads unknown ErrorClass {cls}")
+
+    def search(where: str, expr: str) -> None:
+        for schema, name in re.findall(r"\{taskexec((?:,\s*\w+)*)\}\s+MetricName=\\?\"(\w+)\\?\"", expr):
+            metric(where, name, {d.strip(): None for d in schema.split(",") if d.strip()})
+        for name, schema in re.findall(r"SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\(taskexec((?:,\s*\w+)*)\)", expr):
+            metric(where, name, {d.strip(): None for d in schema.split(",") if d.strip()})
+
+    for rname, r in t["Resources"].items():
+        if r["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        p = r["Properties"]
+        if p.get("Namespace") == "taskexec":
+            metric(rname, p["MetricName"], {d["Name"]: d["Value"] for d in p.get("Dimensions", [])})
+        failed_classes = set()
+        for q in p.get("Metrics", []):
+            m = q.get("MetricStat", {}).get("Metric", {})
+            if m.get("Namespace") == "taskexec":
+                d = {x["Name"]: x["Value"] for x in m.get("Dimensions", [])}
+                metric(f"{rname}.{q['Id']}", m["MetricName"], d)
+                if m["MetricName"] == "TasksFailed":
+                    failed_classes.add(d.get("ErrorClass"))
+            expr = q.get("Expression")
+            if isinstance(expr, str):
+                c.check("SEARCH(" not in expr, f"{rname}.{q['Id']} uses SEARCH (alarms cannot)")
+                search(f"{rname}.{q['Id']}", expr)
+        c.check(not failed_classes or failed_classes == classes,
+                f"{rname} sums TasksFailed over {sorted(failed_classes)}, not every class {sorted(classes)}")
+
+    body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    try:
+        doc = json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: "x-" + m.group(1).replace(":", "-"), body))
+    except json.JSONDecodeError:
+        return  # reported by check_dashboard
+    for w in doc["widgets"]:
+        if w["type"] != "metric":
+            continue
+        title = w["properties"].get("title", "?")
+        for row in w["properties"].get("metrics", []):
+            if row and row[0] == "taskexec":
+                plain = [x for x in row if isinstance(x, str)]
+                metric(f"dashboard '{title}'", plain[1], dict(zip(plain[2::2], plain[3::2])))
+            for x in row:
+                if isinstance(x, dict) and "expression" in x:
+                    search(f"dashboard '{title}'", x["expression"])
 
 
 def template_routes(c: Checker, t: dict) -> set[tuple[str, str]]:
@@ -241,7 +461,10 @@ def main() -> int:
     t = load_template()
     check_concurrency(c, t)
     check_queues(c, t)
-    check_table(c, t)
+    code = check_table(c, t)
+    check_functions(c, t)
+    check_iam(c, t, code)
+    check_metrics(c, t)
     check_events(c, template_routes(c, t))
     check_dashboard(c, t)
     check_samconfig(c, t)

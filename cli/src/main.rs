@@ -80,6 +80,10 @@ enum Command {
         #[command(flatten)]
         db: admin::DbArg,
     },
+    /// Create the DynamoDB table and SQS queues on a local emulator (AWS_ENDPOINT_URL) and print
+    /// the environment `serve --backend aws` reads (builds with `--features aws` only).
+    #[cfg(feature = "aws")]
+    AwsBootstrap(serve_aws::BootstrapArgs),
     /// Write a run's results.
     Export {
         /// The run id.
@@ -121,6 +125,8 @@ async fn dispatch(command: Command) -> Result<u8, exit::Failure> {
     match command {
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        #[cfg(feature = "aws")]
+        Command::AwsBootstrap(args) => serve_aws::bootstrap(args).await,
         Command::Status { task, run, json, events, db } => {
             admin::status(&db.db, task.as_deref(), run.as_deref(), json, events).await
         }

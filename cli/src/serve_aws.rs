@@ -76,3 +76,34 @@ fn environment(args: &ServeArgs) -> Result<FunctionEnv, Failure> {
     })
     .map_err(|e| Failure::input(anyhow::Error::new(e).context("--backend aws")))
 }
+
+/// Arguments of `taskexec aws-bootstrap`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootstrapArgs {
+    /// Name prefix of the table (`PREFIX-tasks`) and the queues (`PREFIX-high`, `PREFIX-high-dlq`, …).
+    #[arg(long, default_value = "taskexec")]
+    pub prefix: String,
+}
+
+/// Create the table and the six queues if they do not exist (for a local emulator reached through
+/// `AWS_ENDPOINT_URL`; deployments get theirs from template.yaml), and print the environment
+/// `serve --backend aws` and the functions read.
+pub async fn bootstrap(args: BootstrapArgs) -> Result<u8, Failure> {
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let table = format!("{}-tasks", args.prefix);
+    let exists = dynamo.describe_table().table_name(&table).send().await.is_ok();
+    if !exists {
+        taskexec_aws::create_table(&dynamo, &table).await.map_err(|e| Failure::runtime(e.into()))?;
+    }
+    let visibility = std::time::Duration::from_secs(6 * 900);
+    let topology = taskexec_aws::create_queues(&aws_sdk_sqs::Client::new(&aws), &args.prefix, 1000, visibility)
+        .await
+        .map_err(|e| Failure::runtime(e.into()))?;
+    println!("export TASKEXEC_TABLE={table}");
+    for (q, name) in topology.queues.iter().zip(["HIGH", "NORMAL", "LOW"]) {
+        println!("export TASKEXEC_QUEUE_URL_{name}={}", q.url);
+        println!("export TASKEXEC_DLQ_URL_{name}={}", q.dlq_url);
+    }
+    Ok(exit::OK)
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsMessage;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use taskexec_core::error::StoreError;
 use taskexec_core::ports::PendingTask;
 use taskexec_core::time::Millis;
@@ -29,6 +29,56 @@ impl From<&taskexec_lambda::actions::Topology> for crate::sqs::QueueUrls {
         let [high, normal, low] = &t.queues;
         Self { high: high.url.clone(), normal: normal.url.clone(), low: low.url.clone() }
     }
+}
+
+/// Create the three priority queues, each with its own dead-letter queue (redrive after
+/// `max_receive_count` receives, 1000 in production as DESIGN.md explains), named
+/// `{prefix}-{priority}` and `{prefix}-{priority}-dlq`. An existing queue of that name is reused.
+/// For local emulators and tests; deployments get their queues from template.yaml.
+pub async fn create_queues(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    max_receive_count: u32,
+    visibility_timeout: Duration,
+) -> Result<taskexec_lambda::actions::Topology, AwsError> {
+    use taskexec_core::task::TaskPriority::{High, Low, Normal};
+    let mut pairs = Vec::with_capacity(3);
+    for priority in [High, Normal, Low] {
+        let name = format!("{prefix}-{}", priority.as_str());
+        let dlq_url = create_queue(sqs, &format!("{name}-dlq"), Vec::new()).await?;
+        let arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| AwsError::sqs("GetQueueAttributes", e))?
+            .attributes
+            .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+            .unwrap_or_default();
+        let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count.to_string()});
+        let attributes = vec![
+            (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+            (QueueAttributeName::VisibilityTimeout, visibility_timeout.as_secs().to_string()),
+        ];
+        let url = create_queue(sqs, &name, attributes).await?;
+        pairs.push(QueuePair { priority, url, dlq_url });
+    }
+    let [high, normal, low]: [QueuePair; 3] = pairs.try_into().expect("three queues");
+    Ok(taskexec_lambda::actions::Topology { queues: [high, normal, low] })
+}
+
+async fn create_queue(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: Vec<(QueueAttributeName, String)>,
+) -> Result<String, AwsError> {
+    let mut request = sqs.create_queue().queue_name(name);
+    for (k, v) in attributes {
+        request = request.attributes(k, v);
+    }
+    let out = request.send().await.map_err(|e| AwsError::sqs("CreateQueue", e))?;
+    Ok(out.queue_url.unwrap_or_default())
 }
 
 impl QueueActions for SqsQueue {

@@ -10,6 +10,7 @@ mod dynamo;
 mod emf;
 mod error;
 mod lambda;
+pub use lambda::create_queues;
 mod sqs;
 
 pub use backend::{AwsBackend, AwsEngine, AwsWorker, BackendSettings};

@@ -3,7 +3,7 @@
 //! or SQS redrove a message that failed `maxReceiveCount` times (a crash loop). For each:
 //! - poison: recorded under its message id in the [`PoisonLog`];
 //! - a dead-lettered task: its analysis (class, last error, attempts, throttles) logged as one JSON
-//!   line and the dead-letter metric emitted;
+//!   line (the engine emitted the dead-letter metric when it gave up);
 //! - an unfinished task with attempts left (it got here by crashes): re-queued on its main queue;
 //! - an unfinished task without attempts left: failed with `deadLetterReason` (fenced claim, then
 //!   a fenced finish), metric emitted;
@@ -49,7 +49,7 @@ impl PoisonLog for MemoryPoisonLog {
 pub enum DlqOutcome {
     /// Recorded as poison under this message id.
     Poison(String),
-    /// The engine had dead-lettered the task; analysis logged, metric emitted.
+    /// The engine had dead-lettered the task; analysis logged.
     Analysed(String),
     /// Re-queued with attempts left.
     Requeued(String),
@@ -172,8 +172,8 @@ impl<S: TaskStore, P: PoisonLog, A: QueueActions, M: MetricsSink, C: Clock> DlqH
             "reason": reason,
             "promptBytes": record.task.prompt.len(),
         });
+        // The engine emitted the dead-letter metric when it dead-lettered the task: not again here.
         tracing::warn!(analysis = %analysis, "dead-letter analysis");
-        self.metrics.record(Metric::DeadLettered { task_id: record.task.id.clone(), reason: reason.to_owned() });
     }
 
     /// Fail a task that used its whole budget crashing: claim it (fenced), then finish it failed.

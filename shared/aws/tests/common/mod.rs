@@ -105,43 +105,8 @@ pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::D
 /// Three fresh priority queues, each with its own DLQ (redrive after 1000 receives, as in
 /// template.yaml), as the Lambda glue addresses them.
 pub async fn fresh_topology(sqs: &aws_sdk_sqs::Client) -> taskexec_lambda::actions::Topology {
-    use taskexec_core::task::TaskPriority;
-    taskexec_lambda::actions::Topology {
-        queues: [
-            queue_pair(sqs, TaskPriority::High).await,
-            queue_pair(sqs, TaskPriority::Normal).await,
-            queue_pair(sqs, TaskPriority::Low).await,
-        ],
-    }
-}
-
-async fn queue_pair(
-    sqs: &aws_sdk_sqs::Client,
-    priority: taskexec_core::task::TaskPriority,
-) -> taskexec_lambda::actions::QueuePair {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let name = unique_name(priority.as_str());
-    let dlq = sqs.create_queue().queue_name(format!("{name}-dlq")).send().await.unwrap().queue_url.unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
+    let prefix = unique_name("q");
+    taskexec_aws::create_queues(sqs, &prefix, 1000, std::time::Duration::from_secs(30))
         .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let redrive = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": "1000"}).to_string();
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive)
-        .attributes(QueueAttributeName::VisibilityTimeout, "30")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    taskexec_lambda::actions::QueuePair { priority, url, dlq_url: dlq }
+        .expect("create the queues")
 }
