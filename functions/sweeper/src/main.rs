@@ -1,27 +1,47 @@
 //! The sweeper function (scheduled): re-sends unfinished tasks whose lease expired or whose
-//! retry is overdue (`taskexec_lambda::sweeper`). Wiring only.
+//! retry is overdue, rebalances the queues' `MaximumConcurrency` from their backlogs, writes
+//! breakers whose cool-down passed as half-open and alerts on stuck runs
+//! (`taskexec_lambda::sweeper`). Wiring only.
+//!
+//! Environment: the functions' common variables (`FunctionEnv`), plus the sweeper's own
+//! (`SweeperEnv`): `TASKEXEC_EVENT_SOURCE_MAPPINGS` (high,normal,low mapping UUIDs; unset: no
+//! rebalancing) and `TASKEXEC_STUCK_RUN_MINUTES` (default 15).
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{DynamoConfig, DynamoStore, QueueUrls, SqsQueue};
+use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, EventSourceMappings, QueueUrls, SqsQueue};
 use taskexec_core::time::SystemClock;
 use taskexec_lambda::env::FunctionEnv;
-use taskexec_lambda::sweeper::{SweepReport, sweep};
-
-/// Tasks re-sent per invocation at most.
-const SWEEP_LIMIT: usize = 1_000;
+use taskexec_lambda::sweeper::env::SweeperEnv;
+use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let env = FunctionEnv::from_env()?;
+    let sweeper_env = SweeperEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone()));
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
-    let (store, queue, topology) = (&store, &queue, &env.topology);
+    let mappings = sweeper_env.mappings.map(|uuids| EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids));
+    let metrics = EmfSink::stdout();
+    let settings = SweeperSettings {
+        stuck_after: sweeper_env.stuck_after,
+        deployments: env.config.deployments.keys().cloned().collect(),
+        ..SweeperSettings::default()
+    };
+    let ports = SweeperPorts {
+        index: &store,
+        actions: &queue,
+        topology: &env.topology,
+        breakers: &store,
+        weights: mappings.as_ref().map(|m| (&queue, m)),
+        runs: &store,
+        metrics: &metrics,
+    };
+    let (ports, settings) = (&ports, &settings);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<EventBridgeEvent>| async move {
-        let report: SweepReport = sweep(store, queue, topology, &SystemClock, SWEEP_LIMIT).await?;
-        Ok::<String, Error>(format!("re-sent {} overdue task(s), {} failed", report.resent, report.failed))
+        Ok::<String, Error>(ports.run(&SystemClock, settings).await.to_string())
     }))
     .await
 }

@@ -30,6 +30,15 @@ pub enum AwsError {
         #[source]
         source: SdkSource,
     },
+    /// A Lambda control-plane call failed (event source mappings).
+    #[error("Lambda {operation} failed")]
+    Lambda {
+        /// The API operation (`UpdateEventSourceMapping`, ...).
+        operation: &'static str,
+        /// The SDK's error.
+        #[source]
+        source: SdkSource,
+    },
     /// Some entries of an SQS batch were rejected.
     #[error("SQS {operation}: {failed} of the batch's entries were rejected (first: {code})")]
     SqsBatch {
@@ -85,6 +94,11 @@ impl AwsError {
     /// A failed SQS call.
     pub fn sqs(operation: &'static str, source: impl StdError + Send + Sync + 'static) -> Self {
         Self::Sqs { operation, source: Box::new(source) }
+    }
+
+    /// A failed Lambda call.
+    pub fn lambda(operation: &'static str, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self::Lambda { operation, source: Box::new(source) }
     }
 
     /// A mapping failure.

@@ -1,6 +1,7 @@
 //! The AWS side of the Lambda glue's ports (`taskexec-lambda`): SQS message actions and batch
-//! receiving for the worker, the DLQ handler and the local event-source poller; the DynamoDB
-//! overdue index for the sweeper; the DynamoDB poison log for the DLQ handler.
+//! receiving for the worker, the DLQ handler and the local event-source poller; for the sweeper
+//! the DynamoDB overdue index, breaker board and run watch, and the SQS backlogs (the event
+//! source mappings are in `crate::mappings`); the DynamoDB poison log for the DLQ handler.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::SqsMessage;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::error::StoreError;
 use taskexec_core::ports::PendingTask;
 use taskexec_core::time::Millis;
@@ -15,6 +17,9 @@ use taskexec_lambda::actions::{ActionError, QueueActions, QueuePair};
 use taskexec_lambda::dlq::PoisonLog;
 use taskexec_lambda::poller::MessageSource;
 use taskexec_lambda::sweeper::OverdueIndex;
+use taskexec_lambda::sweeper::breakers::BreakerBoard;
+use taskexec_lambda::sweeper::mappings::Backlogs;
+use taskexec_lambda::sweeper::stuck::{RunActivity, RunWatch, WaitingRun};
 use taskexec_lambda::worker::PoisonNote;
 
 use crate::dynamo::DynamoStore;
@@ -143,6 +148,39 @@ fn to_event_message(m: aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
 impl OverdueIndex for DynamoStore {
     async fn overdue(&self, now: Millis, limit: usize) -> Result<Vec<PendingTask>, StoreError> {
         Ok(DynamoStore::overdue(self, now, limit).await?.into_iter().map(|o| o.task).collect())
+    }
+}
+
+impl Backlogs for SqsQueue {
+    async fn backlogs(&self) -> Result<[u64; 3], ActionError> {
+        Ok(SqsQueue::backlogs(self).await?)
+    }
+}
+
+impl BreakerBoard for DynamoStore {
+    async fn load(&self, deployment: &str) -> Result<Option<BreakerSnapshot>, StoreError> {
+        taskexec_core::ports::BreakerStore::load(self, deployment).await
+    }
+
+    async fn replace_if(
+        &self,
+        deployment: &str,
+        expected: &BreakerSnapshot,
+        next: &BreakerSnapshot,
+    ) -> Result<bool, StoreError> {
+        self.replace_breaker_if(deployment, expected, next).await
+    }
+}
+
+impl RunWatch for DynamoStore {
+    async fn waiting_runs(&self, due_by: Millis, limit: usize) -> Result<Vec<WaitingRun>, StoreError> {
+        let runs = DynamoStore::waiting_runs(self, due_by, limit).await?;
+        Ok(runs.into_iter().map(|(run_id, oldest_due_at)| WaitingRun { run_id, oldest_due_at }).collect())
+    }
+
+    async fn activity(&self, run_id: &str) -> Result<RunActivity, StoreError> {
+        let (unfinished, last_finished_at) = self.run_activity(run_id).await?;
+        Ok(RunActivity { unfinished, last_finished_at })
     }
 }
 

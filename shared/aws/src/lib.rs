@@ -1,7 +1,8 @@
 //! taskexec-aws: the adapters of the serverless shape. [`DynamoStore`] implements the task,
 //! control and breaker ports over one DynamoDB table; [`SqsQueue`] the work queue over three
 //! SQS queues (one per priority); [`EmfSink`] the metrics sink as CloudWatch Embedded Metric
-//! Format lines on stdout. Clients and configuration are passed in: nothing here reads the
+//! Format lines on stdout; [`EventSourceMappings`] the worker's event source mappings, whose
+//! weights the sweeper rebalances. Clients and configuration are passed in: nothing here reads the
 //! environment.
 #![warn(missing_docs)]
 
@@ -10,6 +11,7 @@ mod dynamo;
 mod emf;
 mod error;
 mod lambda;
+mod mappings;
 pub use lambda::create_queues;
 mod sqs;
 
@@ -19,5 +21,6 @@ pub use dynamo::{
 };
 pub use emf::{EmfSink, NAMESPACE, emf_line};
 pub use error::AwsError;
+pub use mappings::EventSourceMappings;
 pub use sqs::{MAX_DELAY_SECS, MAX_VISIBILITY_SECS, QueueUrls, SqsQueue, delay_seconds};
 pub use taskexec_core::message::Envelope;

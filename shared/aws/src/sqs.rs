@@ -152,10 +152,17 @@ impl SqsQueue {
 
     /// Messages waiting in the three queues, visible or delayed, as SQS estimates them.
     pub async fn approximate_len(&self) -> Result<u64, AwsError> {
-        let mut total = 0;
-        for url in [&self.urls.high, &self.urls.normal, &self.urls.low] {
+        Ok(self.backlogs().await?.iter().sum())
+    }
+
+    /// Messages waiting in the high, normal and low queues, each visible + delayed
+    /// (`ApproximateNumberOfMessages` + `ApproximateNumberOfMessagesDelayed`; in-flight messages
+    /// are not counted), as SQS estimates them: one `GetQueueAttributes` per queue.
+    pub async fn backlogs(&self) -> Result<[u64; 3], AwsError> {
+        let mut out = [0; 3];
+        for (i, url) in [&self.urls.high, &self.urls.normal, &self.urls.low].into_iter().enumerate() {
             self.count();
-            let out = self
+            let reply = self
                 .client
                 .get_queue_attributes()
                 .queue_url(url)
@@ -164,10 +171,10 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| AwsError::sqs("GetQueueAttributes", e))?;
-            let attributes = out.attributes.unwrap_or_default();
-            total += attributes.values().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>();
+            let attributes = reply.attributes.unwrap_or_default();
+            out[i] = attributes.values().filter_map(|v| v.parse::<u64>().ok()).sum::<u64>();
         }
-        Ok(total)
+        Ok(out)
     }
 
     async fn send_batch(&self, queue_url: &str, batch: &[(Delivery, Duration)]) -> Result<(), AwsError> {

@@ -2,6 +2,7 @@
 //! breaker snapshot per deployment, and a run's sharded progress counters (`ADD`, once per
 //! invocation).
 
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::{Deserialize, Serialize};
 use taskexec_core::breaker::BreakerSnapshot;
@@ -131,6 +132,46 @@ pub async fn save_breaker(store: &DynamoStore, deployment: &str, snapshot: &Brea
     let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
     store.meter.record(out.map_err(|e| AwsError::dynamo("PutItem", e))?.consumed_capacity());
     Ok(())
+}
+
+/// Replace a deployment's breaker snapshot by `next` only if the stored one is still `expected`
+/// (same state, `changedAt` and `opens`); `false` when it changed in between (or is gone).
+pub async fn replace_breaker_if(
+    store: &DynamoStore,
+    deployment: &str,
+    expected: &BreakerSnapshot,
+    next: &BreakerSnapshot,
+) -> Result<bool, AwsError> {
+    let what = || format!("breaker {deployment}");
+    let mut item: Item = serde_dynamo::to_item(next).map_err(|e| AwsError::mapping(what(), e))?;
+    item.extend(key(keys::breaker_pk(deployment), keys::BREAKER));
+    let state = serde_dynamo::to_attribute_value(expected.state).map_err(|e| AwsError::mapping(what(), e))?;
+    let out = store
+        .client
+        .put_item()
+        .table_name(store.table())
+        .set_item(Some(item))
+        .condition_expression("#state = :state AND #changed = :changed AND #opens = :opens")
+        .expression_attribute_names("#state", "state")
+        .expression_attribute_names("#changed", "changedAt")
+        .expression_attribute_names("#opens", "opens")
+        .expression_attribute_values(":state", state)
+        .expression_attribute_values(":changed", n(expected.changed_at))
+        .expression_attribute_values(":opens", n(expected.opens))
+        .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+        .send()
+        .await;
+    match out {
+        Ok(out) => {
+            store.meter.record(out.consumed_capacity());
+            Ok(true)
+        }
+        Err(e) if e.as_service_error().is_some_and(PutItemError::is_conditional_check_failed_exception) => {
+            store.meter.rejected();
+            Ok(false)
+        }
+        Err(e) => Err(AwsError::dynamo("PutItem", e)),
+    }
 }
 
 /// `ADD` the non-zero counts to one of the run's counter shards.

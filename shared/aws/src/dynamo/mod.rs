@@ -243,6 +243,29 @@ impl DynamoStore {
         Ok(queries::overdue(self, now, limit).await?)
     }
 
+    /// Runs with an unfinished task due at or before `due_by` (oldest first, each once, at most
+    /// `limit`), with that task's due time: read from the open index only.
+    pub async fn waiting_runs(&self, due_by: Millis, limit: usize) -> StoreResult<Vec<(String, Millis)>> {
+        Ok(queries::waiting_runs(self, due_by, limit).await?)
+    }
+
+    /// A run's unfinished task count and when one of its tasks last reached a final state (reads
+    /// every task's state item of the run).
+    pub async fn run_activity(&self, run_id: &str) -> StoreResult<(u64, Option<Millis>)> {
+        Ok(queries::run_activity(self, run_id).await?)
+    }
+
+    /// Replace a breaker snapshot only if the stored one is still `expected` (a conditional
+    /// write); `false` when it changed in between.
+    pub async fn replace_breaker_if(
+        &self,
+        deployment: &str,
+        expected: &BreakerSnapshot,
+        next: &BreakerSnapshot,
+    ) -> StoreResult<bool> {
+        Ok(control::replace_breaker_if(self, deployment, expected, next).await?)
+    }
+
     /// Add to a run's progress counters: one `ADD` on one of the run's counter shards. Meant to
     /// be called once per invocation with the invocation's totals, not once per task.
     pub async fn add_run_counts(&self, run_id: &str, counts: &RunCounts) -> StoreResult<()> {

@@ -176,6 +176,41 @@ pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<V
     Ok(found)
 }
 
+/// Open-index entries read per shard at most when looking for waiting runs (about 150 bytes
+/// each: a full page costs about 20 read units).
+const WAITING_PER_SHARD: usize = 1_000;
+
+/// Runs with an unfinished task due at or before `due_by`, oldest first, at most `limit`: the
+/// open index below `due_by`, at most [`WAITING_PER_SHARD`] entries per shard (so a huge old
+/// backlog of one run can hide another run's old tasks for a sweep).
+pub async fn waiting_runs(
+    store: &DynamoStore,
+    due_by: Millis,
+    limit: usize,
+) -> Result<Vec<(String, Millis)>, AwsError> {
+    let entries = merged(store, (0, keys::last_due_key(due_by)), WAITING_PER_SHARD).await?;
+    let mut runs: Vec<(String, Millis)> = Vec::new();
+    for entry in entries {
+        if runs.len() >= limit {
+            break;
+        }
+        if !runs.iter().any(|(run, _)| *run == entry.run_id) {
+            runs.push((entry.run_id, keys::ready_at_of(entry.due_key)));
+        }
+    }
+    Ok(runs)
+}
+
+/// A run's unfinished tasks and the last time one of them reached a final state: the run index,
+/// then every task's state item (eventually consistent, about 0.5 read unit per task).
+pub async fn run_activity(store: &DynamoStore, run_id: &str) -> Result<(u64, Option<Millis>), AwsError> {
+    let ids = run_task_ids(store, run_id).await?;
+    let states = read::states(store, &ids, false).await?;
+    let unfinished = states.values().filter(|s| !s.status.is_terminal()).count() as u64;
+    let last = states.values().filter(|s| s.status.is_terminal()).filter_map(|s| s.ended_at).max();
+    Ok((unfinished, last))
+}
+
 /// Task ids of a run in submission order (all run shards merged).
 async fn run_task_ids(store: &DynamoStore, run_id: &str) -> Result<Vec<String>, AwsError> {
     let shards = (0..store.config.run_shards).map(|shard| run_shard_keys(store, keys::run_shard_n(run_id, shard)));

@@ -1,16 +1,27 @@
 //! The sweeper (scheduled): the backstop that keeps "every unfinished task has a live message"
 //! true. It re-sends unfinished tasks whose lease expired or whose retry is overdue (a send that
-//! failed after the record was written, a worker that died), and computes the queues'
+//! failed after the record was written, a worker that died); rebalances the queues'
 //! `MaximumConcurrency` weights from their backlogs — weighted priority with a floor, never low
-//! below 2. It calls no provider.
+//! below 2 ([`mappings`]); writes breakers whose cool-down passed as half-open ([`breakers`]);
+//! and alerts on stuck runs ([`stuck`]). It calls no provider. [`SweeperPorts::run`] does all
+//! four, each independent of the others' failures.
+
+pub mod breakers;
+pub mod env;
+pub mod mappings;
+pub mod stuck;
 
 use std::future::Future;
+use std::time::Duration;
 
 use taskexec_core::error::StoreError;
 use taskexec_core::message::Envelope;
-use taskexec_core::ports::{DeliveryBuilder, PendingTask};
+use taskexec_core::ports::{DeliveryBuilder, MetricsSink, PendingTask};
 use taskexec_core::time::{Clock, Millis};
 
+use self::breakers::{BreakerBoard, half_open_breakers};
+use self::mappings::{Backlogs, MappingWeights, RebalanceReport, rebalance_mappings};
+use self::stuck::{RunWatch, StuckRun, stuck_runs, stuck_runs_emf};
 use crate::actions::{QueueActions, Topology};
 
 /// Unfinished tasks that need a message: lease expired, or retry overdue by more than a grace.
@@ -54,6 +65,120 @@ pub async fn sweep<I: OverdueIndex, A: QueueActions, C: Clock>(
         tracing::info!(resent = report.resent, failed = report.failed, "sweep re-sent overdue tasks");
     }
     Ok(report)
+}
+
+/// How the sweeper runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweeperSettings {
+    /// Tasks re-sent per invocation at most.
+    pub resend_limit: usize,
+    /// A run with unfinished tasks and no finish for this long is stuck.
+    pub stuck_after: Duration,
+    /// Candidate runs checked per invocation at most.
+    pub stuck_run_limit: usize,
+    /// Deployments whose breakers are looked at (the run config's).
+    pub deployments: Vec<String>,
+}
+
+impl Default for SweeperSettings {
+    fn default() -> Self {
+        Self {
+            resend_limit: 1_000,
+            stuck_after: stuck::DEFAULT_STUCK_AFTER,
+            stuck_run_limit: 20,
+            deployments: Vec::new(),
+        }
+    }
+}
+
+/// Everything one sweep did.
+#[derive(Debug, Default)]
+pub struct SweepSummary {
+    /// Re-sending (`None`: the overdue index could not be read).
+    pub resend: Option<SweepReport>,
+    /// Rebalancing (`None`: not configured, or it failed — logged).
+    pub rebalance: Option<RebalanceReport>,
+    /// Breakers moved to half-open.
+    pub half_opened: Vec<String>,
+    /// Stuck runs (`None`: the check failed — logged).
+    pub stuck: Option<Vec<StuckRun>>,
+}
+
+impl std::fmt::Display for SweepSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.resend {
+            Some(r) => write!(f, "re-sent {} overdue task(s), {} failed", r.resent, r.failed)?,
+            None => write!(f, "re-send skipped (index unreadable)")?,
+        }
+        match &self.rebalance {
+            Some(r) => {
+                write!(f, "; weights {:?} -> {:?} ({} updated, {} failed)", r.before, r.after, r.updated, r.failed)?
+            }
+            None => write!(f, "; no rebalancing")?,
+        }
+        write!(f, "; {} breaker(s) half-opened", self.half_opened.len())?;
+        match &self.stuck {
+            Some(s) => write!(f, "; {} stuck run(s)", s.len()),
+            None => write!(f, "; stuck-run check failed"),
+        }
+    }
+}
+
+/// The sweeper's ports, borrowed for a sweep.
+#[derive(Debug)]
+pub struct SweeperPorts<'a, I, A, K, B, M, W, S> {
+    /// Overdue tasks (the store).
+    pub index: &'a I,
+    /// Message sends (SQS).
+    pub actions: &'a A,
+    /// The queues.
+    pub topology: &'a Topology,
+    /// Stored breakers (the store).
+    pub breakers: &'a K,
+    /// Backlogs and mappings, when rebalancing is configured.
+    pub weights: Option<(&'a B, &'a M)>,
+    /// Runs' progress (the store).
+    pub runs: &'a W,
+    /// Metrics (EMF in Lambda).
+    pub metrics: &'a S,
+}
+
+impl<I, A, K, B, M, W, S> SweeperPorts<'_, I, A, K, B, M, W, S>
+where
+    I: OverdueIndex,
+    A: QueueActions,
+    K: BreakerBoard,
+    B: Backlogs,
+    M: MappingWeights,
+    W: RunWatch,
+    S: MetricsSink,
+{
+    /// One sweep: re-send, rebalance, half-open breakers, stuck runs. A part that fails is logged
+    /// and the others still run; the `StuckRuns` EMF line goes to stdout.
+    pub async fn run<C: Clock>(&self, clock: &C, settings: &SweeperSettings) -> SweepSummary {
+        let mut summary = SweepSummary::default();
+        // Each part boxed: one flat future instead of four nested state machines.
+        match Box::pin(sweep(self.index, self.actions, self.topology, clock, settings.resend_limit)).await {
+            Ok(r) => summary.resend = Some(r),
+            Err(error) => tracing::error!(%error, "sweeper could not read the overdue index"),
+        }
+        if let Some((backlogs, mappings)) = self.weights {
+            match Box::pin(rebalance_mappings(backlogs, mappings)).await {
+                Ok(r) => summary.rebalance = Some(r),
+                Err(error) => tracing::error!(%error, "sweeper could not rebalance the queues"),
+            }
+        }
+        summary.half_opened =
+            Box::pin(half_open_breakers(self.breakers, &settings.deployments, self.metrics, clock)).await;
+        match Box::pin(stuck_runs(self.runs, clock, settings.stuck_after, settings.stuck_run_limit)).await {
+            Ok(stuck) => {
+                println!("{}", stuck_runs_emf(&stuck, clock.now()));
+                summary.stuck = Some(stuck);
+            }
+            Err(error) => tracing::error!(%error, "sweeper could not look for stuck runs"),
+        }
+        summary
+    }
 }
 
 /// Weight of a waiting message per priority (high, normal, low) when sharing concurrency.

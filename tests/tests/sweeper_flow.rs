@@ -1,0 +1,256 @@
+//! The sweeper's newer parts against the local AWS emulator (moto server, pinned; started by
+//! `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT` is unset): rebalancing written to real
+//! event source mappings (moto keeps and returns `ScalingConfig`, though it never delivers),
+//! breakers moved to half-open with a conditional write, and stuck runs found from the open
+//! index and confirmed from the tasks' states.
+
+#[path = "../../shared/aws/tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use taskexec_aws::{EventSourceMappings, QueueUrls, SqsQueue};
+use taskexec_core::breaker::{BreakerSnapshot, BreakerState};
+use taskexec_core::memory::{Counters, CountingSink};
+use taskexec_core::ports::{BreakerStore, TaskStore};
+use taskexec_core::task::{BenchmarkTask, TaskRecord};
+use taskexec_core::time::{Clock, Millis, SystemClock};
+use taskexec_lambda::actions::Topology;
+use taskexec_lambda::sweeper::breakers::half_open_breakers;
+use taskexec_lambda::sweeper::mappings::rebalance_mappings;
+use taskexec_lambda::sweeper::stuck::{DEFAULT_STUCK_AFTER, stuck_runs};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIN: Millis = 60_000;
+
+fn lambda_client() -> aws_sdk_lambda::Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+        .endpoint_url(common::endpoint())
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new("testing", "testing", None, None, "tests"))
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
+/// moto creates a function only for an existing IAM role. There is no IAM SDK crate in the
+/// workspace, so the role is created with one raw query-protocol request (moto does not check
+/// signatures; the credential scope routes it to IAM).
+async fn create_role(name: &str) -> String {
+    let endpoint = common::endpoint();
+    let host = endpoint.trim_start_matches("http://");
+    let body = format!("Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument=%7B%7D");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, \
+         SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.contains("CreateRoleResponse"), "IAM CreateRole on the emulator: {reply}");
+    format!("arn:aws:iam::123456789012:role/{name}")
+}
+
+/// A function stub (moto stores the code, it never runs it) and one disabled mapping per queue
+/// with the given `MaximumConcurrency`; disabled, because moto tries to invoke the function on
+/// every send to a queue with an enabled mapping. Returns the mappings' UUIDs.
+async fn mappings(lambda: &aws_sdk_lambda::Client, topology: &Topology, start: [i32; 3]) -> [String; 3] {
+    let role = create_role(&common::unique_name("sweeper-role")).await;
+    let function = common::unique_name("worker");
+    lambda
+        .create_function()
+        .function_name(&function)
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .handler("bootstrap")
+        .role(role)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(b"stub".to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sqs = common::sqs_client();
+    let mut uuids = Vec::new();
+    for (pair, value) in topology.queues.iter().zip(start) {
+        let attributes = sqs.get_queue_attributes().queue_url(&pair.url).attribute_names(QueueAttributeName::QueueArn);
+        let arn = attributes.send().await.unwrap().attributes.unwrap()[&QueueAttributeName::QueueArn].clone();
+        let scaling = aws_sdk_lambda::types::ScalingConfig::builder().maximum_concurrency(value).build();
+        let mapping = lambda
+            .create_event_source_mapping()
+            .function_name(&function)
+            .event_source_arn(arn)
+            .batch_size(10)
+            .enabled(false)
+            .scaling_config(scaling)
+            .send()
+            .await
+            .unwrap();
+        uuids.push(mapping.uuid.unwrap());
+    }
+    uuids.try_into().unwrap()
+}
+
+async fn send(sqs: &aws_sdk_sqs::Client, url: &str, n: usize, delay: i32) {
+    for i in 0..n {
+        sqs.send_message().queue_url(url).message_body(format!("m{i}")).delay_seconds(delay).send().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalancing_writes_the_changed_mappings_maximum_concurrency() {
+    let sqs = common::sqs_client();
+    let lambda = lambda_client();
+    let topology = common::fresh_topology(&sqs).await;
+    // Backlogs: high 6 visible + 2 delayed, normal none, low 1 (and one in flight, not counted).
+    send(&sqs, &topology.queues[0].url, 6, 0).await;
+    send(&sqs, &topology.queues[0].url, 2, 600).await;
+    send(&sqs, &topology.queues[2].url, 2, 0).await;
+    let received = sqs.receive_message().queue_url(&topology.queues[2].url).max_number_of_messages(1).send().await;
+    assert_eq!(received.unwrap().messages.unwrap_or_default().len(), 1, "one low message in flight");
+    let uuids = mappings(&lambda, &topology, [10, 10, 10]).await;
+    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let weights = EventSourceMappings::new(lambda.clone(), uuids.clone());
+
+    let report = rebalance_mappings(&queue, &weights).await.unwrap();
+    assert_eq!(report.backlogs, [8, 0, 1], "visible + delayed, in flight left out");
+    assert_eq!(report.before, [10, 10, 10]);
+    let expected = taskexec_lambda::sweeper::rebalance([8, 0, 1], 30);
+    assert_eq!(report.after, expected);
+    assert_eq!(report.after.iter().sum::<u32>(), 30, "the total (the reserved concurrency) is kept");
+    assert!(report.after[0] > report.after[2] && report.after[1] == 2 && report.after[2] >= 2, "{report:?}");
+    assert_eq!((report.updated, report.failed), (3, 0));
+    for (uuid, want) in uuids.iter().zip(expected) {
+        let mapping = lambda.get_event_source_mapping().uuid(uuid).send().await.unwrap();
+        let value = mapping.scaling_config().and_then(|s| s.maximum_concurrency());
+        assert_eq!(value, i32::try_from(want).ok(), "mapping {uuid} as the emulator returns it");
+    }
+
+    // Unchanged backlogs: nothing is written.
+    let again = rebalance_mappings(&queue, &weights).await.unwrap();
+    assert_eq!((again.before, again.after, again.updated), (expected, expected, 0));
+
+    // Everything drained: back to an even share.
+    for pair in &topology.queues {
+        sqs.purge_queue().queue_url(&pair.url).send().await.unwrap();
+    }
+    let drained = rebalance_mappings(&queue, &weights).await.unwrap();
+    assert_eq!((drained.backlogs, drained.after), ([0, 0, 0], [10, 10, 10]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakers_past_their_cool_down_are_written_half_open_only_if_unchanged() {
+    let store = common::fresh_store().await;
+    let now = SystemClock.now();
+    let open =
+        |until| BreakerSnapshot { state: BreakerState::Open, opens: 1, open_until: Some(until), changed_at: now - MIN };
+    store.save("due", open(now - 1_000)).await.unwrap();
+    store.save("cooling", open(now + 10 * MIN)).await.unwrap();
+    let sink = CountingSink::default();
+    let names: Vec<String> = ["due", "cooling", "never-opened"].map(String::from).to_vec();
+    let moved = half_open_breakers(&store, &names, &sink, &SystemClock).await;
+    assert_eq!(moved, ["due"]);
+    let due = BreakerStore::load(&store, "due").await.unwrap().unwrap();
+    assert_eq!((due.state, due.opens, due.open_until), (BreakerState::HalfOpen, 1, Some(now - 1_000)));
+    assert_eq!(BreakerStore::load(&store, "cooling").await.unwrap().unwrap(), open(now + 10 * MIN));
+    assert_eq!(Counters::get(&sink.counters.open_breakers), 1, "BreakerChanged(half-open) recorded once");
+
+    // A worker re-opened the breaker after the sweeper read it: the conditional write loses.
+    let read = open(now - 1_000);
+    store.save("raced", read.clone()).await.unwrap();
+    let reopened = BreakerSnapshot { opens: 2, open_until: Some(now + 5 * MIN), changed_at: now, ..read.clone() };
+    store.save("raced", reopened.clone()).await.unwrap();
+    let half = BreakerSnapshot { state: BreakerState::HalfOpen, changed_at: now, ..read.clone() };
+    assert!(!store.replace_breaker_if("raced", &read, &half).await.unwrap());
+    assert_eq!(BreakerStore::load(&store, "raced").await.unwrap().unwrap(), reopened);
+    assert!(!store.replace_breaker_if("absent", &read, &half).await.unwrap(), "no item, no write");
+}
+
+fn task(run: &str, i: usize) -> BenchmarkTask {
+    serde_json::from_value(serde_json::json!({"id": format!("{run}-{i}"), "providerId": "sim", "modelId": "sim-small",
+        "prompt": format!("q{i}"), "priority": "normal", "runId": run}))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_runs_are_found_from_the_open_index_and_confirmed_from_the_states() {
+    let store = common::fresh_store().await;
+    let now = SystemClock.now();
+    let submit = |run: &'static str, n: usize, at: Millis| {
+        let store = &store;
+        async move {
+            let records = (0..n).map(|i| TaskRecord::new(task(run, i), at)).collect();
+            store.submit(records).await.unwrap();
+        }
+    };
+    // Nothing finished, submitted 20 minutes ago: stuck.
+    submit("idle", 3, now - 20 * MIN).await;
+    // Last finish 18 minutes ago, two left: stuck.
+    submit("stalled", 3, now - 30 * MIN).await;
+    store.cancel("stalled-0", now - 18 * MIN).await.unwrap();
+    // A task finished a minute ago: moving.
+    submit("moving", 3, now - 20 * MIN).await;
+    store.cancel("moving-0", now - MIN).await.unwrap();
+    // Submitted a minute ago: not a candidate yet.
+    submit("fresh", 2, now - MIN).await;
+    // Everything finished: not a candidate (no open index entry).
+    submit("done", 1, now - 40 * MIN).await;
+    store.cancel("done-0", now - 39 * MIN).await.unwrap();
+
+    let mut stuck = stuck_runs(&store, &SystemClock, DEFAULT_STUCK_AFTER, 20).await.unwrap();
+    stuck.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    let found: Vec<(&str, u64, Option<Millis>)> =
+        stuck.iter().map(|s| (s.run_id.as_str(), s.unfinished, s.last_finished_at)).collect();
+    assert_eq!(found, [("idle", 3, None), ("stalled", 2, Some(now - 18 * MIN))]);
+    assert_eq!(stuck[0].oldest_due_at, now - 20 * MIN);
+
+    // A shorter threshold makes the moving run's minute-old finish too old as well.
+    let short = stuck_runs(&store, &SystemClock, Duration::from_secs(30), 20).await.unwrap();
+    assert!(short.iter().any(|s| s.run_id == "moving"), "{short:?}");
+    assert!(!short.iter().any(|s| s.run_id == "done"), "{short:?}");
+    // The candidate limit bounds the confirmations.
+    assert_eq!(stuck_runs(&store, &SystemClock, DEFAULT_STUCK_AFTER, 1).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sweep_does_every_part() {
+    use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
+    let sqs = common::sqs_client();
+    let lambda = lambda_client();
+    let store = common::fresh_store().await;
+    let topology = common::fresh_topology(&sqs).await;
+    send(&sqs, &topology.queues[2].url, 3, 0).await;
+    let uuids = mappings(&lambda, &topology, [4, 4, 4]).await;
+    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let weights = EventSourceMappings::new(lambda.clone(), uuids);
+    let now = SystemClock.now();
+    store.submit(vec![TaskRecord::new(task("old", 0), now - 20 * MIN)]).await.unwrap();
+    let open =
+        BreakerSnapshot { state: BreakerState::Open, opens: 1, open_until: Some(now - 1), changed_at: now - MIN };
+    store.save("sim", open).await.unwrap();
+    let sink = CountingSink::default();
+    let ports = SweeperPorts {
+        index: &store,
+        actions: &queue,
+        topology: &topology,
+        breakers: &store,
+        weights: Some((&queue, &weights)),
+        runs: &store,
+        metrics: &sink,
+    };
+    let settings = SweeperSettings { deployments: vec!["sim".into()], ..SweeperSettings::default() };
+    let summary = ports.run(&SystemClock, &settings).await;
+    assert_eq!(summary.resend.as_ref().map(|r| r.resent), Some(1), "{summary}");
+    // The re-sent normal task counts: backlogs [0, 1, 3], weighted 0 : 2 : 3 over the spare 6.
+    assert_eq!(summary.rebalance.as_ref().map(|r| r.backlogs), Some([0, 1, 3]), "{summary}");
+    assert_eq!(summary.rebalance.as_ref().map(|r| r.after), Some([2, 4, 6]), "{summary}");
+    assert_eq!(summary.half_opened, ["sim"]);
+    assert_eq!(summary.stuck.as_ref().map(Vec::len), Some(1), "{summary}");
+    let text = summary.to_string();
+    assert!(text.contains("re-sent 1 overdue task(s)") && text.contains("1 stuck run(s)"), "{text}");
+}
