@@ -228,8 +228,15 @@ async fn poison_and_exhausted_tasks_reach_the_dlq_and_redrive_gives_a_fresh_budg
     let mut failing = tasks("dead", 0, 1, "normal");
     failing[0]["parameters"] = serde_json::json!({"extra": {"sim_fault": "server_error"}});
     assert_eq!(s.call("POST", "/tasks", Some(failing)).await.0, 201);
+    let mut rejected = tasks("permanent", 0, 1, "normal");
+    rejected[0]["parameters"] = serde_json::json!({"extra": {"sim_fault": "bad_request"}});
+    assert_eq!(s.call("POST", "/tasks", Some(rejected)).await.0, 201);
     let (stop, _, handle) = s.poll();
     s.wait_run("dead", "failed", 1, Duration::from_secs(60)).await;
+    s.wait_run("permanent", "failed", 1, Duration::from_secs(60)).await;
+    let permanent = s.task("permanent-0").await;
+    assert_eq!(permanent.error.as_ref().unwrap().class.as_str(), "permanent");
+    assert_eq!((permanent.attempt, permanent.dead_letter_reason.as_deref()), (1, None), "failed at once, no retry");
     let r = s.task("dead-0").await;
     assert_eq!((r.attempt, r.error.as_ref().unwrap().class.as_str()), (2, "transient"));
     assert!(r.dead_letter_reason.as_deref().unwrap().starts_with("attempts exhausted: 2 of 2"));
