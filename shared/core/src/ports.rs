@@ -61,8 +61,11 @@ pub enum ClaimOutcome {
         /// When the lease runs out.
         until: Millis,
     },
-    /// Execution is paused, globally or for the task's run. Stores check this atomically with
-    /// the claim, so no attempt starts after a pause was committed.
+    /// Execution is paused, globally or for the task's run. Every store checks this at claim:
+    /// the in-memory and SQLite stores atomically with the claim, so no attempt starts after a
+    /// pause was committed; DynamoDB with a strongly consistent read just before its conditional
+    /// claim (a transaction would cost 4 WCU per claim), so a claim that read the control item
+    /// just before a pause was committed may still start its attempt.
     Paused,
     /// No such task.
     NotFound,
@@ -232,7 +235,7 @@ pub trait TaskStore: Send + Sync + 'static {
     /// - queued with `next_attempt_at > now` → `NotDue { at }`;
     /// - running with `lease.until > now` → `LeaseHeld { until }` (a lease with `until <= now`
     ///   has expired and the task is reclaimed);
-    /// - paused globally or for the task's run (read in the same atomic step) → `Paused`;
+    /// - paused globally or for the task's run (see [`ClaimOutcome::Paused`] for how atomic) → `Paused`;
     /// - otherwise `Claimed`: state running, `epoch + 1`, `attempt + 1`, lease set to
     ///   (`owner`, `lease_until`), `started_at` set if unset (kept on later claims),
     ///   `next_attempt_at` cleared, and a `claimed` event (`reclaimed` for an expired lease).
