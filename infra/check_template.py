@@ -10,10 +10,12 @@ cfn-lint knows CloudFormation; it does not know taskexec's rules. This script ch
 - the code is the source of truth for names, read from the Rust sources (never edited here):
   the table's keys, attribute types, indexes and projections (shared/aws/src/dynamo/keys.rs and
   table.rs), the TTL attribute (written in shared/aws/src), the environment variables the
-  functions read (shared/lambda/src/env.rs: every function gets every one), the binaries
-  (functions/*/Cargo.toml), the EMF metrics and their exact dimension sets (shared/aws/src/emf.rs)
-  and error classes (shared/core/src/error.rs) that alarms and dashboard read, and the IAM actions
-  each function's code needs;
+  functions read (shared/lambda/src/env.rs: every function gets every one; plus
+  shared/lambda/src/sweeper/env.rs: the sweeper only, its mapping UUIDs in high,normal,low order),
+  the binaries (functions/*/Cargo.toml), the EMF metrics and their exact dimension sets
+  (shared/aws/src/emf.rs, and the lines printed as raw EMF JSON elsewhere, e.g. the sweeper's
+  StuckRuns) and error classes (shared/core/src/error.rs) that alarms and dashboard read, and the
+  IAM actions each function's code needs (for the sweeper: exactly those, nothing more);
 - samconfig.toml only overrides parameters that exist, with allowed values;
 - every file in events/ is JSON, and the API events cover exactly the template's routes.
 
@@ -198,10 +200,25 @@ def check_table(c: Checker, t: dict) -> dict:
 FUNCTIONS = {"ApiFunction": "api", "WorkerFunction": "worker", "DlqFunction": "dlq", "SweeperFunction": "sweeper"}
 
 
+def env_vars(path: str) -> set[str]:
+    """The `TASKEXEC_*` names a Rust file reads (outside its tests)."""
+    return set(re.findall(r'"(TASKEXEC_[A-Z_]+)"', rust(path).split("#[cfg(test)]")[0]))
+
+
+# Variables only one function reads, from its own env module (not FunctionEnv): function -> file.
+OWN_ENV = {"SweeperFunction": "shared/lambda/src/sweeper/env.rs"}
+
+
 def check_functions(c: Checker, t: dict) -> None:
-    """Binaries as in functions/*/Cargo.toml; every variable env.rs reads set for every function."""
-    read = set(re.findall(r'"(TASKEXEC_[A-Z_]+)"', rust("shared/lambda/src/env.rs").split("#[cfg(test)]")[0]))
-    c.check(len(read) >= 9, f"could not read the variables of shared/lambda/src/env.rs: {read}")
+    """Binaries as in functions/*/Cargo.toml; every variable env.rs reads set for every function,
+    and a function's own variables (OWN_ENV) for it alone."""
+    common = env_vars("shared/lambda/src/env.rs")
+    c.check(len(common) >= 9, f"could not read the variables of shared/lambda/src/env.rs: {common}")
+    own = {name: env_vars(path) for name, path in OWN_ENV.items()}
+    sweeper = own["SweeperFunction"]
+    c.check(sweeper == {"TASKEXEC_EVENT_SOURCE_MAPPINGS", "TASKEXEC_STUCK_RUN_MINUTES"},
+            f"shared/lambda/src/sweeper/env.rs reads {sorted(sweeper)}: teach this checker the new variables")
+    c.check(not (sweeper & common), f"the sweeper's own variables overlap env.rs's: {sorted(sweeper & common)}")
     glob = t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     for name, pkg in FUNCTIONS.items():
         r = t["Resources"].get(name)
@@ -213,15 +230,30 @@ def check_functions(c: Checker, t: dict) -> None:
         c.check(r.get("Metadata", {}).get("Binary") in bins, f"{name} Binary is not one of {bins}")
         c.check(r["Properties"].get("CodeUri") == f"functions/{pkg}", f"{name} CodeUri is not functions/{pkg}")
         env = {**glob, **r["Properties"].get("Environment", {}).get("Variables", {})}
+        read = common | own.get(name, set())
         missing = read - set(env)
         c.check(not missing, f"{name} lacks environment variables the code reads: {sorted(missing)}")
         unread = {v for v in env if v.startswith("TASKEXEC_")} - read
         c.check(not unread, f"{name} sets variables the code does not read: {sorted(unread)}")
+    # The sweeper gets the worker's three mappings, high,normal,low (the order SweeperEnv expects).
+    env = t["Resources"].get("SweeperFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+    want = {"Fn::Join": [",", [{"Ref": f"Worker{q}QueueMapping"} for q in QUEUES]]}
+    c.check(env.get("TASKEXEC_EVENT_SOURCE_MAPPINGS") == want,
+            "SweeperFunction TASKEXEC_EVENT_SOURCE_MAPPINGS is not !Join [\",\", [!Ref WorkerHighQueueMapping, "
+            "!Ref WorkerNormalQueueMapping, !Ref WorkerLowQueueMapping]]")
+    c.check(env.get("TASKEXEC_STUCK_RUN_MINUTES") == {"Ref": "StuckRunMinutes"},
+            "SweeperFunction TASKEXEC_STUCK_RUN_MINUTES is not Ref StuckRunMinutes")
+    for q in QUEUES:
+        m = t["Resources"].get(f"Worker{q}QueueMapping", {})
+        c.check(m.get("Type") == "AWS::Lambda::EventSourceMapping"
+                and m.get("Properties", {}).get("FunctionName") == {"Ref": "WorkerFunction"},
+                f"Worker{q}QueueMapping is not an AWS::Lambda::EventSourceMapping of WorkerFunction")
 
 
 def grants(fn: dict) -> set[tuple[str, str]]:
     """(action, resource) pairs of a function's inline policies; resources named `table`,
-    `index/<name>` or the queue's logical id. Conditional statements count as granted."""
+    `index/<name>`, the queue's logical id or `mapping/<logical id>` (an event source mapping's ARN
+    built from its Ref). Conditional statements count as granted."""
     out = set()
     for policy in fn["Properties"].get("Policies", []):
         for st in policy.get("Statement", []) if isinstance(policy, dict) else []:
@@ -236,6 +268,10 @@ def grants(fn: dict) -> set[tuple[str, str]]:
                     name = "table" if res["Fn::GetAtt"][0] == "TasksTable" else res["Fn::GetAtt"][0]
                 elif isinstance(res, dict) and isinstance(res.get("Fn::Sub"), str) and "${TasksTable.Arn}/index/" in res["Fn::Sub"]:
                     name = "index/" + res["Fn::Sub"].split("/index/", 1)[1]
+                elif isinstance(res, dict) and isinstance(res.get("Fn::Sub"), str) and re.fullmatch(
+                        r"arn:\$\{AWS::Partition\}:lambda:\$\{AWS::Region\}:\$\{AWS::AccountId\}:event-source-mapping:\$\{(\w+)\}",
+                        res["Fn::Sub"]):
+                    name = "mapping/" + res["Fn::Sub"].rsplit("${", 1)[1].rstrip("}")
                 else:
                     name = json.dumps(res, sort_keys=True)
                 out.update((a, name) for a in actions)
@@ -260,9 +296,20 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         "WorkerFunction": table("GetItem", "PutItem", "UpdateItem", "Query") | consume(MAIN) | send(MAIN + DLQS),
         # task read, finalisation, poison notes; re-queue to the main queues
         "DlqFunction": table("GetItem", "Query", "PutItem", "UpdateItem") | consume(DLQS) | send(MAIN),
-        # overdue tasks from the open index and their states; re-send
-        "SweeperFunction": table("BatchGetItem") | {("dynamodb:Query", f"index/{code['open']}")} | send(MAIN),
+        # shared/lambda/src/sweeper via shared/aws/src/lambda.rs:
+        # re-send: overdue tasks from the open index, their states (BatchGetItem), SendMessage;
+        # rebalance: backlogs (GetQueueAttributes), the worker's mappings (Get/UpdateEventSourceMapping);
+        # breakers: GetItem, conditional PutItem (replace_breaker_if);
+        # stuck runs: candidates from the open index, the run's tasks from the run index, their states
+        "SweeperFunction": table("BatchGetItem", "GetItem", "PutItem")
+        | {("dynamodb:Query", f"index/{code['open']}"), ("dynamodb:Query", f"index/{code['run']}")}
+        | send(MAIN) | {("sqs:GetQueueAttributes", q) for q in MAIN}
+        | {(f"lambda:{a}EventSourceMapping", f"mapping/Worker{q}QueueMapping") for a in ("Get", "Update") for q in QUEUES},
     }
+
+
+# Functions whose policy must grant exactly needed(), nothing more (checked against their code).
+EXACT = {"SweeperFunction"}
 
 
 def check_iam(c: Checker, t: dict, code: dict) -> None:
@@ -271,6 +318,9 @@ def check_iam(c: Checker, t: dict, code: dict) -> None:
         got = grants(t["Resources"][name])
         missing = need - got
         c.check(not missing, f"{name} policy lacks {sorted(missing)}")
+        if name in EXACT:
+            extra = got - need
+            c.check(not extra, f"{name} policy grants what its code does not call: {sorted(extra)}")
         named = {r.split("/", 1)[1] for _, r in got if r.startswith("index/")}
         c.check(named <= indexes, f"{name} policy names indexes that do not exist: {sorted(named - indexes)}")
 
@@ -291,8 +341,38 @@ def emitted_metrics() -> dict[str, set[tuple[str, ...]]]:
         "TasksCancelled": {()},
         "BreakerState": {("Deployment",)},
         "BreakerOpened": {("Deployment",)},
+        # printed as a raw EMF line by shared/lambda/src/sweeper/stuck.rs (see raw_emf_metrics)
+        "StuckRuns": {()},
     }
     return sets
+
+
+# Rust files that print EMF lines as JSON literals (`serde_json::json!`), not through emf.rs.
+RAW_EMF_FILES = ["shared/lambda/src/sweeper/stuck.rs"]
+
+
+def raw_emf_metrics(c: Checker) -> dict[str, set[tuple[str, ...]]]:
+    """Metric name -> dimension sets of the EMF lines written as JSON literals (RAW_EMF_FILES).
+    Every other source file printing a `CloudWatchMetrics` block must be emf.rs or listed there."""
+    out: dict[str, set[tuple[str, ...]]] = {}
+    for f in sorted([*(ROOT / "shared").rglob("*.rs"), *(ROOT / "functions").rglob("*.rs")]):
+        rel = f.relative_to(ROOT).as_posix()
+        if "/tests/" in rel or rel == "shared/aws/src/emf.rs":
+            continue
+        src = f.read_text(encoding="utf-8").split("#[cfg(test)]")[0]
+        if "CloudWatchMetrics" not in src:
+            continue
+        c.check(rel in RAW_EMF_FILES, f"{rel} prints EMF lines: add it to RAW_EMF_FILES and its metrics to emitted_metrics")
+        blocks = re.findall(r'\{"Namespace":\s*"(\w+)",\s*"Dimensions":\s*(\[\[.*?\]\]),\s*"Metrics":\s*\[(.*?)\]\s*\}', src, re.S)
+        c.check(bool(blocks), f"could not read the EMF blocks of {rel}")
+        for ns, dims, metrics in blocks:
+            c.check(ns == "taskexec", f"{rel} writes EMF namespace {ns}, not taskexec")
+            dimsets = {tuple(sorted(d)) for d in json.loads(dims)}
+            for name in re.findall(r'"Name":\s*"(\w+)"', metrics):
+                out.setdefault(name, set()).update(dimsets)
+    for rel in RAW_EMF_FILES:
+        c.check((ROOT / rel).exists(), f"RAW_EMF_FILES names a missing file {rel}")
+    return out
 
 
 def check_metrics(c: Checker, t: dict) -> None:
@@ -304,8 +384,14 @@ def check_metrics(c: Checker, t: dict) -> None:
     names = set(re.findall(r'(?:Line::count|Line::metric|\.and)\("(\w+)"', emf))
     dims = set(re.findall(r'\.dimension\("(\w+)"', emf))
     sets = emitted_metrics()
-    c.check(names == set(sets), f"emf.rs metric names {sorted(names)} != the checker's {sorted(sets)}")
-    c.check(dims == {d for s in sets.values() for dimset in s for d in dimset}, f"emf.rs dimensions {sorted(dims)}")
+    raw = raw_emf_metrics(c)
+    c.check(not (names & set(raw)), f"metrics printed both by emf.rs and as raw EMF: {sorted(names & set(raw))}")
+    c.check(names | set(raw) == set(sets),
+            f"emf.rs metric names {sorted(names)} + raw EMF {sorted(raw)} != the checker's {sorted(sets)}")
+    for name, dimsets in raw.items():
+        c.check(sets.get(name) == dimsets, f"{name} is printed with dimensions {sorted(dimsets)}, the checker has {sets.get(name)}")
+    c.check(dims == {d for n, s in sets.items() if n not in raw for dimset in s for d in dimset},
+            f"emf.rs dimensions {sorted(dims)}")
     err = rust("shared/core/src/error.rs")
     body = err[err.index("pub fn as_str"):]
     classes = set(re.findall(r'Self::\w+ => "(\w+)"', body[: body.index("}\n\n")]))
