@@ -34,46 +34,10 @@ macro_rules! run_cases {
 }
 
 async fn all_cases(endpoint: &str) -> usize {
-    run_cases!(endpoint;
-        submit_creates_queued_task,
-        submit_same_content_is_duplicate_and_changes_nothing,
-        submit_different_content_is_conflict,
-        submit_batch_keeps_order_of_mixed_outcomes,
-        claim_takes_queued_task,
-        claim_unknown_task_is_not_found,
-        claim_finished_task_is_terminal,
-        claim_before_retry_is_due_is_not_due,
-        claim_with_live_lease_is_held,
-        claim_after_lease_expiry_reclaims,
-        claim_keeps_first_started_at,
-        claim_respects_global_pause,
-        claim_respects_run_pause,
-        renew_lease_is_fenced,
-        finish_completed_records_result,
-        finish_retry_schedules_next_attempt,
-        finish_failed_records_error,
-        finish_failed_with_reason_dead_letters,
-        finish_released_requeues_without_outcome,
-        finish_with_stale_epoch_changes_nothing,
-        finish_after_cancel_is_stale,
-        second_finish_is_stale,
-        fenced_writes_to_unknown_task_are_stale,
-        cancel_queued_task,
-        cancel_running_task,
-        cancel_finished_or_unknown_task,
-        redrive_requeues_failed_task,
-        redrive_other_states_is_stale,
-        release_all_leases_requeues_running_tasks,
-        transition_events_are_per_task_in_order,
-        pending_lists_unfinished_tasks,
-        summary_counts_per_group,
-        summary_without_run_covers_all_runs,
-        run_tasks_in_submission_order,
-        control_pause_and_resume,
-        breaker_snapshot_round_trips,
-        concurrent_claims_claim_once,
-        concurrent_finishes_apply_once,
-    )
+    // Every case of the suite (the one list, in taskexec-core), plus the audit-trail case this
+    // store's budget allows (it keeps transition events, not deferral notes).
+    let ran = taskexec_core::__conformance_cases!(run_cases! { endpoint });
+    ran + run_cases!(endpoint; transition_events_are_per_task_in_order)
 }
 
 /// Write units DynamoDB Local bills for one successful task, step by step.

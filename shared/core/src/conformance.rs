@@ -108,37 +108,15 @@ impl<S: Store, G> Fixture for (S, G) {
     }
 }
 
-/// Expands to one `#[tokio::test]` per conformance case, each running against a fresh store from
-/// `factory`: an expression that evaluates to an async closure or fn returning a [`Fixture`]
-/// (a store, or `(store, guard)`). The calling crate needs `tokio` (with `macros` and
-/// `rt-multi-thread`) among its dev-dependencies.
-///
-/// ```text
-/// taskexec_core::conformance_tests!(|| async { MemoryStore::default() });
-/// ```
-///
-/// A store whose budget forbids part of the contract names a [`Capabilities`] type; the cases
-/// that depend on a capability it lacks then assert the weaker rule it does keep:
-///
-/// ```text
-/// taskexec_core::conformance_tests!(|| async { MyStore::default() }, capabilities = MyStore);
-/// ```
+/// Calls `$callback! { ARGS ; case, case, … }` with every case of the suite that needs no
+/// capability, in order: the one list of cases, used by [`conformance_tests!`](crate::conformance_tests)
+/// and by runners that must run every case in one process (DynamoDB Local's namespace).
+#[doc(hidden)]
 #[macro_export]
-macro_rules! conformance_tests {
-    ($factory:expr) => {
-        $crate::conformance_tests!($factory, capabilities = $crate::conformance::Everything);
-    };
-    ($factory:expr, capabilities = $caps:ty) => {
-        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn events_are_per_task_in_order() {
-            let (store, _guard) = $crate::conformance::Fixture::split(($factory)().await);
-            if <$caps as $crate::conformance::Capabilities>::FULL_AUDIT_TRAIL {
-                $crate::conformance::events_are_per_task_in_order(store).await;
-            } else {
-                $crate::conformance::transition_events_are_per_task_in_order(store).await;
-            }
-        }
-        $crate::conformance_tests!(@cases $factory;
+macro_rules! __conformance_cases {
+    ($($callback:ident)::+ ! { $($args:tt)* }) => {
+        $($callback)::+ ! {
+            $($args)* ;
             submit_creates_queued_task,
             submit_same_content_is_duplicate_and_changes_nothing,
             submit_different_content_is_conflict,
@@ -175,8 +153,42 @@ macro_rules! conformance_tests {
             control_pause_and_resume,
             breaker_snapshot_round_trips,
             concurrent_claims_claim_once,
-            concurrent_finishes_apply_once,
-        );
+            concurrent_finishes_apply_once
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each running against a fresh store from
+/// `factory`: an expression that evaluates to an async closure or fn returning a [`Fixture`]
+/// (a store, or `(store, guard)`). The calling crate needs `tokio` (with `macros` and
+/// `rt-multi-thread`) among its dev-dependencies.
+///
+/// ```text
+/// taskexec_core::conformance_tests!(|| async { MemoryStore::default() });
+/// ```
+///
+/// A store whose budget forbids part of the contract names a [`Capabilities`] type; the cases
+/// that depend on a capability it lacks then assert the weaker rule it does keep:
+///
+/// ```text
+/// taskexec_core::conformance_tests!(|| async { MyStore::default() }, capabilities = MyStore);
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!($factory, capabilities = $crate::conformance::Everything);
+    };
+    ($factory:expr, capabilities = $caps:ty) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn events_are_per_task_in_order() {
+            let (store, _guard) = $crate::conformance::Fixture::split(($factory)().await);
+            if <$caps as $crate::conformance::Capabilities>::FULL_AUDIT_TRAIL {
+                $crate::conformance::events_are_per_task_in_order(store).await;
+            } else {
+                $crate::conformance::transition_events_are_per_task_in_order(store).await;
+            }
+        }
+        $crate::__conformance_cases!($crate::conformance_tests! { @cases $factory });
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
         $(
