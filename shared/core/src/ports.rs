@@ -522,6 +522,16 @@ pub trait WorkQueue: Send + Sync + 'static {
     }
 }
 
+impl<T: BreakerStore> BreakerStore for std::sync::Arc<T> {
+    fn load(&self, deployment: &str) -> impl Future<Output = StoreResult<Option<BreakerSnapshot>>> + Send {
+        (**self).load(deployment)
+    }
+
+    fn save(&self, deployment: &str, snapshot: BreakerSnapshot) -> impl Future<Output = StoreResult<()>> + Send {
+        (**self).save(deployment, snapshot)
+    }
+}
+
 impl<T: MetricsSink> MetricsSink for std::sync::Arc<T> {
     fn record(&self, metric: Metric) {
         (**self).record(metric);

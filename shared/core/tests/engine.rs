@@ -397,3 +397,56 @@ async fn an_invocation_cap_bounds_the_attempt() {
     let r = h.record("t1").await;
     assert_eq!(r.error.unwrap().message, "attempt timed out after 300 ms");
 }
+
+type SharedEngine = Engine<MemoryStore, Arc<MemoryStore>, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
+
+#[tokio::test(start_paused = true)]
+async fn workers_sharing_a_breaker_store_adopt_each_others_opens() {
+    let shared = Arc::new(MemoryStore::default());
+    let make = || {
+        let ports = Ports {
+            store: MemoryStore::default(),
+            breakers: shared.clone(),
+            limiter: MemoryLimiter::default(),
+            metrics: Arc::new(CountingSink::default()),
+            provider: Arc::new(Scripted::default()),
+            clock: FakeClock::at(1_000_000),
+        };
+        Engine::new(ports, config())
+    };
+    let (a, b) = (make(), make());
+    async fn submit(e: &SharedEngine, id: &str) {
+        let task: BenchmarkTask = serde_json::from_str(&format!(
+            r#"{{"id":"{id}","providerId":"dep","modelId":"m","prompt":"p","runId":"run"}}"#
+        ))
+        .unwrap();
+        e.ports().store.submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
+    }
+    let delivery = |id: &str| {
+        Delivery::new(
+            id,
+            Arc::new(Route { provider_id: "dep".into(), model_id: "m".into(), run_id: "run".into() }),
+            Default::default(),
+            0,
+        )
+    };
+    // b has seen the deployment while its breaker was closed.
+    submit(&b, "b0").await;
+    assert_eq!(b.process(&delivery("b0")).await, Decision::Ack);
+    // a trips the breaker with three transient failures.
+    for i in 0..3 {
+        let id = format!("a{i}");
+        submit(&a, &id).await;
+        a.ports().provider.script(&id, [transient()]);
+        a.process(&delivery(&id)).await;
+    }
+    submit(&b, "b1").await;
+    assert_eq!(b.process(&delivery("b1")).await, Decision::Ack, "before syncing, b still sees it closed");
+    assert_eq!(b.sync_breakers().await.unwrap(), 1);
+    submit(&b, "b2").await;
+    assert!(
+        matches!(b.process(&delivery("b2")).await, Decision::Defer { reason: DeferReason::BreakerOpen(_), .. }),
+        "after syncing, b honours a's open"
+    );
+    assert_eq!(b.sync_breakers().await.unwrap(), 0, "nothing newer the second time");
+}

@@ -34,6 +34,8 @@ pub trait Executor: Send + Sync {
     fn accept(&self, task: BenchmarkTask) -> impl Future<Output = Result<Accepted, StoreError>> + Send;
     /// Abort in-flight calls of tasks cancelled elsewhere.
     fn check_cancellations(&self) -> impl Future<Output = ()> + Send;
+    /// Adopt what other workers shared since the last batch (breaker states).
+    fn sync_shared_state(&self) -> impl Future<Output = ()> + Send;
 }
 
 impl<S, B, L, M, P, C> Executor for Arc<Engine<S, B, L, M, P, C>>
@@ -68,6 +70,14 @@ where
     async fn check_cancellations(&self) {
         if let Err(error) = Engine::check_cancellations(self).await {
             tracing::warn!(%error, "cancellation check failed");
+        }
+    }
+
+    async fn sync_shared_state(&self) {
+        match self.sync_breakers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(breakers = n, "adopted breaker states other workers stored"),
+            Err(error) => tracing::warn!(%error, "breaker sync failed; local states kept"),
         }
     }
 }

@@ -47,6 +47,34 @@ where
         Ok(admission)
     }
 
+    /// Adopt breaker states other workers stored since this one last looked: for every breaker
+    /// known here, a stored snapshot that changed later than the local one replaces it (its
+    /// window counts start again). Where many workers share a deployment (Lambda containers),
+    /// calling this once per batch lets an open by one be honoured by all at their next batch.
+    /// One breaker-store read per known deployment.
+    pub async fn sync_breakers(&self) -> Result<usize, StoreError> {
+        let known: Vec<(String, Millis)> = {
+            let map = self.breakers.lock().expect("breakers poisoned");
+            map.iter().map(|(d, b)| (d.clone(), b.snapshot().changed_at)).collect()
+        };
+        let mut adopted = 0;
+        for (deployment, local_changed_at) in known {
+            let Some(stored) = self.ports.breakers.load(&deployment).await? else { continue };
+            if stored.changed_at <= local_changed_at {
+                continue;
+            }
+            let state = stored.state;
+            let mut map = self.breakers.lock().expect("breakers poisoned");
+            if let Some(b) = map.get_mut(&deployment).filter(|b| b.snapshot().changed_at < stored.changed_at) {
+                *b = Breaker::restore(self.config.breaker.clone(), stored);
+                adopted += 1;
+                drop(map);
+                self.ports.metrics.record(Metric::BreakerChanged { deployment, state });
+            }
+        }
+        Ok(adopted)
+    }
+
     pub(super) async fn ensure_breaker(&self, deployment: &str) -> Result<(), StoreError> {
         if self.breakers.lock().expect("breakers poisoned").contains_key(deployment) {
             return Ok(());
