@@ -37,7 +37,8 @@ async fn all_cases(endpoint: &str) -> usize {
     // Every case of the suite (the one list, in taskexec-core), plus the audit-trail case this
     // store's budget allows (it keeps transition events, not deferral notes).
     let ran = taskexec_core::__conformance_cases!(run_cases! { endpoint });
-    ran + run_cases!(endpoint; transition_events_are_per_task_in_order)
+    let raced = taskexec_core::__conformance_concurrency_cases!(run_cases! { endpoint });
+    ran + raced + run_cases!(endpoint; transition_events_are_per_task_in_order)
 }
 
 /// Write units DynamoDB Local bills for one successful task, step by step.
