@@ -292,7 +292,8 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         # submit, reads, cancel/redrive/pause, runs and metrics (run index, BatchGetItem, Scan)
         "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query", "Scan")
         | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN),
-        # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters
+        # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters;
+        # limiter (shared/aws/src/dynamo/limiter.rs): TransactWriteItems of UpdateItems, UpdateItem renewals
         "WorkerFunction": table("GetItem", "PutItem", "UpdateItem", "Query") | consume(MAIN) | send(MAIN + DLQS),
         # task read, finalisation, poison notes; re-queue to the main queues
         "DlqFunction": table("GetItem", "Query", "PutItem", "UpdateItem") | consume(DLQS) | send(MAIN),
@@ -300,8 +301,10 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         # re-send: overdue tasks from the open index, their states (BatchGetItem), SendMessage;
         # rebalance: backlogs (GetQueueAttributes), the worker's mappings (Get/UpdateEventSourceMapping);
         # breakers: GetItem, conditional PutItem (replace_breaker_if);
-        # stuck runs: candidates from the open index, the run's tasks from the run index, their states
-        "SweeperFunction": table("BatchGetItem", "GetItem", "PutItem")
+        # stuck runs: candidates from the open index, the run's tasks from the run index, their states;
+        # limiter leases (shared/aws/src/dynamo/limiter.rs, reclaim_expired): Query the lease items,
+        # TransactWriteItems = conditional DeleteItem of the lease + UpdateItem of the counter
+        "SweeperFunction": table("BatchGetItem", "GetItem", "PutItem", "Query", "UpdateItem", "DeleteItem")
         | {("dynamodb:Query", f"index/{code['open']}"), ("dynamodb:Query", f"index/{code['run']}")}
         | send(MAIN) | {("sqs:GetQueueAttributes", q) for q in MAIN}
         | {(f"lambda:{a}EventSourceMapping", f"mapping/Worker{q}QueueMapping") for a in ("Get", "Update") for q in QUEUES},

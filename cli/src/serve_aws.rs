@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use taskexec_api::{ApiSettings, SystemSampler};
-use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, LimiterSettings};
 use taskexec_core::memory::CountingSink;
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
@@ -34,6 +34,7 @@ pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
         topology: env.topology.clone(),
         engine: env.config.engine_config(format!("serve-{}", std::process::id())),
         worker: WorkerSettings::default(),
+        limiter: LimiterSettings::default(),
     };
     let names: Vec<String> = deployments.names().map(str::to_owned).collect();
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);

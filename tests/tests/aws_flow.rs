@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use http_body_util::BodyExt;
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
-use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, DynamoStore};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, DynamoLimiter, DynamoStore, LimiterSettings};
 use taskexec_core::memory::{Counters, CountingSink};
-use taskexec_core::ports::{ClaimOutcome, ClaimRequest, TaskStore};
+use taskexec_core::ports::{ClaimOutcome, ClaimRequest, LimitKey, TaskStore};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::actions::{QueuePair, Topology};
@@ -37,6 +37,8 @@ base_delay_ms = 100
 max_delay_ms = 200
 [deployments.sim]
 kind = "sim"
+# Never reached here (6 tasks at once at most): exercises the DynamoDB-leased limiter on every task.
+concurrency = 50
 [deployments.sim.sim]
 latency = { median_ms = 20, p99_ms = 60 }
 seed = 1
@@ -69,6 +71,7 @@ async fn stack() -> Stack {
         topology: topology.clone(),
         engine: config.engine_config("worker-e2e".into()),
         worker: WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() },
+        limiter: LimiterSettings::default(),
     };
     let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
     let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, sink.clone());
@@ -151,6 +154,17 @@ async fn two_hundred_tasks_submitted_through_the_api_all_complete_via_sqs() {
     assert_eq!(status["totalTasks"], 200, "{status}");
     assert_eq!(status["progress"], 1.0);
     assert_eq!(Counters::get(&s.sink.counters.attempts), 200, "one attempt per task");
+    let probe = DynamoLimiter::new(s.dynamo.clone(), s.table.clone(), "probe", LimiterSettings::default());
+    let leased = probe.leased_total(&LimitKey::Deployment("sim".into())).await.unwrap();
+    assert_eq!(leased, 0, "every leased permit went back once the worker was idle");
+    let lease = s
+        .dynamo
+        .get_item()
+        .table_name(&s.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("LIMIT#D#sim".into()));
+    let lease =
+        lease.key("sk", aws_sdk_dynamodb::types::AttributeValue::S("HOLDER#worker-e2e".into())).send().await.unwrap();
+    assert!(lease.item.is_some(), "the worker leased its permits from the table");
     let receives = stats.receives.load(Ordering::SeqCst);
     let deletes = stats.deletes.load(Ordering::SeqCst);
     let batches = stats.batches.load(Ordering::SeqCst);

@@ -1,7 +1,9 @@
 //! The sweeper function (scheduled): re-sends unfinished tasks whose lease expired or whose
 //! retry is overdue, rebalances the queues' `MaximumConcurrency` from their backlogs, writes
 //! breakers whose cool-down passed as half-open and alerts on stuck runs
-//! (`taskexec_lambda::sweeper`). Wiring only.
+//! (`taskexec_lambda::sweeper`), and returns the concurrency permits of limiter leases whose
+//! holder died (`DynamoLimiter::reclaim_expired`, for every limit key of the run config).
+//! Wiring only.
 //!
 //! Environment: the functions' common variables (`FunctionEnv`), plus the sweeper's own
 //! (`SweeperEnv`): `TASKEXEC_EVENT_SOURCE_MAPPINGS` (high,normal,low mapping UUIDs; unset: no
@@ -9,8 +11,11 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, EventSourceMappings, QueueUrls, SqsQueue};
-use taskexec_core::time::SystemClock;
+use taskexec_aws::{
+    DynamoConfig, DynamoLimiter, DynamoStore, EmfSink, EventSourceMappings, LimiterSettings, QueueUrls, SqsQueue,
+};
+use taskexec_core::ports::LimitKey;
+use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::sweeper::env::SweeperEnv;
 use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
@@ -21,7 +26,11 @@ async fn main() -> Result<(), Error> {
     let env = FunctionEnv::from_env()?;
     let sweeper_env = SweeperEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone()));
+    let dynamo = aws_sdk_dynamodb::Client::new(&aws);
+    let store = DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone()));
+    // The sweeper never acquires: its holder id only names it.
+    let limiter = DynamoLimiter::new(dynamo, env.table.clone(), "sweeper", LimiterSettings::default());
+    let limit_keys: Vec<LimitKey> = env.config.limits().keys().into_iter().map(|(key, _)| key).collect();
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
     let mappings = sweeper_env.mappings.map(|uuids| EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids));
     let metrics = EmfSink::stdout();
@@ -39,9 +48,17 @@ async fn main() -> Result<(), Error> {
         runs: &store,
         metrics: &metrics,
     };
-    let (ports, settings) = (&ports, &settings);
+    let (ports, settings, limiter, limit_keys) = (&ports, &settings, &limiter, &limit_keys);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<EventBridgeEvent>| async move {
-        Ok::<String, Error>(ports.run(&SystemClock, settings).await.to_string())
+        let summary = ports.run(&SystemClock, settings).await.to_string();
+        let reclaimed = match limiter.reclaim_expired(limit_keys, SystemClock.now()).await {
+            Ok(n) => format!("{n} expired limiter permit(s) reclaimed"),
+            Err(error) => {
+                tracing::error!(%error, "sweeper could not reclaim expired limiter leases");
+                "limiter reclaim failed".to_owned()
+            }
+        };
+        Ok::<String, Error>(format!("{summary}; {reclaimed}"))
     }))
     .await
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, EmfSink};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, EmfSink, LimiterSettings};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::worker::WorkerSettings;
 use taskexec_providers::Deployments;
@@ -26,6 +26,7 @@ async fn main() -> Result<(), Error> {
         topology: env.topology.clone(),
         engine: env.config.engine_config(owner),
         worker: WorkerSettings::default(),
+        limiter: LimiterSettings::default(),
     };
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
-use taskexec_core::memory::MemoryLimiter;
 use taskexec_core::ports::MetricsSink;
 use taskexec_core::time::SystemClock;
 use taskexec_lambda::actions::Topology;
@@ -15,12 +14,13 @@ use taskexec_lambda::worker::{Worker, WorkerSettings};
 use taskexec_providers::Deployments;
 use tokio_util::sync::CancellationToken;
 
-use crate::dynamo::{DynamoConfig, DynamoStore};
+use crate::dynamo::{DynamoConfig, DynamoLimiter, DynamoStore, LimiterSettings};
 use crate::sqs::{QueueUrls, SqsQueue};
 
-/// The engine of the AWS shape. Concurrency limits are per process (one Lambda container):
-/// capacity leased from DynamoDB is not built yet.
-pub type AwsEngine<M> = Engine<DynamoStore, DynamoStore, MemoryLimiter, M, Deployments, SystemClock>;
+/// The engine of the AWS shape. Concurrency limits hold across processes (Lambda containers):
+/// capacity leased in chunks from the table ([`DynamoLimiter`], one per process, its holder id
+/// the engine's owner id).
+pub type AwsEngine<M> = Engine<DynamoStore, DynamoStore, DynamoLimiter, M, Deployments, SystemClock>;
 
 /// The worker handler of the AWS shape.
 pub type AwsWorker<M> = Worker<Arc<AwsEngine<M>>, Arc<SqsQueue>>;
@@ -36,6 +36,8 @@ pub struct BackendSettings {
     pub engine: EngineConfig,
     /// The worker's settings.
     pub worker: WorkerSettings,
+    /// How concurrency permits are leased (chunk size, lease length; `Default` for 8 and 30 min).
+    pub limiter: LimiterSettings,
 }
 
 /// Everything a process of the AWS shape needs.
@@ -61,13 +63,13 @@ impl<M: MetricsSink> AwsBackend<M> {
         deployments: Deployments,
         metrics: M,
     ) -> Self {
-        let BackendSettings { table, topology, engine, worker } = settings;
+        let BackendSettings { table, topology, engine, worker, limiter } = settings;
         let store = || DynamoStore::new(dynamo.clone(), table.clone());
         let queues = || Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
         let ports = Ports {
             store: store(),
             breakers: store(),
-            limiter: MemoryLimiter::default(),
+            limiter: DynamoLimiter::new(dynamo.clone(), table.table.clone(), engine.owner.clone(), limiter),
             metrics,
             provider: deployments,
             clock: SystemClock,

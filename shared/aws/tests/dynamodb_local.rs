@@ -12,10 +12,11 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use common::workload::{T0, answer, attempt, claim, noise, task, text};
-use taskexec_aws::ConsumedWrites;
-use taskexec_core::ports::{FinishRequest, Outcome, TaskStore};
+use taskexec_aws::{ConsumedWrites, DynamoLimiter, LimiterSettings};
+use taskexec_core::ports::{FinishRequest, LimitKey, LimiterStore, Outcome, TaskStore};
 
 const ENDPOINT_VAR: &str = "TASKEXEC_TEST_DDB_LOCAL_ENDPOINT";
 
@@ -74,8 +75,70 @@ async fn successful_task_writes(endpoint: &str, prompt: String) -> Vec<(&'static
     steps
 }
 
+/// Limiters of several "containers" racing for one key (DynamoDB Local's transactions are
+/// atomic, unlike moto's): together they never hold more than the limit, and after every release
+/// the counter is back to zero.
+async fn racing_limiters_stay_under_the_limit(endpoint: &str) {
+    let client = common::dynamo_client_at(endpoint);
+    let table = common::unique_name("limits");
+    taskexec_aws::create_table(&client, &table).await.unwrap();
+    let key = LimitKey::Deployment("sim".into());
+    let settings = LimiterSettings { chunk: 2, lease: std::time::Duration::from_secs(600) };
+    let limiters: Vec<_> = (0..4)
+        .map(|i| Arc::new(DynamoLimiter::new(client.clone(), table.clone(), format!("c{i}"), settings.clone())))
+        .collect();
+    let mut racers = Vec::new();
+    for limiter in &limiters {
+        for _ in 0..4 {
+            let (limiter, key) = (limiter.clone(), key.clone());
+            racers.push(tokio::spawn(async move { limiter.try_acquire(&key, 5).await.unwrap() }));
+        }
+    }
+    let mut granted = 0;
+    for racer in racers {
+        granted += u32::from(racer.await.unwrap());
+    }
+    let total = limiters[0].leased_total(&key).await.unwrap();
+    println!("DynamoDB Local, 16 racing acquires under a limit of 5: {granted} granted, {total} leased");
+    assert!((1..=5).contains(&granted), "{granted} permits granted under a limit of 5");
+    assert!(total <= 5 && total >= i64::from(granted), "counter {total}, granted {granted}");
+    for limiter in &limiters {
+        for _ in 0..limiter.in_use(&key).await.unwrap() {
+            limiter.release(&key).await.unwrap();
+        }
+    }
+    assert_eq!(limiters[0].leased_total(&key).await.unwrap(), 0);
+}
+
+/// Write units the limiter costs per task as Lambda uses it: one container, chunk 8, six
+/// invocations each running a batch of 10 tasks and ending idle (everything given back).
+async fn limiter_writes_per_task(endpoint: &str) -> ConsumedWrites {
+    let client = common::dynamo_client_at(endpoint);
+    let table = common::unique_name("limits");
+    taskexec_aws::create_table(&client, &table).await.unwrap();
+    let key = LimitKey::Deployment("sim".into());
+    let limiter = DynamoLimiter::new(client, table, "c0", LimiterSettings::default());
+    for _ in 0..6 {
+        for _ in 0..10 {
+            assert!(limiter.try_acquire(&key, 100).await.unwrap());
+        }
+        for _ in 0..10 {
+            limiter.release(&key).await.unwrap();
+        }
+        assert_eq!(limiter.leased_total(&key).await.unwrap(), 0);
+    }
+    limiter.consumed_writes()
+}
+
 /// Inside the namespace: the suite, then the write budget as DynamoDB Local bills it.
 async fn inside(endpoint: &str) {
+    racing_limiters_stay_under_the_limit(endpoint).await;
+    let w = limiter_writes_per_task(endpoint).await;
+    // 3 transactions of 2 small items per batch (2 leases, 1 give-back). DynamoDB Local reports
+    // 1 WCU per transactional item write; DynamoDB bills 2, so 1.2 WCU per task there.
+    println!("DynamoDB Local, limiter, chunk 8, 6 batches of 10 tasks: {w:?}, {} WCU per task", w.table / 60.0);
+    assert_eq!(w.rejected, 0);
+    assert!(w.table <= 6.0 * 3.0 * 2.0, "{w:?}");
     assert_eq!(all_cases(endpoint).await, 38);
     for (name, prompt, table_budget) in [("English-like", text(1024, 1), 5.0), ("random-letter", noise(1024), 6.0)] {
         let steps = successful_task_writes(endpoint, prompt).await;

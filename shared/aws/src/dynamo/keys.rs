@@ -8,6 +8,8 @@
 //! | control state | `CONTROL` | `CONTROL` |
 //! | breaker snapshot | `BREAKER#<deployment>` | `BREAKER` |
 //! | run counters | `RUN#<run>` | `COUNTERS#<n>` |
+//! | limiter counter | `LIMIT#<key>` | `LIMIT` |
+//! | limiter lease of a holder | `LIMIT#<key>` | `HOLDER#<holder>` |
 
 use taskexec_core::time::Millis;
 

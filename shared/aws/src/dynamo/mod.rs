@@ -14,6 +14,7 @@ mod control;
 mod interventions;
 mod item;
 mod keys;
+mod limiter;
 mod meter;
 mod queries;
 mod read;
@@ -35,6 +36,7 @@ use taskexec_core::task::{TaskRecord, TaskState};
 use taskexec_core::time::Millis;
 
 pub use control::RunCounts;
+pub use limiter::{DynamoLimiter, LimiterSettings};
 pub use meter::ConsumedWrites;
 pub use size::{item_size, write_units};
 pub use table::create_table;

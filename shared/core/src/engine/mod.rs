@@ -81,6 +81,15 @@ impl Limits {
         }
         keys
     }
+
+    /// Every key with a limit (global, then per deployment, then per model), with its limit.
+    #[must_use]
+    pub fn keys(&self) -> Vec<(LimitKey, u32)> {
+        let global = self.global.map(|n| (LimitKey::Global, n));
+        let deployments = self.deployments.iter().map(|(d, n)| (LimitKey::Deployment(d.clone()), *n));
+        let models = self.models.iter().map(|((d, m), n)| (LimitKey::Model(d.clone(), m.clone()), *n));
+        global.into_iter().chain(deployments).chain(models).collect()
+    }
 }
 
 /// Engine settings.
@@ -311,5 +320,27 @@ where
 
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
         self.in_flight.lock().expect("in-flight map poisoned")
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn keys_lists_every_limited_key_once() {
+        let mut limits = Limits { global: Some(9), ..Limits::default() };
+        limits.deployments.insert("a".into(), 3);
+        limits.models.insert(("a".into(), "m".into()), 2);
+        let keys = limits.keys();
+        assert_eq!(
+            keys,
+            vec![
+                (LimitKey::Global, 9),
+                (LimitKey::Deployment("a".into()), 3),
+                (LimitKey::Model("a".into(), "m".into()), 2)
+            ]
+        );
+        assert_eq!(Limits::default().keys(), vec![]);
     }
 }
