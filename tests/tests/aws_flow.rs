@@ -59,6 +59,10 @@ fn store(stack_dynamo: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
 }
 
 async fn stack() -> Stack {
+    stack_with(WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() }).await
+}
+
+async fn stack_with(worker: WorkerSettings) -> Stack {
     let dynamo = common::dynamo_client();
     let sqs = common::sqs_client();
     let table = common::unique_name("tasks");
@@ -70,7 +74,7 @@ async fn stack() -> Stack {
         table: DynamoConfig::new(table.clone()).with_open_shards(4),
         topology: topology.clone(),
         engine: config.engine_config("worker-e2e".into()),
-        worker: WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() },
+        worker,
         limiter: LimiterSettings::default(),
     };
     let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
@@ -337,4 +341,40 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
     assert_eq!(Counters::get(&s.sink.counters.attempts), 1, "one provider call");
     assert_eq!(Counters::get(&s.sink.counters.completed), 1, "one completion");
     assert_eq!(s.task("dup-0").await.attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_deferral_is_refreshed_on_the_queue_not_dead_lettered() {
+    // Refresh after 2 receives instead of 500 (half the production maxReceiveCount), so a few
+    // seconds of pause exercise the path; the queues here redrive after 1000 receives.
+    let settings = WorkerSettings {
+        refresh_after_receives: 2,
+        cancel_check_every: Duration::from_millis(500),
+        ..WorkerSettings::default()
+    };
+    let s = stack_with(settings).await;
+    assert_eq!(s.call("POST", "/control/pause", None).await.0, 200);
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("long", 0, 1, "normal"))).await.0, 201);
+    let (stop, stats, handle) = s.poll();
+    // Paused: deferred by visibility (1 s) until past 2 receives, then re-sent fresh and the old
+    // message deleted — the poller sees that as a success.
+    let start = Instant::now();
+    while stats.deletes.load(Ordering::SeqCst) < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the deferred message was refreshed twice");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = s.task("long-0").await;
+    assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Queued, 0, 0), "refreshes use no attempt");
+    let dlq = QueuePair {
+        priority: TaskPriority::Normal,
+        url: s.topology.queues[1].dlq_url.clone(),
+        dlq_url: s.topology.queues[1].dlq_url.clone(),
+    };
+    let dead = s.backend.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap();
+    assert!(dead.is_empty(), "nothing was dead-lettered: {dead:?}");
+    assert_eq!(s.call("POST", "/control/resume", None).await.0, 200);
+    s.wait_run("long", "completed", 1, Duration::from_secs(60)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 1);
 }

@@ -7,7 +7,8 @@
 //! - `Retry { delay }` / `Defer { delay }`: the message is made invisible for `delay` and reported
 //!   as a failure, so it comes back then (a task leased by a live attempt is deferred for the
 //!   lease's remaining time this way). Past `refresh_after_receives` receives, a fresh copy is
-//!   sent instead and the old one deleted, so long deferrals never reach the redrive cap.
+//!   sent instead and the old message reported as a success (so the mapping deletes it), so long
+//!   deferrals never reach the redrive cap.
 //! - `DeadLetter`: the engine recorded why; the envelope goes to the queue's DLQ (the `dlq`
 //!   function records the analysis and emits the metric) and the message is acknowledged.
 //! - A body that cannot be decoded is poison: it goes to the DLQ as it is, and is acknowledged.
@@ -180,8 +181,7 @@ impl<E: Executor, A: QueueActions> Worker<E, A> {
         if receives > self.settings.refresh_after_receives {
             let sent = self.actions.send(&queue.url, envelope.to_body(), seconds.min(MAX_DELAY_SECONDS)).await;
             self.sent(sent)?;
-            // The copy is out; deleting the old one may fail without harm (a duplicate is acked).
-            let _ = self.actions.delete(&queue.url, receipt).await;
+            // Reported as a success: the event source mapping deletes the old message itself.
             return Ok(());
         }
         let visibility = self.actions.change_visibility(&queue.url, receipt, seconds.min(MAX_VISIBILITY_SECONDS)).await;

@@ -178,13 +178,13 @@ async fn a_long_deferral_is_refreshed_not_dead_lettered() {
     let early = w.handle(event(vec![message("m1", "normal", &raw("t1"), 3)]), None).await;
     assert_eq!(failed_ids(&early), ["m1"], "deferred by visibility while young");
     let late = w.handle(event(vec![message("m1", "normal", &envelope("t1"), 501)]), None).await;
-    assert!(late.batch_item_failures.is_empty(), "the old message is deleted…");
+    assert!(late.batch_item_failures.is_empty(), "reported done, so the mapping deletes the old message…");
     let log = actions.actions();
     assert!(
         matches!(&log[1], Action::Send(url, body, 1) if url.ends_with("taskexec-normal") && body.contains("\"t1\"")),
-        "{log:?}"
+        "…after a fresh copy was sent: {log:?}"
     );
-    assert!(matches!(&log[2], Action::Delete(_, receipt) if receipt == "rh-m1"), "…after a fresh copy was sent");
+    assert_eq!(log.len(), 2, "no delete of its own: {log:?}");
     let r = w.executor().ports().store.get("t1").await.unwrap().unwrap();
     assert_eq!((r.state, r.attempt), (TaskState::Queued, 0), "deferrals used no attempt");
     assert_eq!(stub.calls.load(Ordering::SeqCst), 0);
