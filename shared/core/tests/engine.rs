@@ -450,3 +450,19 @@ async fn workers_sharing_a_breaker_store_adopt_each_others_opens() {
     );
     assert_eq!(b.sync_breakers().await.unwrap(), 0, "nothing newer the second time");
 }
+
+#[tokio::test(start_paused = true)]
+async fn process_reporting_says_which_call_finished_the_task() {
+    let h = harness(config());
+    let ok = h.submit("ok", "").await;
+    assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, Some(TaskState::Completed)));
+    assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, None), "a duplicate finishes nothing");
+    let bad = h.submit("bad", "").await;
+    h.provider.script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into() })]);
+    assert_eq!(h.engine.process_reporting(&bad, None).await, (Decision::Ack, Some(TaskState::Failed)));
+    let flaky = h.submit("flaky", "").await;
+    h.provider.script("flaky", [transient()]);
+    let (decision, finished) = h.engine.process_reporting(&flaky, None).await;
+    assert!(matches!(decision, Decision::Retry { .. }));
+    assert_eq!(finished, None, "a retry finishes nothing");
+}

@@ -13,7 +13,7 @@ use crate::ports::{
     WriteOutcome,
 };
 use crate::provider::{Provider, ProviderRequest, ProviderResponse};
-use crate::task::{AttemptRecord, TaskRecord, TaskResult};
+use crate::task::{AttemptRecord, TaskRecord, TaskResult, TaskState};
 use crate::time::{Clock, Millis, duration_ms, format_rfc3339, until};
 
 use super::{Decision, Engine};
@@ -158,6 +158,7 @@ where
             self.finish(record, Outcome::Completed(result), record.attempt, record.throttles, Some(entry)).await?;
         if written == WriteOutcome::Applied {
             self.ports.metrics.record(Metric::Completed { latency_ms });
+            super::report_finished(TaskState::Completed);
         }
         Ok(Decision::Ack)
     }
@@ -231,6 +232,7 @@ where
         let outcome = Outcome::Failed { error, dead_letter_reason: dead_letter_reason.clone() };
         if self.finish(record, outcome, attempt, throttles, entry).await? == WriteOutcome::Applied {
             self.ports.metrics.record(Metric::Failed(class));
+            super::report_finished(TaskState::Failed);
             if let Some(reason) = &dead_letter_reason {
                 let task_id = record.task.id.clone();
                 self.ports.metrics.record(Metric::DeadLettered { task_id, reason: reason.clone() });

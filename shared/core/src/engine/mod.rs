@@ -29,6 +29,16 @@ use crate::retry::RetryPolicy;
 use crate::task::TaskState;
 use crate::time::{Clock, duration_ms, until};
 
+tokio::task_local! {
+    /// The terminal state the current `process_reporting` call wrote, if any.
+    static FINISHED: std::cell::Cell<Option<TaskState>>;
+}
+
+/// Note that this call finished a task (read by [`Engine::process_reporting`]; a no-op outside it).
+fn report_finished(state: TaskState) {
+    let _ = FINISHED.try_with(|cell| cell.set(Some(state)));
+}
+
 /// What to do with a delivery after processing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -205,6 +215,18 @@ where
                 Decision::Defer { delay: Duration::from_secs(1), reason: DeferReason::StoreUnavailable }
             }
         }
+    }
+
+    /// [`Self::process_within`], also saying whether this call finished the task (the state it
+    /// wrote: `Completed` or `Failed`), so a worker can count a run's outcomes once per
+    /// invocation instead of once per task.
+    pub async fn process_reporting(&self, delivery: &Delivery, cap: Option<Duration>) -> (Decision, Option<TaskState>) {
+        FINISHED
+            .scope(std::cell::Cell::new(None), async {
+                let decision = self.process_within(delivery, cap).await;
+                (decision, FINISHED.with(std::cell::Cell::get))
+            })
+            .await
     }
 
     async fn try_process(&self, d: &Delivery, cap: Option<Duration>) -> Result<Decision, StoreError> {
