@@ -294,6 +294,7 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN),
         # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters;
         # limiter (shared/aws/src/dynamo/limiter.rs): TransactWriteItems of UpdateItems, UpdateItem renewals
+        # breaker outcome buckets (shared/aws/src/dynamo/outcomes.rs): UpdateItem ADD, Query of the window
         "WorkerFunction": table("GetItem", "PutItem", "UpdateItem", "Query") | consume(MAIN) | send(MAIN + DLQS),
         # task read, finalisation, poison notes; re-queue to the main queues
         "DlqFunction": table("GetItem", "Query", "PutItem", "UpdateItem") | consume(DLQS) | send(MAIN),

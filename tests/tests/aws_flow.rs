@@ -158,6 +158,8 @@ async fn two_hundred_tasks_submitted_through_the_api_all_complete_via_sqs() {
     assert_eq!(status["totalTasks"], 200, "{status}");
     assert_eq!(status["progress"], 1.0);
     assert_eq!(Counters::get(&s.sink.counters.attempts), 200, "one attempt per task");
+    let counts = s.backend.store.run_counts("e2e").await.unwrap();
+    assert_eq!((counts.completed, counts.failed), (200, 0), "the run counters, added once per run per batch");
     let probe = DynamoLimiter::new(s.dynamo.clone(), s.table.clone(), "probe", LimiterSettings::default());
     let leased = probe.leased_total(&LimitKey::Deployment("sim".into())).await.unwrap();
     assert_eq!(leased, 0, "every leased permit went back once the worker was idle");

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
 use taskexec_core::ports::MetricsSink;
-use taskexec_core::time::SystemClock;
+use taskexec_core::time::{Millis, SystemClock};
 use taskexec_lambda::actions::Topology;
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 use taskexec_providers::Deployments;
 use tokio_util::sync::CancellationToken;
 
-use crate::dynamo::{DynamoConfig, DynamoLimiter, DynamoStore, LimiterSettings};
+use crate::dynamo::{DynamoConfig, DynamoLimiter, DynamoStore, DynamoWindow, LimiterSettings};
 use crate::sqs::{QueueUrls, SqsQueue};
 
 /// The engine of the AWS shape. Concurrency limits hold across processes (Lambda containers):
@@ -23,7 +23,7 @@ use crate::sqs::{QueueUrls, SqsQueue};
 pub type AwsEngine<M> = Engine<DynamoStore, DynamoStore, DynamoLimiter, M, Deployments, SystemClock>;
 
 /// The worker handler of the AWS shape.
-pub type AwsWorker<M> = Worker<Arc<AwsEngine<M>>, Arc<SqsQueue>>;
+pub type AwsWorker<M> = Worker<Arc<AwsEngine<M>>, Arc<SqsQueue>, DynamoWindow>;
 
 /// Where the backend's resources are and how its engine and worker behave.
 #[derive(Debug, Clone)]
@@ -75,7 +75,12 @@ impl<M: MetricsSink> AwsBackend<M> {
             clock: SystemClock,
         };
         let worker_queue = queues();
-        let handler = Worker::new(Arc::new(Engine::new(ports, engine)), worker_queue.clone(), topology.clone(), worker);
+        // Outcome buckets are kept a few breaker windows (at least a minute) before their TTL.
+        let keep_ms = Millis::try_from(engine.breaker.window_ms.saturating_mul(4)).unwrap_or(Millis::MAX).max(60_000);
+        let window = DynamoWindow::new(dynamo.clone(), table.table.clone(), keep_ms);
+        let engine = Arc::new(Engine::new(ports, engine));
+        let handler = Worker::new(engine, worker_queue.clone(), window, topology.clone(), worker)
+            .with_run_counter(Arc::new(store()));
         Self { store: Arc::new(store()), queue: queues(), worker_queue, worker: Arc::new(handler), topology }
     }
 

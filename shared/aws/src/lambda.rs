@@ -20,9 +20,10 @@ use taskexec_lambda::sweeper::OverdueIndex;
 use taskexec_lambda::sweeper::breakers::BreakerBoard;
 use taskexec_lambda::sweeper::mappings::Backlogs;
 use taskexec_lambda::sweeper::stuck::{RunActivity, RunWatch, WaitingRun};
+use taskexec_lambda::window::OutcomeWindow;
 use taskexec_lambda::worker::PoisonNote;
 
-use crate::dynamo::DynamoStore;
+use crate::dynamo::{DynamoStore, DynamoWindow};
 use crate::error::AwsError;
 use crate::sqs::SqsQueue;
 
@@ -143,6 +144,30 @@ fn to_event_message(m: aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
     out.event_source = Some("aws:sqs".into());
     out.event_source_arn = Some(arn.to_owned());
     out
+}
+
+impl taskexec_lambda::executor::RunCounter for DynamoStore {
+    fn add(
+        &self,
+        run_id: String,
+        completed: u64,
+        failed: u64,
+    ) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let counts = crate::dynamo::RunCounts { completed, failed, ..Default::default() };
+            self.add_run_counts(&run_id, &counts).await
+        })
+    }
+}
+
+impl OutcomeWindow for DynamoWindow {
+    async fn add(&self, deployment: &str, bucket_start: Millis, calls: u32, failures: u32) -> Result<(), StoreError> {
+        Ok(DynamoWindow::add(self, deployment, bucket_start, calls, failures).await?)
+    }
+
+    async fn window(&self, deployment: &str, since: Millis) -> Result<(u32, u32), StoreError> {
+        Ok(DynamoWindow::window(self, deployment, since).await?)
+    }
 }
 
 impl OverdueIndex for DynamoStore {

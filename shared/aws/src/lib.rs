@@ -17,8 +17,8 @@ mod sqs;
 
 pub use backend::{AwsBackend, AwsEngine, AwsWorker, BackendSettings};
 pub use dynamo::{
-    ConsumedWrites, DynamoConfig, DynamoLimiter, DynamoStore, LimiterSettings, OverdueTask, RunCounts, create_table,
-    item_size, write_units,
+    ConsumedWrites, DynamoConfig, DynamoLimiter, DynamoStore, DynamoWindow, LimiterSettings, OverdueTask, RunCounts,
+    create_table, item_size, write_units,
 };
 pub use emf::{EmfSink, NAMESPACE, emf_line};
 pub use error::AwsError;

@@ -132,6 +132,8 @@ pub struct Breaker {
     consecutive_failures: u32,
     probes_out: u32,
     probe_successes: u32,
+    /// Calls and failures counted since the last [`Breaker::take_unshared`].
+    unshared: (u32, u32),
 }
 
 const BUCKETS: i64 = 10;
@@ -146,7 +148,47 @@ impl Breaker {
     /// A breaker in a stored state (window counts start empty).
     #[must_use]
     pub fn restore(policy: BreakerPolicy, snapshot: BreakerSnapshot) -> Self {
-        Self { policy, snapshot, buckets: VecDeque::new(), consecutive_failures: 0, probes_out: 0, probe_successes: 0 }
+        Self {
+            policy,
+            snapshot,
+            buckets: VecDeque::new(),
+            consecutive_failures: 0,
+            probes_out: 0,
+            probe_successes: 0,
+            unshared: (0, 0),
+        }
+    }
+
+    /// The calls and failures counted since the last take (for a window shared between
+    /// processes); resets them.
+    pub fn take_unshared(&mut self) -> (u32, u32) {
+        std::mem::take(&mut self.unshared)
+    }
+
+    /// Put back counts taken but not shared (or carried over to a restored breaker).
+    pub fn add_unshared(&mut self, calls: u32, failures: u32) {
+        self.unshared.0 = self.unshared.0.saturating_add(calls);
+        self.unshared.1 = self.unshared.1.saturating_add(failures);
+    }
+
+    /// Where the window judged at `now` starts: a window length back, but not before the last
+    /// state change (a breaker that just closed is not re-opened by the failures that opened it).
+    #[must_use]
+    pub fn window_start(&self, now: Millis) -> Millis {
+        now.saturating_sub(i64::try_from(self.policy.window_ms).unwrap_or(i64::MAX)).max(self.snapshot.changed_at)
+    }
+
+    /// Judge the failure-rate rule on a window shared between processes (`calls`, `failures`
+    /// summed over every process's outcomes, this one's included): a closed breaker opens when
+    /// the window holds at least `min_calls` calls and the failure rate reaches its threshold,
+    /// the same rule as the local window's. Nothing changes otherwise (an open or half-open
+    /// breaker is left to its cool-down and probes). Returns the new state if it changed.
+    pub fn judge_shared(&mut self, calls: u32, failures: u32, now: Millis) -> Option<BreakerState> {
+        if self.snapshot.state != BreakerState::Closed || !self.rate_exceeded(calls, failures) {
+            return None;
+        }
+        self.open(now);
+        Some(BreakerState::Open)
     }
 
     /// The state as it stands (an open breaker whose cool-down passed still reads open until a
@@ -224,6 +266,10 @@ impl Breaker {
         }
         let bucket = self.buckets.back_mut().expect("just pushed");
         bucket.calls += 1;
+        self.unshared.0 = self.unshared.0.saturating_add(1);
+        if result == CallResult::Failure {
+            self.unshared.1 = self.unshared.1.saturating_add(1);
+        }
         match result {
             CallResult::Failure => {
                 bucket.failures += 1;
@@ -238,6 +284,10 @@ impl Breaker {
             return true;
         }
         let (calls, failures) = self.buckets.iter().fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
+        self.rate_exceeded(calls, failures)
+    }
+
+    fn rate_exceeded(&self, calls: u32, failures: u32) -> bool {
         calls >= self.policy.min_calls && f64::from(failures) >= self.policy.failure_rate * f64::from(calls)
     }
 
@@ -359,6 +409,40 @@ mod tests {
         assert!(matches!(b.admit(1_000).0, Admission::Rejected { .. }));
         b.forget_probe();
         assert_eq!(b.admit(1_000).0, Admission::Allowed { probe: true });
+    }
+
+    #[test]
+    fn shared_window_opens_a_closed_breaker_by_the_same_rule() {
+        let mut b = Breaker::new(policy());
+        assert_eq!(b.judge_shared(3, 3, 0), None, "below min_calls");
+        assert_eq!(b.judge_shared(10, 4, 0), None, "40% < 50%");
+        assert_eq!(b.judge_shared(10, 5, 100), Some(BreakerState::Open));
+        assert_eq!(b.snapshot().open_until, Some(1_100));
+        assert_eq!(b.snapshot().opens, 1);
+        assert_eq!(b.judge_shared(10, 10, 200), None, "already open");
+        b.admit(1_100);
+        assert_eq!(b.judge_shared(10, 10, 1_200), None, "half-open is left to its probes");
+        assert_eq!(b.snapshot().state, BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn the_shared_window_starts_at_the_last_change() {
+        let mut b = Breaker::new(policy());
+        assert_eq!(b.window_start(50_000), 40_000);
+        b.judge_shared(10, 10, 45_000);
+        assert_eq!(b.window_start(50_000), 45_000);
+    }
+
+    #[test]
+    fn unshared_counts_are_taken_once() {
+        let mut b = Breaker::new(BreakerPolicy { consecutive_failures: 100, min_calls: 100, ..policy() });
+        b.record(CallResult::Failure, false, 0);
+        b.record(CallResult::Healthy, false, 1);
+        b.record(CallResult::Failure, false, 2);
+        assert_eq!(b.take_unshared(), (3, 2));
+        assert_eq!(b.take_unshared(), (0, 0));
+        b.add_unshared(1, 1);
+        assert_eq!(b.take_unshared(), (1, 1));
     }
 
     #[test]

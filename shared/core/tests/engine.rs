@@ -16,7 +16,7 @@ use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
 use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route, TaskStore};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
-use taskexec_core::time::FakeClock;
+use taskexec_core::time::{Clock, FakeClock};
 
 type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
 
@@ -458,11 +458,45 @@ async fn process_reporting_says_which_call_finished_the_task() {
     assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, Some(TaskState::Completed)));
     assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, None), "a duplicate finishes nothing");
     let bad = h.submit("bad", "").await;
-    h.provider.script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into() })]);
+    h.provider
+        .script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into() })]);
     assert_eq!(h.engine.process_reporting(&bad, None).await, (Decision::Ack, Some(TaskState::Failed)));
     let flaky = h.submit("flaky", "").await;
     h.provider.script("flaky", [transient()]);
     let (decision, finished) = h.engine.process_reporting(&flaky, None).await;
     assert!(matches!(decision, Decision::Retry { .. }));
     assert_eq!(finished, None, "a retry finishes nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcomes_drain_once_and_a_shared_window_opens_the_breaker() {
+    let h = harness(EngineConfig {
+        breaker: BreakerPolicy { consecutive_failures: 100, min_calls: 4, ..config().breaker },
+        ..config()
+    });
+    assert!(h.engine.drain_outcomes().is_empty(), "nothing before any call");
+    let d1 = h.submit("t1", "").await;
+    let d2 = h.submit("t2", "").await;
+    h.provider.script("t2", [transient()]);
+    h.engine.process(&d1).await;
+    h.engine.process(&d2).await;
+    assert_eq!(h.engine.drain_outcomes(), [("dep".to_owned(), 2, 1)]);
+    assert!(h.engine.drain_outcomes().is_empty(), "drained once");
+    h.engine.restore_outcomes("dep", 2, 1);
+    assert_eq!(h.engine.drain_outcomes(), [("dep".to_owned(), 2, 1)], "given back after a failed share");
+    let now = h.clock.now();
+    assert_eq!(h.engine.breaker_windows(now), [("dep".to_owned(), now - 30_000)]);
+    // Below min_calls, or below the rate: nothing changes, nothing is written.
+    assert_eq!(h.engine.judge_shared("dep", 3, 3, now).await.unwrap(), None);
+    assert_eq!(h.engine.judge_shared("dep", 10, 4, now).await.unwrap(), None);
+    assert_eq!(h.breakers().load("dep").await.unwrap(), None);
+    // Every worker's outcomes together cross the rule: open, counted and saved once.
+    assert_eq!(h.engine.judge_shared("dep", 10, 5, now).await.unwrap(), Some(BreakerState::Open));
+    assert_eq!(h.breakers().load("dep").await.unwrap().unwrap().state, BreakerState::Open);
+    assert_eq!(h.sink.counters.breaker_opens.load(Ordering::SeqCst), 1);
+    assert_eq!(h.engine.judge_shared("dep", 10, 10, now).await.unwrap(), None, "already open");
+    assert_eq!(h.sink.counters.breaker_opens.load(Ordering::SeqCst), 1);
+    assert_eq!(h.engine.breaker_windows(now + 1_000), [("dep".to_owned(), now)], "not before the open");
+    let d3 = h.submit("t3", "").await;
+    assert!(matches!(h.engine.process(&d3).await, Decision::Defer { reason: DeferReason::BreakerOpen(_), .. }));
 }

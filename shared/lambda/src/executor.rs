@@ -11,8 +11,10 @@ use taskexec_core::ports::{
     BreakerStore, ControlStore, Delivery, LimiterStore, MetricsSink, Route, SubmitOutcome, TaskStore,
 };
 use taskexec_core::provider::Provider;
-use taskexec_core::task::{BenchmarkTask, TaskRecord};
+use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
 use taskexec_core::time::Clock;
+
+use crate::window::{OutcomeWindow, bucket_start, bucket_width};
 
 /// Run id given to raw tasks from other systems that name none.
 pub const EXTERNAL_RUN: &str = "external";
@@ -28,14 +30,25 @@ pub enum Accepted {
 
 /// The engine as the worker uses it.
 pub trait Executor: Send + Sync {
-    /// The decision function, every attempt bounded by `cap`.
-    fn process(&self, delivery: &Delivery, cap: Option<Duration>) -> impl Future<Output = Decision> + Send;
+    /// The decision function, every attempt bounded by `cap`; also the terminal state this call
+    /// wrote, if it finished the task.
+    fn process(
+        &self,
+        delivery: &Delivery,
+        cap: Option<Duration>,
+    ) -> impl Future<Output = (Decision, Option<TaskState>)> + Send;
     /// Store a raw task idempotently and return its delivery.
     fn accept(&self, task: BenchmarkTask) -> impl Future<Output = Result<Accepted, StoreError>> + Send;
     /// Abort in-flight calls of tasks cancelled elsewhere.
     fn check_cancellations(&self) -> impl Future<Output = ()> + Send;
     /// Adopt what other workers shared since the last batch (breaker states).
     fn sync_shared_state(&self) -> impl Future<Output = ()> + Send;
+    /// Judge every known breaker on all workers' outcomes over its window (one window read per
+    /// known deployment); opens are saved like local ones.
+    fn judge_shared<W: OutcomeWindow>(&self, window: &W) -> impl Future<Output = ()> + Send;
+    /// Add the outcomes counted since the last call to the shared window: one write per
+    /// deployment with outcomes, nothing when there are none.
+    fn share_outcomes<W: OutcomeWindow>(&self, window: &W) -> impl Future<Output = ()> + Send;
 }
 
 impl<S, B, L, M, P, C> Executor for Arc<Engine<S, B, L, M, P, C>>
@@ -47,8 +60,8 @@ where
     P: Provider,
     C: Clock,
 {
-    async fn process(&self, delivery: &Delivery, cap: Option<Duration>) -> Decision {
-        self.process_within(delivery, cap).await
+    async fn process(&self, delivery: &Delivery, cap: Option<Duration>) -> (Decision, Option<TaskState>) {
+        self.process_reporting(delivery, cap).await
     }
 
     async fn accept(&self, mut task: BenchmarkTask) -> Result<Accepted, StoreError> {
@@ -79,5 +92,66 @@ where
             Ok(n) => tracing::info!(breakers = n, "adopted breaker states other workers stored"),
             Err(error) => tracing::warn!(%error, "breaker sync failed; local states kept"),
         }
+    }
+
+    async fn judge_shared<W: OutcomeWindow>(&self, window: &W) {
+        let now = self.ports().clock.now();
+        for (deployment, since) in self.breaker_windows(now) {
+            let judged = match window.window(&deployment, since).await {
+                Ok((calls, failures)) => Engine::judge_shared(self, &deployment, calls, failures, now).await,
+                Err(error) => Err(error),
+            };
+            match judged {
+                Ok(Some(state)) => tracing::info!(deployment, ?state, "breaker judged on the shared window"),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(deployment, %error, "shared breaker window not judged"),
+            }
+        }
+    }
+
+    async fn share_outcomes<W: OutcomeWindow>(&self, window: &W) {
+        let width = bucket_width(self.config().breaker.window_ms);
+        let start = bucket_start(self.ports().clock.now(), width);
+        for (deployment, calls, failures) in self.drain_outcomes() {
+            if let Err(error) = window.add(&deployment, start, calls, failures).await {
+                tracing::warn!(deployment, %error, "outcomes not shared; kept for the next batch");
+                self.restore_outcomes(&deployment, calls, failures);
+            }
+        }
+    }
+}
+
+/// Where a worker adds a run's outcomes, once per run per invocation (sharded counters in
+/// DynamoDB; never once per task). Boxed futures: the counter is chosen at run time.
+pub trait RunCounter: Send + Sync {
+    /// Add `completed` and `failed` tasks to `run_id`'s counters.
+    fn add(
+        &self,
+        run_id: String,
+        completed: u64,
+        failed: u64,
+    ) -> futures::future::BoxFuture<'_, Result<(), taskexec_core::error::StoreError>>;
+}
+
+/// Run counters in memory (tests, dry runs).
+#[derive(Debug, Default)]
+pub struct MemoryRunCounter {
+    /// Per run: (completed, failed, number of `add` calls).
+    pub runs: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64, u64)>>,
+}
+
+impl RunCounter for MemoryRunCounter {
+    fn add(
+        &self,
+        run_id: String,
+        completed: u64,
+        failed: u64,
+    ) -> futures::future::BoxFuture<'_, Result<(), taskexec_core::error::StoreError>> {
+        let mut runs = self.runs.lock().expect("poisoned");
+        let entry = runs.entry(run_id).or_default();
+        entry.0 += completed;
+        entry.1 += failed;
+        entry.2 += 1;
+        Box::pin(std::future::ready(Ok(())))
     }
 }

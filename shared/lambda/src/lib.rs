@@ -4,7 +4,8 @@
 //! - [`worker`]: an SQS batch in, the engine's decision per message, partial batch failures out;
 //! - [`dlq`]: dead-lettered messages analysed, re-queued or finalised;
 //! - [`sweeper`]: overdue tasks re-sent, queue weights rebalanced;
-//! - [`poller`]: a local event-source mapping feeding SQS batches to the worker as Lambda would.
+//! - [`poller`]: a local event-source mapping feeding SQS batches to the worker as Lambda would;
+//! - [`window`]: the breaker outcome counters every worker shares.
 #![warn(missing_docs)]
 
 pub mod actions;
@@ -13,4 +14,5 @@ pub mod env;
 pub mod executor;
 pub mod poller;
 pub mod sweeper;
+pub mod window;
 pub mod worker;

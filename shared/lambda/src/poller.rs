@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{ActionError, QueueActions, QueuePair, Topology};
 use crate::executor::Executor;
+use crate::window::OutcomeWindow;
 use crate::worker::Worker;
 
 /// Where batches come from.
@@ -66,9 +67,9 @@ pub struct PollerStats {
 }
 
 /// Run the mapping until `shutdown` fires.
-pub async fn run<S, E, A>(
+pub async fn run<S, E, A, W>(
     source: Arc<S>,
-    worker: Arc<Worker<E, A>>,
+    worker: Arc<Worker<E, A, W>>,
     actions: Arc<A>,
     topology: Topology,
     settings: PollerSettings,
@@ -78,6 +79,7 @@ pub async fn run<S, E, A>(
     S: MessageSource,
     E: Executor + 'static,
     A: QueueActions + 'static,
+    W: OutcomeWindow + 'static,
 {
     let mut loops = tokio::task::JoinSet::new();
     for (i, queue) in topology.queues.iter().enumerate() {
@@ -96,16 +98,16 @@ pub async fn run<S, E, A>(
     while loops.join_next().await.is_some() {}
 }
 
-struct Poll<S, E, A> {
+struct Poll<S, E, A, W> {
     source: Arc<S>,
-    worker: Arc<Worker<E, A>>,
+    worker: Arc<Worker<E, A, W>>,
     actions: Arc<A>,
     queue: QueuePair,
     settings: PollerSettings,
     stats: Arc<PollerStats>,
 }
 
-impl<S: MessageSource, E: Executor, A: QueueActions> Poll<S, E, A> {
+impl<S: MessageSource, E: Executor, A: QueueActions, W: OutcomeWindow> Poll<S, E, A, W> {
     async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             // Counted before the call: a receive cut short by shutdown was still made.

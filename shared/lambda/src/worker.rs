@@ -15,14 +15,18 @@
 //! - If an SQS call fails, the message is reported as failed: it comes back after its visibility
 //!   timeout, and processing it again is safe (claims and outcomes are fenced).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use taskexec_core::engine::Decision;
 use taskexec_core::message::{Envelope, QueueMessage, decode};
+use taskexec_core::task::TaskState;
 
 use crate::actions::{QueueActions, QueuePair, Topology};
-use crate::executor::{Accepted, Executor};
+use crate::executor::{Accepted, Executor, RunCounter};
+use crate::window::OutcomeWindow;
 
 /// The longest SQS visibility timeout, seconds.
 pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
@@ -79,20 +83,33 @@ impl Default for WorkerSettings {
 }
 
 /// The worker handler.
-pub struct Worker<E, A> {
+pub struct Worker<E, A, W> {
     executor: E,
+    /// The breakers' outcome window shared with the other workers.
+    window: W,
     actions: A,
     topology: Topology,
     settings: WorkerSettings,
+    run_counter: Option<Arc<dyn RunCounter>>,
 }
 
 /// Whether a message is done with (`Ok`) or must come back (`Err`).
 type MessageResult = Result<(), ()>;
 
-impl<E: Executor, A: QueueActions> Worker<E, A> {
-    /// A worker.
-    pub fn new(executor: E, actions: A, topology: Topology, settings: WorkerSettings) -> Self {
-        Self { executor, actions, topology, settings }
+/// Per run: tasks this batch completed and failed.
+type Tally = std::sync::Mutex<BTreeMap<String, (u64, u64)>>;
+
+impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
+    /// A worker; `window` is where breaker outcomes are shared with the other workers.
+    pub fn new(executor: E, actions: A, window: W, topology: Topology, settings: WorkerSettings) -> Self {
+        Self { executor, window, actions, topology, settings, run_counter: None }
+    }
+
+    /// Add each batch's finished tasks to the runs' counters through `counter`.
+    #[must_use]
+    pub fn with_run_counter(mut self, counter: Arc<dyn RunCounter>) -> Self {
+        self.run_counter = Some(counter);
+        self
     }
 
     /// The executor (for tests and the local poller).
@@ -104,11 +121,18 @@ impl<E: Executor, A: QueueActions> Worker<E, A> {
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         let cap =
             deadline.map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(self.settings.safety_margin));
-        let all = futures::future::join_all(event.records.iter().map(|m| self.handle_message(m, cap)));
+        // Breakers opened by other containers are honoured from this batch on.
+        self.executor.sync_shared_state().await;
+        // And breakers are judged on every container's outcomes.
+        self.executor.judge_shared(&self.window).await;
+        let finished = std::sync::Mutex::new(BTreeMap::new());
+        let all = futures::future::join_all(event.records.iter().map(|m| self.handle_message(m, cap, &finished)));
         let results = tokio::select! {
             results = all => results,
             () = self.watch_cancellations() => unreachable!("the watch never ends"),
         };
+        self.count_runs(finished.into_inner().expect("poisoned")).await;
+        self.executor.share_outcomes(&self.window).await;
         let mut response = SqsBatchResponse::default();
         for (message, result) in event.records.iter().zip(results) {
             if result.is_err() {
@@ -127,7 +151,17 @@ impl<E: Executor, A: QueueActions> Worker<E, A> {
         }
     }
 
-    async fn handle_message(&self, m: &SqsMessage, cap: Option<Duration>) -> MessageResult {
+    /// Add the batch's finished tasks to their runs' counters: one write per run per invocation.
+    async fn count_runs(&self, finished: BTreeMap<String, (u64, u64)>) {
+        let Some(counter) = &self.run_counter else { return };
+        for (run, (completed, failed)) in finished {
+            if let Err(error) = counter.add(run.clone(), completed, failed).await {
+                tracing::warn!(run_id = %run, %error, "run counters not updated (GET /runs counts through the index)");
+            }
+        }
+    }
+
+    async fn handle_message(&self, m: &SqsMessage, cap: Option<Duration>, finished: &Tally) -> MessageResult {
         let id = m.message_id.as_deref().unwrap_or("");
         let Some(queue) = m.event_source_arn.as_deref().and_then(|arn| self.topology.for_arn(arn)) else {
             tracing::error!(message_id = id, arn = ?m.event_source_arn, "message from an unknown queue");
@@ -152,7 +186,12 @@ impl<E: Executor, A: QueueActions> Worker<E, A> {
             },
             Err(error) => return self.poison(queue, id, body, &error.to_string()).await,
         };
-        let decision = self.executor.process(&delivery, cap).await;
+        let (decision, done) = self.executor.process(&delivery, cap).await;
+        if let Some(state) = done {
+            let mut tally = finished.lock().expect("poisoned");
+            let entry: &mut (u64, u64) = tally.entry(delivery.run_id().to_owned()).or_default();
+            if state == TaskState::Completed { entry.0 += 1 } else { entry.1 += 1 }
+        }
         tracing::info!(message_id = id, task_id = %delivery.task_id, ?decision, "processed");
         let receipt = m.receipt_handle.as_deref().unwrap_or("");
         match decision {

@@ -16,6 +16,7 @@ use taskexec_core::task::{BenchmarkTask, TaskPriority, TaskRecord, TaskState, Us
 use taskexec_core::time::TokioClock;
 use taskexec_lambda::actions::{Action, QueuePair, RecordingActions, Topology};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
+use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
 const NORMAL: &str = "https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-NormalQueue-Xk3mZ8pQ2rTs";
@@ -55,6 +56,7 @@ impl Provider for Sim {
 type TestWorker = Worker<
     Arc<Engine<MemoryStore, MemoryStore, MemoryLimiter, CountingSink, Arc<Sim>, TokioClock>>,
     Arc<RecordingActions>,
+    MemoryWindow,
 >;
 
 async fn worker_with_demo_tasks() -> (TestWorker, Arc<Sim>, Arc<RecordingActions>) {
@@ -80,7 +82,7 @@ async fn worker_with_demo_tasks() -> (TestWorker, Arc<Sim>, Arc<RecordingActions
         .collect();
     engine.ports().store.submit(records).await.unwrap();
     let actions = Arc::new(RecordingActions::default());
-    (Worker::new(engine, actions.clone(), topology(), WorkerSettings::default()), sim, actions)
+    (Worker::new(engine, actions.clone(), MemoryWindow::default(), topology(), WorkerSettings::default()), sim, actions)
 }
 
 fn sqs(text: &str) -> SqsEvent {

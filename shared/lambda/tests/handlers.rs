@@ -17,6 +17,7 @@ use taskexec_core::task::{TaskState, Usage};
 use taskexec_core::time::TokioClock;
 use taskexec_lambda::actions::{Action, QueuePair, RecordingActions, Topology};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
+use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
 #[derive(Default)]
@@ -47,7 +48,7 @@ impl Provider for Stub {
 }
 
 type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Stub>, TokioClock>;
-type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>>;
+type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, MemoryWindow>;
 
 fn topology() -> Topology {
     let pair = |priority, name: &str| QueuePair {
@@ -72,7 +73,8 @@ fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingActi
     let config =
         EngineConfig { retry: RetryPolicy::default().with_max_attempts(2), seed: Some(1), ..EngineConfig::default() };
     let actions = Arc::new(RecordingActions::default());
-    (Worker::new(Arc::new(Engine::new(ports, config)), actions.clone(), topology(), settings), stub, actions)
+    let engine = Arc::new(Engine::new(ports, config));
+    (Worker::new(engine, actions.clone(), MemoryWindow::default(), topology(), settings), stub, actions)
 }
 
 fn message(id: &str, queue: &str, body: &str, receives: u32) -> serde_json::Value {
@@ -348,4 +350,20 @@ async fn the_local_poller_feeds_batches_and_deletes_only_successes() {
     assert_eq!(stats.failures.load(Ordering::SeqCst), 1, "the flaky task comes back by visibility");
     let deletes = actions.actions().iter().filter(|a| matches!(a, Action::Delete(..))).count();
     assert_eq!(deletes, 13);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_batch_adds_its_finished_tasks_to_the_run_counters_once_per_run() {
+    let (w, _, _) = worker(WorkerSettings::default());
+    let counter = Arc::new(taskexec_lambda::executor::MemoryRunCounter::default());
+    let w = w.with_run_counter(counter.clone());
+    let mut records: Vec<_> = (0..3).map(|i| message(&format!("m{i}"), "normal", &raw(&format!("t{i}")), 1)).collect();
+    records.push(message("f", "normal", &raw("flaky-c"), 1));
+    w.handle(event(records), None).await;
+    assert_eq!(counter.runs.lock().unwrap().get("r"), Some(&(3, 0, 1)), "3 completed, one write for the run");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.handle(event(vec![message("f", "normal", &raw("flaky-c"), 2)]), None).await;
+    assert_eq!(counter.runs.lock().unwrap().get("r"), Some(&(3, 1, 2)), "the dead-lettered task counts as failed");
+    w.handle(event(vec![message("m0", "normal", &raw("t0"), 2)]), None).await;
+    assert_eq!(counter.runs.lock().unwrap().get("r"), Some(&(3, 1, 2)), "a duplicate finishes nothing: no write");
 }

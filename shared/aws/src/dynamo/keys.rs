@@ -7,6 +7,7 @@
 //! | task payload | `TASK#<id>` | `PAYLOAD` |
 //! | control state | `CONTROL` | `CONTROL` |
 //! | breaker snapshot | `BREAKER#<deployment>` | `BREAKER` |
+//! | breaker outcome bucket | `BREAKER#<deployment>` | `BUCKET#<start ms, 15 digits>` |
 //! | run counters | `RUN#<run>` | `COUNTERS#<n>` |
 //! | limiter counter | `LIMIT#<key>` | `LIMIT` |
 //! | limiter lease of a holder | `LIMIT#<key>` | `HOLDER#<holder>` |

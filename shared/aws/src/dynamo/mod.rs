@@ -16,6 +16,7 @@ mod item;
 mod keys;
 mod limiter;
 mod meter;
+mod outcomes;
 mod queries;
 mod read;
 mod size;
@@ -38,6 +39,7 @@ use taskexec_core::time::Millis;
 pub use control::RunCounts;
 pub use limiter::{DynamoLimiter, LimiterSettings};
 pub use meter::ConsumedWrites;
+pub use outcomes::DynamoWindow;
 pub use size::{item_size, write_units};
 pub use table::create_table;
 

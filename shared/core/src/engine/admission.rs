@@ -66,13 +66,63 @@ where
             let state = stored.state;
             let mut map = self.breakers.lock().expect("breakers poisoned");
             if let Some(b) = map.get_mut(&deployment).filter(|b| b.snapshot().changed_at < stored.changed_at) {
+                let (calls, failures) = b.take_unshared();
                 *b = Breaker::restore(self.config.breaker.clone(), stored);
+                b.add_unshared(calls, failures);
                 adopted += 1;
                 drop(map);
                 self.ports.metrics.record(Metric::BreakerChanged { deployment, state });
             }
         }
         Ok(adopted)
+    }
+
+    /// The deployments this engine has a breaker for, each with where its shared window judged
+    /// at `now` starts ([`Breaker::window_start`]).
+    pub fn breaker_windows(&self, now: Millis) -> Vec<(String, Millis)> {
+        let map = self.breakers.lock().expect("breakers poisoned");
+        map.iter().map(|(d, b)| (d.clone(), b.window_start(now))).collect()
+    }
+
+    /// The outcomes (calls, failures) each deployment's breaker counted since the last drain,
+    /// for a window shared with other workers; deployments with none are left out.
+    pub fn drain_outcomes(&self) -> Vec<(String, u32, u32)> {
+        let mut map = self.breakers.lock().expect("breakers poisoned");
+        map.iter_mut()
+            .map(|(d, b)| {
+                let (calls, failures) = b.take_unshared();
+                (d.clone(), calls, failures)
+            })
+            .filter(|(_, calls, _)| *calls > 0)
+            .collect()
+    }
+
+    /// Give back drained outcomes that could not be shared, so the next drain includes them.
+    pub fn restore_outcomes(&self, deployment: &str, calls: u32, failures: u32) {
+        if let Some(b) = self.breakers.lock().expect("breakers poisoned").get_mut(deployment) {
+            b.add_unshared(calls, failures);
+        }
+    }
+
+    /// Judge a deployment's breaker on the outcomes of every worker over the shared window
+    /// (see [`Breaker::judge_shared`]); a change is recorded and saved like any other.
+    /// Returns the new state if it changed.
+    pub async fn judge_shared(
+        &self,
+        deployment: &str,
+        calls: u32,
+        failures: u32,
+        now: Millis,
+    ) -> Result<Option<crate::breaker::BreakerState>, StoreError> {
+        self.ensure_breaker(deployment).await?;
+        let changed = {
+            let mut map = self.breakers.lock().expect("breakers poisoned");
+            let breaker = map.get_mut(deployment).expect("ensured");
+            breaker.judge_shared(calls, failures, now).map(|state| (state, breaker.snapshot().clone()))
+        };
+        let Some((state, snapshot)) = changed else { return Ok(None) };
+        self.breaker_changed(deployment, snapshot).await?;
+        Ok(Some(state))
     }
 
     pub(super) async fn ensure_breaker(&self, deployment: &str) -> Result<(), StoreError> {
