@@ -80,7 +80,8 @@ async fn stack_with(worker: WorkerSettings) -> Stack {
     let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
     let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, sink.clone());
     let api = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
-        .with_worker_timeout(Duration::from_secs(120));
+        .with_worker_timeout(Duration::from_secs(120))
+        .with_run_counter(backend.store.clone());
     let app = router(ApiState::new(backend.store.clone(), backend.queue.clone(), api));
     Stack { table, dynamo, backend, topology, app, sink }
 }
@@ -159,7 +160,11 @@ async fn two_hundred_tasks_submitted_through_the_api_all_complete_via_sqs() {
     assert_eq!(status["progress"], 1.0);
     assert_eq!(Counters::get(&s.sink.counters.attempts), 200, "one attempt per task");
     let counts = s.backend.store.run_counts("e2e").await.unwrap();
-    assert_eq!((counts.completed, counts.failed), (200, 0), "the run counters, added once per run per batch");
+    assert_eq!(
+        (counts.submitted, counts.completed, counts.failed),
+        (200, 200, 0),
+        "the run counters: submissions added once per request, outcomes once per run per batch"
+    );
     let probe = DynamoLimiter::new(s.dynamo.clone(), s.table.clone(), "probe", LimiterSettings::default());
     let leased = probe.leased_total(&LimitKey::Deployment("sim".into())).await.unwrap();
     assert_eq!(leased, 0, "every leased permit went back once the worker was idle");

@@ -13,10 +13,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone()));
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone())));
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
-        .with_worker_timeout(env.worker_timeout);
-    let app = router(ApiState::new(Arc::new(store), Arc::new(queue), settings));
+        .with_worker_timeout(env.worker_timeout)
+        .with_run_counter(store.clone());
+    let app = router(ApiState::new(store, Arc::new(queue), settings));
     lambda_http::run(app).await
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskexec_core::ports::{ControlStore, TaskStore, WorkQueue};
+use taskexec_core::ports::{ControlStore, RunCounter, RunDelta, TaskStore, WorkQueue};
 use taskexec_core::time::{Clock, SystemClock};
 
 use crate::resources::ResourceSampler;
@@ -32,6 +32,8 @@ pub struct ApiSettings {
     pub clock: Arc<dyn Clock>,
     /// Samples this process's resource use for `GET /resources`.
     pub sampler: Arc<dyn ResourceSampler>,
+    /// Per-run counters to add submissions and cancellations to, once per request (AWS).
+    pub run_counter: Option<Arc<dyn RunCounter>>,
 }
 
 impl ApiSettings {
@@ -45,6 +47,26 @@ impl ApiSettings {
             default_run_id: DEFAULT_RUN_ID.to_owned(),
             clock: Arc::new(SystemClock),
             sampler,
+            run_counter: None,
+        }
+    }
+
+    /// Add each request's submissions and cancellations to the runs' counters.
+    #[must_use]
+    pub fn with_run_counter(mut self, counter: Arc<dyn RunCounter>) -> Self {
+        self.run_counter = Some(counter);
+        self
+    }
+
+    /// Add `delta` to `run`'s counters, if there are counters. A failure is logged, not
+    /// returned: the task itself is stored, and `GET /runs/{id}` counts through the index.
+    pub async fn count(&self, run: String, delta: RunDelta) {
+        let Some(counter) = &self.run_counter else { return };
+        if delta.is_empty() {
+            return;
+        }
+        if let Err(error) = counter.add(run.clone(), delta).await {
+            tracing::warn!(run_id = %run, %error, "run counters not updated");
         }
     }
 

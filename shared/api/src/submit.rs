@@ -177,6 +177,13 @@ where
     if !deliveries.is_empty() {
         state.queue.send(deliveries).await.map_err(ApiError::Queue)?;
     }
+    let mut created: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for t in answered.iter().filter(|t| t.outcome == SubmitKind::Created) {
+        *created.entry(t.run_id.clone()).or_default() += 1;
+    }
+    for (run, submitted) in created {
+        state.settings.count(run, taskexec_core::ports::RunDelta { submitted, ..Default::default() }).await;
+    }
     if conflicts.is_empty() {
         return Ok(SubmitResponse { tasks: answered });
     }

@@ -185,3 +185,22 @@ async fn unknown_routes_and_methods_answer_json() {
     let (status, body) = api.call("PUT", "/tasks/a", None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
 }
+
+#[tokio::test]
+async fn submissions_and_cancels_are_added_to_the_run_counters_once_per_request() {
+    use taskexec_core::ports::RunDelta;
+    let api = api();
+    let batch: Vec<Value> = ["a", "b", "c"].iter().map(|id| task(id)).collect();
+    api.call("POST", "/tasks", Some(Value::Array(batch.clone()))).await;
+    api.call("POST", "/tasks", Some(Value::Array(batch))).await; // duplicates: nothing new
+    api.call("DELETE", "/tasks/b", None).await;
+    let run = task("a")["runId"].as_str().unwrap_or("default").to_owned();
+    let calls = api.counters.0.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        [
+            (run.clone(), RunDelta { submitted: 3, ..RunDelta::default() }),
+            (run, RunDelta { cancelled: 1, ..RunDelta::default() }),
+        ]
+    );
+}

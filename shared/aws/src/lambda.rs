@@ -146,15 +146,19 @@ fn to_event_message(m: aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
     out
 }
 
-impl taskexec_lambda::executor::RunCounter for DynamoStore {
+impl taskexec_core::ports::RunCounter for DynamoStore {
     fn add(
         &self,
         run_id: String,
-        completed: u64,
-        failed: u64,
-    ) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
+        delta: taskexec_core::ports::RunDelta,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>> {
         Box::pin(async move {
-            let counts = crate::dynamo::RunCounts { completed, failed, ..Default::default() };
+            let counts = crate::dynamo::RunCounts {
+                submitted: delta.submitted,
+                completed: delta.completed,
+                failed: delta.failed,
+                cancelled: delta.cancelled,
+            };
             self.add_run_counts(&run_id, &counts).await
         })
     }

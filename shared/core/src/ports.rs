@@ -306,6 +306,39 @@ pub trait TaskStore: Send + Sync + 'static {
     fn run_tasks(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
 }
 
+/// A change to a run's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunDelta {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks failed for good.
+    pub failed: u64,
+    /// Tasks cancelled.
+    pub cancelled: u64,
+}
+
+impl RunDelta {
+    /// Whether nothing changes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Per-run progress counters, added to once per run per invocation or request (sharded in
+/// DynamoDB), never once per task. Boxed futures: the counter is chosen at run time. Exact counts
+/// come from [`TaskStore::summary`]; the counters are the cheap live view.
+pub trait RunCounter: Send + Sync {
+    /// Add `delta` to `run_id`'s counters.
+    fn add(
+        &self,
+        run_id: String,
+        delta: RunDelta,
+    ) -> std::pin::Pin<Box<dyn Future<Output = StoreResult<()>> + Send + '_>>;
+}
+
 /// What is paused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "scope", content = "runId")]

@@ -10,6 +10,7 @@ use taskexec_core::error::StoreError;
 use taskexec_core::ports::{
     BreakerStore, ControlStore, Delivery, LimiterStore, MetricsSink, Route, SubmitOutcome, TaskStore,
 };
+use taskexec_core::ports::{RunCounter, RunDelta};
 use taskexec_core::provider::Provider;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
 use taskexec_core::time::Clock;
@@ -121,37 +122,26 @@ where
     }
 }
 
-/// Where a worker adds a run's outcomes, once per run per invocation (sharded counters in
-/// DynamoDB; never once per task). Boxed futures: the counter is chosen at run time.
-pub trait RunCounter: Send + Sync {
-    /// Add `completed` and `failed` tasks to `run_id`'s counters.
-    fn add(
-        &self,
-        run_id: String,
-        completed: u64,
-        failed: u64,
-    ) -> futures::future::BoxFuture<'_, Result<(), taskexec_core::error::StoreError>>;
-}
-
 /// Run counters in memory (tests, dry runs).
 #[derive(Debug, Default)]
 pub struct MemoryRunCounter {
-    /// Per run: (completed, failed, number of `add` calls).
-    pub runs: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64, u64)>>,
+    /// Per run: the summed deltas and the number of `add` calls.
+    pub runs: std::sync::Mutex<std::collections::BTreeMap<String, (RunDelta, u64)>>,
 }
 
 impl RunCounter for MemoryRunCounter {
     fn add(
         &self,
         run_id: String,
-        completed: u64,
-        failed: u64,
-    ) -> futures::future::BoxFuture<'_, Result<(), taskexec_core::error::StoreError>> {
+        delta: RunDelta,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
         let mut runs = self.runs.lock().expect("poisoned");
-        let entry = runs.entry(run_id).or_default();
-        entry.0 += completed;
-        entry.1 += failed;
-        entry.2 += 1;
+        let (sum, calls) = runs.entry(run_id).or_default();
+        sum.submitted += delta.submitted;
+        sum.completed += delta.completed;
+        sum.failed += delta.failed;
+        sum.cancelled += delta.cancelled;
+        *calls += 1;
         Box::pin(std::future::ready(Ok(())))
     }
 }

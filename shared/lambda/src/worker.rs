@@ -25,8 +25,9 @@ use taskexec_core::message::{Envelope, QueueMessage, decode};
 use taskexec_core::task::TaskState;
 
 use crate::actions::{QueueActions, QueuePair, Topology};
-use crate::executor::{Accepted, Executor, RunCounter};
+use crate::executor::{Accepted, Executor};
 use crate::window::OutcomeWindow;
+use taskexec_core::ports::{RunCounter, RunDelta};
 
 /// The longest SQS visibility timeout, seconds.
 pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
@@ -155,7 +156,8 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
     async fn count_runs(&self, finished: BTreeMap<String, (u64, u64)>) {
         let Some(counter) = &self.run_counter else { return };
         for (run, (completed, failed)) in finished {
-            if let Err(error) = counter.add(run.clone(), completed, failed).await {
+            let delta = RunDelta { completed, failed, ..RunDelta::default() };
+            if let Err(error) = counter.add(run.clone(), delta).await {
                 tracing::warn!(run_id = %run, %error, "run counters not updated (GET /runs counts through the index)");
             }
         }

@@ -96,7 +96,12 @@ where
     Q: WorkQueue,
 {
     match state.store.cancel(&id, state.settings.clock.now()).await? {
-        CancelOutcome::Cancelled { .. } => Ok(Json(load(&state, &id).await?.status())),
+        CancelOutcome::Cancelled { .. } => {
+            let status = load(&state, &id).await?.status();
+            let delta = taskexec_core::ports::RunDelta { cancelled: 1, ..Default::default() };
+            state.settings.count(status.run_id.clone(), delta).await;
+            Ok(Json(status))
+        }
         CancelOutcome::AlreadyTerminal(s) => Err(not_now(&id, &format!("has already finished ({})", s.as_str()))),
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no task with id `{id}`"))),
     }

@@ -27,6 +27,22 @@ pub struct Api {
     pub store: Arc<MemoryStore>,
     pub queue: Arc<MemoryQueue<FakeClock>>,
     pub clock: FakeClock,
+    pub counters: Arc<Counters>,
+}
+
+/// Run counters the API adds to: (run, delta) per call.
+#[derive(Default)]
+pub struct Counters(pub std::sync::Mutex<Vec<(String, taskexec_core::ports::RunDelta)>>);
+
+impl taskexec_core::ports::RunCounter for Counters {
+    fn add(
+        &self,
+        run_id: String,
+        delta: taskexec_core::ports::RunDelta,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = taskexec_core::ports::StoreResult<()>> + Send + '_>> {
+        self.0.lock().unwrap().push((run_id, delta));
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// The API over memory ports: deployments `sim` and `mock`, a worker timeout of 60 s with a
@@ -39,8 +55,10 @@ pub fn api() -> Api {
         .with_worker_timeout(Duration::from_secs(60))
         .with_timeout_margin(Duration::from_secs(10))
         .with_clock(Arc::new(clock.clone()));
+    let counters = Arc::new(Counters::default());
+    let settings = settings.with_run_counter(counters.clone());
     let app = router(ApiState::new(store.clone(), queue.clone(), settings));
-    Api { app, store, queue, clock }
+    Api { app, store, queue, clock, counters }
 }
 
 impl Api {
