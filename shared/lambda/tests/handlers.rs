@@ -2,63 +2,27 @@
 //! right thing to its message, poison goes to the DLQ under its message id, duplicates complete
 //! once, deferrals past the refresh threshold are re-sent fresh.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
+use common::{Stub, topology};
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
-use taskexec_core::error::ProviderError;
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
 use taskexec_core::ports::{ControlStore, PauseScope, TaskStore};
-use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::retry::RetryPolicy;
-use taskexec_core::task::{TaskState, Usage};
+use taskexec_core::task::TaskState;
 use taskexec_core::time::TokioClock;
-use taskexec_lambda::actions::{Action, QueuePair, RecordingActions, Topology};
+use taskexec_lambda::actions::{Action, QueuePair, RecordingActions};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
 use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
-#[derive(Default)]
-struct Stub {
-    calls: AtomicUsize,
-}
-
-impl Provider for Stub {
-    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if request.task_id.starts_with("flaky") {
-            return Err(ProviderError::transient("connection reset"));
-        }
-        if request.task_id.starts_with("slow") {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-        Ok(ProviderResponse {
-            text: "ok".into(),
-            finish_reason: "stop".into(),
-            usage: Usage::default(),
-            model: request.model,
-            request_id: None,
-            latency: Duration::from_millis(50),
-            ttft: None,
-        })
-    }
-}
-
 type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Stub>, TokioClock>;
 type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, MemoryWindow>;
-
-fn topology() -> Topology {
-    let pair = |priority, name: &str| QueuePair {
-        priority,
-        url: format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-{name}"),
-        dlq_url: format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-{name}-dlq"),
-    };
-    use taskexec_core::task::TaskPriority as P;
-    Topology { queues: [pair(P::High, "high"), pair(P::Normal, "normal"), pair(P::Low, "low")] }
-}
 
 fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingActions>) {
     let stub = Arc::new(Stub::default());
