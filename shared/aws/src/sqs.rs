@@ -5,7 +5,7 @@
 //! arrives early). `receive` polls high, then normal, then low, and deletes what it returns
 //! (the port has no acknowledgement: the store's lease and the sweeper carry durability). The
 //! Lambda worker gets its messages in the event instead, and uses the inherent methods
-//! ([`SqsQueue::change_visibility`], [`SqsQueue::delete`], [`SqsQueue::refresh`],
+//! ([`SqsQueue::change_visibility`], [`SqsQueue::delete`],
 //! [`SqsQueue::send_raw`], [`SqsQueue::send_body`]). Every SQS request is counted ([`SqsQueue::api_calls`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -119,21 +119,6 @@ impl SqsQueue {
         let request = self.client.delete_message().queue_url(queue_url).receipt_handle(receipt_handle);
         request.send().await.map_err(|e| AwsError::sqs("DeleteMessage", e))?;
         Ok(())
-    }
-
-    /// Replace a message that has been received many times by a fresh copy (receive count 0)
-    /// visible after `delay`, then delete the old one. Used past half the queue's
-    /// `maxReceiveCount`, so long deferrals never dead-letter a task. If the delete fails the
-    /// task has two messages for a while; the store's fencing makes the extra one harmless.
-    pub async fn refresh(
-        &self,
-        queue_url: &str,
-        receipt_handle: &str,
-        envelope: &Envelope,
-        delay: Duration,
-    ) -> Result<(), AwsError> {
-        self.send_body(queue_url, envelope.to_body(), delay).await?;
-        self.delete(queue_url, receipt_handle).await
     }
 
     /// Send a body as it is (a poison message to a dead-letter queue).

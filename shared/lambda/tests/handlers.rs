@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use common::{Stub, topology};
-use taskexec_core::engine::{Engine, EngineConfig, Ports};
-use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
+use common::{Stub, TestEngine, engine, topology};
+use taskexec_core::engine::EngineConfig;
+use taskexec_core::memory::{CountingSink, MemoryStore};
 use taskexec_core::ports::{ControlStore, PauseScope, TaskStore};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::TaskState;
@@ -21,23 +21,13 @@ use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
 use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
-type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Stub>, TokioClock>;
 type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, MemoryWindow>;
 
 fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingActions>) {
-    let stub = Arc::new(Stub::default());
-    let ports = Ports {
-        store: MemoryStore::default(),
-        breakers: MemoryStore::default(),
-        limiter: MemoryLimiter::default(),
-        metrics: Arc::new(CountingSink::default()),
-        provider: stub.clone(),
-        clock: TokioClock::starting_at(1_700_000_000_000),
-    };
     let config =
         EngineConfig { retry: RetryPolicy::default().with_max_attempts(2), seed: Some(1), ..EngineConfig::default() };
+    let (engine, stub) = engine(config);
     let actions = Arc::new(RecordingActions::default());
-    let engine = Arc::new(Engine::new(ports, config));
     (Worker::new(engine, actions.clone(), MemoryWindow::default(), topology(), settings), stub, actions)
 }
 

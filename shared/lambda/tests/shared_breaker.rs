@@ -3,36 +3,24 @@
 
 mod common;
 
-use common::{Stub, topology};
+use common::{Stub, TestEngine, engine, topology};
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use taskexec_core::breaker::{BreakerPolicy, BreakerState};
-use taskexec_core::engine::{Engine, EngineConfig, Ports};
-use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
+use taskexec_core::engine::EngineConfig;
 use taskexec_core::ports::{BreakerStore, TaskStore};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::TaskState;
-use taskexec_core::time::TokioClock;
 use taskexec_lambda::actions::RecordingActions;
 use taskexec_lambda::window::{MemoryWindow, OutcomeWindow};
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
-type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Stub>, TokioClock>;
 type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, Arc<MemoryWindow>>;
 
 fn worker(window: &Arc<MemoryWindow>, owner: &str) -> (TestWorker, Arc<Stub>) {
-    let stub = Arc::new(Stub::default());
-    let ports = Ports {
-        store: MemoryStore::default(),
-        breakers: MemoryStore::default(),
-        limiter: MemoryLimiter::default(),
-        metrics: Arc::new(CountingSink::default()),
-        provider: stub.clone(),
-        clock: TokioClock::starting_at(1_700_000_000_000),
-    };
     let config = EngineConfig {
         retry: RetryPolicy::default().with_max_attempts(5),
         // Judged on the failure rate only: 4 calls at least, half of them failed.
@@ -46,7 +34,7 @@ fn worker(window: &Arc<MemoryWindow>, owner: &str) -> (TestWorker, Arc<Stub>) {
         seed: Some(1),
         ..EngineConfig::default()
     };
-    let engine = Arc::new(Engine::new(ports, config));
+    let (engine, stub) = engine(config);
     let w = Worker::new(
         engine,
         Arc::new(RecordingActions::default()),

@@ -74,7 +74,11 @@ where
 }
 
 async fn load<S: TaskStore + ControlStore, Q>(state: &ApiState<S, Q>, id: &str) -> Result<TaskRecord, ApiError> {
-    state.store.get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no task with id `{id}`")))
+    state.store.get(id).await?.ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no task with id `{id}`"))
 }
 
 /// Cancel a queued or running task (a running task's provider request is dropped).
@@ -103,7 +107,7 @@ where
             Ok(Json(status))
         }
         CancelOutcome::AlreadyTerminal(s) => Err(not_now(&id, &format!("has already finished ({})", s.as_str()))),
-        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no task with id `{id}`"))),
+        CancelOutcome::NotFound => Err(not_found(&id)),
     }
 }
 

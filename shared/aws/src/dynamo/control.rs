@@ -9,7 +9,7 @@ use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{ControlState, PauseScope};
 
 use super::DynamoStore;
-use super::item::{Item, key, n, s};
+use super::item::{Item, key, n};
 use super::keys;
 use crate::error::AwsError;
 
@@ -200,19 +200,9 @@ pub async fn add_run_counts(store: &DynamoStore, run_id: &str, counts: &RunCount
 
 /// A run's counters, summed over its shards.
 pub async fn run_counts(store: &DynamoStore, run_id: &str) -> Result<RunCounts, AwsError> {
-    let out = store
-        .client
-        .query()
-        .table_name(store.table())
-        .key_condition_expression("#pk = :pk")
-        .expression_attribute_names("#pk", keys::PK)
-        .expression_attribute_values(":pk", s(keys::run_pk(run_id)))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| AwsError::dynamo("Query", e))?;
+    let items = super::read::partition(store, keys::run_pk(run_id)).await?;
     let mut total = RunCounts::default();
-    for item in out.items.unwrap_or_default() {
+    for item in items {
         let shard: RunCounts =
             serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("counters of run {run_id}"), e))?;
         total.add(&shard);

@@ -16,6 +16,30 @@ use crate::error::AwsError;
 /// `BatchGetItem` takes at most this many keys.
 const BATCH_GET_MAX: usize = 100;
 
+/// Every item of partition `pk`, read strongly consistent (all pages).
+pub async fn partition(store: &DynamoStore, pk: String) -> Result<Vec<Item>, AwsError> {
+    let (mut items, mut start) = (Vec::new(), None);
+    loop {
+        let out = store
+            .client
+            .query()
+            .table_name(store.table())
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", keys::PK)
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("Query", e))?;
+        items.extend(out.items.unwrap_or_default());
+        start = out.last_evaluated_key.filter(|k| !k.is_empty());
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
+}
+
 /// A task's state item, read strongly consistent.
 pub async fn state(store: &DynamoStore, task_id: &str) -> Result<Option<StateItem>, AwsError> {
     let out = store
@@ -35,19 +59,9 @@ pub async fn state_and_task(
     store: &DynamoStore,
     task_id: &str,
 ) -> Result<Option<(StateItem, BenchmarkTask)>, AwsError> {
-    let out = store
-        .client
-        .query()
-        .table_name(store.table())
-        .key_condition_expression("#pk = :pk")
-        .expression_attribute_names("#pk", keys::PK)
-        .expression_attribute_values(":pk", s(keys::task_pk(task_id)))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| AwsError::dynamo("Query", e))?;
+    let items = partition(store, keys::task_pk(task_id)).await?;
     let (mut state, mut payload) = (None, None);
-    for item in out.items.unwrap_or_default() {
+    for item in items {
         match item.get(keys::SK).and_then(|v| v.as_s().ok()).map(String::as_str) {
             Some(keys::STATE) => state = Some(StateItem::from_item(item)?),
             Some(keys::PAYLOAD) => payload = Some(task_of_payload(&item)?),

@@ -48,3 +48,27 @@ pub fn topology() -> Topology {
     use taskexec_core::task::TaskPriority as P;
     Topology { queues: [pair(P::High, "high"), pair(P::Normal, "normal"), pair(P::Low, "low")] }
 }
+
+/// The engine of the handler tests: in-memory ports, the [`Stub`] provider, tokio's clock.
+pub type TestEngine = taskexec_core::engine::Engine<
+    taskexec_core::memory::MemoryStore,
+    taskexec_core::memory::MemoryStore,
+    taskexec_core::memory::MemoryLimiter,
+    std::sync::Arc<taskexec_core::memory::CountingSink>,
+    std::sync::Arc<Stub>,
+    taskexec_core::time::TokioClock,
+>;
+
+/// An engine over fresh in-memory ports, and its stub provider.
+pub fn engine(config: taskexec_core::engine::EngineConfig) -> (std::sync::Arc<TestEngine>, std::sync::Arc<Stub>) {
+    let stub = std::sync::Arc::new(Stub::default());
+    let ports = taskexec_core::engine::Ports {
+        store: Default::default(),
+        breakers: Default::default(),
+        limiter: Default::default(),
+        metrics: Default::default(),
+        provider: stub.clone(),
+        clock: taskexec_core::time::TokioClock::starting_at(1_700_000_000_000),
+    };
+    (std::sync::Arc::new(taskexec_core::engine::Engine::new(ports, config)), stub)
+}
