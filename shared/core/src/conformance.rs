@@ -320,6 +320,7 @@ pub(crate) fn result(latency_ms: f64) -> TaskResult {
         latency_ms,
         ttft_ms: Some(1.5),
         attempts: vec![attempt_record(1, 1)],
+        raw_response: None,
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::provider::RateLimits;
+
 /// The only values of `TaskError.class` (DESIGN.md, "Errors are classified once").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,6 +93,8 @@ pub enum ProviderError {
         code: Option<String>,
         /// Description.
         detail: String,
+        /// Rate limits from the response headers.
+        limits: RateLimits,
     },
     /// Worth retrying with backoff; counts toward the breaker.
     #[error("transient failure{}: {detail}", fmt_status(*status))]
@@ -103,6 +107,8 @@ pub enum ProviderError {
         code: Option<String>,
         /// Description.
         detail: String,
+        /// Rate limits from the response headers.
+        limits: RateLimits,
     },
     /// Never worth retrying.
     #[error("permanent failure{}: {detail}", fmt_status(*status))]
@@ -113,6 +119,8 @@ pub enum ProviderError {
         code: Option<String>,
         /// Description.
         detail: String,
+        /// Rate limits from the response headers.
+        limits: RateLimits,
     },
 }
 
@@ -124,13 +132,43 @@ impl ProviderError {
     /// A transient error without a response (connect, reset, timeout, malformed body).
     #[must_use]
     pub fn transient(detail: impl Into<String>) -> Self {
-        Self::Transient { retry_after: None, status: None, code: None, detail: detail.into() }
+        Self::Transient { retry_after: None, status: None, code: None, detail: detail.into(), limits: RateLimits::default() }
     }
 
     /// A permanent error without a response.
     #[must_use]
     pub fn permanent(detail: impl Into<String>) -> Self {
-        Self::Permanent { status: None, code: None, detail: detail.into() }
+        Self::Permanent { status: None, code: None, detail: detail.into(), limits: RateLimits::default() }
+    }
+
+    /// The rate limits the provider reported with this error.
+    #[must_use]
+    pub fn limits(&self) -> &RateLimits {
+        match self {
+            Self::RateLimited { limits, .. } | Self::Transient { limits, .. } | Self::Permanent { limits, .. } => limits,
+        }
+    }
+
+    /// This error with `limits` attached.
+    #[must_use]
+    pub fn with_limits(mut self, new: RateLimits) -> Self {
+        match &mut self {
+            Self::RateLimited { limits, .. } | Self::Transient { limits, .. } | Self::Permanent { limits, .. } => {
+                *limits = new;
+            }
+        }
+        self
+    }
+
+    /// This error with `f` applied to its detail (to scrub a key a server echoed back).
+    #[must_use]
+    pub fn map_detail(mut self, f: impl FnOnce(&str) -> String) -> Self {
+        match &mut self {
+            Self::RateLimited { detail, .. } | Self::Transient { detail, .. } | Self::Permanent { detail, .. } => {
+                *detail = f(detail);
+            }
+        }
+        self
     }
 
     /// The class this error maps to.
@@ -168,7 +206,7 @@ impl ProviderError {
         let (status, code, detail) = match self {
             Self::RateLimited { status, code, detail, .. }
             | Self::Transient { status, code, detail, .. }
-            | Self::Permanent { status, code, detail } => (status, code, detail),
+            | Self::Permanent { status, code, detail, .. } => (status, code, detail),
         };
         TaskError {
             class: self.class(),
@@ -233,6 +271,7 @@ mod tests {
             status: Some(429),
             code: Some("rate_limit_exceeded".into()),
             detail: "slow down".into(),
+            limits: Default::default(),
         };
         assert_eq!(e.class(), ErrorClass::RateLimited);
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));

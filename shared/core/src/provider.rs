@@ -69,6 +69,64 @@ impl ProviderRequest {
     }
 }
 
+/// Which budget a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitKind {
+    /// Requests.
+    Requests,
+    /// Tokens (input and output together).
+    Tokens,
+    /// Input tokens only (Anthropic counts them apart).
+    InputTokens,
+    /// Output tokens only.
+    OutputTokens,
+}
+
+impl LimitKind {
+    /// A stable name (`requests`, `tokens`, `input_tokens`, `output_tokens`).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "requests",
+            Self::Tokens => "tokens",
+            Self::InputTokens => "input_tokens",
+            Self::OutputTokens => "output_tokens",
+        }
+    }
+}
+
+/// One rate limit a provider reported in its response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// What it counts.
+    pub kind: LimitKind,
+    /// The budget per window, when sent.
+    pub limit: Option<u64>,
+    /// What is left of it, when sent.
+    pub remaining: Option<u64>,
+    /// Time until the budget is fully restored, measured from the response, when sent.
+    pub reset: Option<Duration>,
+}
+
+/// The rate limits a provider reported with one response (success or error): the input of the
+/// provider-aware rate limiter. Empty when the provider sent none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits(pub Vec<RateLimit>);
+
+impl RateLimits {
+    /// No limits reported.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The limit of `kind`, if reported.
+    #[must_use]
+    pub fn get(&self, kind: LimitKind) -> Option<&RateLimit> {
+        self.0.iter().find(|l| l.kind == kind)
+    }
+}
+
 /// A normalised answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderResponse {
@@ -86,6 +144,11 @@ pub struct ProviderResponse {
     pub latency: Duration,
     /// Time to first token, for streamed answers.
     pub ttft: Option<Duration>,
+    /// Rate limits from the response headers.
+    pub limits: RateLimits,
+    /// The raw response body (the SSE text of a stream), kept only when the deployment sets
+    /// `keep_raw = true`, for audit.
+    pub raw: Option<String>,
 }
 
 /// A provider (or a set of deployments, each served by an adapter).

@@ -285,6 +285,10 @@ pub struct TaskResult {
     pub ttft_ms: Option<f64>,
     /// Every attempt, in order, each with its own timings.
     pub attempts: Vec<AttemptRecord>,
+    /// The provider's raw response body (the event text of a stream), only when the deployment
+    /// sets `keep_raw = true`: for audit. Counts toward the store's item size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_response: Option<String>,
 }
 
 /// The story's `TaskStatus`: what `GET /tasks/{id}` and `taskexec status` return.

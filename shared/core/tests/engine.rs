@@ -174,7 +174,7 @@ async fn permanent_errors_fail_at_once_and_never_open_the_breaker() {
         let d = h.submit(&id, "").await;
         h.provider.script(
             &id,
-            [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into() })],
+            [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into(), limits: Default::default() })],
         );
         assert_eq!(h.engine.process(&d).await, Decision::Ack);
         let r = h.record(&id).await;
@@ -459,7 +459,7 @@ async fn process_reporting_says_which_call_finished_the_task() {
     assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, None), "a duplicate finishes nothing");
     let bad = h.submit("bad", "").await;
     h.provider
-        .script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into() })]);
+        .script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into(), limits: Default::default() })]);
     assert_eq!(h.engine.process_reporting(&bad, None).await, (Decision::Ack, Some(TaskState::Failed)));
     let flaky = h.submit("flaky", "").await;
     h.provider.script("flaky", [transient()]);

@@ -49,6 +49,8 @@ impl Provider for Sim {
             request_id: None,
             latency: Duration::from_millis(100),
             ttft: None,
+            limits: Default::default(),
+            raw: None,
         })
     }
 }

@@ -47,6 +47,7 @@ fn completion(claimed: &TaskRecord) -> FinishRequest {
         latency_ms: 5.0,
         ttft_ms: None,
         attempts: vec![attempt.clone()],
+        raw_response: None,
     };
     FinishRequest {
         task_id: claimed.task.id.clone(),

@@ -12,9 +12,80 @@ pub enum ProviderKind {
     /// The built-in simulated provider ([`crate::sim::SimProvider`]).
     #[serde(rename = "sim")]
     Sim,
-    /// Any server speaking OpenAI's chat-completions API ([`crate::openai::OpenAiCompatible`]).
+    /// Any server speaking OpenAI's chat-completions API ([`crate::openai::OpenAiCompatible`]):
+    /// vLLM, Ollama, llama.cpp, OpenRouter, Together, Groq, GitHub Models. Parameters are passed
+    /// as given (the server decides).
     #[serde(rename = "openai-compatible")]
     OpenAiCompatible,
+    /// OpenAI itself: chat completions, or the Responses API for models that need it; OpenAI's
+    /// model capabilities apply. `base_url` defaults to OpenAI's.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Azure OpenAI: `base_url` is the resource endpoint, a task's `modelId` the Azure
+    /// deployment name; the key goes in the `api-key` header.
+    #[serde(rename = "azure-openai")]
+    AzureOpenAi,
+    /// Anthropic's Messages API.
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    /// Google Gemini's `generateContent` (the Gemini API, key in `x-goog-api-key`).
+    #[serde(rename = "gemini")]
+    Gemini,
+    /// AWS Bedrock's Converse API through the AWS SDK (cargo feature `aws`); credentials come
+    /// from the AWS default chain, not from a key.
+    #[serde(rename = "bedrock")]
+    Bedrock,
+}
+
+impl ProviderKind {
+    /// The name used in the config.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sim => "sim",
+            Self::OpenAiCompatible => "openai-compatible",
+            Self::OpenAi => "openai",
+            Self::AzureOpenAi => "azure-openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Bedrock => "bedrock",
+        }
+    }
+
+    /// The API root used when `base_url` is not set; `None` where `base_url` is required.
+    #[must_use]
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            Self::OpenAi => Some("https://api.openai.com/v1"),
+            Self::Anthropic => Some("https://api.anthropic.com"),
+            Self::Gemini => Some("https://generativelanguage.googleapis.com"),
+            Self::Sim | Self::OpenAiCompatible | Self::AzureOpenAi | Self::Bedrock => None,
+        }
+    }
+}
+
+/// What to do with a task parameter the deployment's model does not accept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsupportedParams {
+    /// The task fails validation up front, naming the parameter and the model (the default).
+    #[default]
+    Reject,
+    /// The parameter is left out of the request, and a warning naming it is logged each time.
+    Drop,
+}
+
+/// Which OpenAI API a deployment of kind `openai` uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiApi {
+    /// Chat completions, except for models the capability table says need the Responses API.
+    #[default]
+    Auto,
+    /// Always chat completions.
+    Chat,
+    /// Always the Responses API.
+    Responses,
 }
 
 /// One `[deployments.NAME]` table.
@@ -23,12 +94,33 @@ pub enum ProviderKind {
 pub struct DeploymentConfig {
     /// The adapter.
     pub kind: ProviderKind,
-    /// API root such as `https://api.openai.com/v1` (`/chat/completions` is appended).
+    /// API root such as `https://api.openai.com/v1` (`/chat/completions` is appended); for
+    /// Bedrock, an endpoint override (tests, VPC endpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
     /// The NAME of the environment variable holding the key (never the key itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Where the AWS shape reads the key: `secretsmanager:SECRET_ID[#JSON_FIELD]` or
+    /// `ssm:/PARAMETER/NAME` (a SecureString is decrypted). Resolved once at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
+    /// Azure OpenAI: the `api-version` of the deployment-scoped API; unset means the v1 API
+    /// (`{base_url}/openai/v1/...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Kind `openai`: which API to call.
+    #[serde(default)]
+    pub api: OpenAiApi,
+    /// Bedrock: the AWS region (else the default chain's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// What to do with a parameter the model does not accept.
+    #[serde(default)]
+    pub unsupported_params: UnsupportedParams,
+    /// Keep each answer's raw response body on the task result, for audit.
+    #[serde(default)]
+    pub keep_raw: bool,
     /// Most calls in flight on this deployment (the engine's limiter enforces it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
@@ -164,9 +256,20 @@ pub struct ConfigError {
 /// What is wrong with a deployment's configuration; each message says how to fix it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigProblem {
-    /// An `openai-compatible` deployment without `base_url`.
-    #[error("kind `openai-compatible` needs `base_url` (for example \"https://api.openai.com/v1\")")]
-    MissingBaseUrl,
+    /// A kind that has no default API root, without `base_url`.
+    #[error("kind `{kind}` needs `base_url` (for example \"{example}\")")]
+    MissingBaseUrl {
+        /// The kind.
+        kind: &'static str,
+        /// An example value.
+        example: &'static str,
+    },
+    /// Both `api_key_env` and `api_key_secret`.
+    #[error("set one of `api_key_env` and `api_key_secret`, not both")]
+    TwoKeySources,
+    /// `api_key_secret` is not a reference this version can read.
+    #[error("`api_key_secret` must be `secretsmanager:SECRET_ID[#JSON_FIELD]` or `ssm:/PARAMETER/NAME`")]
+    BadSecretRef,
     /// `base_url` is not an absolute http(s) URL, or embeds credentials.
     #[error("`base_url` {0}")]
     BadBaseUrl(&'static str),
@@ -219,9 +322,10 @@ impl DeploymentConfig {
 
     fn check(&self) -> Result<(), ConfigProblem> {
         self.check_limits()?;
+        self.check_fields_for_kind()?;
         match self.kind {
-            ProviderKind::Sim => self.check_sim(),
-            ProviderKind::OpenAiCompatible => self.check_openai(),
+            ProviderKind::Sim => self.sim.as_ref().map_or(Ok(()), SimConfig::check),
+            _ => self.check_remote(),
         }
     }
 
@@ -235,32 +339,59 @@ impl DeploymentConfig {
         }
     }
 
-    fn check_sim(&self) -> Result<(), ConfigProblem> {
-        let not_for_sim = |field| ConfigProblem::NotForKind { field, kind: "sim" };
-        if self.base_url.is_some() {
-            return Err(not_for_sim("base_url"));
+    /// Every field that the kind does not use is refused, so a typo'd kind cannot silently
+    /// ignore settings.
+    fn check_fields_for_kind(&self) -> Result<(), ConfigProblem> {
+        use ProviderKind as K;
+        let kind = self.kind;
+        let set: [(&'static str, bool, bool); 8] = [
+            ("sim", self.sim.is_some(), kind == K::Sim),
+            ("base_url", self.base_url.is_some(), kind != K::Sim),
+            ("api_key_env", self.api_key_env.is_some(), !matches!(kind, K::Sim | K::Bedrock)),
+            ("api_key_secret", self.api_key_secret.is_some(), !matches!(kind, K::Sim | K::Bedrock)),
+            ("api_version", self.api_version.is_some(), kind == K::AzureOpenAi),
+            ("api", self.api != OpenAiApi::Auto, kind == K::OpenAi),
+            ("region", self.region.is_some(), kind == K::Bedrock),
+            ("connect_timeout_ms", self.connect_timeout_ms.is_some(), kind != K::Sim),
+        ];
+        match set.iter().find(|(_, is_set, allowed)| *is_set && !allowed) {
+            Some((field, ..)) => Err(ConfigProblem::NotForKind { field, kind: kind.as_str() }),
+            None => Ok(()),
         }
-        if self.api_key_env.is_some() {
-            return Err(not_for_sim("api_key_env"));
-        }
-        if self.connect_timeout_ms.is_some() {
-            return Err(not_for_sim("connect_timeout_ms"));
-        }
-        self.sim.as_ref().map_or(Ok(()), SimConfig::check)
     }
 
-    fn check_openai(&self) -> Result<(), ConfigProblem> {
-        if self.sim.is_some() {
-            return Err(ConfigProblem::NotForKind { field: "sim", kind: "openai-compatible" });
+    fn check_remote(&self) -> Result<(), ConfigProblem> {
+        match (&self.base_url, self.kind.default_base_url()) {
+            (Some(url), _) => check_base_url(url)?,
+            (None, Some(_)) => {}
+            (None, None) if self.kind == ProviderKind::Bedrock => {}
+            (None, None) => {
+                let example = match self.kind {
+                    ProviderKind::AzureOpenAi => "https://my-resource.openai.azure.com",
+                    _ => "http://127.0.0.1:8000/v1",
+                };
+                return Err(ConfigProblem::MissingBaseUrl { kind: self.kind.as_str(), example });
+            }
         }
-        check_base_url(self.base_url.as_deref().ok_or(ConfigProblem::MissingBaseUrl)?)?;
+        if self.api_key_env.is_some() && self.api_key_secret.is_some() {
+            return Err(ConfigProblem::TwoKeySources);
+        }
         if let Some(var) = &self.api_key_env {
             check_env_name(var)?;
+        }
+        if let Some(reference) = &self.api_key_secret {
+            crate::secret::SecretRef::parse(reference).ok_or(ConfigProblem::BadSecretRef)?;
         }
         if self.connect_timeout_ms == Some(0) {
             return Err(ConfigProblem::ZeroConnectTimeout);
         }
         Ok(())
+    }
+
+    /// The API root: `base_url`, else the kind's default.
+    #[must_use]
+    pub fn api_root(&self) -> Option<&str> {
+        self.base_url.as_deref().or(self.kind.default_base_url())
     }
 }
 
@@ -363,13 +494,30 @@ mod tests {
         assert!(top.to_string().contains("base_ulr"), "{top}");
         let nested = parse("[deployments.a]\nkind = \"sim\"\nsim = { faults = { hangs = 0.1 } }").unwrap_err();
         assert!(nested.to_string().contains("hangs"), "{nested}");
-        let kind = parse("[deployments.a]\nkind = \"openai\"").unwrap_err();
+        let kind = parse("[deployments.a]\nkind = \"openia\"").unwrap_err();
         assert!(kind.to_string().contains("openai-compatible"), "{kind}");
     }
 
     #[test]
     fn validation_names_the_problem() {
-        assert_eq!(problem("[deployments.a]\nkind = \"openai-compatible\""), ConfigProblem::MissingBaseUrl);
+        assert!(matches!(
+            problem("[deployments.a]\nkind = \"openai-compatible\""),
+            ConfigProblem::MissingBaseUrl { kind: "openai-compatible", .. }
+        ));
+        assert!(matches!(
+            problem("[deployments.a]\nkind = \"azure-openai\""),
+            ConfigProblem::MissingBaseUrl { kind: "azure-openai", .. }
+        ));
+        let e = problem("[deployments.a]\nkind = \"anthropic\"\napi_key_env = \"A\"\napi_key_secret = \"ssm:/k\"");
+        assert_eq!(e, ConfigProblem::TwoKeySources);
+        let e = problem("[deployments.a]\nkind = \"gemini\"\napi_key_secret = \"vault:/k\"");
+        assert_eq!(e, ConfigProblem::BadSecretRef);
+        let e = problem("[deployments.a]\nkind = \"bedrock\"\napi_key_env = \"A\"");
+        assert_eq!(e, ConfigProblem::NotForKind { field: "api_key_env", kind: "bedrock" });
+        let e = problem("[deployments.a]\nkind = \"anthropic\"\napi_version = \"2024-10-21\"");
+        assert_eq!(e, ConfigProblem::NotForKind { field: "api_version", kind: "anthropic" });
+        let e = problem("[deployments.a]\nkind = \"openai-compatible\"\nbase_url = \"http://x\"\napi = \"responses\"");
+        assert_eq!(e, ConfigProblem::NotForKind { field: "api", kind: "openai-compatible" });
         let e = problem("[deployments.a]\nkind = \"sim\"\nbase_url = \"http://x\"");
         assert_eq!(e, ConfigProblem::NotForKind { field: "base_url", kind: "sim" });
         let e = problem("[deployments.a]\nkind = \"openai-compatible\"\nbase_url = \"ftp://x\"");

@@ -27,36 +27,60 @@
 //! ```
 #![warn(missing_docs)]
 
+mod answer;
+pub mod capability;
 pub mod config;
-pub mod openai;
+mod http;
+mod openai;
 pub mod secret;
 pub mod settings;
 pub mod sim;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use taskexec_core::error::ProviderError;
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
+use taskexec_core::task::BenchmarkTask;
+use taskexec_core::validate::FieldError;
 
-use crate::config::{ConfigError, DeploymentConfig, ProviderKind};
-use crate::openai::{BuildError, OpenAiCompatible};
-use crate::secret::ApiKey;
+pub use crate::answer::ModelInfo;
+use crate::capability::capabilities;
+use crate::config::{ConfigError, DeploymentConfig, ProviderKind, UnsupportedParams};
+use crate::http::HttpSettings;
+use crate::openai::{OpenAiChat, OpenAiCompatible};
+use crate::secret::{ApiKey, SecretRef};
 use crate::sim::SimProvider;
 
-/// The adapter serving one deployment (an enum because `impl Future` traits cannot be `dyn`).
+pub use crate::http::{ATTEMPT_HEADER, BuildError, TASK_ID_HEADER};
+
+/// The adapter serving one deployment.
 #[derive(Debug)]
-pub enum Adapter {
+pub struct Adapter(Inner);
+
+/// An enum because `impl Future` traits cannot be `dyn`.
+#[derive(Debug)]
+enum Inner {
     /// The built-in simulator.
     Sim(SimProvider),
-    /// An OpenAI-compatible server.
+    /// OpenAI chat completions (kinds `openai` and `openai-compatible`).
     OpenAi(OpenAiCompatible),
 }
 
-impl Provider for Adapter {
+impl Adapter {
     async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        match self {
-            Self::Sim(sim) => sim.call(request).await,
-            Self::OpenAi(openai) => openai.call(request).await,
+        match &self.0 {
+            Inner::Sim(sim) => sim.call(request).await,
+            Inner::OpenAi(openai) => openai.call(request).await,
+        }
+    }
+
+    /// Every model the deployment serves, from the provider's model list.
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        match &self.0 {
+            Inner::Sim(_) => {
+                Ok(vec![ModelInfo { id: "any".into(), display_name: Some("the simulator answers any model id".into()) }])
+            }
+            Inner::OpenAi(openai) => openai.models().await,
         }
     }
 }
@@ -74,6 +98,14 @@ pub enum DeploymentsError {
         deployment: String,
         /// The variable's name.
         var: String,
+    },
+    /// `api_key_secret` was not resolved (embedded runs cannot read AWS secrets).
+    #[error("deployment `{deployment}`: its `api_key_secret` ({reference}) was not read: secrets are read by the AWS shape; elsewhere use `api_key_env`")]
+    MissingSecret {
+        /// The deployment.
+        deployment: String,
+        /// The reference.
+        reference: String,
     },
     /// The adapter could not be built.
     #[error("deployment `{deployment}`: {source}")]
@@ -96,17 +128,35 @@ pub struct Deployments {
 
 impl Deployments {
     /// Validate `configs` and build an adapter for each; `env` looks up environment variables
-    /// (`|name| std::env::var(name).ok()` in a binary, a map in tests).
+    /// (`|name| std::env::var(name).ok()` in a binary, a map in tests). A deployment whose key
+    /// is an `api_key_secret` fails here: use [`Deployments::from_config_with_secrets`].
     pub fn from_config(
         configs: &BTreeMap<String, DeploymentConfig>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, DeploymentsError> {
+        Self::from_config_with_secrets(configs, env, &BTreeMap::new())
+    }
+
+    /// As [`Deployments::from_config`], with the values of the `api_key_secret` references
+    /// already read (the AWS shape reads [`Deployments::secret_refs`] at start-up).
+    pub fn from_config_with_secrets(
+        configs: &BTreeMap<String, DeploymentConfig>,
+        env: impl Fn(&str) -> Option<String>,
+        secrets: &BTreeMap<SecretRef, String>,
+    ) -> Result<Self, DeploymentsError> {
         let mut adapters = BTreeMap::new();
         for (name, config) in configs {
             config.validate(name)?;
-            adapters.insert(name.clone(), build_adapter(name, config, &env)?);
+            let key = api_key(name, config, &env, secrets)?;
+            adapters.insert(name.clone(), build_adapter(name, config, key)?);
         }
         Ok(Self { adapters, configs: configs.clone() })
+    }
+
+    /// The secret references `configs` use (validated ones only).
+    #[must_use]
+    pub fn secret_refs(configs: &BTreeMap<String, DeploymentConfig>) -> BTreeSet<SecretRef> {
+        configs.values().filter_map(|c| c.api_key_secret.as_deref().and_then(SecretRef::parse)).collect()
     }
 
     /// The deployment names, sorted.
@@ -126,34 +176,98 @@ impl Deployments {
         self.configs.get(name)
     }
 
-    async fn dispatch(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        match self.adapters.get(&request.deployment) {
-            Some(adapter) => adapter.call(request).await,
-            None => Err(ProviderError::permanent(format!("unknown deployment `{}`", request.deployment))),
+    /// Check a task against its deployment before it is accepted: the deployment exists, and
+    /// (unless the deployment drops them) every parameter it sets is accepted by its model.
+    #[must_use]
+    pub fn check(&self, task: &BenchmarkTask) -> Vec<FieldError> {
+        let Some(config) = self.configs.get(&task.provider_id) else {
+            let known = self.names().collect::<Vec<_>>().join(", ");
+            let message = format!("unknown deployment `{}` (configured: {known})", task.provider_id);
+            return vec![FieldError { field: "providerId".into(), message }];
+        };
+        if config.unsupported_params == UnsupportedParams::Drop {
+            return Vec::new();
+        }
+        let request = ProviderRequest::for_task(task, &task.provider_id, 1);
+        capabilities(config.kind, &request.model)
+            .unsupported(&request)
+            .into_iter()
+            .map(|u| FieldError { field: u.field.into(), message: unsupported_message(&task.provider_id, config, &request.model, &u) })
+            .collect()
+    }
+
+    async fn dispatch(&self, mut request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        let (Some(adapter), Some(config)) = (self.adapters.get(&request.deployment), self.configs.get(&request.deployment))
+        else {
+            return Err(ProviderError::permanent(format!("unknown deployment `{}`", request.deployment)));
+        };
+        // Tasks that reached a queue without the API's validation are checked here too.
+        let caps = capabilities(config.kind, &request.model);
+        let unsupported = caps.unsupported(&request);
+        if let Some(first) = unsupported.first() {
+            if config.unsupported_params == UnsupportedParams::Reject {
+                return Err(ProviderError::Permanent {
+                    status: None,
+                    code: Some("unsupported_parameter".into()),
+                    detail: unsupported_message(&request.deployment, config, &request.model, first),
+                    limits: Default::default(),
+                });
+            }
+            let dropped: Vec<_> = unsupported.iter().map(|u| u.field).collect();
+            tracing::warn!(deployment = %request.deployment, model = %request.model, task_id = %request.task_id,
+                dropped = ?dropped, "parameters the model does not accept were left out (unsupported_params = \"drop\")");
+            caps.strip(&mut request, &unsupported);
+        }
+        adapter.call(request).await
+    }
+}
+
+fn unsupported_message(deployment: &str, config: &DeploymentConfig, model: &str, u: &capability::Unsupported) -> String {
+    let name = u.field.trim_start_matches("parameters.");
+    format!(
+        "`{name}` {} by model `{model}` on deployment `{deployment}` (kind `{}`); remove it, or set `unsupported_params = \"drop\"` on the deployment",
+        if u.reason == "is not accepted" { "is not accepted".to_owned() } else { u.reason.clone() },
+        config.kind.as_str()
+    )
+}
+
+fn build_adapter(name: &str, config: &DeploymentConfig, key: Option<ApiKey>) -> Result<Adapter, DeploymentsError> {
+    let failed = |source| DeploymentsError::Adapter { deployment: name.to_owned(), source };
+    let settings = HttpSettings {
+        connect_timeout: std::time::Duration::from_millis(
+            config.connect_timeout_ms.unwrap_or(config::DEFAULT_CONNECT_TIMEOUT_MS),
+        ),
+        keep_raw: config.keep_raw,
+    };
+    let root = config.api_root().unwrap_or_default();
+    match config.kind {
+        ProviderKind::Sim => Ok(Adapter(Inner::Sim(SimProvider::new(config.sim.clone().unwrap_or_default())))),
+        ProviderKind::OpenAiCompatible | ProviderKind::OpenAi => {
+            let wire = OpenAiChat::new(root, config.kind).map_err(failed)?;
+            OpenAiCompatible::new(name, wire, key, &settings).map(|a| Adapter(Inner::OpenAi(a))).map_err(failed)
+        }
+        ProviderKind::AzureOpenAi | ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock => {
+            Err(failed(BuildError::Missing("this kind is not built yet")))
         }
     }
 }
 
-fn build_adapter(
-    name: &str,
+fn api_key(
+    deployment: &str,
     config: &DeploymentConfig,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<Adapter, DeploymentsError> {
-    match config.kind {
-        ProviderKind::Sim => Ok(Adapter::Sim(SimProvider::new(config.sim.clone().unwrap_or_default()))),
-        ProviderKind::OpenAiCompatible => {
-            let key = config.api_key_env.as_deref().map(|var| api_key(name, var, env)).transpose()?;
-            OpenAiCompatible::new(name, config, key)
-                .map(Adapter::OpenAi)
-                .map_err(|source| DeploymentsError::Adapter { deployment: name.to_owned(), source })
-        }
+    secrets: &BTreeMap<SecretRef, String>,
+) -> Result<Option<ApiKey>, DeploymentsError> {
+    if let Some(var) = &config.api_key_env {
+        return match env(var) {
+            Some(key) if !key.trim().is_empty() => Ok(Some(ApiKey::new(key.trim()))),
+            _ => Err(DeploymentsError::MissingKey { deployment: deployment.to_owned(), var: var.clone() }),
+        };
     }
-}
-
-fn api_key(deployment: &str, var: &str, env: &impl Fn(&str) -> Option<String>) -> Result<ApiKey, DeploymentsError> {
-    match env(var) {
-        Some(key) if !key.trim().is_empty() => Ok(ApiKey::new(key.trim())),
-        _ => Err(DeploymentsError::MissingKey { deployment: deployment.to_owned(), var: var.to_owned() }),
+    let Some(reference) = config.api_key_secret.as_deref().and_then(SecretRef::parse) else { return Ok(None) };
+    match secrets.get(&reference) {
+        Some(key) if !key.trim().is_empty() => Ok(Some(ApiKey::new(key.trim()))),
+        _ => Err(DeploymentsError::MissingSecret { deployment: deployment.to_owned(), reference: reference.to_string() }),
     }
 }
 
@@ -187,9 +301,9 @@ mod tests {
     fn builds_every_deployment_with_keys_from_the_lookup() {
         let d = Deployments::from_config(&configs(TWO), |v| (v == "TEST_OPENAI_KEY").then(|| "sk-x".into())).unwrap();
         assert_eq!(d.names().collect::<Vec<_>>(), ["demo", "openai"]);
-        assert!(matches!(d.get("demo"), Some(Adapter::Sim(_))));
-        let Some(Adapter::OpenAi(o)) = d.get("openai") else { panic!("not openai") };
-        assert_eq!(o.endpoint().as_str(), "http://127.0.0.1:9/v1/chat/completions");
+        assert!(matches!(d.get("demo"), Some(Adapter(Inner::Sim(_)))));
+        let Some(Adapter(Inner::OpenAi(o))) = d.get("openai") else { panic!("not openai") };
+        assert_eq!(o.wire().endpoint().as_str(), "http://127.0.0.1:9/v1/chat/completions");
         assert_eq!(d.config("openai").unwrap().concurrency, Some(4));
     }
 

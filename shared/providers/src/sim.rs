@@ -75,6 +75,7 @@ impl SimFault {
                 status: Some(429),
                 code: Some("rate_limit_exceeded".into()),
                 detail: "simulated rate limit".into(),
+                limits: Default::default(),
             },
             Self::ServerError => unavailable("simulated server error"),
             Self::Hang => return None,
@@ -92,11 +93,12 @@ fn unavailable(detail: &str) -> ProviderError {
         status: Some(503),
         code: Some("service_unavailable".into()),
         detail: detail.into(),
+        limits: Default::default(),
     }
 }
 
 fn bad_request(detail: String) -> ProviderError {
-    ProviderError::Permanent { status: Some(400), code: Some("invalid_request_error".into()), detail }
+    ProviderError::Permanent { status: Some(400), code: Some("invalid_request_error".into()), detail, limits: Default::default() }
 }
 
 /// Latency drawn from a lognormal fitted to a median and a 99th percentile.
@@ -241,6 +243,8 @@ impl SimProvider {
             request_id: Some(format!("sim-{n}")),
             latency,
             ttft,
+            limits: Default::default(),
+            raw: None,
         }
     }
 }

@@ -75,6 +75,7 @@ async fn every_forced_fault_has_its_class() {
             status: Some(429),
             code: Some("rate_limit_exceeded".into()),
             detail: "simulated rate limit".into(),
+            limits: Default::default(),
         }
     );
     assert!(sim.call(forced("malformed")).await.unwrap_err().to_string().contains("malformed response body"));

@@ -145,5 +145,6 @@ fn result(latency_ms: f64) -> TaskResult {
         latency_ms,
         ttft_ms: None,
         attempts: Vec::new(),
+        raw_response: None,
     }
 }

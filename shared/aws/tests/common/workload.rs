@@ -101,5 +101,6 @@ pub fn answer(running: &TaskRecord) -> TaskResult {
         latency_ms: 812.4,
         ttft_ms: Some(210.7),
         attempts: vec![attempt(running)],
+        raw_response: None,
     }
 }

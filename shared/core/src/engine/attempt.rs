@@ -152,6 +152,7 @@ where
             latency_ms: entry.latency_ms,
             ttft_ms: entry.ttft_ms,
             attempts,
+            raw_response: response.raw,
         };
         let latency_ms = result.latency_ms;
         let written =

@@ -62,6 +62,8 @@ impl Provider for Scripted {
                 request_id: Some("req-1".into()),
                 latency: Duration::from_millis(10),
                 ttft: None,
+                limits: Default::default(),
+                raw: None,
             }),
             Step::Fail(e) => Err(e),
             Step::Hang => std::future::pending().await,
@@ -77,6 +79,7 @@ pub fn rate_limited(retry_after_ms: u64) -> Step {
         status: Some(429),
         code: Some("rate_limit_exceeded".into()),
         detail: "slow down".into(),
+        limits: Default::default(),
     })
 }
 
@@ -86,9 +89,10 @@ pub fn transient() -> Step {
         status: Some(503),
         code: None,
         detail: "unavailable".into(),
+        limits: Default::default(),
     })
 }
 
 pub fn permanent() -> Step {
-    Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into() })
+    Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into(), limits: Default::default() })
 }

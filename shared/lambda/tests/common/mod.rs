@@ -34,6 +34,8 @@ impl Provider for Stub {
             request_id: None,
             latency: Duration::from_millis(50),
             ttft: None,
+            limits: Default::default(),
+            raw: None,
         })
     }
 }

@@ -11,15 +11,14 @@ use taskexec_core::error::ProviderError;
 use taskexec_core::task::Usage;
 
 use super::classify::classify_stream_error;
-use super::wire::{Answer, Chunk, malformed, normalise_finish_reason};
+use super::wire::{Chunk, normalise_finish_reason};
+use crate::answer::{Answer, malformed};
+use crate::http::StreamParser;
+use crate::http::sse::SseEvent;
 
-/// Longest SSE line accepted, so a server that never sends a newline cannot exhaust memory.
-const MAX_LINE_BYTES: usize = 4 << 20;
-
-/// Accumulates a stream fed in arbitrary byte pieces.
+/// A streamed completion, event by event.
 #[derive(Debug, Default)]
-pub(crate) struct StreamAccumulator {
-    pending: Vec<u8>,
+pub struct ChatStream {
     text: String,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -28,40 +27,28 @@ pub(crate) struct StreamAccumulator {
     done: bool,
 }
 
-impl StreamAccumulator {
-    /// Take the next piece of the body; complete lines are parsed at once.
-    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), ProviderError> {
-        let mut buffer = std::mem::take(&mut self.pending);
-        buffer.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(len) = buffer[start..].iter().position(|b| *b == b'\n') {
-            self.line(&buffer[start..start + len])?;
-            start += len + 1;
+impl StreamParser for ChatStream {
+    fn event(&mut self, event: SseEvent) -> Result<(), ProviderError> {
+        if self.done {
+            return Ok(());
         }
-        buffer.drain(..start);
-        self.pending = buffer;
-        if self.pending.len() > MAX_LINE_BYTES {
-            return Err(ProviderError::transient("malformed stream: line too long"));
+        if event.data == "[DONE]" {
+            self.done = true;
+            return Ok(());
         }
-        Ok(())
+        let chunk: Chunk = serde_json::from_str(&event.data).map_err(|e| malformed(&e))?;
+        self.chunk(chunk)
     }
 
-    /// Whether any text has arrived (the moment that defines time to first token).
-    pub(crate) fn has_content(&self) -> bool {
+    fn has_content(&self) -> bool {
         !self.text.is_empty()
     }
 
-    /// Whether `[DONE]` arrived.
-    pub(crate) fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.done
     }
 
-    /// The answer, once the body has ended (or `[DONE]` arrived).
-    pub(crate) fn finish(mut self) -> Result<Answer, ProviderError> {
-        if !self.done && !self.pending.is_empty() {
-            let rest = std::mem::take(&mut self.pending);
-            self.line(&rest)?;
-        }
+    fn finish(self) -> Result<Answer, ProviderError> {
         let Some(reason) = self.finish_reason else {
             let when = if self.done { "[DONE] without a finish_reason" } else { "stream ended before [DONE]" };
             return Err(ProviderError::transient(format!("truncated stream: {when}")));
@@ -74,24 +61,9 @@ impl StreamAccumulator {
             id: self.id,
         })
     }
+}
 
-    fn line(&mut self, line: &[u8]) -> Result<(), ProviderError> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(data) = line.strip_prefix(b"data:") else {
-            return Ok(()); // blank separators, `event:`, `id:`, `: comments`
-        };
-        let data = data.strip_prefix(b" ").unwrap_or(data);
-        if self.done {
-            return Ok(());
-        }
-        if data == b"[DONE]" {
-            self.done = true;
-            return Ok(());
-        }
-        let chunk: Chunk = serde_json::from_slice(data).map_err(|e| malformed(&e))?;
-        self.chunk(chunk)
-    }
-
+impl ChatStream {
     fn chunk(&mut self, chunk: Chunk) -> Result<(), ProviderError> {
         if let Some(error) = &chunk.error {
             return Err(classify_stream_error(error));
@@ -118,6 +90,22 @@ mod tests {
     use taskexec_core::error::ErrorClass;
 
     use super::*;
+    use crate::http::sse::SseDecoder;
+
+    /// Feed `body` in pieces of `piece` bytes through the decoder into a fresh stream.
+    fn run(body: &[u8], piece: usize) -> Result<ChatStream, ProviderError> {
+        let mut decoder = SseDecoder::default();
+        let mut stream = ChatStream::default();
+        for part in body.chunks(piece) {
+            for event in decoder.feed(part)? {
+                stream.event(event)?;
+            }
+        }
+        if let Some(last) = decoder.finish()? {
+            stream.event(last)?;
+        }
+        Ok(stream)
+    }
 
     const STREAM: &str = concat!(
         "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
@@ -131,20 +119,18 @@ mod tests {
 
     #[test]
     fn a_usage_chunk_with_null_choices_is_read() {
-        let mut acc = StreamAccumulator::default();
-        acc.feed(b"data: {\"choices\":[{\"delta\":null,\"finish_reason\":\"length\"}]}\n").unwrap();
-        acc.feed(b"data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3}}\n").unwrap();
-        let answer = acc.finish().unwrap();
+        let body = concat!(
+            "data: {\"choices\":[{\"delta\":null,\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3}}\n\n",
+        );
+        let answer = run(body.as_bytes(), 5).unwrap().finish().unwrap();
         assert_eq!((answer.finish_reason.as_str(), answer.usage.output_tokens), ("length", 3));
     }
 
     #[test]
     fn accumulates_across_arbitrary_splits() {
         for piece in [1, 7, 64, STREAM.len()] {
-            let mut acc = StreamAccumulator::default();
-            for part in STREAM.as_bytes().chunks(piece) {
-                acc.feed(part).unwrap();
-            }
+            let acc = run(STREAM.as_bytes(), piece).unwrap();
             assert!(acc.is_done());
             let answer = acc.finish().unwrap();
             assert_eq!(answer.text, "Hello");
@@ -157,18 +143,15 @@ mod tests {
     #[test]
     fn a_cut_stream_is_transient() {
         let cut = &STREAM[..STREAM.find("\"lo\"").unwrap()];
-        let mut acc = StreamAccumulator::default();
-        let fed = acc.feed(cut.as_bytes());
-        let result = fed.and_then(|()| acc.finish());
+        let result = run(cut.as_bytes(), 9).and_then(ChatStream::finish);
         assert_eq!(result.unwrap_err().class(), ErrorClass::Transient);
     }
 
     #[test]
     fn an_error_event_is_transient_with_its_code() {
-        let mut acc = StreamAccumulator::default();
-        let e = acc
-            .feed(b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n")
-            .unwrap_err();
+        let e = run(b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":null}}\n\n", 7)
+            .err()
+            .unwrap();
         assert_eq!(e.to_task_error().provider_code.as_deref(), Some("server_error"));
         assert_eq!(e.class(), ErrorClass::Transient);
     }

@@ -9,17 +9,22 @@ use taskexec_core::error::ProviderError;
 use taskexec_core::provider::ProviderRequest;
 use taskexec_core::task::{Role, Usage};
 
+use crate::answer::{Answer, ModelInfo, ModelPage, malformed};
+use crate::capability::{Capabilities, SystemPlacement};
+
 /// Body fields the adapter owns: `extra` may not set them (the parsing depends on `stream`).
 const RESERVED: [&str; 3] = ["model", "messages", "stream"];
 
-/// The JSON body for `request`: standard fields, then `extra` merged over them.
-pub(crate) fn request_body(request: &ProviderRequest) -> Result<Value, ProviderError> {
+/// The JSON body for `request`: standard fields mapped by the model's capabilities (the system
+/// prompt's role, the name of the token bound), then `extra` merged over them.
+pub(crate) fn request_body(request: &ProviderRequest, caps: &Capabilities) -> Result<Value, ProviderError> {
+    let system_role = if caps.system == SystemPlacement::Developer { "developer" } else { "system" };
     let mut body = Map::new();
     body.insert("model".into(), json!(request.model));
-    body.insert("messages".into(), Value::Array(request.messages.iter().map(message).collect()));
+    body.insert("messages".into(), Value::Array(request.messages.iter().map(|m| message(m, system_role)).collect()));
     insert_some(&mut body, "temperature", request.temperature.map(Value::from));
     insert_some(&mut body, "top_p", request.top_p.map(Value::from));
-    insert_some(&mut body, "max_tokens", request.max_tokens.map(Value::from));
+    insert_some(&mut body, caps.max_tokens_field, request.max_tokens.map(Value::from));
     insert_some(&mut body, "seed", request.seed.map(Value::from));
     insert_some(&mut body, "response_format", request.response_format.clone());
     if !request.stop.is_empty() {
@@ -44,23 +49,13 @@ fn insert_some(body: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     }
 }
 
-fn message(m: &taskexec_core::task::ChatMessage) -> Value {
+fn message(m: &taskexec_core::task::ChatMessage, system_role: &str) -> Value {
     let role = match m.role {
-        Role::System => "system",
+        Role::System => system_role,
         Role::User => "user",
         Role::Assistant => "assistant",
     };
     json!({ "role": role, "content": m.content })
-}
-
-/// What a completion (whole or streamed) said, before timings are added.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct Answer {
-    pub text: String,
-    pub finish_reason: String,
-    pub usage: Usage,
-    pub model: Option<String>,
-    pub id: Option<String>,
 }
 
 /// A non-streamed `chat.completion` object.
@@ -148,9 +143,19 @@ pub(crate) fn parse_completion(body: &[u8]) -> Result<Answer, ProviderError> {
     })
 }
 
-/// A transient error for a body that did not parse.
-pub(crate) fn malformed(error: &serde_json::Error) -> ProviderError {
-    ProviderError::transient(format!("malformed response body: {error}"))
+/// `GET /models`: `{"object":"list","data":[{"id","object":"model","created","owned_by"}]}`.
+pub(crate) fn parse_models(body: &[u8]) -> Result<ModelPage, ProviderError> {
+    #[derive(Deserialize)]
+    struct List {
+        data: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    let list: List = serde_json::from_slice(body).map_err(|e| malformed(&e))?;
+    let models = list.data.into_iter().map(|e| ModelInfo { id: e.id, display_name: None }).collect();
+    Ok(ModelPage { models, next: None })
 }
 
 /// One of `stop`, `length`, `content_filter`, `tool_calls` or `other`.
@@ -168,6 +173,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::capability::capabilities;
+    use crate::config::ProviderKind;
     use taskexec_core::task::ChatMessage;
 
     fn request() -> ProviderRequest {
@@ -193,7 +200,7 @@ mod tests {
 
     #[test]
     fn maps_every_field() {
-        let body = request_body(&request()).unwrap();
+        let body = request_body(&request(), &capabilities(ProviderKind::OpenAiCompatible, "gpt-4o-mini")).unwrap();
         assert_eq!(
             body,
             json!({
@@ -211,7 +218,21 @@ mod tests {
     fn extra_may_not_set_reserved_fields() {
         let mut r = request();
         r.extra.insert("stream".into(), json!(false));
-        assert_eq!(request_body(&r).unwrap_err().class(), taskexec_core::error::ErrorClass::Permanent);
+        let caps = capabilities(ProviderKind::OpenAiCompatible, "m");
+        assert_eq!(request_body(&r, &caps).unwrap_err().class(), taskexec_core::error::ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn reasoning_models_get_developer_messages_and_max_completion_tokens() {
+        let mut r = request();
+        r.model = "o3-mini".into();
+        let body = request_body(&r, &capabilities(ProviderKind::OpenAi, "o3-mini")).unwrap();
+        assert_eq!(body["messages"][0]["role"], "developer");
+        assert_eq!(body["max_completion_tokens"], 9); // `extra` still wins
+        assert!(body.get("max_tokens").is_none());
+        r.extra.clear();
+        let body = request_body(&r, &capabilities(ProviderKind::OpenAi, "gpt-4.1")).unwrap();
+        assert_eq!((body["messages"][0]["role"].as_str(), body["max_completion_tokens"].as_u64()), (Some("system"), Some(7)));
     }
 
     #[test]
@@ -220,6 +241,14 @@ mod tests {
         assert_eq!(normalise_finish_reason(Some("function_call")), "tool_calls");
         assert_eq!(normalise_finish_reason(Some("eos")), "other");
         assert_eq!(normalise_finish_reason(None), "other");
+    }
+
+    #[test]
+    fn reads_the_model_list() {
+        let page = parse_models(br#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"system"}]}"#)
+            .unwrap();
+        assert_eq!(page.models, [ModelInfo { id: "gpt-4o".into(), display_name: None }]);
+        assert_eq!(parse_models(b"[]").unwrap_err().class(), taskexec_core::error::ErrorClass::Transient);
     }
 
     #[test]
