@@ -60,8 +60,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Failure> {
             taskexec_core::validate::ID_PATTERN
         )));
     }
-    let known: BTreeSet<String> = deployments.names().map(str::to_owned).collect();
-    let checked = taskfile::check(&args.file, &default_run, &known).map_err(Failure::input)?;
+    let checked = taskfile::check(&args.file, &default_run, &|task| deployments.check(task)).map_err(Failure::input)?;
     let file_check = match checked {
         Ok(c) => c,
         Err(errors) => {

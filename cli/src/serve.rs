@@ -66,7 +66,9 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let (config, origin) = crate::config::locate(args.config.as_deref(), None).map_err(Failure::input)?;
     let deployments = embedded::deployments(&config)?;
     let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
-    let settings = ApiSettings::new(deployments.names(), Arc::new(sampler));
+    let configs = config.deployments.clone();
+    let settings = ApiSettings::new(deployments.names(), Arc::new(sampler))
+        .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let (lock, store) = embedded::open_locked(&args.db)?;
     let Embedded { runner, queue, .. } = embedded::build(&config, deployments, store.clone(), args.concurrency, true);
     let (released, queued) = runner.recover(|_| true).await.map_err(|e| Failure::runtime(e.into()))?;

@@ -41,9 +41,11 @@ pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, CountingSink::default());
     let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
+    let configs = env.config.deployments.clone();
     let api_settings = ApiSettings::new(names, Arc::new(sampler))
         .with_worker_timeout(env.worker_timeout)
-        .with_run_counter(backend.store.clone());
+        .with_run_counter(backend.store.clone())
+        .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let app = api(backend.store.clone(), backend.queue.clone(), api_settings, &token);
     let what = format!("DynamoDB table {}, SQS queues of {}", env.table, env.topology.queues[1].url);
     let (listener, _) = listen(args.addr, &what).await?;

@@ -34,11 +34,12 @@ pub struct FileCheck {
     pub runs: BTreeSet<String>,
 }
 
-/// Validate every line of `path`: JSON, contract limits, known deployment, duplicate ids.
+/// Validate every line of `path`: JSON, contract limits, duplicate ids, and `check_task` (the
+/// deployment exists and accepts the task's parameters: `Deployments::check`).
 pub fn check(
     path: &Path,
     default_run: &str,
-    deployments: &BTreeSet<String>,
+    check_task: &dyn Fn(&BenchmarkTask) -> Vec<FieldError>,
 ) -> anyhow::Result<Result<FileCheck, Vec<LineError>>> {
     let mut errors = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -50,9 +51,8 @@ pub fn check(
         match parse_task(text) {
             Err(problems) => errors.extend(problems.into_iter().map(|error| LineError { line, error })),
             Ok(task) => {
-                if !deployments.contains(&task.provider_id) {
-                    let known = deployments.iter().cloned().collect::<Vec<_>>().join(", ");
-                    push("providerId", format!("unknown deployment `{}` (configured: {known})", task.provider_id));
+                for error in check_task(&task) {
+                    push(&error.field, error.message);
                 }
                 if let Some(first) = seen.insert(task.id.clone(), line) {
                     push("id", format!("duplicate id `{}` (first on line {first})", task.id));
@@ -136,8 +136,14 @@ mod tests {
         f
     }
 
-    fn deployments() -> BTreeSet<String> {
-        ["sim".to_owned()].into()
+    fn deployments() -> impl Fn(&BenchmarkTask) -> Vec<FieldError> {
+        |task| {
+            if task.provider_id == "sim" {
+                return Vec::new();
+            }
+            let message = format!("unknown deployment `{}` (configured: sim)", task.provider_id);
+            vec![FieldError { field: "providerId".into(), message }]
+        }
     }
 
     #[test]

@@ -60,3 +60,29 @@ async fn admin_commands_on_a_missing_database_are_exit_2() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no database at"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_parameter_the_model_does_not_accept_is_named_with_the_model() {
+    let s = Scratch::new();
+    s.write(
+        "tasks.toml",
+        "[deployments.oai]\nkind = \"openai\"\n[deployments.lenient]\nkind = \"openai\"\nunsupported_params = \"drop\"\n",
+    );
+    let file = s.write(
+        "tasks.jsonl",
+        &[
+            r#"{"id":"a","providerId":"oai","modelId":"gpt-4o-mini","prompt":"x","parameters":{"temperature":0.2}}"#,
+            r#"{"id":"b","providerId":"oai","modelId":"o3-mini","prompt":"x","parameters":{"temperature":0.2,"stop":["x"]}}"#,
+            r#"{"id":"c","providerId":"lenient","modelId":"o3-mini","prompt":"x","parameters":{"temperature":0.2}}"#,
+        ]
+        .join("\n"),
+    );
+    let (code, _, stderr) = s.run(&["run", file.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "stderr: {stderr}");
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("tasks.jsonl: line")).collect();
+    assert_eq!(problems.len(), 2, "{stderr}");
+    assert!(problems[0].contains("line 2: field `parameters.temperature`: `temperature` is not accepted by model `o3-mini` on deployment `oai`"), "{}", problems[0]);
+    assert!(problems[0].contains("unsupported_params = \"drop\""), "{}", problems[0]);
+    assert!(problems[1].contains("line 2: field `parameters.stop`"), "{}", problems[1]);
+    assert!(!s.db().exists(), "nothing ran");
+}

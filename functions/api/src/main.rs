@@ -15,9 +15,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone())));
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
+    let configs = env.config.deployments.clone();
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
         .with_worker_timeout(env.worker_timeout)
-        .with_run_counter(store.clone());
+        .with_run_counter(store.clone())
+        .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let app = router(ApiState::new(store, Arc::new(queue), settings));
     lambda_http::run(app).await
 }

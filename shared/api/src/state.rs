@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskexec_core::ports::{ControlStore, RunCounter, RunDelta, TaskStore, WorkQueue};
+use taskexec_core::task::BenchmarkTask;
 use taskexec_core::time::{Clock, SystemClock};
+use taskexec_core::validate::FieldError;
 
 use crate::resources::ResourceSampler;
 
@@ -34,7 +36,13 @@ pub struct ApiSettings {
     pub sampler: Arc<dyn ResourceSampler>,
     /// Per-run counters to add submissions and cancellations to, once per request (AWS).
     pub run_counter: Option<Arc<dyn RunCounter>>,
+    /// Checks of a parsed task that only the host knows (the parameters its deployment's model
+    /// accepts); each problem is reported like a contract problem.
+    pub task_check: Option<TaskCheck>,
 }
+
+/// A host-supplied check of a parsed task.
+pub type TaskCheck = Arc<dyn Fn(&BenchmarkTask) -> Vec<FieldError> + Send + Sync>;
 
 impl ApiSettings {
     /// Settings accepting tasks for `deployments`, with no worker timeout, the system clock and
@@ -48,7 +56,15 @@ impl ApiSettings {
             clock: Arc::new(SystemClock),
             sampler,
             run_counter: None,
+            task_check: None,
         }
+    }
+
+    /// Check every parsed task with `check` too (see [`ApiSettings::task_check`]).
+    #[must_use]
+    pub fn with_task_check(mut self, check: TaskCheck) -> Self {
+        self.task_check = Some(check);
+        self
     }
 
     /// Add each request's submissions and cancellations to the runs' counters.

@@ -99,6 +99,9 @@ pub(crate) fn validate_batch(values: Vec<Value>, settings: &ApiSettings) -> Resu
         match parse_task_value(value) {
             Err(errors) => problems.extend(errors.into_iter().map(|e| Problem::at(index, e))),
             Ok(mut task) => {
+                if let Some(check) = &settings.task_check {
+                    problems.extend(check(&task).into_iter().map(|e| Problem::at(index, e)));
+                }
                 task.run_id.get_or_insert_with(|| settings.default_run_id.clone());
                 tasks.push(task);
             }

@@ -204,3 +204,18 @@ async fn submissions_and_cancels_are_added_to_the_run_counters_once_per_request(
         ]
     );
 }
+
+#[tokio::test]
+async fn the_hosts_task_check_refuses_unsupported_parameters_before_anything_is_stored() {
+    let api = api();
+    let mut refused = task("s1");
+    refused["providerId"] = json!("mock");
+    refused["parameters"] = json!({"seed": 7});
+    let mut fine = task("s2");
+    fine["parameters"] = json!({"seed": 7});
+    let (status, body) = api.call("POST", "/tasks", Some(json!([fine, refused]))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(fields(&body), [(1, "parameters.seed".to_owned())]);
+    assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains("model `m` on deployment `mock`"));
+    assert!(api.drain_queue().await.is_empty(), "nothing was stored or queued");
+}

@@ -28,8 +28,13 @@
 #![warn(missing_docs)]
 
 mod answer;
+mod azure;
+mod anthropic;
+#[cfg(feature = "aws")]
+mod bedrock;
 pub mod capability;
 pub mod config;
+mod gemini;
 mod http;
 mod openai;
 pub mod secret;
@@ -44,10 +49,12 @@ use taskexec_core::task::BenchmarkTask;
 use taskexec_core::validate::FieldError;
 
 pub use crate::answer::ModelInfo;
+use crate::anthropic::{Anthropic, AnthropicMessages};
 use crate::capability::capabilities;
 use crate::config::{ConfigError, DeploymentConfig, ProviderKind, UnsupportedParams};
 use crate::http::HttpSettings;
-use crate::openai::{OpenAiChat, OpenAiCompatible};
+use crate::azure::{AzureChat, AzureOpenAi};
+use crate::openai::{OpenAiChat, OpenAiCompatible, OpenAiDeployment};
 use crate::secret::{ApiKey, SecretRef};
 use crate::sim::SimProvider;
 
@@ -62,8 +69,14 @@ pub struct Adapter(Inner);
 enum Inner {
     /// The built-in simulator.
     Sim(SimProvider),
-    /// OpenAI chat completions (kinds `openai` and `openai-compatible`).
+    /// OpenAI chat completions (kind `openai-compatible`).
     OpenAi(OpenAiCompatible),
+    /// OpenAI itself (kind `openai`): chat completions or the Responses API, per model.
+    OpenAiRouted(OpenAiDeployment),
+    /// Azure OpenAI chat completions (kind `azure-openai`).
+    Azure(AzureOpenAi),
+    /// Anthropic's Messages API (kind `anthropic`).
+    Anthropic(Anthropic),
 }
 
 impl Adapter {
@@ -71,16 +84,23 @@ impl Adapter {
         match &self.0 {
             Inner::Sim(sim) => sim.call(request).await,
             Inner::OpenAi(openai) => openai.call(request).await,
+            Inner::OpenAiRouted(openai) => openai.call(request).await,
+            Inner::Azure(azure) => azure.call(request).await,
+            Inner::Anthropic(anthropic) => anthropic.call(request).await,
         }
     }
 
     /// Every model the deployment serves, from the provider's model list.
     pub async fn models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         match &self.0 {
-            Inner::Sim(_) => {
-                Ok(vec![ModelInfo { id: "any".into(), display_name: Some("the simulator answers any model id".into()) }])
-            }
+            Inner::Sim(_) => Ok(vec![ModelInfo {
+                id: "any".into(),
+                display_name: Some("the simulator answers any model id".into()),
+            }]),
             Inner::OpenAi(openai) => openai.models().await,
+            Inner::OpenAiRouted(openai) => openai.models().await,
+            Inner::Azure(azure) => azure.models().await,
+            Inner::Anthropic(anthropic) => anthropic.models().await,
         }
     }
 }
@@ -100,7 +120,9 @@ pub enum DeploymentsError {
         var: String,
     },
     /// `api_key_secret` was not resolved (embedded runs cannot read AWS secrets).
-    #[error("deployment `{deployment}`: its `api_key_secret` ({reference}) was not read: secrets are read by the AWS shape; elsewhere use `api_key_env`")]
+    #[error(
+        "deployment `{deployment}`: its `api_key_secret` ({reference}) was not read: secrets are read by the AWS shape; elsewhere use `api_key_env`"
+    )]
     MissingSecret {
         /// The deployment.
         deployment: String,
@@ -180,24 +202,17 @@ impl Deployments {
     /// (unless the deployment drops them) every parameter it sets is accepted by its model.
     #[must_use]
     pub fn check(&self, task: &BenchmarkTask) -> Vec<FieldError> {
-        let Some(config) = self.configs.get(&task.provider_id) else {
+        if !self.configs.contains_key(&task.provider_id) {
             let known = self.names().collect::<Vec<_>>().join(", ");
             let message = format!("unknown deployment `{}` (configured: {known})", task.provider_id);
             return vec![FieldError { field: "providerId".into(), message }];
-        };
-        if config.unsupported_params == UnsupportedParams::Drop {
-            return Vec::new();
         }
-        let request = ProviderRequest::for_task(task, &task.provider_id, 1);
-        capabilities(config.kind, &request.model)
-            .unsupported(&request)
-            .into_iter()
-            .map(|u| FieldError { field: u.field.into(), message: unsupported_message(&task.provider_id, config, &request.model, &u) })
-            .collect()
+        check_parameters(&self.configs, task)
     }
 
     async fn dispatch(&self, mut request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        let (Some(adapter), Some(config)) = (self.adapters.get(&request.deployment), self.configs.get(&request.deployment))
+        let (Some(adapter), Some(config)) =
+            (self.adapters.get(&request.deployment), self.configs.get(&request.deployment))
         else {
             return Err(ProviderError::permanent(format!("unknown deployment `{}`", request.deployment)));
         };
@@ -222,7 +237,32 @@ impl Deployments {
     }
 }
 
-fn unsupported_message(deployment: &str, config: &DeploymentConfig, model: &str, u: &capability::Unsupported) -> String {
+/// The parameters of `task` its deployment's model does not accept, unless the deployment drops
+/// them; nothing for an unknown deployment (reported apart). Needs only the configuration, so
+/// the API checks submissions without the providers' keys.
+#[must_use]
+pub fn check_parameters(configs: &BTreeMap<String, DeploymentConfig>, task: &BenchmarkTask) -> Vec<FieldError> {
+    let Some(config) = configs.get(&task.provider_id) else { return Vec::new() };
+    if config.unsupported_params == UnsupportedParams::Drop {
+        return Vec::new();
+    }
+    let request = ProviderRequest::for_task(task, &task.provider_id, 1);
+    capabilities(config.kind, &request.model)
+        .unsupported(&request)
+        .into_iter()
+        .map(|u| FieldError {
+            field: u.field.into(),
+            message: unsupported_message(&task.provider_id, config, &request.model, &u),
+        })
+        .collect()
+}
+
+fn unsupported_message(
+    deployment: &str,
+    config: &DeploymentConfig,
+    model: &str,
+    u: &capability::Unsupported,
+) -> String {
     let name = u.field.trim_start_matches("parameters.");
     format!(
         "`{name}` {} by model `{model}` on deployment `{deployment}` (kind `{}`); remove it, or set `unsupported_params = \"drop\"` on the deployment",
@@ -242,11 +282,22 @@ fn build_adapter(name: &str, config: &DeploymentConfig, key: Option<ApiKey>) -> 
     let root = config.api_root().unwrap_or_default();
     match config.kind {
         ProviderKind::Sim => Ok(Adapter(Inner::Sim(SimProvider::new(config.sim.clone().unwrap_or_default())))),
-        ProviderKind::OpenAiCompatible | ProviderKind::OpenAi => {
+        ProviderKind::OpenAi => OpenAiDeployment::new(name, root, config.api, key, &settings)
+            .map(|a| Adapter(Inner::OpenAiRouted(a)))
+            .map_err(failed),
+        ProviderKind::AzureOpenAi => AzureChat::new(root, config.api_version.as_deref())
+            .and_then(|wire| AzureOpenAi::new(name, wire, key, &settings))
+            .map(|a| Adapter(Inner::Azure(a)))
+            .map_err(failed),
+        ProviderKind::OpenAiCompatible => {
             let wire = OpenAiChat::new(root, config.kind).map_err(failed)?;
             OpenAiCompatible::new(name, wire, key, &settings).map(|a| Adapter(Inner::OpenAi(a))).map_err(failed)
         }
-        ProviderKind::AzureOpenAi | ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Bedrock => {
+        ProviderKind::Anthropic => {
+            let wire = AnthropicMessages::new(root).map_err(failed)?;
+            Anthropic::new(name, wire, key, &settings).map(|a| Adapter(Inner::Anthropic(a))).map_err(failed)
+        }
+        ProviderKind::Gemini | ProviderKind::Bedrock => {
             Err(failed(BuildError::Missing("this kind is not built yet")))
         }
     }
@@ -267,7 +318,9 @@ fn api_key(
     let Some(reference) = config.api_key_secret.as_deref().and_then(SecretRef::parse) else { return Ok(None) };
     match secrets.get(&reference) {
         Some(key) if !key.trim().is_empty() => Ok(Some(ApiKey::new(key.trim()))),
-        _ => Err(DeploymentsError::MissingSecret { deployment: deployment.to_owned(), reference: reference.to_string() }),
+        _ => {
+            Err(DeploymentsError::MissingSecret { deployment: deployment.to_owned(), reference: reference.to_string() })
+        }
     }
 }
 

@@ -46,7 +46,8 @@ impl taskexec_core::ports::RunCounter for Counters {
 }
 
 /// The API over memory ports: deployments `sim` and `mock`, a worker timeout of 60 s with a
-/// 10 s margin (so a task timeout may be at most 50 s).
+/// 10 s margin (so a task timeout may be at most 50 s); the host's task check refuses `seed`
+/// on `mock` (as the capability table does for models that take none).
 pub fn api() -> Api {
     let clock = FakeClock::at(NOW);
     let store = Arc::new(MemoryStore::default());
@@ -54,7 +55,15 @@ pub fn api() -> Api {
     let settings = ApiSettings::new(["sim", "mock"], Arc::new(SystemSampler::new().unwrap()))
         .with_worker_timeout(Duration::from_secs(60))
         .with_timeout_margin(Duration::from_secs(10))
-        .with_clock(Arc::new(clock.clone()));
+        .with_clock(Arc::new(clock.clone()))
+        .with_task_check(Arc::new(|task: &taskexec_core::task::BenchmarkTask| {
+            let refused = task.provider_id == "mock" && task.parameters.seed.is_some();
+            let message = "`seed` is not accepted by model `m` on deployment `mock`".to_owned();
+            refused
+                .then(|| taskexec_core::validate::FieldError { field: "parameters.seed".into(), message })
+                .into_iter()
+                .collect()
+        }));
     let counters = Arc::new(Counters::default());
     let settings = settings.with_run_counter(counters.clone());
     let app = router(ApiState::new(store.clone(), queue.clone(), settings));
