@@ -6,6 +6,7 @@ mod config;
 mod embedded;
 mod exit;
 mod progress;
+mod providers;
 mod run;
 mod serve;
 #[cfg(feature = "aws")]
@@ -84,6 +85,11 @@ enum Command {
     /// the environment `serve --backend aws` reads (builds with `--features aws` only).
     #[cfg(feature = "aws")]
     AwsBootstrap(serve_aws::BootstrapArgs),
+    /// Inspect the configured provider deployments and the models they serve.
+    Providers {
+        #[command(subcommand)]
+        command: providers::ProvidersCommand,
+    },
     /// Write a run's results.
     Export {
         /// The run id.
@@ -135,5 +141,6 @@ async fn dispatch(command: Command) -> Result<u8, exit::Failure> {
         Command::Resume { run, db } => admin::set_paused(&db.db, run, false).await,
         Command::Redrive { tasks, db } => admin::redrive(&db.db, &tasks).await,
         Command::Export { run, format, output, db } => admin::export(&db.db, &run, format, output.as_deref()).await,
+        Command::Providers { command } => providers::providers(command).await,
     }
 }

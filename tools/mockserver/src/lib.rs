@@ -123,6 +123,8 @@ impl MockServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
             .route("/chat/completions", post(complete))
+            .route("/v1/models", get(models))
+            .route("/models", get(models))
             .route("/_stats", get(stats))
             .with_state(shared.clone());
         tokio::spawn(async move {
@@ -142,6 +144,23 @@ impl MockServer {
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().expect("poisoned").clone()
     }
+}
+
+/// The models the mock says it serves (it answers any model id).
+pub const MODELS: [&str; 2] = ["mock-small", "mock-large"];
+
+/// `GET /v1/models` in OpenAI's list shape.
+async fn models() -> Response {
+    let data: Vec<_> = MODELS
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "taskexec-mock"}))
+        .collect();
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        serde_json::json!({"object": "list", "data": data}).to_string(),
+    )
+        .into_response()
 }
 
 /// Records a hanging call's end; if it is dropped before the hang ended, the client closed it.
