@@ -134,6 +134,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configs_are_valid() {
+        for (name, text) in [
+            ("quickstart.toml", include_str!("../../../examples/quickstart.toml")),
+            ("providers.toml", include_str!("../../../examples/providers.toml")),
+        ] {
+            let config = RunConfig::parse(text).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
+            for (deployment, d) in &config.deployments {
+                d.validate(deployment).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
+            }
+        }
+    }
+
+    #[test]
     fn parses_a_full_config_and_derives_limits() {
         let config: RunConfig = toml::from_str(
             r#"
