@@ -43,6 +43,8 @@ const MAX_BODY_BYTES: usize = 32 << 20;
 const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// Idle keep-alive connections kept per host: benchmarks run many calls in parallel.
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+/// Largest raw body kept for audit: the result must still fit in a store item (DynamoDB: 400 KB).
+const MAX_RAW_BYTES: usize = 128 << 10;
 /// Most model-list pages followed (a server that always says "more" cannot loop forever).
 const MAX_MODEL_PAGES: usize = 100;
 
@@ -152,7 +154,12 @@ impl<W> fmt::Debug for HttpAdapter<W> {
 
 impl<W: Wire> HttpAdapter<W> {
     /// The adapter for deployment `name`.
-    pub(crate) fn new(name: &str, wire: W, api_key: Option<ApiKey>, settings: &HttpSettings) -> Result<Self, BuildError> {
+    pub(crate) fn new(
+        name: &str,
+        wire: W,
+        api_key: Option<ApiKey>,
+        settings: &HttpSettings,
+    ) -> Result<Self, BuildError> {
         let mut headers = HeaderMap::new();
         if let Some(key) = &api_key {
             let (name, value) = match wire.auth() {
@@ -167,6 +174,7 @@ impl<W: Wire> HttpAdapter<W> {
     }
 
     /// The wire format.
+    #[cfg_attr(not(test), allow(dead_code, reason = "only tests inspect the wire today"))]
     pub(crate) fn wire(&self) -> &W {
         &self.wire
     }
@@ -212,7 +220,7 @@ impl<W: Wire> HttpAdapter<W> {
             latency: started.elapsed(),
             ttft,
             limits,
-            raw: raw.map(|r| self.scrub_text(&r)),
+            raw: raw.map(|r| self.scrub_text(&cap_raw(r))),
         })
     }
 
@@ -313,6 +321,18 @@ impl<W: Wire> HttpAdapter<W> {
     }
 }
 
+/// `raw` cut to [`MAX_RAW_BYTES`] (on a character boundary), saying so at its end.
+fn cap_raw(raw: String) -> String {
+    if raw.len() <= MAX_RAW_BYTES {
+        return raw;
+    }
+    let mut end = MAX_RAW_BYTES;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[taskexec: raw body truncated: {} of {} bytes kept]", &raw[..end], end, raw.len())
+}
+
 fn build_client(connect_timeout: Duration) -> Result<Client, BuildError> {
     Client::builder()
         .tcp_nodelay(true)
@@ -347,4 +367,18 @@ pub(crate) fn header_string(headers: &HeaderMap, name: &str) -> Option<String> {
 pub(crate) fn join(base: &str, path: &str) -> Result<Url, BuildError> {
     Url::parse(&format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/')))
         .map_err(|_| BuildError::BadBaseUrl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_bodies_are_capped_on_a_char_boundary() {
+        assert_eq!(cap_raw("short".into()), "short");
+        let long = "é".repeat(MAX_RAW_BYTES);
+        let capped = cap_raw(long);
+        assert!(capped.len() < MAX_RAW_BYTES + 100);
+        assert!(capped.ends_with(&format!("of {} bytes kept]", 2 * MAX_RAW_BYTES)), "{}", &capped[capped.len() - 80..]);
+    }
 }

@@ -269,3 +269,24 @@ impl Write for LogWriter {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn keep_raw_keeps_the_body_and_rate_limit_headers_travel_on_answers_and_errors() {
+    let server = WireServer::start().await;
+    let text = format!(
+        "[d]\nkind = \"openai-compatible\"\nbase_url = \"{}/ok\"\napi_key_env = \"K\"\nkeep_raw = true",
+        server.base
+    );
+    let configs = toml::from_str(&text).unwrap();
+    let d = taskexec_providers::Deployments::from_config(&configs, |_| Some(FAKE_KEY.to_owned())).unwrap();
+    let answer = d.call(request(false)).await.unwrap();
+    let raw: serde_json::Value = serde_json::from_str(answer.raw.as_deref().expect("raw kept")).unwrap();
+    assert_eq!(raw["id"], "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT");
+    let streamed = server.deployments("stream").call(request(true)).await.unwrap();
+    assert_eq!(streamed.raw, None, "not kept unless asked");
+
+    let limited = fail(&server, "rate_limit_s").await;
+    let requests = limited.limits().get(taskexec_core::provider::LimitKind::Requests).expect("x-ratelimit-* parsed");
+    assert_eq!((requests.limit, requests.remaining), (Some(500), Some(0)));
+    assert_eq!(requests.reset, Some(Duration::from_millis(1_500)));
+}

@@ -102,7 +102,19 @@ async fn handle(
         "malformed" => {
             respond(200, &[("content-type", "application/json")], r#"{"id":"chatcmpl-1","choices":[{"index":0,"#)
         }
-        "rate_limit_s" => respond(429, &[("retry-after", "2")], &fixtures::rate_limit_body()),
+        "rate_limit_s" => respond(
+            429,
+            &[
+                ("retry-after", "2"),
+                ("x-ratelimit-limit-requests", "500"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "1.5s"),
+                ("x-ratelimit-limit-tokens", "200000"),
+                ("x-ratelimit-remaining-tokens", "199450"),
+                ("x-ratelimit-reset-tokens", "165ms"),
+            ],
+            &fixtures::rate_limit_body(),
+        ),
         "rate_limit_ms" => {
             respond(429, &[("retry-after-ms", "1500"), ("retry-after", "2")], &fixtures::rate_limit_body())
         }
@@ -218,7 +230,9 @@ impl HangServer {
         Self::start_with(prelude).await
     }
 
-    async fn start_with(prelude: String) -> Self {
+    /// Start on 127.0.0.1:0; sends `prelude` (raw HTTP: a head and the start of a body), then
+    /// nothing more.
+    pub async fn start_with(prelude: String) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
         let (entered_tx, entered) = mpsc::unbounded_channel();
