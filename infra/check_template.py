@@ -16,6 +16,8 @@ cfn-lint knows CloudFormation; it does not know taskexec's rules. This script ch
   (shared/aws/src/emf.rs, and the lines printed as raw EMF JSON elsewhere, e.g. the sweeper's
   StuckRuns) and error classes (shared/core/src/error.rs) that alarms and dashboard read, and the
   IAM actions each function's code needs (for the sweeper: exactly those, nothing more);
+- provider keys (shared/aws/src/secrets.rs): only the worker may read them, each grant guarded by a
+  Condition on its parameter and scoped to what the parameter names, and the parameters refuse `*`;
 - samconfig.toml only overrides parameters that exist, with allowed values;
 - every file in events/ is JSON, and the API events cover exactly the template's routes.
 
@@ -329,6 +331,102 @@ def check_iam(c: Checker, t: dict, code: dict) -> None:
         c.check(named <= indexes, f"{name} policy names indexes that do not exist: {sorted(named - indexes)}")
 
 
+# Provider keys (shared/aws/src/secrets.rs, called by the worker at start-up): action -> the Condition
+# that must guard its statement and the parameter that must scope its Resource.
+KEY_GRANTS = {
+    "secretsmanager:GetSecretValue": ("HasProviderSecrets", "ProviderSecretArns"),
+    "ssm:GetParameter": ("HasProviderKeyParameterPath", "ProviderKeyParameterPath"),
+    "kms:Decrypt": ("HasProviderKeysKmsKey", "ProviderKeysKmsKeyArn"),
+    # Bedrock deployments (shared/providers/src/bedrock.rs): Converse and ConverseStream.
+    "bedrock:InvokeModel": ("HasBedrockModels", "BedrockModelArns"),
+    "bedrock:InvokeModelWithResponseStream": ("HasBedrockModels", "BedrockModelArns"),
+}
+KEY_ACTION_PREFIXES = ("secretsmanager:", "ssm:GetParameter", "kms:", "bedrock:")
+SSM_PARAMETER_ARN = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${ProviderKeyParameterPath}"
+# Parameter values that would widen a grant to every secret, parameter or key: each must be refused.
+WIDENING = {
+    "ProviderSecretArns": ["*", "arn:aws:secretsmanager:*:*:secret:*",
+                           "arn:aws:secretsmanager:us-east-1:123456789012:secret:*",
+                           "arn:aws:secretsmanager:us-east-1:123456789012:secret:taskexec/*"],
+    "ProviderKeyParameterPath": ["*", "/*", "/taskexec/*", "/"],
+    "ProviderKeysKmsKeyArn": ["*", "arn:aws:kms:*:*:key/*", "arn:aws:kms:us-east-1:123456789012:key/*",
+                              "arn:aws:kms:us-east-1:123456789012:alias/taskexec"],
+    "BedrockModelArns": ["*", "arn:aws:bedrock:*::foundation-model/*",
+                         "arn:aws:bedrock:us-east-1::foundation-model/anthropic.*"],
+}
+# ... and values that must be accepted.
+ACCEPTED = {
+    "ProviderSecretArns": ["", "arn:aws:secretsmanager:us-east-1:123456789012:secret:taskexec/openai-AbCdEf",
+                           "arn:aws:secretsmanager:us-east-1:123456789012:secret:taskexec/openai-??????"],
+    "ProviderKeyParameterPath": ["", "/taskexec/keys"],
+    "ProviderKeysKmsKeyArn": ["", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+    "BedrockModelArns": ["", "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0",
+                         "arn:aws:bedrock:*::foundation-model/amazon.nova-pro-v1:0",
+                         "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"],
+}
+
+
+def as_list(x: object) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def key_resource_ok(action: str, res: object) -> bool:
+    """The resource a provider-key action may name: exactly what its parameter names."""
+    if action == "ssm:GetParameter":
+        sub = res.get("Fn::Sub") if isinstance(res, dict) else None
+        return sub in (SSM_PARAMETER_ARN, SSM_PARAMETER_ARN + "/*")
+    return res == {"Ref": KEY_GRANTS[action][1]}
+
+
+def check_provider_keys(c: Checker, t: dict) -> None:
+    """Only the worker may read provider keys; each grant exists only when its parameter is set (a
+    Condition on the statement) and is scoped to what the parameter names, never `*`; and the
+    parameters refuse values with wildcards that would widen the grant."""
+    granted = set()
+    for name, r in t["Resources"].items():
+        if r["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in r["Properties"].get("Policies", []):
+            for st in policy.get("Statement", []) if isinstance(policy, dict) else []:
+                cond = None
+                if "Fn::If" in st:
+                    cond, st, other = st["Fn::If"]
+                    c.check(other == {"Ref": "AWS::NoValue"}, f"{name}: a conditional statement's else branch grants")
+                actions = [a for a in as_list(st.get("Action", [])) if a.startswith(KEY_ACTION_PREFIXES) or a == "*"]
+                if not actions:
+                    continue
+                c.check(name == "WorkerFunction", f"{name} grants {actions}: only the worker reads provider keys or calls Bedrock")
+                resources = as_list(st.get("Resource", []))
+                for a in actions:
+                    if a not in KEY_GRANTS:
+                        c.failures.append(f"{name} grants {a}: shared/aws/src/secrets.rs needs only {sorted(KEY_GRANTS)}")
+                        continue
+                    granted.add(a)
+                    want, param = KEY_GRANTS[a]
+                    c.check(cond == want, f"{name}: {a} is granted under {cond}, not the Condition {want}")
+                    c.check(bool(resources) and all(key_resource_ok(a, res) for res in resources),
+                            f"{name}: {a} is granted on {resources}, not only on what {param} names")
+                if "kms:Decrypt" in actions:
+                    via = st.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                    c.check(bool(via), f"{name}: kms:Decrypt is not limited to Secrets Manager and SSM (kms:ViaService)")
+    c.check(granted == set(KEY_GRANTS), f"the worker lacks {sorted(set(KEY_GRANTS) - granted)} for provider keys")
+    conditions, params = t.get("Conditions", {}), t["Parameters"]
+    for want, param in KEY_GRANTS.values():
+        cond = json.dumps(conditions.get(want), sort_keys=True)
+        c.check(cond.startswith('{"Fn::Not": [{"Fn::Equals": [') and f'{{"Ref": "{param}"}}' in cond,
+                f"Condition {want} is not `{param} is set`")
+        p = params.get(param, {})
+        c.check(str(p.get("Default")) == "", f"{param} does not default to empty (no grant)")
+        pattern = p.get("AllowedPattern")
+        if pattern is None:
+            c.failures.append(f"{param} has no AllowedPattern refusing wildcards")
+            continue
+        for value in WIDENING[param]:
+            c.check(re.fullmatch(pattern, value) is None, f"{param} accepts {value!r}, which widens the grant")
+        for value in ACCEPTED[param]:
+            c.check(re.fullmatch(pattern, value) is not None, f"{param} refuses {value!r}")
+
+
 def emitted_metrics() -> dict[str, set[tuple[str, ...]]]:
     """Metric name -> the dimension sets shared/aws/src/emf.rs prints it with (sorted names).
 
@@ -554,6 +652,7 @@ def main() -> int:
     code = check_table(c, t)
     check_functions(c, t)
     check_iam(c, t, code)
+    check_provider_keys(c, t)
     check_metrics(c, t)
     check_events(c, template_routes(c, t))
     check_dashboard(c, t)
