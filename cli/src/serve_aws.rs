@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use taskexec_api::{ApiSettings, SystemSampler};
+use taskexec_aws::secrets::{self, KeysError};
 use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, LimiterSettings};
 use taskexec_core::memory::CountingSink;
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
 use taskexec_lambda::worker::WorkerSettings;
-use taskexec_providers::Deployments;
 use tokio_util::sync::CancellationToken;
 
 use crate::embedded;
@@ -26,9 +26,13 @@ const DEFAULT_WORKER_TIMEOUT: &str = "900";
 /// Serve until Ctrl-C / SIGTERM.
 pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
     let env = environment(&args)?;
-    let deployments = Deployments::from_config(&env.config.deployments, |name| std::env::var(name).ok())
-        .map_err(|e| Failure::input(anyhow::Error::new(e).context("invalid deployments")))?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let deployments = secrets::deployments(&aws, &env.config.deployments, |name| std::env::var(name).ok())
+        .await
+        .map_err(|e| match e {
+            KeysError::Deployments(e) => Failure::input(anyhow::Error::new(e).context("invalid deployments")),
+            KeysError::Secret(e) => Failure::runtime(anyhow::Error::new(e).context("cannot read a provider key")),
+        })?;
     let settings = BackendSettings {
         table: DynamoConfig::new(env.table.clone()),
         topology: env.topology.clone(),

@@ -8,17 +8,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, EmfSink, LimiterSettings};
+use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, EmfSink, LimiterSettings, secrets};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::worker::WorkerSettings;
-use taskexec_providers::Deployments;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let deployments = Deployments::from_config(&env.config.deployments, |name| std::env::var(name).ok())?;
+    // Keys named by `api_key_secret` are read once, here, before the first batch.
+    let deployments = secrets::deployments(&aws, &env.config.deployments, |name| std::env::var(name).ok()).await?;
     let owner =
         std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
     let settings = BackendSettings {

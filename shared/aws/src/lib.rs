@@ -2,8 +2,8 @@
 //! control and breaker ports over one DynamoDB table; [`SqsQueue`] the work queue over three
 //! SQS queues (one per priority); [`EmfSink`] the metrics sink as CloudWatch Embedded Metric
 //! Format lines on stdout; [`EventSourceMappings`] the worker's event source mappings, whose
-//! weights the sweeper rebalances. Clients and configuration are passed in: nothing here reads the
-//! environment.
+//! weights the sweeper rebalances; [`secrets`] reads the provider keys that deployments name by
+//! reference. Clients and configuration are passed in: nothing here reads the environment.
 #![warn(missing_docs)]
 
 mod backend;
@@ -12,6 +12,7 @@ mod emf;
 mod error;
 mod lambda;
 mod mappings;
+pub mod secrets;
 pub use lambda::create_queues;
 mod sqs;
 

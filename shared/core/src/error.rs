@@ -132,7 +132,13 @@ impl ProviderError {
     /// A transient error without a response (connect, reset, timeout, malformed body).
     #[must_use]
     pub fn transient(detail: impl Into<String>) -> Self {
-        Self::Transient { retry_after: None, status: None, code: None, detail: detail.into(), limits: RateLimits::default() }
+        Self::Transient {
+            retry_after: None,
+            status: None,
+            code: None,
+            detail: detail.into(),
+            limits: RateLimits::default(),
+        }
     }
 
     /// A permanent error without a response.
@@ -145,7 +151,9 @@ impl ProviderError {
     #[must_use]
     pub fn limits(&self) -> &RateLimits {
         match self {
-            Self::RateLimited { limits, .. } | Self::Transient { limits, .. } | Self::Permanent { limits, .. } => limits,
+            Self::RateLimited { limits, .. } | Self::Transient { limits, .. } | Self::Permanent { limits, .. } => {
+                limits
+            }
         }
     }
 

@@ -10,13 +10,14 @@
 //! - OpenAI reasoning models (o1, o3, o4-mini, gpt-5): no `temperature`/`top_p`/`stop` (only the
 //!   defaults), `max_completion_tokens` instead of `max_tokens`, `developer` messages instead of
 //!   `system`; `*-pro`, `*-deep-research`, `codex-*`, `computer-use-*` only on the Responses API
-//!   (<https://platform.openai.com/docs/guides/reasoning>, model pages).
+//!   (<https://platform.openai.com/docs/guides/reasoning>, model pages). The Responses API has
+//!   no `stop` and no `seed` (<https://platform.openai.com/docs/api-reference/responses/create>).
 //! - Anthropic: `max_tokens` required; `system` is a top-level field; no `seed` or
 //!   `response_format`; Claude Sonnet 4.5, Haiku 4.5 and Opus 4.1 and later take `temperature` or
 //!   `top_p`, not both (<https://docs.anthropic.com/en/api/messages>, migration notes).
 //! - Gemini: `generationConfig` has `temperature`, `topP`, `maxOutputTokens`, `stopSequences`
 //!   (at most 5), `seed`, `responseMimeType`/`responseSchema`; the system prompt is
-//!   `systemInstruction` (<https://ai.google.dev/api/generate-content>).
+//!   `systemInstruction`, which Gemma models refuse (<https://ai.google.dev/api/generate-content>).
 //! - Bedrock Converse: `inferenceConfig` has `maxTokens`, `temperature`, `topP`,
 //!   `stopSequences`; no seed or response format; some older models take no system prompt
 //!   (<https://docs.aws.amazon.com/bedrock/latest/userguide/conversation-inference-supported-models-features.html>).
@@ -95,7 +96,12 @@ pub fn capabilities(kind: ProviderKind, model: &str) -> Capabilities {
         ProviderKind::Anthropic => anthropic(&m),
         ProviderKind::Gemini => Capabilities {
             max_stop: Some(5),
-            system: SystemPlacement::Field,
+            // Gemma models served by the Gemini API refuse `systemInstruction`.
+            system: if m.trim_start_matches("models/").starts_with("gemma-") {
+                SystemPlacement::Unsupported
+            } else {
+                SystemPlacement::Field
+            },
             max_tokens_field: "maxOutputTokens",
             ..OPEN
         },
@@ -106,10 +112,21 @@ pub fn capabilities(kind: ProviderKind, model: &str) -> Capabilities {
 fn openai(m: &str) -> Capabilities {
     // Azure deployment names are the user's; a name that starts like a model gets its rules.
     let base = Capabilities { max_tokens_field: "max_completion_tokens", ..OPEN };
-    let responses_only = ["o1-pro", "o3-pro", "o3-deep-research", "o4-mini-deep-research", "gpt-5-pro", "codex-", "gpt-5-codex", "computer-use"]
-        .iter()
-        .any(|p| m.starts_with(p));
+    let responses_only = [
+        "o1-pro",
+        "o3-pro",
+        "o3-deep-research",
+        "o4-mini-deep-research",
+        "gpt-5-pro",
+        "codex-",
+        "gpt-5-codex",
+        "computer-use",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p));
     let reasoning = ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p)) && !m.starts_with("gpt-5-chat");
+    // The Responses API has neither `stop` nor `seed`.
+    let base = if responses_only { Capabilities { stop: false, seed: false, ..base } } else { base };
     if reasoning {
         Capabilities {
             temperature: false,
@@ -126,9 +143,17 @@ fn openai(m: &str) -> Capabilities {
 
 fn anthropic(m: &str) -> Capabilities {
     let m = m.strip_prefix("anthropic.").unwrap_or(m); // Bedrock model ids
-    let exclusive = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-5", "claude-opus-5", "claude-haiku-5"]
-        .iter()
-        .any(|p| m.starts_with(p));
+    let exclusive = [
+        "claude-sonnet-4-5",
+        "claude-haiku-4-5",
+        "claude-opus-4-1",
+        "claude-opus-4-5",
+        "claude-sonnet-5",
+        "claude-opus-5",
+        "claude-haiku-5",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p));
     Capabilities {
         sampling_exclusive: exclusive,
         seed: false,
@@ -142,12 +167,20 @@ fn anthropic(m: &str) -> Capabilities {
 
 fn bedrock(m: &str) -> Capabilities {
     // Cross-region inference profiles prefix the model id with a geography (`us.`, `eu.`, …).
-    let m = m.split_once('.').filter(|(geo, _)| geo.len() <= 4 && !geo.contains('-')).map_or(m, |(_, rest)| {
-        if rest.contains('.') { rest } else { m }
-    });
-    let no_system = ["amazon.titan-text", "mistral.mistral-7b", "mistral.mixtral", "cohere.command-text", "cohere.command-light", "ai21.j2"]
-        .iter()
-        .any(|p| m.starts_with(p));
+    let m = m
+        .split_once('.')
+        .filter(|(geo, _)| geo.len() <= 4 && !geo.contains('-'))
+        .map_or(m, |(_, rest)| if rest.contains('.') { rest } else { m });
+    let no_system = [
+        "amazon.titan-text",
+        "mistral.mistral-7b",
+        "mistral.mixtral",
+        "cohere.command-text",
+        "cohere.command-light",
+        "ai21.j2",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p));
     let exclusive = m.starts_with("anthropic.") && anthropic(m).sampling_exclusive;
     Capabilities {
         sampling_exclusive: exclusive,
@@ -186,7 +219,10 @@ impl Capabilities {
         let has_system = request.messages.iter().any(|m| m.role == Role::System);
         refuse("parameters.system", self.system != SystemPlacement::Unsupported || !has_system);
         if self.sampling_exclusive && request.temperature.is_some() && request.top_p.is_some() {
-            found.push(Unsupported { field: "parameters.topP", reason: "cannot be set together with `temperature`".into() });
+            found.push(Unsupported {
+                field: "parameters.topP",
+                reason: "cannot be set together with `temperature`".into(),
+            });
         }
         if let Some(max) = self.max_stop.filter(|max| request.stop.len() > *max) {
             found.push(Unsupported { field: "parameters.stop", reason: format!("takes at most {max} sequences") });
@@ -255,12 +291,18 @@ mod tests {
         assert_eq!(fields(K::OpenAi, "o3-mini"), ["parameters.temperature", "parameters.topP", "parameters.stop"]);
         assert_eq!(fields(K::AzureOpenAi, "gpt-5"), ["parameters.temperature", "parameters.topP", "parameters.stop"]);
         assert!(fields(K::OpenAi, "gpt-5-chat-latest").is_empty());
+        assert_eq!(
+            fields(K::OpenAi, "o3-pro"),
+            ["parameters.temperature", "parameters.topP", "parameters.stop", "parameters.seed"]
+        );
+        assert_eq!(fields(K::OpenAi, "codex-mini-latest"), ["parameters.stop", "parameters.seed"]);
         assert_eq!(fields(K::Anthropic, "claude-3-5-haiku-latest"), ["parameters.seed", "parameters.responseFormat"]);
         assert_eq!(
             fields(K::Anthropic, "claude-sonnet-4-5-20250929"),
             ["parameters.seed", "parameters.responseFormat", "parameters.topP"]
         );
         assert_eq!(fields(K::Gemini, "gemini-2.5-flash"), ["parameters.stop"]);
+        assert_eq!(fields(K::Gemini, "models/gemma-3-27b-it"), ["parameters.system", "parameters.stop"]);
         assert_eq!(fields(K::Bedrock, "amazon.nova-pro-v1:0"), ["parameters.seed", "parameters.responseFormat"]);
         assert_eq!(
             fields(K::Bedrock, "mistral.mistral-7b-instruct-v0:2"),
@@ -276,7 +318,10 @@ mod tests {
         assert_eq!((o.system, o.max_tokens_field), (SystemPlacement::Developer, "max_completion_tokens"));
         assert!(capabilities(K::OpenAi, "o3-pro").responses_only);
         assert!(!capabilities(K::OpenAi, "o3").responses_only);
-        assert_eq!(capabilities(K::Anthropic, "claude-opus-4-1").default_max_tokens, Some(ANTHROPIC_DEFAULT_MAX_TOKENS));
+        assert_eq!(
+            capabilities(K::Anthropic, "claude-opus-4-1").default_max_tokens,
+            Some(ANTHROPIC_DEFAULT_MAX_TOKENS)
+        );
         assert_eq!(capabilities(K::OpenAiCompatible, "x").max_tokens_field, "max_tokens");
     }
 

@@ -28,8 +28,8 @@
 #![warn(missing_docs)]
 
 mod answer;
-mod azure;
 mod anthropic;
+mod azure;
 #[cfg(feature = "aws")]
 mod bedrock;
 pub mod capability;
@@ -50,10 +50,11 @@ use taskexec_core::validate::FieldError;
 
 pub use crate::answer::ModelInfo;
 use crate::anthropic::{Anthropic, AnthropicMessages};
+use crate::azure::{AzureChat, AzureOpenAi};
 use crate::capability::capabilities;
 use crate::config::{ConfigError, DeploymentConfig, ProviderKind, UnsupportedParams};
+use crate::gemini::{Gemini, GeminiGenerate};
 use crate::http::HttpSettings;
-use crate::azure::{AzureChat, AzureOpenAi};
 use crate::openai::{OpenAiChat, OpenAiCompatible, OpenAiDeployment};
 use crate::secret::{ApiKey, SecretRef};
 use crate::sim::SimProvider;
@@ -69,24 +70,32 @@ pub struct Adapter(Inner);
 enum Inner {
     /// The built-in simulator.
     Sim(SimProvider),
+    /// AWS Bedrock Converse through the SDK (kind `bedrock`, cargo feature `aws`).
+    #[cfg(feature = "aws")]
+    Bedrock(bedrock::BedrockConverse),
     /// OpenAI chat completions (kind `openai-compatible`).
     OpenAi(OpenAiCompatible),
     /// OpenAI itself (kind `openai`): chat completions or the Responses API, per model.
-    OpenAiRouted(OpenAiDeployment),
+    OpenAiRouted(Box<OpenAiDeployment>),
     /// Azure OpenAI chat completions (kind `azure-openai`).
     Azure(AzureOpenAi),
     /// Anthropic's Messages API (kind `anthropic`).
     Anthropic(Anthropic),
+    /// Google Gemini's `generateContent` (kind `gemini`).
+    Gemini(Gemini),
 }
 
 impl Adapter {
     async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
         match &self.0 {
             Inner::Sim(sim) => sim.call(request).await,
+            #[cfg(feature = "aws")]
+            Inner::Bedrock(bedrock) => bedrock.call(request).await,
             Inner::OpenAi(openai) => openai.call(request).await,
             Inner::OpenAiRouted(openai) => openai.call(request).await,
             Inner::Azure(azure) => azure.call(request).await,
             Inner::Anthropic(anthropic) => anthropic.call(request).await,
+            Inner::Gemini(gemini) => gemini.call(request).await,
         }
     }
 
@@ -98,9 +107,12 @@ impl Adapter {
                 display_name: Some("the simulator answers any model id".into()),
             }]),
             Inner::OpenAi(openai) => openai.models().await,
+            #[cfg(feature = "aws")]
+            Inner::Bedrock(bedrock) => bedrock.models().await,
             Inner::OpenAiRouted(openai) => openai.models().await,
             Inner::Azure(azure) => azure.models().await,
             Inner::Anthropic(anthropic) => anthropic.models().await,
+            Inner::Gemini(gemini) => gemini.models().await,
         }
     }
 }
@@ -170,7 +182,7 @@ impl Deployments {
         for (name, config) in configs {
             config.validate(name)?;
             let key = api_key(name, config, &env, secrets)?;
-            adapters.insert(name.clone(), build_adapter(name, config, key)?);
+            adapters.insert(name.clone(), build_adapter(name, config, key, &env)?);
         }
         Ok(Self { adapters, configs: configs.clone() })
     }
@@ -271,7 +283,12 @@ fn unsupported_message(
     )
 }
 
-fn build_adapter(name: &str, config: &DeploymentConfig, key: Option<ApiKey>) -> Result<Adapter, DeploymentsError> {
+fn build_adapter(
+    name: &str,
+    config: &DeploymentConfig,
+    key: Option<ApiKey>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Adapter, DeploymentsError> {
     let failed = |source| DeploymentsError::Adapter { deployment: name.to_owned(), source };
     let settings = HttpSettings {
         connect_timeout: std::time::Duration::from_millis(
@@ -283,7 +300,7 @@ fn build_adapter(name: &str, config: &DeploymentConfig, key: Option<ApiKey>) -> 
     match config.kind {
         ProviderKind::Sim => Ok(Adapter(Inner::Sim(SimProvider::new(config.sim.clone().unwrap_or_default())))),
         ProviderKind::OpenAi => OpenAiDeployment::new(name, root, config.api, key, &settings)
-            .map(|a| Adapter(Inner::OpenAiRouted(a)))
+            .map(|a| Adapter(Inner::OpenAiRouted(Box::new(a))))
             .map_err(failed),
         ProviderKind::AzureOpenAi => AzureChat::new(root, config.api_version.as_deref())
             .and_then(|wire| AzureOpenAi::new(name, wire, key, &settings))
@@ -297,10 +314,37 @@ fn build_adapter(name: &str, config: &DeploymentConfig, key: Option<ApiKey>) -> 
             let wire = AnthropicMessages::new(root).map_err(failed)?;
             Anthropic::new(name, wire, key, &settings).map(|a| Adapter(Inner::Anthropic(a))).map_err(failed)
         }
-        ProviderKind::Gemini | ProviderKind::Bedrock => {
-            Err(failed(BuildError::Missing("this kind is not built yet")))
+        ProviderKind::Gemini => {
+            let wire = GeminiGenerate::new(root).map_err(failed)?;
+            Gemini::new(name, wire, key, &settings).map(|a| Adapter(Inner::Gemini(a))).map_err(failed)
         }
+        ProviderKind::Bedrock => bedrock_adapter(name, config, settings.connect_timeout, env).map_err(failed),
     }
+}
+
+/// Kind `bedrock`: the SDK clients are built on the first call; credentials from `env` when it
+/// has `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, else from the AWS default chain.
+#[cfg(feature = "aws")]
+fn bedrock_adapter(
+    name: &str,
+    config: &DeploymentConfig,
+    connect_timeout: std::time::Duration,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Adapter, BuildError> {
+    let settings =
+        bedrock::BedrockSettings { region: config.region.clone(), endpoint: config.base_url.clone(), connect_timeout };
+    Ok(Adapter(Inner::Bedrock(bedrock::BedrockConverse::new(name, settings, env))))
+}
+
+/// Kind `bedrock` without the AWS SDK compiled in.
+#[cfg(not(feature = "aws"))]
+fn bedrock_adapter(
+    _name: &str,
+    _config: &DeploymentConfig,
+    _connect_timeout: std::time::Duration,
+    _env: &impl Fn(&str) -> Option<String>,
+) -> Result<Adapter, BuildError> {
+    Err(BuildError::Missing("kind `bedrock` needs the AWS build: `cargo build --features aws`"))
 }
 
 fn api_key(

@@ -6,6 +6,7 @@
 //! Reference: <https://platform.openai.com/docs/api-reference/chat>.
 
 pub(crate) mod classify;
+pub(crate) mod responses;
 pub(crate) mod stream;
 pub(crate) mod wire;
 
@@ -15,16 +16,75 @@ use reqwest::header::HeaderMap;
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 use taskexec_core::error::ProviderError;
-use taskexec_core::provider::ProviderRequest;
+use taskexec_core::provider::{ProviderRequest, ProviderResponse};
 
+use self::responses::OpenAiResponses;
 use self::stream::ChatStream;
-use crate::answer::{Answer, ModelPage};
+use crate::answer::{Answer, ModelInfo, ModelPage};
 use crate::capability::capabilities;
-use crate::config::ProviderKind;
-use crate::http::{AuthStyle, BuildError, HttpAdapter, Wire, join};
+use crate::config::{OpenAiApi, ProviderKind};
+use crate::http::{AuthStyle, BuildError, HttpAdapter, HttpSettings, Wire, join};
+use crate::secret::ApiKey;
 
 /// An adapter for one OpenAI-compatible deployment.
 pub type OpenAiCompatible = HttpAdapter<OpenAiChat>;
+
+/// A deployment of kind `openai`: chat completions and the Responses API at one base URL,
+/// chosen per call by the deployment's `api` and the model's capabilities.
+#[derive(Debug)]
+pub struct OpenAiDeployment {
+    kind: ProviderKind,
+    api: OpenAiApi,
+    chat: OpenAiCompatible,
+    responses: HttpAdapter<OpenAiResponses>,
+}
+
+impl OpenAiDeployment {
+    /// Both APIs rooted at `base_url`, with the same key and settings.
+    pub(crate) fn new(
+        name: &str,
+        base_url: &str,
+        api: OpenAiApi,
+        key: Option<ApiKey>,
+        settings: &HttpSettings,
+    ) -> Result<Self, BuildError> {
+        let kind = ProviderKind::OpenAi;
+        let chat = HttpAdapter::new(name, OpenAiChat::new(base_url, kind)?, key.clone(), settings)?;
+        let responses = HttpAdapter::new(name, OpenAiResponses::new(base_url, kind)?, key, settings)?;
+        Ok(Self { kind, api, chat, responses })
+    }
+
+    /// Whether a call for `model` goes to the Responses API: always with `api = "responses"`,
+    /// never with `api = "chat"`, and with `auto` when the model is served only there.
+    #[must_use]
+    pub fn uses_responses(&self, model: &str) -> bool {
+        match self.api {
+            OpenAiApi::Responses => true,
+            OpenAiApi::Chat => false,
+            OpenAiApi::Auto => capabilities(self.kind, model).responses_only,
+        }
+    }
+
+    /// Make one call on the API the model needs.
+    pub(crate) async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        if self.uses_responses(&request.model) {
+            self.responses.call(request).await
+        } else {
+            self.chat.call(request).await
+        }
+    }
+
+    /// The URL a call for `model` goes to.
+    #[cfg(test)]
+    pub(crate) fn endpoint(&self, model: &str) -> &Url {
+        if self.uses_responses(model) { self.responses.wire().endpoint() } else { self.chat.wire().endpoint() }
+    }
+
+    /// Every model the deployment serves (`GET {base_url}/models`, shared by both APIs).
+    pub async fn models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
+        self.chat.models().await
+    }
+}
 
 /// The chat-completions wire format at one base URL.
 #[derive(Debug, Clone)]
@@ -41,6 +101,7 @@ impl OpenAiChat {
     }
 
     /// The URL called.
+    #[cfg(test)]
     #[must_use]
     pub fn endpoint(&self) -> &Url {
         &self.chat
@@ -76,5 +137,26 @@ impl Wire for OpenAiChat {
 
     fn parse_models(&self, body: &[u8]) -> Result<ModelPage, ProviderError> {
         wire::parse_models(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn deployment(api: OpenAiApi) -> OpenAiDeployment {
+        let settings = HttpSettings { connect_timeout: Duration::from_secs(1), keep_raw: false };
+        OpenAiDeployment::new("d", "https://api.openai.com/v1", api, None, &settings).unwrap()
+    }
+
+    #[test]
+    fn routes_by_api_and_model() {
+        let auto = deployment(OpenAiApi::Auto);
+        assert_eq!(auto.endpoint("o3-pro").as_str(), "https://api.openai.com/v1/responses");
+        assert_eq!(auto.endpoint("gpt-4o").as_str(), "https://api.openai.com/v1/chat/completions");
+        assert!(deployment(OpenAiApi::Responses).uses_responses("gpt-4o"));
+        assert!(!deployment(OpenAiApi::Chat).uses_responses("o3-pro"));
     }
 }

@@ -122,7 +122,10 @@ mod tests {
             SecretRef::parse("secretsmanager:prod/openai"),
             Some(SecretRef::SecretsManager { id: "prod/openai".into(), field: None })
         );
-        assert_eq!(SecretRef::parse("ssm:/taskexec/anthropic"), Some(SecretRef::Ssm { name: "/taskexec/anthropic".into() }));
+        assert_eq!(
+            SecretRef::parse("ssm:/taskexec/anthropic"),
+            Some(SecretRef::Ssm { name: "/taskexec/anthropic".into() })
+        );
         for bad in ["ssm:", "secretsmanager:", "secretsmanager:x#", "vault:x", "sk-live-123"] {
             assert_eq!(SecretRef::parse(bad), None, "{bad}");
         }

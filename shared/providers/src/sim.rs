@@ -98,7 +98,12 @@ fn unavailable(detail: &str) -> ProviderError {
 }
 
 fn bad_request(detail: String) -> ProviderError {
-    ProviderError::Permanent { status: Some(400), code: Some("invalid_request_error".into()), detail, limits: Default::default() }
+    ProviderError::Permanent {
+        status: Some(400),
+        code: Some("invalid_request_error".into()),
+        detail,
+        limits: Default::default(),
+    }
 }
 
 /// Latency drawn from a lognormal fitted to a median and a 99th percentile.

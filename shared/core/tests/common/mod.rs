@@ -94,5 +94,10 @@ pub fn transient() -> Step {
 }
 
 pub fn permanent() -> Step {
-    Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into(), limits: Default::default() })
+    Step::Fail(ProviderError::Permanent {
+        status: Some(400),
+        code: None,
+        detail: "bad".into(),
+        limits: Default::default(),
+    })
 }

@@ -71,12 +71,20 @@ pub(crate) fn classify_response(
     let limits = RateLimits::default();
     match status.as_u16() {
         429 if fields.is_quota() => ProviderError::Permanent { status: status_code, code, detail, limits },
-        429 => {
-            ProviderError::RateLimited { retry_after: retry_after(headers, now), status: status_code, code, detail, limits }
-        }
-        408 | 409 | 500..=599 => {
-            ProviderError::Transient { retry_after: retry_after(headers, now), status: status_code, code, detail, limits }
-        }
+        429 => ProviderError::RateLimited {
+            retry_after: retry_after(headers, now),
+            status: status_code,
+            code,
+            detail,
+            limits,
+        },
+        408 | 409 | 500..=599 => ProviderError::Transient {
+            retry_after: retry_after(headers, now),
+            status: status_code,
+            code,
+            detail,
+            limits,
+        },
         _ => ProviderError::Permanent { status: status_code, code, detail, limits },
     }
 }
@@ -141,6 +149,22 @@ mod tests {
         let long = "é".repeat(2000);
         let e = classify_response(StatusCode::BAD_GATEWAY, &HeaderMap::new(), long.as_bytes(), SystemTime::now());
         assert!(e.to_string().len() < 4 * crate::answer::MAX_DETAIL_CHARS);
+    }
+
+    #[test]
+    fn azure_429_with_a_string_code_is_a_rate_limit_preferring_retry_after_ms() {
+        // Azure OpenAI's 429 body and headers (learn.microsoft.com/azure/ai-foundry/openai/quotas-limits).
+        let body = br#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after 6 seconds."}}"#;
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "6".parse().unwrap());
+        headers.insert("retry-after-ms", "5800".parse().unwrap());
+        let e = classify_response(StatusCode::TOO_MANY_REQUESTS, &headers, body, SystemTime::now());
+        assert_eq!(e.class(), ErrorClass::RateLimited);
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_millis(5800)));
+        assert_eq!(e.to_task_error().provider_code.as_deref(), Some("429"));
+        let numeric = br#"{"error":{"code":429,"message":"m"}}"#;
+        let e = classify_response(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), numeric, SystemTime::now());
+        assert_eq!((e.class(), e.to_task_error().provider_code.as_deref()), (ErrorClass::RateLimited, Some("429")));
     }
 
     #[test]

@@ -232,7 +232,10 @@ mod tests {
         assert!(body.get("max_tokens").is_none());
         r.extra.clear();
         let body = request_body(&r, &capabilities(ProviderKind::OpenAi, "gpt-4.1")).unwrap();
-        assert_eq!((body["messages"][0]["role"].as_str(), body["max_completion_tokens"].as_u64()), (Some("system"), Some(7)));
+        assert_eq!(
+            (body["messages"][0]["role"].as_str(), body["max_completion_tokens"].as_u64()),
+            (Some("system"), Some(7))
+        );
     }
 
     #[test]
@@ -245,8 +248,10 @@ mod tests {
 
     #[test]
     fn reads_the_model_list() {
-        let page = parse_models(br#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"system"}]}"#)
-            .unwrap();
+        let page = parse_models(
+            br#"{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1,"owned_by":"system"}]}"#,
+        )
+        .unwrap();
         assert_eq!(page.models, [ModelInfo { id: "gpt-4o".into(), display_name: None }]);
         assert_eq!(parse_models(b"[]").unwrap_err().class(), taskexec_core::error::ErrorClass::Transient);
     }

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fixtures;
+pub mod logs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
