@@ -174,7 +174,12 @@ async fn permanent_errors_fail_at_once_and_never_open_the_breaker() {
         let d = h.submit(&id, "").await;
         h.provider.script(
             &id,
-            [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "bad".into(), limits: Default::default() })],
+            [Step::Fail(ProviderError::Permanent {
+                status: Some(400),
+                code: None,
+                detail: "bad".into(),
+                limits: Default::default(),
+            })],
         );
         assert_eq!(h.engine.process(&d).await, Decision::Ack);
         let r = h.record(&id).await;
@@ -458,8 +463,15 @@ async fn process_reporting_says_which_call_finished_the_task() {
     assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, Some(TaskState::Completed)));
     assert_eq!(h.engine.process_reporting(&ok, None).await, (Decision::Ack, None), "a duplicate finishes nothing");
     let bad = h.submit("bad", "").await;
-    h.provider
-        .script("bad", [Step::Fail(ProviderError::Permanent { status: Some(400), code: None, detail: "x".into(), limits: Default::default() })]);
+    h.provider.script(
+        "bad",
+        [Step::Fail(ProviderError::Permanent {
+            status: Some(400),
+            code: None,
+            detail: "x".into(),
+            limits: Default::default(),
+        })],
+    );
     assert_eq!(h.engine.process_reporting(&bad, None).await, (Decision::Ack, Some(TaskState::Failed)));
     let flaky = h.submit("flaky", "").await;
     h.provider.script("flaky", [transient()]);
@@ -499,4 +511,24 @@ async fn outcomes_drain_once_and_a_shared_window_opens_the_breaker() {
     assert_eq!(h.engine.breaker_windows(now + 1_000), [("dep".to_owned(), now)], "not before the open");
     let d3 = h.submit("t3", "").await;
     assert!(matches!(h.engine.process(&d3).await, Decision::Defer { reason: DeferReason::BreakerOpen(_), .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_attempt_keeps_its_own_timing_apart_from_queue_wait() {
+    let h = harness(config());
+    let d = h.submit("t1", "").await;
+    h.provider.script("t1", [transient(), Step::Ok]);
+    assert!(matches!(h.engine.process(&d).await, Decision::Retry { .. }));
+    h.clock.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.process(&d).await, Decision::Ack);
+    let result = h.record("t1").await.result.unwrap();
+    let [failed, succeeded] = result.attempts.as_slice() else { panic!("two attempts: {:?}", result.attempts) };
+    assert_eq!((failed.attempt, failed.outcome.as_str()), (1, "transient"));
+    assert_eq!((succeeded.attempt, succeeded.outcome.as_str()), (2, "ok"));
+    // The failed call's 10 ms (virtual) are measured on tokio's clock, like the answered one's.
+    assert!(failed.latency_ms >= 10.0, "failed attempt latency {}", failed.latency_ms);
+    assert_eq!(succeeded.latency_ms, 10.0, "the provider's own latency, not a sum over attempts");
+    assert_eq!(result.latency_ms, succeeded.latency_ms);
+    // Queue wait is counted from the delivery's ready_at on the engine's clock, never inside latency.
+    assert_eq!((failed.queue_wait_ms, succeeded.queue_wait_ms), (1_000_000, 1_001_000));
 }

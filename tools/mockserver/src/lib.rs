@@ -6,6 +6,8 @@
 //! task was called, hang for chosen tasks (and record when the client closed the connection),
 //! and reports all of it on `GET /_stats`. It binds 127.0.0.1 only.
 
+pub mod timed;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

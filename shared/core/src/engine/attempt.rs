@@ -2,8 +2,10 @@
 //! lease heartbeat, and the fenced write of its outcome (completed, retry, failed or
 //! dead-lettered), with the attempt/throttle accounting of DESIGN.md.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// tokio's clock: monotonic in real runs, virtual under `tokio::time::pause` in tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::CallResult;
