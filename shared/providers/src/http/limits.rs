@@ -16,29 +16,63 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::HeaderMap;
 use taskexec_core::provider::{LimitKind, RateLimit, RateLimits};
 
-const KINDS: [(LimitKind, &str, &str); 4] = [
-    (LimitKind::Requests, "requests", "requests"),
-    (LimitKind::Tokens, "tokens", "tokens"),
-    (LimitKind::InputTokens, "", "input-tokens"),
-    (LimitKind::OutputTokens, "", "output-tokens"),
+/// Per kind: the OpenAI-style `limit`, `remaining`, `reset` headers (none for the kinds only
+/// Anthropic reports), then Anthropic's.
+const HEADERS: [(LimitKind, Option<[&str; 3]>, [&str; 3]); 4] = [
+    (
+        LimitKind::Requests,
+        Some(["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"]),
+        [
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ],
+    ),
+    (
+        LimitKind::Tokens,
+        Some(["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]),
+        [
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ],
+    ),
+    (
+        LimitKind::InputTokens,
+        None,
+        [
+            "anthropic-ratelimit-input-tokens-limit",
+            "anthropic-ratelimit-input-tokens-remaining",
+            "anthropic-ratelimit-input-tokens-reset",
+        ],
+    ),
+    (
+        LimitKind::OutputTokens,
+        None,
+        [
+            "anthropic-ratelimit-output-tokens-limit",
+            "anthropic-ratelimit-output-tokens-remaining",
+            "anthropic-ratelimit-output-tokens-reset",
+        ],
+    ),
 ];
 
-/// Every rate limit in `headers`; `now` turns Anthropic's reset times into durations.
+/// Every rate limit in `headers`; `now` turns Anthropic's reset times into durations. Called on
+/// every response, so it looks headers up by static names and allocates only what it returns.
 pub(crate) fn rate_limits(headers: &HeaderMap, now: SystemTime) -> RateLimits {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let number = |name: &str| text(name).and_then(|v| v.parse::<u64>().ok());
     let mut limits = Vec::new();
-    for (kind, openai, anthropic) in KINDS {
+    for (kind, openai, [limit, remaining, reset]) in HEADERS {
         let mut found = RateLimit { kind, limit: None, remaining: None, reset: None };
-        if !openai.is_empty() {
-            found.limit = number(&format!("x-ratelimit-limit-{openai}"));
-            found.remaining = number(&format!("x-ratelimit-remaining-{openai}"));
-            found.reset = text(&format!("x-ratelimit-reset-{openai}")).and_then(go_duration);
+        if let Some([limit, remaining, reset]) = openai {
+            found.limit = number(limit);
+            found.remaining = number(remaining);
+            found.reset = text(reset).and_then(go_duration);
         }
-        let prefix = format!("anthropic-ratelimit-{anthropic}");
-        found.limit = found.limit.or_else(|| number(&format!("{prefix}-limit")));
-        found.remaining = found.remaining.or_else(|| number(&format!("{prefix}-remaining")));
-        found.reset = found.reset.or_else(|| text(&format!("{prefix}-reset")).and_then(|t| until(t, now)));
+        found.limit = found.limit.or_else(|| number(limit));
+        found.remaining = found.remaining.or_else(|| number(remaining));
+        found.reset = found.reset.or_else(|| text(reset).and_then(|t| until(t, now)));
         if found.limit.is_some() || found.remaining.is_some() || found.reset.is_some() {
             limits.push(found);
         }
