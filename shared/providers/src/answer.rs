@@ -46,6 +46,37 @@ pub(crate) fn malformed(error: &serde_json::Error) -> ProviderError {
     ProviderError::transient(format!("malformed response body: {error}"))
 }
 
+/// A transient error for a stream that ended before its end marker; `how` says which.
+pub(crate) fn truncated(how: &str) -> ProviderError {
+    ProviderError::transient(format!("truncated stream: {how}"))
+}
+
+/// What a stream has said so far, for the streams that carry a finish reason, usage, model and
+/// id piecemeal (OpenAI chat completions, Gemini).
+#[derive(Debug, Default)]
+pub(crate) struct Partial {
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Usage>,
+    pub model: Option<String>,
+    pub id: Option<String>,
+}
+
+impl Partial {
+    /// The answer, its finish reason mapped by `normalise`; a stream that ended without a
+    /// finish reason was cut (`how` says where): a transient failure.
+    pub(crate) fn finish(self, normalise: fn(Option<&str>) -> String, how: &str) -> Result<Answer, ProviderError> {
+        let Some(reason) = self.finish_reason else { return Err(truncated(how)) };
+        Ok(Answer {
+            text: self.text,
+            finish_reason: normalise(Some(&reason)),
+            usage: self.usage.unwrap_or_default(),
+            model: self.model,
+            id: self.id,
+        })
+    }
+}
+
 /// `text` cut to [`MAX_DETAIL_CHARS`] characters.
 pub(crate) fn cap(text: &str) -> String {
     match text.char_indices().nth(MAX_DETAIL_CHARS) {

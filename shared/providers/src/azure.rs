@@ -122,29 +122,14 @@ impl Wire for AzureChat {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use serde_json::json;
-    use taskexec_core::task::{ChatMessage, Role};
+    use taskexec_core::task::Role;
 
     use super::*;
+    use crate::test_support::{bare_request, message};
 
     fn request(model: &str) -> ProviderRequest {
-        ProviderRequest {
-            deployment: "d".into(),
-            model: model.into(),
-            messages: vec![ChatMessage { role: Role::User, content: "hi".into() }],
-            temperature: None,
-            top_p: None,
-            max_tokens: Some(5),
-            stop: Vec::new(),
-            seed: None,
-            response_format: None,
-            stream: false,
-            extra: BTreeMap::new(),
-            task_id: "t".into(),
-            attempt: 1,
-        }
+        ProviderRequest { max_tokens: Some(5), ..bare_request(model, vec![message(Role::User, "hi")]) }
     }
 
     #[test]

@@ -35,6 +35,20 @@ use crate::answer::{Answer, ModelInfo};
 use crate::capability::capabilities;
 use crate::config::ProviderKind;
 
+/// A Converse or ConverseStream call builder with the model and the parts of a [`Converse`] set
+/// (the two builders have the same setters but no common trait).
+macro_rules! with_converse {
+    ($builder:expr, $request:expr, $converse:expr) => {{
+        let c = $converse;
+        $builder
+            .model_id(&$request.model)
+            .set_messages(Some(c.messages))
+            .set_system((!c.system.is_empty()).then_some(c.system))
+            .set_inference_config(c.inference)
+            .set_additional_model_request_fields(c.additional)
+    }};
+}
+
 /// The environment variables read, through the caller's lookup, for static credentials.
 const ACCESS_KEY_VAR: &str = "AWS_ACCESS_KEY_ID";
 const SECRET_KEY_VAR: &str = "AWS_SECRET_ACCESS_KEY";
@@ -159,18 +173,9 @@ impl BedrockConverse {
         request: &ProviderRequest,
         c: Converse,
     ) -> Result<(Answer, Option<String>, Duration, Option<Duration>), ProviderError> {
-        let call = client
-            .converse()
-            .model_id(&request.model)
-            .set_messages(Some(c.messages))
-            .set_system((!c.system.is_empty()).then_some(c.system))
-            .set_inference_config(c.inference)
-            .set_additional_model_request_fields(c.additional);
+        let call = with_converse!(client.converse(), request, c);
         let started = Instant::now();
-        let output = call.send().await.map_err(|e| {
-            let status = e.raw_response().map(|r| r.status().as_u16());
-            sdk_error(&e, status)
-        })?;
+        let output = call.send().await.map_err(|e| sdk_error(&e))?;
         let latency = started.elapsed();
         Ok((reply::whole(&output), output.request_id().map(str::to_owned), latency, None))
     }
@@ -181,18 +186,9 @@ impl BedrockConverse {
         request: &ProviderRequest,
         c: Converse,
     ) -> Result<(Answer, Option<String>, Duration, Option<Duration>), ProviderError> {
-        let call = client
-            .converse_stream()
-            .model_id(&request.model)
-            .set_messages(Some(c.messages))
-            .set_system((!c.system.is_empty()).then_some(c.system))
-            .set_inference_config(c.inference)
-            .set_additional_model_request_fields(c.additional);
+        let call = with_converse!(client.converse_stream(), request, c);
         let started = Instant::now();
-        let mut output = call.send().await.map_err(|e| {
-            let status = e.raw_response().map(|r| r.status().as_u16());
-            sdk_error(&e, status)
-        })?;
+        let mut output = call.send().await.map_err(|e| sdk_error(&e))?;
         let request_id = output.request_id().map(str::to_owned);
         let mut state = StreamState::default();
         let mut ttft = None;
@@ -213,10 +209,7 @@ impl BedrockConverse {
     /// throughput are not listed; such ids are still accepted as a task's `modelId`.
     pub(crate) async fn models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         let clients = self.clients().await;
-        let output = clients.control.list_foundation_models().send().await.map_err(|e| {
-            let status = e.raw_response().map(|r| r.status().as_u16());
-            sdk_error(&e, status)
-        })?;
+        let output = clients.control.list_foundation_models().send().await.map_err(|e| sdk_error(&e))?;
         Ok(output
             .model_summaries()
             .iter()

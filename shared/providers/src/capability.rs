@@ -252,30 +252,18 @@ impl Capabilities {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use taskexec_core::task::ChatMessage;
 
     use super::*;
+    use crate::test_support::{bare_request, message};
 
     fn request(model: &str) -> ProviderRequest {
         ProviderRequest {
-            deployment: "d".into(),
-            model: model.into(),
-            messages: vec![
-                ChatMessage { role: Role::System, content: "s".into() },
-                ChatMessage { role: Role::User, content: "u".into() },
-            ],
             temperature: Some(0.5),
             top_p: Some(0.9),
-            max_tokens: None,
             stop: vec!["a".into(); 6],
             seed: Some(1),
             response_format: Some(serde_json::json!({"type": "json_object"})),
-            stream: false,
-            extra: BTreeMap::new(),
-            task_id: "t".into(),
-            attempt: 1,
+            ..bare_request(model, vec![message(Role::System, "s"), message(Role::User, "u")])
         }
     }
 

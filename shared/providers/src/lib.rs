@@ -34,12 +34,15 @@ mod azure;
 mod bedrock;
 pub mod capability;
 pub mod config;
+mod conversation;
 mod gemini;
 mod http;
 mod openai;
 pub mod secret;
 pub mod settings;
 pub mod sim;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -7,23 +7,27 @@ mod support;
 
 use std::time::Duration;
 
-use anthropic_support::{AnthropicServer, ERRORS, anthropic_at, fixtures};
+use anthropic_support::{ERRORS, anthropic_at, anthropic_server, fixtures};
 use serde_json::json;
 use support::logs::capture_logs;
-use support::{FAKE_KEY, HangServer};
+use support::recording::RecordingServer;
+use support::{
+    FAKE_KEY, HangServer, assert_drop_closes_connection, assert_no_key, assert_transient, stream_prelude, task_request,
+};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::provider::{LimitKind, Provider, ProviderRequest, RateLimits};
-use taskexec_core::task::{BenchmarkTask, Usage};
+use taskexec_core::task::Usage;
 use taskexec_providers::ModelInfo;
 
 const MODEL: &str = "claude-3-5-haiku-20241022";
 
 fn task(parameters: serde_json::Value) -> ProviderRequest {
-    let task: BenchmarkTask = serde_json::from_value(json!({
-        "id": "task-42", "providerId": "d", "modelId": MODEL, "prompt": "Say hello", "parameters": parameters
-    }))
-    .unwrap();
-    ProviderRequest::for_task(&task, "d", 3)
+    task_request(
+        json!({
+            "id": "task-42", "providerId": "d", "modelId": MODEL, "prompt": "Say hello", "parameters": parameters
+        }),
+        3,
+    )
 }
 
 fn request(stream: bool) -> ProviderRequest {
@@ -33,7 +37,7 @@ fn request(stream: bool) -> ProviderRequest {
     }))
 }
 
-async fn fail(server: &AnthropicServer, scenario: &str) -> ProviderError {
+async fn fail(server: &RecordingServer, scenario: &str) -> ProviderError {
     server.deployments(scenario).call(request(false)).await.unwrap_err()
 }
 
@@ -47,7 +51,7 @@ fn assert_limits(limits: &RateLimits) {
 
 #[tokio::test]
 async fn success_maps_the_request_and_reads_the_answer() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let answer = server.deployments("ok").call(request(false)).await.unwrap();
     assert_eq!(answer.text, "Hi! My name is Claude.");
     assert_eq!(answer.finish_reason, "stop");
@@ -77,7 +81,7 @@ async fn success_maps_the_request_and_reads_the_answer() {
 
 #[tokio::test]
 async fn max_tokens_defaults_and_consecutive_turns_merge() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let r = task(json!({"messages": [
         {"role": "user", "content": "Earlier"}, {"role": "assistant", "content": "Yes?"},
         {"role": "assistant", "content": "Go on."}, {"role": "user", "content": "Context:"}
@@ -98,7 +102,7 @@ async fn max_tokens_defaults_and_consecutive_turns_merge() {
 
 #[tokio::test]
 async fn a_conversation_starting_with_the_assistant_is_permanent_and_not_sent() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let r = task(json!({"system": "s", "messages": [{"role": "assistant", "content": "Hi"}]}));
     let e = server.deployments("ok").call(r).await.unwrap_err();
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, None));
@@ -108,7 +112,7 @@ async fn a_conversation_starting_with_the_assistant_is_permanent_and_not_sent() 
 
 #[tokio::test]
 async fn streamed_success_reads_deltas_usage_and_ttft() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let answer = server.deployments("stream").call(request(true)).await.unwrap();
     assert_eq!(answer.text, "Hello!");
     assert_eq!(answer.finish_reason, "length");
@@ -121,7 +125,7 @@ async fn streamed_success_reads_deltas_usage_and_ttft() {
 
 #[tokio::test]
 async fn every_error_type_has_its_class_code_and_retry_hint() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     for (scenario, status, kind, headers) in ERRORS {
         let class = match kind {
             "rate_limit_error" => ErrorClass::RateLimited,
@@ -140,7 +144,7 @@ async fn every_error_type_has_its_class_code_and_retry_hint() {
 
 #[tokio::test]
 async fn a_rate_limited_call_carries_the_rate_limit_headers() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let e = fail(&server, "rate_limit_with_limits").await;
     assert_eq!((e.class(), e.retry_after()), (ErrorClass::RateLimited, Some(Duration::from_secs(12))));
     assert_limits(e.limits());
@@ -148,7 +152,7 @@ async fn a_rate_limited_call_carries_the_rate_limit_headers() {
 
 #[tokio::test]
 async fn unauthorized_is_permanent_and_the_echoed_key_is_scrubbed() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let e = fail(&server, "unauthorized").await;
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(401)));
     assert_eq!(e.to_task_error().provider_code.as_deref(), Some("authentication_error"));
@@ -158,23 +162,21 @@ async fn unauthorized_is_permanent_and_the_echoed_key_is_scrubbed() {
 
 #[tokio::test]
 async fn a_malformed_200_is_transient() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let e = fail(&server, "malformed").await;
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("malformed response body"), "{e}");
+    assert_transient(&e, "malformed response body");
 }
 
 #[tokio::test]
 async fn a_stream_cut_before_message_stop_is_transient() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let e = server.deployments("truncated_stream").call(request(true)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("truncated stream"), "{e}");
+    assert_transient(&e, "truncated stream");
 }
 
 #[tokio::test]
 async fn an_error_event_mid_stream_is_classed_by_its_type() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let e = server.deployments("error_event").call(request(true)).await.unwrap_err();
     assert_eq!((e.class(), e.status()), (ErrorClass::Transient, None));
     let t = e.to_task_error();
@@ -183,7 +185,7 @@ async fn an_error_event_mid_stream_is_classed_by_its_type() {
 
 #[tokio::test]
 async fn the_model_list_follows_its_pages() {
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let deployments = server.deployments("models");
     let models = deployments.get("d").unwrap().models().await.unwrap();
     let info = |id: &str, name: &str| ModelInfo { id: id.into(), display_name: Some(name.into()) };
@@ -201,43 +203,21 @@ async fn the_model_list_follows_its_pages() {
     assert!(seen.iter().all(|r| r.headers.get("x-api-key").is_some() && r.headers.get("anthropic-version").is_some()));
 }
 
-/// Start a call, let it run ~100 ms after the server has it, drop it, and check that the
-/// server sees the connection close long before its 60 s answer.
-async fn assert_drop_closes_connection(mut server: HangServer, stream: bool) {
-    let deployments = anthropic_at(&server.base);
-    // Boxed, so that `drop` really drops the future (a `tokio::pin!`ned one lives to scope end).
-    let mut call = Box::pin(deployments.call(request(stream)));
-    tokio::select! {
-        result = &mut call => panic!("the hanging server answered: {result:?}"),
-        _ = server.entered.recv() => {}
-    }
-    let still_running = tokio::time::timeout(Duration::from_millis(100), &mut call).await;
-    assert!(still_running.is_err(), "the call must still be waiting");
-    drop(call);
-    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
-        .await
-        .expect("the server should see the connection close long before its 60 s answer");
-}
-
 #[tokio::test]
 async fn dropping_the_call_closes_the_connection() {
-    assert_drop_closes_connection(HangServer::start().await, false).await;
+    assert_drop_closes_connection(HangServer::start().await, anthropic_at, request(false)).await;
 }
 
 #[tokio::test]
 async fn dropping_a_streamed_call_mid_stream_closes_the_connection() {
-    let events = fixtures::stream_prelude();
-    let prelude = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n",
-        events.len()
-    );
-    assert_drop_closes_connection(HangServer::start_with(prelude).await, true).await;
+    let prelude = stream_prelude(&fixtures::stream_prelude());
+    assert_drop_closes_connection(HangServer::start_with(prelude).await, anthropic_at, request(true)).await;
 }
 
 #[tokio::test]
 async fn the_key_never_appears_in_debug_errors_or_logs() {
     let logs = capture_logs();
-    let server = AnthropicServer::start().await;
+    let server = anthropic_server().await;
     let mut seen = vec![format!("{:?}", server.deployments("ok")), format!("{:#?}", server.deployments("ok"))];
     server.deployments("ok").call(request(false)).await.unwrap();
     for scenario in ["unauthorized", "invalid_request", "rate_limit", "overloaded", "malformed", "nope"] {
@@ -252,11 +232,4 @@ async fn the_key_never_appears_in_debug_errors_or_logs() {
     assert!(log_text.contains("provider call"), "the adapter logs its calls: {log_text}");
     seen.push(log_text);
     assert_no_key(&seen);
-}
-
-fn assert_no_key(texts: &[String]) {
-    for text in texts {
-        assert!(!text.contains(FAKE_KEY), "key leaked in: {text}");
-        assert!(!text.contains("FAKE-KEY"), "part of the key leaked in: {text}");
-    }
 }

@@ -12,16 +12,16 @@
 //! code `content_filter` and `innererror.content_filter_result`; `finish_reason: "content_filter"`).
 //! Ids and numbers are examples.
 
-#[path = "support/recording.rs"]
-mod recording;
+mod support;
 
 use std::time::Duration;
 
-use recording::{FAKE_KEY, RecordingServer, Reply, Seen, deployments};
 use serde_json::json;
+use support::fixtures::sse_data;
+use support::recording::{FAKE_KEY, RecordingServer, Reply, Seen, deployments};
+use support::{assert_no_key, assert_transient, task_request};
 use taskexec_core::error::ErrorClass;
 use taskexec_core::provider::{LimitKind, Provider, ProviderRequest};
-use taskexec_core::task::BenchmarkTask;
 
 const VERSION: &str = "2024-10-21";
 
@@ -52,14 +52,6 @@ const CHUNKS: [&str; 5] = [
     r#"{"choices":[],"created":1741569952,"id":"chatcmpl-az1","model":"gpt-4o-2024-11-20","object":"chat.completion.chunk","usage":{"completion_tokens":1,"prompt_tokens":9,"total_tokens":10}}"#,
 ];
 
-fn stream(chunks: &[&str], done: bool) -> String {
-    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-    if done {
-        body.push_str("data: [DONE]\n\n");
-    }
-    body
-}
-
 const RATE_LIMIT: &str = r#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current OpenAI S0 pricing tier. Please retry after 6 seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit."}}"#;
 
 const CONTENT_FILTER: &str = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry.","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":false,"severity":"safe"},"jailbreak":{"filtered":false,"detected":false},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":true,"severity":"medium"}}}}}"#;
@@ -72,8 +64,8 @@ fn route(seen: &Seen) -> Reply {
     }
     match seen.scenario() {
         "ok" => Reply::json(200, COMPLETION).with("apim-request-id", "5b7b9d3c-0c1e-4a52-9f55-2a1d8b8f0e11"),
-        "stream" => Reply::sse(stream(&CHUNKS, true)),
-        "truncated" => Reply::sse(stream(&CHUNKS[..3], false)),
+        "stream" => Reply::sse(sse_data(&CHUNKS, true)),
+        "truncated" => Reply::sse(sse_data(&CHUNKS[..3], false)),
         "filtered" => Reply::json(200, FILTERED),
         "malformed" => Reply::json(200, r#"{"choices":[{"index":0,"#),
         "rate_limit" => Reply::json(429, RATE_LIMIT)
@@ -102,13 +94,14 @@ fn azure(server: &RecordingServer, scenario: &str, api_version: Option<&str>) ->
 }
 
 fn request(model: &str, stream: bool) -> ProviderRequest {
-    let task: BenchmarkTask = serde_json::from_value(json!({
-        "id": "task-az", "providerId": "d", "modelId": model, "prompt": "Say hello",
-        "parameters": {"system": "You are terse.", "temperature": 0.2, "maxTokens": 50, "stop": ["END"],
-                       "seed": 3, "stream": stream}
-    }))
-    .unwrap();
-    ProviderRequest::for_task(&task, "d", 1)
+    task_request(
+        json!({
+            "id": "task-az", "providerId": "d", "modelId": model, "prompt": "Say hello",
+            "parameters": {"system": "You are terse.", "temperature": 0.2, "maxTokens": 50, "stop": ["END"],
+                           "seed": 3, "stream": stream}
+        }),
+        1,
+    )
 }
 
 async fn fail(server: &RecordingServer, scenario: &str) -> taskexec_core::error::ProviderError {
@@ -196,8 +189,7 @@ async fn an_echoed_key_is_scrubbed() {
     let e = fail(&server, "unauthorized").await;
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(401)));
     assert!(e.to_string().contains("invalid subscription key"), "{e}");
-    assert!(!e.to_string().contains(FAKE_KEY), "{e}");
-    assert!(!format!("{e:?}").contains(FAKE_KEY));
+    assert_no_key(&[e.to_string(), format!("{e:?}")]);
 }
 
 #[tokio::test]
@@ -205,8 +197,7 @@ async fn malformed_and_truncated_answers_are_transient() {
     let server = RecordingServer::start(route).await;
     assert_eq!(fail(&server, "malformed").await.class(), ErrorClass::Transient);
     let e = azure(&server, "truncated", Some(VERSION)).call(request("gpt-4o-prod", true)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("truncated stream"), "{e}");
+    assert_transient(&e, "truncated stream");
 }
 
 #[tokio::test]

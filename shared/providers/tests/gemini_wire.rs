@@ -11,35 +11,38 @@ mod gemini;
 
 use std::time::Duration;
 
-use gemini::{GeminiServer, deployments_at};
+use gemini::{deployments_at, gemini_server};
 use serde_json::json;
 use support::logs::capture_logs;
-use support::{FAKE_KEY, HangServer};
+use support::recording::RecordingServer;
+use support::{
+    FAKE_KEY, HangServer, assert_drop_closes_connection, assert_no_key, assert_transient, refused_base, task_request,
+};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::provider::{Provider, ProviderRequest};
-use taskexec_core::task::BenchmarkTask;
 
 fn request(model: &str, stream: bool) -> ProviderRequest {
-    let task: BenchmarkTask = serde_json::from_value(json!({
-        "id": "task-42", "providerId": "d", "modelId": model, "prompt": "Say hello",
-        "parameters": {
-            "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
-            "stop": ["END"], "seed": 7, "responseFormat": {"type": "json_object"}, "stream": stream,
-            "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
-            "extra": {"safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]}
-        }
-    }))
-    .unwrap();
-    ProviderRequest::for_task(&task, "d", 3)
+    task_request(
+        json!({
+            "id": "task-42", "providerId": "d", "modelId": model, "prompt": "Say hello",
+            "parameters": {
+                "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
+                "stop": ["END"], "seed": 7, "responseFormat": {"type": "json_object"}, "stream": stream,
+                "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+                "extra": {"safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]}
+            }
+        }),
+        3,
+    )
 }
 
-async fn fail(server: &GeminiServer, scenario: &str) -> ProviderError {
+async fn fail(server: &RecordingServer, scenario: &str) -> ProviderError {
     server.deployments(scenario).call(request("gemini-2.5-flash", false)).await.unwrap_err()
 }
 
 #[tokio::test]
 async fn success_maps_the_request_and_reads_the_answer() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let answer = server.deployments("ok").call(request("models/gemini-2.5-flash", false)).await.unwrap();
     assert_eq!(answer.text, "Hello! How can I help you today?");
     assert_eq!(answer.finish_reason, "stop");
@@ -50,7 +53,7 @@ async fn success_maps_the_request_and_reads_the_answer() {
     assert!(answer.latency > Duration::ZERO && answer.ttft.is_none());
 
     let seen = server.recorded().pop().unwrap();
-    assert_eq!((seen.call.as_str(), seen.query.as_deref()), ("gemini-2.5-flash:generateContent", None));
+    assert_eq!((seen.call(), seen.query.as_deref()), ("gemini-2.5-flash:generateContent", None));
     let header = |name: &str| seen.headers.get(name).map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(header("x-goog-api-key").as_deref(), Some(FAKE_KEY));
     assert_eq!(header("authorization"), None);
@@ -76,7 +79,7 @@ async fn success_maps_the_request_and_reads_the_answer() {
 
 #[tokio::test]
 async fn streamed_success_reads_chunks_usage_and_ttft() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let answer = server.deployments("stream").call(request("gemini-2.5-flash", true)).await.unwrap();
     assert_eq!(answer.text, "Hello there!");
     assert_eq!(answer.finish_reason, "stop");
@@ -85,16 +88,13 @@ async fn streamed_success_reads_chunks_usage_and_ttft() {
     let ttft = answer.ttft.expect("a streamed answer has a time to first token");
     assert!(ttft <= answer.latency);
     let seen = server.recorded().pop().unwrap();
-    assert_eq!(
-        (seen.call.as_str(), seen.query.as_deref()),
-        ("gemini-2.5-flash:streamGenerateContent", Some("alt=sse"))
-    );
+    assert_eq!((seen.call(), seen.query.as_deref()), ("gemini-2.5-flash:streamGenerateContent", Some("alt=sse")));
     assert!(seen.body.get("stream").is_none());
 }
 
 #[tokio::test]
 async fn resource_exhausted_waits_for_retry_info() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let e = fail(&server, "rate_limit").await;
     assert_eq!(
         (e.class(), e.status(), e.retry_after()),
@@ -111,7 +111,7 @@ async fn resource_exhausted_waits_for_retry_info() {
 
 #[tokio::test]
 async fn every_error_class_from_real_bodies() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let table = [
         ("invalid_argument", ErrorClass::Permanent, 400, "INVALID_ARGUMENT", None),
         ("failed_precondition", ErrorClass::Permanent, 400, "FAILED_PRECONDITION", None),
@@ -133,23 +133,21 @@ async fn every_error_class_from_real_bodies() {
 
 #[tokio::test]
 async fn a_malformed_200_is_transient() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let e = fail(&server, "malformed").await;
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("malformed response body"), "{e}");
+    assert_transient(&e, "malformed response body");
 }
 
 #[tokio::test]
 async fn a_stream_cut_before_a_finish_reason_is_transient() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let e = server.deployments("truncated_stream").call(request("gemini-2.5-flash", true)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("truncated stream"), "{e}");
+    assert_transient(&e, "truncated stream");
 }
 
 #[tokio::test]
 async fn a_blocked_prompt_is_permanent_with_the_block_reason() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     for stream in [false, true] {
         let e = server.deployments("blocked").call(request("gemini-2.5-flash", stream)).await.unwrap_err();
         assert_eq!(e.class(), ErrorClass::Permanent, "stream {stream}");
@@ -160,59 +158,43 @@ async fn a_blocked_prompt_is_permanent_with_the_block_reason() {
 
 #[tokio::test]
 async fn the_model_list_follows_pages_and_keeps_generate_content_models() {
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let deployments = server.deployments("list");
     let models = deployments.get("d").unwrap().models().await.unwrap();
     let ids: Vec<_> = models.iter().map(|m| (m.id.as_str(), m.display_name.as_deref())).collect();
     assert_eq!(ids, [("gemini-2.5-flash", Some("Gemini 2.5 Flash")), ("gemini-2.5-pro", Some("Gemini 2.5 Pro"))]);
-    let queries: Vec<_> = server.recorded().into_iter().map(|r| (r.call, r.query.unwrap_or_default())).collect();
+    let queries: Vec<_> =
+        server.recorded().into_iter().map(|r| (r.call().to_owned(), r.query.unwrap_or_default())).collect();
     let page_2 = format!("pageSize=1000&pageToken={}", fixtures::PAGE_2_TOKEN.replace('=', "%3D"));
     assert_eq!(queries, [("models".to_owned(), "pageSize=1000".to_owned()), ("models".to_owned(), page_2)]);
 }
 
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
-    let e = deployments_at(&base).call(request("gemini-2.5-flash", false)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("connect failed"), "{e}");
-}
-
-/// Start a call, let it run ~100 ms after the server has it, drop it, and check that the
-/// server sees the connection close long before its 60 s answer.
-async fn assert_drop_closes_connection(mut server: HangServer, stream: bool) {
-    let deployments = deployments_at(&server.base);
-    // Boxed, so that `drop` really drops the future.
-    let mut call = Box::pin(deployments.call(request("gemini-2.5-flash", stream)));
-    tokio::select! {
-        _ = &mut call => panic!("the hanging server answered"),
-        _ = server.entered.recv() => {}
-    }
-    let still_running = tokio::time::timeout(Duration::from_millis(100), &mut call).await;
-    assert!(still_running.is_err(), "the call must still be waiting");
-    drop(call);
-    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
-        .await
-        .expect("the server should see the connection close long before its 60 s answer");
+    let e = deployments_at(&refused_base()).call(request("gemini-2.5-flash", false)).await.unwrap_err();
+    assert_transient(&e, "connect failed");
 }
 
 #[tokio::test]
 async fn dropping_the_call_closes_the_connection() {
-    assert_drop_closes_connection(HangServer::start().await, false).await;
+    assert_drop_closes_connection(HangServer::start().await, deployments_at, request("gemini-2.5-flash", false)).await;
 }
 
 #[tokio::test]
 async fn dropping_a_streamed_call_mid_stream_closes_the_connection() {
     // The hanging server's first event is not a Gemini chunk, but parses as one without text.
-    assert_drop_closes_connection(HangServer::start_streaming().await, true).await;
+    assert_drop_closes_connection(
+        HangServer::start_streaming().await,
+        deployments_at,
+        request("gemini-2.5-flash", true),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn the_key_never_appears_in_debug_errors_or_logs() {
     let logs = capture_logs();
-    let server = GeminiServer::start().await;
+    let server = gemini_server().await;
     let mut seen = vec![format!("{:?}", server.deployments("ok")), format!("{:#?}", server.deployments("ok"))];
     server.deployments("ok").call(request("gemini-2.5-flash", false)).await.unwrap();
     for scenario in ["unauthenticated", "rate_limit", "malformed", "blocked", "nope"] {
@@ -228,8 +210,5 @@ async fn the_key_never_appears_in_debug_errors_or_logs() {
     let log_text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     assert!(log_text.contains("provider call"), "the adapter logs its calls: {log_text}");
     seen.push(log_text);
-    for text in &seen {
-        assert!(!text.contains(FAKE_KEY), "key leaked in: {text}");
-        assert!(!text.contains("FAKE-KEY"), "part of the key leaked in: {text}");
-    }
+    assert_no_key(&seen);
 }

@@ -8,31 +8,35 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::logs::capture_logs;
-use support::{FAKE_KEY, HangServer, RawFault, WireServer, deployments_at, raw_server};
+use support::recording::RecordingServer;
+use support::{
+    FAKE_KEY, HangServer, RawFault, assert_drop_closes_connection, assert_no_key, assert_transient, deployments_at,
+    openai_server, raw_server, refused_base, task_request,
+};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::provider::{Provider, ProviderRequest};
-use taskexec_core::task::BenchmarkTask;
 
 fn request(stream: bool) -> ProviderRequest {
-    let task: BenchmarkTask = serde_json::from_value(json!({
-        "id": "task-42", "providerId": "d", "modelId": "gpt-4o-mini", "prompt": "Say hello",
-        "parameters": {
-            "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
-            "stop": ["END"], "seed": 7, "responseFormat": {"type": "text"}, "stream": stream,
-            "extra": {"logit_bias": {"50256": -100}, "user": "bench"}
-        }
-    }))
-    .unwrap();
-    ProviderRequest::for_task(&task, "d", 3)
+    task_request(
+        json!({
+            "id": "task-42", "providerId": "d", "modelId": "gpt-4o-mini", "prompt": "Say hello",
+            "parameters": {
+                "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
+                "stop": ["END"], "seed": 7, "responseFormat": {"type": "text"}, "stream": stream,
+                "extra": {"logit_bias": {"50256": -100}, "user": "bench"}
+            }
+        }),
+        3,
+    )
 }
 
-async fn fail(server: &WireServer, scenario: &str) -> ProviderError {
+async fn fail(server: &RecordingServer, scenario: &str) -> ProviderError {
     server.deployments(scenario).call(request(false)).await.unwrap_err()
 }
 
 #[tokio::test]
 async fn success_maps_the_request_and_reads_the_answer() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let answer = server.deployments("ok").call(request(false)).await.unwrap();
     assert_eq!(answer.text, "Hello! How can I assist you today?");
     assert_eq!(answer.finish_reason, "stop");
@@ -61,7 +65,7 @@ async fn success_maps_the_request_and_reads_the_answer() {
 
 #[tokio::test]
 async fn streamed_success_reads_deltas_usage_and_ttft() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let answer = server.deployments("stream").call(request(true)).await.unwrap();
     assert_eq!(answer.text, "Hello there!");
     assert_eq!(answer.finish_reason, "stop");
@@ -76,7 +80,7 @@ async fn streamed_success_reads_deltas_usage_and_ttft() {
 
 #[tokio::test]
 async fn connections_are_kept_alive_and_reused() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let deployments = server.deployments("ok");
     for _ in 0..3 {
         deployments.call(request(false)).await.unwrap();
@@ -87,7 +91,7 @@ async fn connections_are_kept_alive_and_reused() {
 
 #[tokio::test]
 async fn rate_limit_uses_retry_after_seconds() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "rate_limit_s").await;
     assert_eq!(e.class(), ErrorClass::RateLimited);
     assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
@@ -98,7 +102,7 @@ async fn rate_limit_uses_retry_after_seconds() {
 
 #[tokio::test]
 async fn rate_limit_prefers_retry_after_ms() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "rate_limit_ms").await;
     assert_eq!(e.class(), ErrorClass::RateLimited);
     assert_eq!(e.retry_after(), Some(Duration::from_millis(1500)));
@@ -106,7 +110,7 @@ async fn rate_limit_prefers_retry_after_ms() {
 
 #[tokio::test]
 async fn insufficient_quota_is_permanent() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "quota").await;
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(429)));
     assert_eq!(e.to_task_error().provider_code.as_deref(), Some("insufficient_quota"));
@@ -114,7 +118,7 @@ async fn insufficient_quota_is_permanent() {
 
 #[tokio::test]
 async fn context_length_exceeded_is_permanent() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "context").await;
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(400)));
     let t = e.to_task_error();
@@ -124,7 +128,7 @@ async fn context_length_exceeded_is_permanent() {
 
 #[tokio::test]
 async fn unauthorized_is_permanent_and_the_echoed_key_is_scrubbed() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "unauthorized").await;
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(401)));
     assert_eq!(e.to_task_error().provider_code.as_deref(), Some("invalid_api_key"));
@@ -134,7 +138,7 @@ async fn unauthorized_is_permanent_and_the_echoed_key_is_scrubbed() {
 
 #[tokio::test]
 async fn server_errors_are_transient_and_keep_retry_after() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e500 = fail(&server, "server_error").await;
     assert_eq!((e500.class(), e500.status(), e500.retry_after()), (ErrorClass::Transient, Some(500), None));
     assert_eq!(e500.to_task_error().provider_code.as_deref(), Some("server_error"));
@@ -145,18 +149,16 @@ async fn server_errors_are_transient_and_keep_retry_after() {
 
 #[tokio::test]
 async fn a_malformed_200_is_transient() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = fail(&server, "malformed").await;
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("malformed response body"), "{e}");
+    assert_transient(&e, "malformed response body");
 }
 
 #[tokio::test]
 async fn a_stream_cut_before_done_is_transient() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let e = server.deployments("truncated_stream").call(request(true)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("truncated stream"), "{e}");
+    assert_transient(&e, "truncated stream");
 }
 
 #[tokio::test]
@@ -172,46 +174,24 @@ async fn transport_failures_are_transient() {
 
 #[tokio::test]
 async fn a_refused_connection_is_transient() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    drop(listener);
-    let e = deployments_at(&base).call(request(false)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("connect failed"), "{e}");
-}
-
-/// Start a call, let it run ~100 ms after the server has it, drop it, and check that the
-/// server sees the connection close long before its 60 s answer.
-async fn assert_drop_closes_connection(mut server: HangServer, stream: bool) {
-    let deployments = deployments_at(&server.base);
-    // Boxed, so that `drop` really drops the future (a `tokio::pin!`ned one lives to scope end).
-    let mut call = Box::pin(deployments.call(request(stream)));
-    tokio::select! {
-        _ = &mut call => panic!("the hanging server answered"),
-        _ = server.entered.recv() => {}
-    }
-    let still_running = tokio::time::timeout(Duration::from_millis(100), &mut call).await;
-    assert!(still_running.is_err(), "the call must still be waiting");
-    drop(call);
-    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
-        .await
-        .expect("the server should see the connection close long before its 60 s answer");
+    let e = deployments_at(&format!("{}/v1", refused_base())).call(request(false)).await.unwrap_err();
+    assert_transient(&e, "connect failed");
 }
 
 #[tokio::test]
 async fn dropping_the_call_closes_the_connection() {
-    assert_drop_closes_connection(HangServer::start().await, false).await;
+    assert_drop_closes_connection(HangServer::start().await, deployments_at, request(false)).await;
 }
 
 #[tokio::test]
 async fn dropping_a_streamed_call_mid_stream_closes_the_connection() {
-    assert_drop_closes_connection(HangServer::start_streaming().await, true).await;
+    assert_drop_closes_connection(HangServer::start_streaming().await, deployments_at, request(true)).await;
 }
 
 #[tokio::test]
 async fn the_key_never_appears_in_debug_errors_or_logs() {
     let logs = capture_logs();
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let mut seen = vec![format!("{:?}", server.deployments("ok")), format!("{:#?}", server.deployments("ok"))];
     server.deployments("ok").call(request(false)).await.unwrap();
     for scenario in ["unauthorized", "context", "rate_limit_s", "malformed", "nope"] {
@@ -226,16 +206,9 @@ async fn the_key_never_appears_in_debug_errors_or_logs() {
     assert_no_key(&seen);
 }
 
-fn assert_no_key(texts: &[String]) {
-    for text in texts {
-        assert!(!text.contains(FAKE_KEY), "key leaked in: {text}");
-        assert!(!text.contains("FAKE-KEY"), "part of the key leaked in: {text}");
-    }
-}
-
 #[tokio::test]
 async fn keep_raw_keeps_the_body_and_rate_limit_headers_travel_on_answers_and_errors() {
-    let server = WireServer::start().await;
+    let server = openai_server().await;
     let text = format!(
         "[d]\nkind = \"openai-compatible\"\nbase_url = \"{}/ok\"\napi_key_env = \"K\"\nkeep_raw = true",
         server.base

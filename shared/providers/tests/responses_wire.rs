@@ -10,16 +10,17 @@
 //! <https://platform.openai.com/docs/guides/error-codes> (error bodies shared with chat
 //! completions). Ids and numbers are examples.
 
-#[path = "support/recording.rs"]
-mod recording;
+mod support;
 
 use std::time::Duration;
 
-use recording::{FAKE_KEY, RecordingServer, Reply, Seen, deployments};
 use serde_json::json;
+use support::fixtures::error_body;
+use support::recording::{FAKE_KEY, RecordingServer, Reply, Seen, deployments};
+use support::{assert_no_key, assert_transient, task_request};
+
 use taskexec_core::error::ErrorClass;
 use taskexec_core::provider::{Provider, ProviderRequest};
-use taskexec_core::task::BenchmarkTask;
 
 const COMPLETED: &str = r#"{
   "id": "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
@@ -97,10 +98,6 @@ fn sse(events: &[(&str, &str)]) -> String {
     events.iter().map(|(name, data)| format!("event: {name}\ndata: {data}\n\n")).collect()
 }
 
-fn error_body(message: &str, kind: &str, code: Option<&str>) -> String {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
-}
-
 const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06","choices":[{"index":0,"message":{"role":"assistant","content":"from chat"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
 
 fn route(seen: &Seen) -> Reply {
@@ -142,7 +139,12 @@ fn route(seen: &Seen) -> Reply {
         "malformed" => Reply::json(200, r#"{"id":"resp_m","object":"response","status":"#),
         "rate_limit" => Reply::json(
             429,
-            error_body("Rate limit reached for o3-pro on tokens per min (TPM).", "tokens", Some("rate_limit_exceeded")),
+            error_body(
+                "Rate limit reached for o3-pro on tokens per min (TPM).",
+                "tokens",
+                None,
+                Some("rate_limit_exceeded"),
+            ),
         )
         .with("retry-after-ms", "1500")
         .with("retry-after", "2")
@@ -150,9 +152,9 @@ fn route(seen: &Seen) -> Reply {
         "unauthorized" => {
             let key = seen.header("authorization").trim_start_matches("Bearer ").to_owned();
             let message = format!("Incorrect API key provided: {key}.");
-            Reply::json(401, error_body(&message, "invalid_request_error", Some("invalid_api_key")))
+            Reply::json(401, error_body(&message, "invalid_request_error", None, Some("invalid_api_key")))
         }
-        _ => Reply::json(404, error_body("Unknown scenario", "invalid_request_error", None)),
+        _ => Reply::json(404, error_body("Unknown scenario", "invalid_request_error", None, None)),
     }
 }
 
@@ -165,17 +167,18 @@ fn openai(server: &RecordingServer, scenario: &str, api: &str) -> taskexec_provi
 }
 
 fn request(model: &str, stream: bool) -> ProviderRequest {
-    let task: BenchmarkTask = serde_json::from_value(json!({
-        "id": "task-7", "providerId": "d", "modelId": model, "prompt": "Say hello",
-        "parameters": {
-            "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
-            "responseFormat": {"type": "json_schema", "json_schema": {"name": "greeting", "strict": true,
-                "schema": {"type": "object", "properties": {"text": {"type": "string"}}}}},
-            "stream": stream, "extra": {"reasoning": {"effort": "low"}}
-        }
-    }))
-    .unwrap();
-    ProviderRequest::for_task(&task, "d", 2)
+    task_request(
+        json!({
+            "id": "task-7", "providerId": "d", "modelId": model, "prompt": "Say hello",
+            "parameters": {
+                "system": "You are terse.", "temperature": 0.2, "topP": 0.9, "maxTokens": 50,
+                "responseFormat": {"type": "json_schema", "json_schema": {"name": "greeting", "strict": true,
+                    "schema": {"type": "object", "properties": {"text": {"type": "string"}}}}},
+                "stream": stream, "extra": {"reasoning": {"effort": "low"}}
+            }
+        }),
+        2,
+    )
 }
 
 /// A request an o3-pro accepts: no sampling parameters.
@@ -253,11 +256,9 @@ async fn failed_responses_and_error_events_are_transient_with_their_code() {
 async fn malformed_and_truncated_answers_are_transient() {
     let server = RecordingServer::start(route).await;
     let e = openai(&server, "malformed", "auto").call(bare("o3-pro", false)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("malformed"), "{e}");
+    assert_transient(&e, "malformed");
     let e = openai(&server, "truncated", "auto").call(bare("o3-pro", true)).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::Transient);
-    assert!(e.to_string().contains("truncated stream"), "{e}");
+    assert_transient(&e, "truncated stream");
 }
 
 #[tokio::test]
@@ -276,8 +277,7 @@ async fn an_echoed_key_is_scrubbed() {
     let server = RecordingServer::start(route).await;
     let e = openai(&server, "unauthorized", "auto").call(bare("o3-pro", false)).await.unwrap_err();
     assert_eq!((e.class(), e.status()), (ErrorClass::Permanent, Some(401)));
-    assert!(!e.to_string().contains(FAKE_KEY), "{e}");
-    assert!(!format!("{e:?}").contains(FAKE_KEY));
+    assert_no_key(&[e.to_string(), format!("{e:?}")]);
 }
 
 #[tokio::test]

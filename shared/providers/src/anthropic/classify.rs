@@ -6,28 +6,19 @@
 //! permanent. The same classes apply to an `error` event inside a 200 stream.
 //! Reference: <https://docs.anthropic.com/en/api/errors>, <https://docs.anthropic.com/en/api/rate-limits>.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use taskexec_core::error::ProviderError;
-use taskexec_core::provider::RateLimits;
 
 use crate::answer::cap;
-use crate::http::failure::{describe, retry_after};
+use crate::http::failure::{Class, describe, error_value, retry_after};
 use crate::openai::classify::ErrorFields;
 
 /// `error.details.error_code` of a 429 that no wait fixes (the monthly spend limit).
 const SPEND_LIMIT_CODE: &str = "enforced_spend_limit_reached";
-
-/// What to do about one error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    RateLimited,
-    Transient,
-    Permanent,
-}
 
 /// The class of an `error.type`, if it is one the API documents.
 fn class_of_type(kind: &str) -> Option<Class> {
@@ -44,15 +35,6 @@ fn class_of_type(kind: &str) -> Option<Class> {
     })
 }
 
-/// The class of a status whose body named no known type.
-fn class_of_status(status: Option<u16>) -> Class {
-    match status {
-        Some(429) => Class::RateLimited,
-        Some(408 | 409 | 500..=599) | None => Class::Transient,
-        Some(_) => Class::Permanent,
-    }
-}
-
 /// Classify a non-success response.
 pub(crate) fn classify_response(
     status: StatusCode,
@@ -60,14 +42,14 @@ pub(crate) fn classify_response(
     body: &[u8],
     now: SystemTime,
 ) -> ProviderError {
-    let error = serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("error").cloned());
+    let error = error_value(body);
     let fields = error.as_ref().map(ErrorFields::from_value).unwrap_or_default();
-    let mut class = fields.kind.as_deref().and_then(class_of_type).unwrap_or(class_of_status(Some(status.as_u16())));
+    let mut class = fields.kind.as_deref().and_then(class_of_type).unwrap_or(Class::of_status(status.as_u16()));
     if class == Class::RateLimited && error.as_ref().is_some_and(is_spend_limit) {
         class = Class::Permanent;
     }
     let detail = describe(status, fields.message.as_deref(), body);
-    build(class, Some(status.as_u16()), fields.kind, detail, retry_after(headers, now))
+    class.error(Some(status.as_u16()), fields.kind, detail, retry_after(headers, now))
 }
 
 /// The error for an `event: error` inside a 200 stream, classed as the HTTP error of its type
@@ -75,32 +57,19 @@ pub(crate) fn classify_response(
 pub(crate) fn classify_stream_error(data: &str) -> ProviderError {
     let error = serde_json::from_str::<Value>(data).ok().and_then(|v| v.get("error").cloned());
     let fields = error.as_ref().map(ErrorFields::from_value).unwrap_or_default();
-    let class = fields.kind.as_deref().and_then(class_of_type).unwrap_or(class_of_status(None));
+    let class = fields.kind.as_deref().and_then(class_of_type).unwrap_or(Class::Transient);
     let detail = cap(fields.message.as_deref().unwrap_or("error event in stream"));
-    build(class, None, fields.kind, detail, None)
+    class.error(None, fields.kind, detail, None)
 }
 
 fn is_spend_limit(error: &Value) -> bool {
     error.pointer("/details/error_code").and_then(Value::as_str) == Some(SPEND_LIMIT_CODE)
 }
 
-fn build(
-    class: Class,
-    status: Option<u16>,
-    code: Option<String>,
-    detail: String,
-    retry_after: Option<Duration>,
-) -> ProviderError {
-    let limits = RateLimits::default();
-    match class {
-        Class::RateLimited => ProviderError::RateLimited { retry_after, status, code, detail, limits },
-        Class::Transient => ProviderError::Transient { retry_after, status, code, detail, limits },
-        Class::Permanent => ProviderError::Permanent { status, code, detail, limits },
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use reqwest::header::HeaderValue;
     use taskexec_core::error::ErrorClass;
 

@@ -14,7 +14,7 @@ use taskexec_core::error::ProviderError;
 
 use super::classify::classify_stream_error;
 use super::wire::{WireUsage, normalise_stop_reason};
-use crate::answer::{Answer, malformed};
+use crate::answer::{Answer, malformed, truncated};
 use crate::http::StreamParser;
 use crate::http::sse::SseEvent;
 
@@ -93,7 +93,7 @@ impl StreamParser for MessageStream {
 
     fn finish(self) -> Result<Answer, ProviderError> {
         if !self.done {
-            return Err(ProviderError::transient("truncated stream: ended before message_stop"));
+            return Err(truncated("ended before message_stop"));
         }
         Ok(Answer {
             text: self.text,
@@ -130,21 +130,10 @@ mod tests {
     use taskexec_core::task::Usage;
 
     use super::*;
-    use crate::http::sse::SseDecoder;
+    use crate::test_support::feed;
 
-    /// Feed `body` in pieces of `piece` bytes through the decoder into a fresh stream.
     fn run(body: &[u8], piece: usize) -> Result<MessageStream, ProviderError> {
-        let mut decoder = SseDecoder::default();
-        let mut stream = MessageStream::default();
-        for part in body.chunks(piece) {
-            for event in decoder.feed(part)? {
-                stream.event(event)?;
-            }
-        }
-        if let Some(last) = decoder.finish()? {
-            stream.event(last)?;
-        }
-        Ok(stream)
+        feed(body, piece)
     }
 
     const STREAM: &str = concat!(

@@ -12,6 +12,7 @@ use taskexec_core::task::{ChatMessage, Role, Usage};
 
 use crate::answer::{Answer, ModelInfo, ModelPage, malformed};
 use crate::capability::Capabilities;
+use crate::conversation::turns;
 
 /// Body fields the adapter owns: `extra` may not set them (the parsing depends on `stream`, and
 /// `system`/`messages` are built from the task's messages).
@@ -61,30 +62,13 @@ fn system_prompt(messages: &[ChatMessage]) -> Option<String> {
 }
 
 /// The user and assistant messages as Anthropic accepts them: consecutive messages of one role
-/// merged (the API requires alternation), starting with `user`.
+/// merged into one text (the API requires alternation), starting with `user`.
 fn conversation(messages: &[ChatMessage]) -> Result<Vec<Value>, ProviderError> {
-    let mut turns: Vec<(&'static str, String)> = Vec::new();
-    for m in messages {
-        let role = match m.role {
-            Role::System => continue,
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        match turns.last_mut() {
-            Some((last, text)) if *last == role => {
-                text.push_str(JOINER);
-                text.push_str(&m.content);
-            }
-            _ => turns.push((role, m.content.clone())),
-        }
-    }
-    match turns.first() {
-        None => Err(ProviderError::permanent("Anthropic needs at least one user message; the task has none")),
-        Some(("assistant", _)) => Err(ProviderError::permanent(
-            "Anthropic requires the conversation to start with a user message; `parameters.messages` starts with an assistant message",
-        )),
-        Some(_) => Ok(turns.into_iter().map(|(role, content)| json!({ "role": role, "content": content })).collect()),
-    }
+    let role = |r: Role| if r == Role::User { "user" } else { "assistant" };
+    Ok(turns(messages, "Anthropic")?
+        .into_iter()
+        .map(|t| json!({ "role": role(t.role), "content": t.texts.join(JOINER) }))
+        .collect())
 }
 
 /// A non-streamed `message` object.
@@ -187,34 +171,15 @@ pub(crate) fn normalise_stop_reason(reason: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use taskexec_core::error::ErrorClass;
 
     use super::*;
     use crate::capability::{ANTHROPIC_DEFAULT_MAX_TOKENS, capabilities};
     use crate::config::ProviderKind;
-
-    fn msg(role: Role, content: &str) -> ChatMessage {
-        ChatMessage { role, content: content.into() }
-    }
+    use crate::test_support::{bare_request, message};
 
     fn request(messages: Vec<ChatMessage>) -> ProviderRequest {
-        ProviderRequest {
-            deployment: "d".into(),
-            model: "claude-3-5-haiku-latest".into(),
-            messages,
-            temperature: None,
-            top_p: None,
-            max_tokens: None,
-            stop: Vec::new(),
-            seed: None,
-            response_format: None,
-            stream: false,
-            extra: BTreeMap::new(),
-            task_id: "t".into(),
-            attempt: 1,
-        }
+        bare_request("claude-3-5-haiku-latest", messages)
     }
 
     fn body(r: &ProviderRequest) -> Result<Value, ProviderError> {
@@ -224,13 +189,13 @@ mod tests {
     #[test]
     fn system_messages_join_into_the_system_field_and_turns_merge() {
         let r = request(vec![
-            msg(Role::System, "a"),
-            msg(Role::User, "u1"),
-            msg(Role::System, "b"),
-            msg(Role::User, "u2"),
-            msg(Role::Assistant, "x"),
-            msg(Role::Assistant, "y"),
-            msg(Role::User, "u3"),
+            message(Role::System, "a"),
+            message(Role::User, "u1"),
+            message(Role::System, "b"),
+            message(Role::User, "u2"),
+            message(Role::Assistant, "x"),
+            message(Role::Assistant, "y"),
+            message(Role::User, "u3"),
         ]);
         assert_eq!(
             body(&r).unwrap(),
@@ -247,7 +212,7 @@ mod tests {
 
     #[test]
     fn sampling_stop_stream_and_extra_are_mapped() {
-        let mut r = request(vec![msg(Role::User, "hi")]);
+        let mut r = request(vec![message(Role::User, "hi")]);
         (r.temperature, r.top_p, r.max_tokens, r.stream) = (Some(0.5), Some(0.9), Some(7), true);
         r.stop = vec!["END".into()];
         r.extra.insert("max_tokens".into(), json!(9));
@@ -262,18 +227,18 @@ mod tests {
     #[test]
     fn an_invalid_conversation_is_permanent() {
         let starts_with_assistant =
-            request(vec![msg(Role::System, "s"), msg(Role::Assistant, "a"), msg(Role::User, "u")]);
+            request(vec![message(Role::System, "s"), message(Role::Assistant, "a"), message(Role::User, "u")]);
         let e = body(&starts_with_assistant).unwrap_err();
         assert_eq!(e.class(), ErrorClass::Permanent);
         assert!(e.to_string().contains("start with a user message"), "{e}");
-        let only_system = request(vec![msg(Role::System, "s")]);
+        let only_system = request(vec![message(Role::System, "s")]);
         assert_eq!(body(&only_system).unwrap_err().class(), ErrorClass::Permanent);
     }
 
     #[test]
     fn extra_may_not_set_reserved_fields() {
         for key in RESERVED {
-            let mut r = request(vec![msg(Role::User, "u")]);
+            let mut r = request(vec![message(Role::User, "u")]);
             r.extra.insert(key.into(), json!("x"));
             assert_eq!(body(&r).unwrap_err().class(), ErrorClass::Permanent, "{key}");
         }

@@ -5,20 +5,14 @@
 //! Reference: <https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_Converse.html#API_runtime_Converse_Errors>
 //! and <https://docs.aws.amazon.com/bedrock/latest/userguide/troubleshooting-api-error-codes.html>.
 
+use aws_sdk_bedrockruntime::config::http::HttpResponse;
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_smithy_types::event_stream::RawMessage;
 use taskexec_core::error::ProviderError;
 
 use crate::answer::cap;
-
-/// What to do about one exception name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
-    RateLimited,
-    Transient,
-    Permanent,
-}
+use crate::http::failure::Class;
 
 /// The class of a Bedrock exception, by name.
 ///
@@ -54,12 +48,12 @@ fn class_of(code: Option<&str>, status: Option<u16>) -> Class {
     }
 }
 
-/// The error for a failed SDK call; `status` is the raw response's, when there was one.
-pub(crate) fn sdk_error<E, R>(error: &SdkError<E, R>, status: Option<u16>) -> ProviderError
+/// The error for a failed SDK call, with the raw response's status when there was one.
+pub(crate) fn sdk_error<E>(error: &SdkError<E, HttpResponse>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
+    let status = error.raw_response().map(|r| r.status().as_u16());
     failure(error, status, error.code().map(str::to_owned))
 }
 
@@ -96,21 +90,14 @@ where
         SdkError::ConstructionFailure(_) => ProviderError::permanent(detail),
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => ProviderError::transient(detail),
         // A response arrived but could not be read (cut, garbled): worth another try.
-        SdkError::ResponseError(_) => {
-            ProviderError::Transient { retry_after: None, status, code: None, detail, limits: Default::default() }
-        }
+        SdkError::ResponseError(_) => Class::Transient.error(status, None, detail, None),
         _ => ProviderError::transient(detail),
     }
 }
 
 /// The error for exception `code`.
 fn exception(code: Option<String>, status: Option<u16>, detail: String) -> ProviderError {
-    let limits = Default::default();
-    match class_of(code.as_deref(), status) {
-        Class::RateLimited => ProviderError::RateLimited { retry_after: None, status, code, detail, limits },
-        Class::Transient => ProviderError::Transient { retry_after: None, status, code, detail, limits },
-        Class::Permanent => ProviderError::Permanent { status, code, detail, limits },
-    }
+    class_of(code.as_deref(), status).error(status, code, detail, None)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use aws_sdk_bedrockruntime::types::{ContentBlock, ConverseStreamOutput, StopReas
 use taskexec_core::error::ProviderError;
 use taskexec_core::task::Usage;
 
-use crate::answer::Answer;
+use crate::answer::{Answer, truncated};
 
 /// A whole answer: its text blocks joined.
 pub(crate) fn whole(output: &ConverseOutput) -> Answer {
@@ -85,9 +85,8 @@ impl StreamState {
 
     /// The answer; a stream that ended before `messageStop` was cut, which is transient.
     pub(crate) fn finish(self) -> Result<Answer, ProviderError> {
-        let finish_reason = self
-            .finish_reason
-            .ok_or_else(|| ProviderError::transient("the Bedrock stream ended before `messageStop` (truncated)"))?;
+        let finish_reason =
+            self.finish_reason.ok_or_else(|| truncated("the Bedrock stream ended before `messageStop`"))?;
         Ok(Answer { text: self.text, finish_reason, usage: self.usage.unwrap_or_default(), model: None, id: None })
     }
 }

@@ -14,6 +14,7 @@ use taskexec_core::provider::ProviderRequest;
 use taskexec_core::task::Role;
 
 use crate::capability::Capabilities;
+use crate::conversation::turns;
 
 /// The parts of one Converse (or ConverseStream) call.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,31 +47,11 @@ impl Converse {
 /// The user and assistant messages, consecutive messages of one role merged into one message
 /// of several text blocks (Converse requires alternation), starting with `user`.
 fn conversation(request: &ProviderRequest) -> Result<Vec<Message>, ProviderError> {
-    let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
-    for m in &request.messages {
-        let role = match m.role {
-            Role::System => continue,
-            Role::User => ConversationRole::User,
-            Role::Assistant => ConversationRole::Assistant,
-        };
-        let block = ContentBlock::Text(m.content.clone());
-        match turns.last_mut() {
-            Some((last, blocks)) if *last == role => blocks.push(block),
-            _ => turns.push((role, vec![block])),
-        }
-    }
-    match turns.first() {
-        None => return Err(ProviderError::permanent("Bedrock needs at least one user message; the task has none")),
-        Some((ConversationRole::Assistant, _)) => {
-            return Err(ProviderError::permanent(
-                "Bedrock requires the conversation to start with a user message; `parameters.messages` starts with an assistant message",
-            ));
-        }
-        Some(_) => {}
-    }
-    turns
+    turns(&request.messages, "Bedrock")?
         .into_iter()
-        .map(|(role, content)| {
+        .map(|t| {
+            let role = if t.role == Role::User { ConversationRole::User } else { ConversationRole::Assistant };
+            let content = t.texts.into_iter().map(|text| ContentBlock::Text(text.to_owned())).collect();
             Message::builder()
                 .role(role)
                 .set_content(Some(content))

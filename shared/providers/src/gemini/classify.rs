@@ -13,10 +13,9 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use taskexec_core::error::ProviderError;
-use taskexec_core::provider::RateLimits;
 
 use crate::answer::cap;
-use crate::http::failure::{describe, retry_after};
+use crate::http::failure::{Class, describe, retry_after, text_field};
 
 /// The `@type` of the detail carrying the server's retry hint.
 const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
@@ -57,7 +56,6 @@ impl GoogleError {
 
     /// Read an `error` object.
     pub(crate) fn from_value(error: &Value) -> Self {
-        let text = |name: &str| error.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
         let retry_delay = error
             .get("details")
             .and_then(Value::as_array)
@@ -65,7 +63,7 @@ impl GoogleError {
             .flatten()
             .filter(|d| d.get("@type").and_then(Value::as_str) == Some(RETRY_INFO))
             .find_map(|d| d.get("retryDelay").and_then(Value::as_str).and_then(parse_duration));
-        Self { message: text("message"), status: text("status"), retry_delay }
+        Self { message: text_field(error, "message"), status: text_field(error, "status"), retry_delay }
     }
 }
 
@@ -106,34 +104,23 @@ pub(crate) fn classify_stream_error(error: &Value) -> ProviderError {
     let http = error.get("code").and_then(Value::as_u64).and_then(|c| u16::try_from(c).ok());
     match fields.status {
         Some(_) => build(fields.status, http, detail, fields.retry_delay),
-        None => ProviderError::Transient {
-            retry_after: None,
-            status: http,
-            code: None,
-            detail,
-            limits: RateLimits::default(),
-        },
+        None => Class::Transient.error(http, None, detail, None),
     }
 }
 
 /// The class by canonical code, else by HTTP status.
 fn build(code: Option<String>, status: Option<u16>, detail: String, hint: Option<Duration>) -> ProviderError {
-    let limits = RateLimits::default();
     let named = code.as_deref().unwrap_or_default();
-    if named == "RESOURCE_EXHAUSTED" {
-        return ProviderError::RateLimited { retry_after: hint, status, code, detail, limits };
-    }
-    if TRANSIENT.contains(&named) {
-        return ProviderError::Transient { retry_after: hint, status, code, detail, limits };
-    }
-    if PERMANENT.contains(&named) {
-        return ProviderError::Permanent { status, code, detail, limits };
-    }
-    match status {
-        Some(429) => ProviderError::RateLimited { retry_after: hint, status, code, detail, limits },
-        Some(408 | 409 | 500..=599) => ProviderError::Transient { retry_after: hint, status, code, detail, limits },
-        _ => ProviderError::Permanent { status, code, detail, limits },
-    }
+    let class = if named == "RESOURCE_EXHAUSTED" {
+        Class::RateLimited
+    } else if TRANSIENT.contains(&named) {
+        Class::Transient
+    } else if PERMANENT.contains(&named) {
+        Class::Permanent
+    } else {
+        status.map_or(Class::Permanent, Class::of_status)
+    };
+    class.error(status, code, detail, hint)
 }
 
 #[cfg(test)]

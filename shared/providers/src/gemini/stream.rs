@@ -7,22 +7,17 @@
 //! blocked in the first chunk (`promptFeedback.blockReason`, no candidates) is permanent.
 
 use taskexec_core::error::ProviderError;
-use taskexec_core::task::Usage;
 
 use super::classify::classify_stream_error;
 use super::wire::{GenerateResponse, normalise_finish_reason};
-use crate::answer::Answer;
+use crate::answer::{Answer, Partial};
 use crate::http::StreamParser;
 use crate::http::sse::SseEvent;
 
 /// A streamed answer, chunk by chunk.
 #[derive(Debug, Default)]
 pub struct GeminiStream {
-    text: String,
-    finish_reason: Option<String>,
-    usage: Option<Usage>,
-    model: Option<String>,
-    id: Option<String>,
+    parts: Partial,
 }
 
 impl StreamParser for GeminiStream {
@@ -34,7 +29,7 @@ impl StreamParser for GeminiStream {
     }
 
     fn has_content(&self) -> bool {
-        !self.text.is_empty()
+        !self.parts.text.is_empty()
     }
 
     /// Never: the usage may come in a chunk after the finish reason, so the body is read to
@@ -44,16 +39,7 @@ impl StreamParser for GeminiStream {
     }
 
     fn finish(self) -> Result<Answer, ProviderError> {
-        let Some(reason) = self.finish_reason else {
-            return Err(ProviderError::transient("truncated stream: ended before a finishReason"));
-        };
-        Ok(Answer {
-            text: self.text,
-            finish_reason: normalise_finish_reason(Some(&reason)),
-            usage: self.usage.unwrap_or_default(),
-            model: self.model,
-            id: self.id,
-        })
+        self.parts.finish(normalise_finish_reason, "ended before a finishReason")
     }
 }
 
@@ -66,15 +52,16 @@ impl GeminiStream {
         if let Some(blocked) = chunk.blocked() {
             return Err(blocked);
         }
-        self.text.extend(chunk.text());
+        let parts = &mut self.parts;
+        parts.text.extend(chunk.text());
         if let Some(reason) = chunk.finish_reason() {
-            self.finish_reason = Some(reason.to_owned());
+            parts.finish_reason = Some(reason.to_owned());
         }
         if let Some(usage) = chunk.usage_metadata {
-            self.usage = Some(usage.into());
+            parts.usage = Some(usage.into());
         }
-        self.id = self.id.take().or(chunk.response_id);
-        self.model = self.model.take().or(chunk.model_version);
+        parts.id = parts.id.take().or(chunk.response_id);
+        parts.model = parts.model.take().or(chunk.model_version);
         Ok(())
     }
 }
@@ -84,20 +71,10 @@ mod tests {
     use taskexec_core::error::ErrorClass;
 
     use super::*;
-    use crate::http::sse::SseDecoder;
+    use crate::test_support::feed;
 
     fn run(body: &[u8], piece: usize) -> Result<GeminiStream, ProviderError> {
-        let mut decoder = SseDecoder::default();
-        let mut stream = GeminiStream::default();
-        for part in body.chunks(piece) {
-            for event in decoder.feed(part)? {
-                stream.event(event)?;
-            }
-        }
-        if let Some(last) = decoder.finish()? {
-            stream.event(last)?;
-        }
-        Ok(stream)
+        feed(body, piece)
     }
 
     const STREAM: &str = concat!(

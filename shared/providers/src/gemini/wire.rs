@@ -261,32 +261,16 @@ mod tests {
     use std::collections::BTreeMap;
 
     use taskexec_core::error::ErrorClass;
-    use taskexec_core::task::ChatMessage;
 
     use super::*;
     use crate::capability::capabilities;
     use crate::config::ProviderKind;
+    use crate::test_support::{conversation, sampled_request};
 
     fn request() -> ProviderRequest {
         ProviderRequest {
-            deployment: "d".into(),
-            model: "gemini-2.5-flash".into(),
-            messages: vec![
-                ChatMessage { role: Role::System, content: "be brief".into() },
-                ChatMessage { role: Role::User, content: "hi".into() },
-                ChatMessage { role: Role::Assistant, content: "hello".into() },
-                ChatMessage { role: Role::User, content: "again".into() },
-            ],
-            temperature: Some(0.5),
-            top_p: None,
-            max_tokens: Some(7),
-            stop: vec!["\n".into()],
-            seed: Some(42),
-            response_format: Some(json!({"type": "json_object"})),
-            stream: false,
             extra: BTreeMap::from([("generationConfig".into(), json!({"thinkingConfig": {"thinkingBudget": 0}}))]),
-            task_id: "t".into(),
-            attempt: 1,
+            ..sampled_request("gemini-2.5-flash", conversation())
         }
     }
 

@@ -5,7 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
+use serde_json::Value;
 use taskexec_core::error::ProviderError;
+use taskexec_core::provider::RateLimits;
 
 use crate::answer::cap;
 
@@ -64,6 +66,55 @@ pub(crate) fn describe(status: reqwest::StatusCode, message: Option<&str>, body:
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     cap(if text.is_empty() { status.canonical_reason().unwrap_or("unexpected status") } else { text })
+}
+
+/// The `error` value of an error body (`{"error": …}`); `None` when the body is not JSON or has
+/// none.
+pub(crate) fn error_value(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body).ok().and_then(|mut v| v.get_mut("error").map(Value::take))
+}
+
+/// A non-empty string field of an error object.
+pub(crate) fn text_field(error: &Value, name: &str) -> Option<String> {
+    error.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// What to do about one failure: each adapter decides the class from what its provider sent,
+/// then [`Class::error`] builds the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    RateLimited,
+    Transient,
+    Permanent,
+}
+
+impl Class {
+    /// The class of an HTTP status whose body named nothing known: 429 is a rate limit, 408,
+    /// 409 and 5xx are transient, anything else is permanent.
+    pub(crate) fn of_status(status: u16) -> Self {
+        match status {
+            429 => Self::RateLimited,
+            408 | 409 | 500..=599 => Self::Transient,
+            _ => Self::Permanent,
+        }
+    }
+
+    /// The error of this class (rate-limit headers are attached later by the adapter); a
+    /// permanent error has no retry hint.
+    pub(crate) fn error(
+        self,
+        status: Option<u16>,
+        code: Option<String>,
+        detail: String,
+        retry_after: Option<Duration>,
+    ) -> ProviderError {
+        let limits = RateLimits::default();
+        match self {
+            Self::RateLimited => ProviderError::RateLimited { retry_after, status, code, detail, limits },
+            Self::Transient => ProviderError::Transient { retry_after, status, code, detail, limits },
+            Self::Permanent => ProviderError::Permanent { status, code, detail, limits },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,9 +16,12 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::HeaderMap;
 use taskexec_core::provider::{LimitKind, RateLimit, RateLimits};
 
+/// The `limit`, `remaining` and `reset` header names of one kind.
+type Names = [&'static str; 3];
+
 /// Per kind: the OpenAI-style `limit`, `remaining`, `reset` headers (none for the kinds only
 /// Anthropic reports), then Anthropic's.
-const HEADERS: [(LimitKind, Option<[&str; 3]>, [&str; 3]); 4] = [
+const HEADERS: [(LimitKind, Option<Names>, Names); 4] = [
     (
         LimitKind::Requests,
         Some(["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"]),

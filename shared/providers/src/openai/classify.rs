@@ -9,10 +9,9 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 use taskexec_core::error::ProviderError;
-use taskexec_core::provider::RateLimits;
 
 use crate::answer::cap;
-use crate::http::failure::{describe, retry_after};
+use crate::http::failure::{Class, describe, error_value, retry_after, text_field};
 
 /// Codes that make a 429 permanent: the account, not the rate, is the problem.
 const QUOTA_CODES: [&str; 2] = ["insufficient_quota", "billing_hard_limit_reached"];
@@ -28,10 +27,7 @@ pub(crate) struct ErrorFields {
 impl ErrorFields {
     /// Read `{"error": {...}}`, or `{"error": "text"}` as some compatible servers send.
     pub(crate) fn from_body(body: &[u8]) -> Self {
-        serde_json::from_slice::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("error").map(Self::from_value))
-            .unwrap_or_default()
+        error_value(body).map(|e| Self::from_value(&e)).unwrap_or_default()
     }
 
     /// Read an `error` value.
@@ -39,10 +35,9 @@ impl ErrorFields {
         if let Some(text) = error.as_str() {
             return Self { message: Some(text.to_owned()), ..Self::default() };
         }
-        let field = |name: &str| match error.get(name) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
+        // Azure sends some codes as numbers.
+        let field = |name: &str| {
+            text_field(error, name).or_else(|| error.get(name).and_then(Value::as_number).map(ToString::to_string))
         };
         Self { message: field("message"), kind: field("type"), code: field("code") }
     }
@@ -67,39 +62,18 @@ pub(crate) fn classify_response(
     let fields = ErrorFields::from_body(body);
     let code = fields.provider_code();
     let detail = describe(status, fields.message.as_deref(), body);
-    let status_code = Some(status.as_u16());
-    let limits = RateLimits::default();
-    match status.as_u16() {
-        429 if fields.is_quota() => ProviderError::Permanent { status: status_code, code, detail, limits },
-        429 => ProviderError::RateLimited {
-            retry_after: retry_after(headers, now),
-            status: status_code,
-            code,
-            detail,
-            limits,
-        },
-        408 | 409 | 500..=599 => ProviderError::Transient {
-            retry_after: retry_after(headers, now),
-            status: status_code,
-            code,
-            detail,
-            limits,
-        },
-        _ => ProviderError::Permanent { status: status_code, code, detail, limits },
-    }
+    let class = match status.as_u16() {
+        429 if fields.is_quota() => Class::Permanent,
+        other => Class::of_status(other),
+    };
+    class.error(Some(status.as_u16()), code, detail, retry_after(headers, now))
 }
 
 /// A transient error for an `error` object sent inside a 200 stream.
 pub(crate) fn classify_stream_error(error: &Value) -> ProviderError {
     let fields = ErrorFields::from_value(error);
     let detail = fields.message.clone().unwrap_or_else(|| "error event in stream".into());
-    ProviderError::Transient {
-        retry_after: None,
-        status: None,
-        code: fields.provider_code(),
-        detail: cap(&detail),
-        limits: RateLimits::default(),
-    }
+    Class::Transient.error(None, fields.provider_code(), cap(&detail), None)
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use taskexec_core::provider::{ProviderRequest, RateLimits};
 use taskexec_core::task::{Role, Usage};
 
 use super::classify::classify_response;
-use super::wire::parse_models;
-use crate::answer::{Answer, ModelPage, cap, malformed};
+use super::wire::{TokenDetails, parse_models};
+use crate::answer::{Answer, ModelPage, cap, malformed, truncated};
 use crate::capability::{Capabilities, SystemPlacement, capabilities};
 use crate::config::ProviderKind;
 use crate::http::sse::SseEvent;
@@ -189,12 +189,7 @@ struct IncompleteDetails {
 struct WireUsage {
     input_tokens: u64,
     output_tokens: u64,
-    input_tokens_details: Option<InputDetails>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-struct InputDetails {
-    cached_tokens: Option<u64>,
+    input_tokens_details: Option<TokenDetails>,
 }
 
 impl From<WireUsage> for Usage {
@@ -304,7 +299,7 @@ impl StreamParser for ResponsesStream {
     }
 
     fn finish(self) -> Result<Answer, ProviderError> {
-        self.answer.ok_or_else(|| ProviderError::transient("truncated stream: ended before response.completed"))
+        self.answer.ok_or_else(|| truncated("ended before response.completed"))
     }
 }
 
@@ -313,31 +308,18 @@ mod tests {
     use std::collections::BTreeMap;
 
     use taskexec_core::error::ErrorClass;
-    use taskexec_core::task::ChatMessage;
 
     use super::*;
-    use crate::http::sse::SseDecoder;
+    use crate::test_support::{bare_request, conversation, feed};
 
     fn request(model: &str) -> ProviderRequest {
         ProviderRequest {
-            deployment: "d".into(),
-            model: model.into(),
-            messages: vec![
-                ChatMessage { role: Role::System, content: "be brief".into() },
-                ChatMessage { role: Role::User, content: "hi".into() },
-                ChatMessage { role: Role::Assistant, content: "hello".into() },
-                ChatMessage { role: Role::User, content: "again".into() },
-            ],
             temperature: Some(0.5),
-            top_p: None,
             max_tokens: Some(7),
-            stop: Vec::new(),
-            seed: None,
             response_format: Some(json!({"type": "json_object"})),
             stream: true,
             extra: BTreeMap::from([("reasoning".into(), json!({"effort": "high"}))]),
-            task_id: "t".into(),
-            attempt: 1,
+            ..bare_request(model, conversation())
         }
     }
 
@@ -419,17 +401,7 @@ mod tests {
     }
 
     fn run(body: &str, piece: usize) -> Result<ResponsesStream, ProviderError> {
-        let mut decoder = SseDecoder::default();
-        let mut stream = ResponsesStream::default();
-        for part in body.as_bytes().chunks(piece) {
-            for event in decoder.feed(part)? {
-                stream.event(event)?;
-            }
-        }
-        if let Some(last) = decoder.finish()? {
-            stream.event(last)?;
-        }
-        Ok(stream)
+        feed(body.as_bytes(), piece)
     }
 
     const STREAM: &str = concat!(

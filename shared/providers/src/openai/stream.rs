@@ -8,22 +8,17 @@
 //! `finish_reason` is a transient failure: the answer is incomplete.
 
 use taskexec_core::error::ProviderError;
-use taskexec_core::task::Usage;
 
 use super::classify::classify_stream_error;
 use super::wire::{Chunk, normalise_finish_reason};
-use crate::answer::{Answer, malformed};
+use crate::answer::{Answer, Partial, malformed};
 use crate::http::StreamParser;
 use crate::http::sse::SseEvent;
 
 /// A streamed completion, event by event.
 #[derive(Debug, Default)]
 pub struct ChatStream {
-    text: String,
-    finish_reason: Option<String>,
-    usage: Option<Usage>,
-    model: Option<String>,
-    id: Option<String>,
+    parts: Partial,
     done: bool,
 }
 
@@ -41,7 +36,7 @@ impl StreamParser for ChatStream {
     }
 
     fn has_content(&self) -> bool {
-        !self.text.is_empty()
+        !self.parts.text.is_empty()
     }
 
     fn is_done(&self) -> bool {
@@ -49,17 +44,8 @@ impl StreamParser for ChatStream {
     }
 
     fn finish(self) -> Result<Answer, ProviderError> {
-        let Some(reason) = self.finish_reason else {
-            let when = if self.done { "[DONE] without a finish_reason" } else { "stream ended before [DONE]" };
-            return Err(ProviderError::transient(format!("truncated stream: {when}")));
-        };
-        Ok(Answer {
-            text: self.text,
-            finish_reason: normalise_finish_reason(Some(&reason)),
-            usage: self.usage.unwrap_or_default(),
-            model: self.model,
-            id: self.id,
-        })
+        let how = if self.done { "[DONE] without a finish_reason" } else { "stream ended before [DONE]" };
+        self.parts.finish(normalise_finish_reason, how)
     }
 }
 
@@ -68,17 +54,18 @@ impl ChatStream {
         if let Some(error) = &chunk.error {
             return Err(classify_stream_error(error));
         }
-        self.id = self.id.take().or(chunk.id);
-        self.model = self.model.take().or(chunk.model);
+        let parts = &mut self.parts;
+        parts.id = parts.id.take().or(chunk.id);
+        parts.model = parts.model.take().or(chunk.model);
         if let Some(usage) = chunk.usage {
-            self.usage = Some(usage.into());
+            parts.usage = Some(usage.into());
         }
         if let Some(choice) = chunk.choices.into_iter().flatten().next() {
             if let Some(content) = choice.delta.and_then(|d| d.content) {
-                self.text.push_str(&content);
+                parts.text.push_str(&content);
             }
             if choice.finish_reason.is_some() {
-                self.finish_reason = choice.finish_reason;
+                parts.finish_reason = choice.finish_reason;
             }
         }
         Ok(())
@@ -90,21 +77,10 @@ mod tests {
     use taskexec_core::error::ErrorClass;
 
     use super::*;
-    use crate::http::sse::SseDecoder;
+    use crate::test_support::feed;
 
-    /// Feed `body` in pieces of `piece` bytes through the decoder into a fresh stream.
     fn run(body: &[u8], piece: usize) -> Result<ChatStream, ProviderError> {
-        let mut decoder = SseDecoder::default();
-        let mut stream = ChatStream::default();
-        for part in body.chunks(piece) {
-            for event in decoder.feed(part)? {
-                stream.event(event)?;
-            }
-        }
-        if let Some(last) = decoder.finish()? {
-            stream.event(last)?;
-        }
-        Ok(stream)
+        feed(body, piece)
     }
 
     const STREAM: &str = concat!(

@@ -83,12 +83,13 @@ struct ChoiceMessage {
 pub(crate) struct WireUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
-    prompt_tokens_details: Option<PromptDetails>,
+    prompt_tokens_details: Option<TokenDetails>,
 }
 
+/// The details of a prompt's token count (chat completions and the Responses API).
 #[derive(Debug, Clone, Copy, Deserialize)]
-struct PromptDetails {
-    cached_tokens: Option<u64>,
+pub(crate) struct TokenDetails {
+    pub cached_tokens: Option<u64>,
 }
 
 impl From<WireUsage> for Usage {
@@ -175,26 +176,13 @@ mod tests {
     use super::*;
     use crate::capability::capabilities;
     use crate::config::ProviderKind;
-    use taskexec_core::task::ChatMessage;
+    use crate::test_support::{message, sampled_request};
 
     fn request() -> ProviderRequest {
         ProviderRequest {
-            deployment: "d".into(),
-            model: "gpt-4o-mini".into(),
-            messages: vec![
-                ChatMessage { role: Role::System, content: "be brief".into() },
-                ChatMessage { role: Role::User, content: "hi".into() },
-            ],
-            temperature: Some(0.5),
-            top_p: None,
-            max_tokens: Some(7),
-            stop: vec!["\n".into()],
-            seed: Some(42),
-            response_format: Some(json!({"type": "json_object"})),
             stream: true,
             extra: BTreeMap::from([("max_completion_tokens".into(), json!(9))]),
-            task_id: "t".into(),
-            attempt: 1,
+            ..sampled_request("gpt-4o-mini", vec![message(Role::System, "be brief"), message(Role::User, "hi")])
         }
     }
 

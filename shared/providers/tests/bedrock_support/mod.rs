@@ -65,8 +65,7 @@ impl BedrockServer {
     pub async fn start() -> Self {
         let shared = Shared::default();
         let app = Router::new()
-            .route("/model/{model}/converse", post(converse))
-            .route("/model/{model}/converse-stream", post(converse_stream))
+            .route("/model/{model}/{operation}", post(call))
             .route("/foundation-models", get(foundation_models))
             .with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -135,16 +134,26 @@ fn error_scenario(model: &str) -> Option<Response> {
     })
 }
 
-async fn converse(
+/// Converse or ConverseStream (the last path segment), answering per model id.
+async fn call(
     State(shared): State<Shared>,
-    Path(model): Path<String>,
+    Path((model, operation)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if operation != "converse" && operation != "converse-stream" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     record(&shared, &uri, &headers, &body);
     if let Some(error) = error_scenario(&model) {
         return error;
+    }
+    if operation == "converse-stream" {
+        let chunks = stream_frames(&model).into_iter().map(|f| Ok::<_, Infallible>(Bytes::from(f)));
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        return ([("x-amzn-requestid", REQUEST_ID), ("content-type", "application/vnd.amazon.eventstream")], body)
+            .into_response();
     }
     let answer = json!({
         "output": {"message": {"role": "assistant", "content": [{"text": "Hello"}, {"text": " there."}]}},
@@ -206,22 +215,6 @@ fn stream_frames(model: &str) -> Vec<Vec<u8>> {
         ]),
     }
     frames
-}
-
-async fn converse_stream(
-    State(shared): State<Shared>,
-    Path(model): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    record(&shared, &uri, &headers, &body);
-    if let Some(error) = error_scenario(&model) {
-        return error;
-    }
-    let chunks = stream_frames(&model).into_iter().map(|f| Ok::<_, Infallible>(Bytes::from(f)));
-    let body = Body::from_stream(futures::stream::iter(chunks));
-    ([("x-amzn-requestid", REQUEST_ID), ("content-type", "application/vnd.amazon.eventstream")], body).into_response()
 }
 
 fn summary(id: &str, name: &str, inference: &[&str]) -> Value {

@@ -40,16 +40,23 @@ pub const STREAM_CHUNKS: [&str; 6] = [
     r#"{"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_44709d6fcb","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#,
 ];
 
+/// An SSE body of one `data:` event per chunk, then `data: [DONE]` when `done`.
+pub fn sse_data(chunks: &[&str], done: bool) -> String {
+    let mut body: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    if done {
+        body.push_str("data: [DONE]\n\n");
+    }
+    body
+}
+
 /// The whole SSE body of [`STREAM_CHUNKS`], ending with `data: [DONE]`.
 pub fn stream_body() -> String {
-    let mut body: String = STREAM_CHUNKS.iter().map(|c| format!("data: {c}\n\n")).collect();
-    body.push_str("data: [DONE]\n\n");
-    body
+    sse_data(&STREAM_CHUNKS, true)
 }
 
 /// The first chunks only: no `finish_reason`, no `[DONE]`.
 pub fn truncated_stream_body() -> String {
-    STREAM_CHUNKS[..2].iter().map(|c| format!("data: {c}\n\n")).collect()
+    sse_data(&STREAM_CHUNKS[..2], false)
 }
 
 /// An error body.

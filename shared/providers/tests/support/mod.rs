@@ -1,23 +1,22 @@
-//! A local server speaking OpenAI's wire format (see `fixtures.rs`), one scenario per path
-//! prefix (`{base}/{scenario}/chat/completions`), recording what it receives; and raw-socket
-//! servers for failures an HTTP framework will not produce (resets, cut bodies).
+//! The OpenAI wire format served by the shared recording server (see `recording.rs` and
+//! `fixtures.rs`), one scenario per path prefix (`{base}/{scenario}/chat/completions`); raw-socket
+//! servers for failures an HTTP framework will not produce (resets, cut bodies, hangs); and the
+//! assertions every provider's tests share (cancellation closes the connection, the key never
+//! appears).
 
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod fixtures;
 pub mod logs;
+pub mod recording;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
-use axum::routing::post;
+use recording::{RecordingServer, Reply, Seen};
+use taskexec_core::error::{ErrorClass, ProviderError};
+use taskexec_core::provider::{Provider, ProviderRequest};
+use taskexec_core::task::BenchmarkTask;
 use taskexec_providers::Deployments;
 use taskexec_providers::config::DeploymentConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,49 +26,10 @@ use tokio::sync::mpsc;
 /// A recognisable fake key: it must never appear in any output.
 pub const FAKE_KEY: &str = "sk-taskexec-FAKE-KEY-7f3a9c2e51d04b88";
 
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    pub scenario: String,
-    pub peer: SocketAddr,
-    pub headers: HeaderMap,
-    pub body: serde_json::Value,
-}
-
-#[derive(Clone)]
-struct Shared {
-    recorded: Arc<Mutex<Vec<Recorded>>>,
-}
-
-/// The running server.
-pub struct WireServer {
-    pub base: String,
-    recorded: Arc<Mutex<Vec<Recorded>>>,
-}
-
-impl WireServer {
-    /// Start on 127.0.0.1:0.
-    pub async fn start() -> Self {
-        let recorded = Arc::new(Mutex::new(Vec::new()));
-        let shared = Shared { recorded: recorded.clone() };
-        let app = Router::new().route("/{scenario}/chat/completions", post(handle)).with_state(shared);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-        });
-        Self { base, recorded }
-    }
-
-    /// What the server received so far.
-    pub fn recorded(&self) -> Vec<Recorded> {
-        self.recorded.lock().unwrap().clone()
-    }
-
-    /// Deployments with one deployment, `d`, pointed at `scenario`, with [`FAKE_KEY`].
-    pub fn deployments(&self, scenario: &str) -> Deployments {
-        deployments_at(&format!("{}/{scenario}", self.base))
-    }
+/// A recording server speaking OpenAI's chat completions; `deployments(scenario)` points at
+/// one scenario.
+pub async fn openai_server() -> RecordingServer {
+    RecordingServer::start_for(openai_route, deployments_at).await
 }
 
 /// Deployments with one OpenAI-compatible deployment, `d`, at `base_url`, with [`FAKE_KEY`].
@@ -81,72 +41,88 @@ pub fn deployments_at(base_url: &str) -> Deployments {
     Deployments::from_config(&configs, |var| (var == "FAKE_OPENAI_KEY").then(|| FAKE_KEY.to_owned())).unwrap()
 }
 
-async fn handle(
-    State(shared): State<Shared>,
-    Path(scenario): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let record = Recorded { scenario: scenario.clone(), peer, headers, body };
-    shared.recorded.lock().unwrap().push(record);
-    match scenario.as_str() {
-        "ok" => {
-            respond(200, &[("content-type", "application/json"), ("x-request-id", "req_8f2c")], fixtures::COMPLETION)
-        }
-        "stream" => respond(200, &[("content-type", "text/event-stream")], &fixtures::stream_body()),
-        "truncated_stream" => {
-            respond(200, &[("content-type", "text/event-stream")], &fixtures::truncated_stream_body())
-        }
-        "malformed" => {
-            respond(200, &[("content-type", "application/json")], r#"{"id":"chatcmpl-1","choices":[{"index":0,"#)
-        }
-        "rate_limit_s" => respond(
-            429,
-            &[
-                ("retry-after", "2"),
-                ("x-ratelimit-limit-requests", "500"),
-                ("x-ratelimit-remaining-requests", "0"),
-                ("x-ratelimit-reset-requests", "1.5s"),
-                ("x-ratelimit-limit-tokens", "200000"),
-                ("x-ratelimit-remaining-tokens", "199450"),
-                ("x-ratelimit-reset-tokens", "165ms"),
-            ],
-            &fixtures::rate_limit_body(),
-        ),
+fn openai_route(seen: &Seen) -> Reply {
+    match seen.scenario() {
+        "ok" => Reply::json(200, fixtures::COMPLETION).with("x-request-id", "req_8f2c"),
+        "stream" => Reply::sse(fixtures::stream_body()),
+        "truncated_stream" => Reply::sse(fixtures::truncated_stream_body()),
+        "malformed" => Reply::json(200, r#"{"id":"chatcmpl-1","choices":[{"index":0,"#),
+        "rate_limit_s" => Reply::json(429, fixtures::rate_limit_body()).with_all(&[
+            ("retry-after", "2"),
+            ("x-ratelimit-limit-requests", "500"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1.5s"),
+            ("x-ratelimit-limit-tokens", "200000"),
+            ("x-ratelimit-remaining-tokens", "199450"),
+            ("x-ratelimit-reset-tokens", "165ms"),
+        ]),
         "rate_limit_ms" => {
-            respond(429, &[("retry-after-ms", "1500"), ("retry-after", "2")], &fixtures::rate_limit_body())
+            Reply::json(429, fixtures::rate_limit_body()).with("retry-after-ms", "1500").with("retry-after", "2")
         }
-        "quota" => respond(429, &[], &fixtures::quota_body()),
-        "context" => respond(400, &[], &fixtures::context_length_body()),
+        "quota" => Reply::json(429, fixtures::quota_body()),
+        "context" => Reply::json(400, fixtures::context_length_body()),
         // A careless server echoing the whole key (OpenAI itself masks it).
-        "unauthorized" => respond(
+        "unauthorized" => Reply::json(
             401,
-            &[],
-            &fixtures::error_body(
-                &format!("Incorrect API key provided: {}.", auth.trim_start_matches("Bearer ")),
+            fixtures::error_body(
+                &format!("Incorrect API key provided: {}.", seen.header("authorization").trim_start_matches("Bearer ")),
                 "invalid_request_error",
                 None,
                 Some("invalid_api_key"),
             ),
         ),
-        "server_error" => respond(500, &[], &fixtures::server_error_body()),
-        "unavailable" => respond(503, &[("retry-after", "3")], &fixtures::overloaded_body()),
-        _ => respond(404, &[], &fixtures::error_body("Unknown scenario", "invalid_request_error", None, None)),
+        "server_error" => Reply::json(500, fixtures::server_error_body()),
+        "unavailable" => Reply::json(503, fixtures::overloaded_body()).with("retry-after", "3"),
+        _ => Reply::json(404, fixtures::error_body("Unknown scenario", "invalid_request_error", None, None)),
     }
 }
 
-fn respond(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-    let mut builder = Response::builder().status(StatusCode::from_u16(status).unwrap());
-    if !headers.iter().any(|(k, _)| *k == "content-type") {
-        builder = builder.header("content-type", "application/json");
+/// The request for a task given in its JSON form, on deployment `d`.
+pub fn task_request(task: serde_json::Value, attempt: u32) -> ProviderRequest {
+    let task: BenchmarkTask = serde_json::from_value(task).unwrap();
+    ProviderRequest::for_task(&task, "d", attempt)
+}
+
+/// Start a call through `deployments_at(&server.base)`, let it run ~100 ms after the server has
+/// it, drop it, and check that the server sees the connection close long before its 60 s answer.
+pub async fn assert_drop_closes_connection(
+    mut server: HangServer,
+    deployments_at: impl FnOnce(&str) -> Deployments,
+    request: ProviderRequest,
+) {
+    let deployments = deployments_at(&server.base);
+    // Boxed, so that `drop` really drops the future (a `tokio::pin!`ned one lives to scope end).
+    let mut call = Box::pin(deployments.call(request));
+    tokio::select! {
+        result = &mut call => panic!("the hanging server answered: {result:?}"),
+        _ = server.entered.recv() => {}
     }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
+    let still_running = tokio::time::timeout(Duration::from_millis(100), &mut call).await;
+    assert!(still_running.is_err(), "the call must still be waiting");
+    drop(call);
+    tokio::time::timeout(Duration::from_secs(5), server.closed.recv())
+        .await
+        .expect("the server should see the connection close long before its 60 s answer");
+}
+
+/// `e` is transient and says `text`.
+pub fn assert_transient(e: &ProviderError, text: &str) {
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+    assert!(e.to_string().contains(text), "{e}");
+}
+
+/// A base URL where nothing listens (a port bound, then released).
+pub fn refused_base() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+/// Neither [`FAKE_KEY`] nor a recognisable part of it appears in any of `texts`.
+pub fn assert_no_key(texts: &[String]) {
+    for text in texts {
+        assert!(!text.contains(FAKE_KEY), "key leaked in: {text}");
+        assert!(!text.contains("FAKE-KEY"), "part of the key leaked in: {text}");
     }
-    builder.body(Body::from(body.to_owned())).unwrap()
 }
 
 /// How a raw server misbehaves after reading the request head.
@@ -180,18 +156,25 @@ async fn misbehave(mut socket: tokio::net::TcpStream, fault: RawFault) {
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"chatcmpl-1\","
                 .into()
         }
-        RawFault::ResetMidStream => {
-            let event = format!("data: {}\n\n", fixtures::STREAM_CHUNKS[1]);
-            format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
-                event.len()
-            )
-        }
+        RawFault::ResetMidStream => stream_prelude(&first_openai_event()),
     };
     let _ = socket.write_all(reply.as_bytes()).await;
     let _ = socket.flush().await;
     let _ = socket.set_zero_linger(); // close with RST, as a crashed peer or middlebox would
     drop(socket);
+}
+
+/// The first text chunk of the OpenAI stream fixture, as one SSE event.
+fn first_openai_event() -> String {
+    format!("data: {}\n\n", fixtures::STREAM_CHUNKS[1])
+}
+
+/// Raw HTTP: a chunked SSE response head and `events` as its first chunk.
+pub fn stream_prelude(events: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n",
+        events.len()
+    )
 }
 
 async fn read_request_head(socket: &mut tokio::net::TcpStream) {
@@ -223,12 +206,7 @@ impl HangServer {
 
     /// Start on 127.0.0.1:0; sends a stream's head and its first event, then nothing more.
     pub async fn start_streaming() -> Self {
-        let event = format!("data: {}\n\n", fixtures::STREAM_CHUNKS[1]);
-        let prelude = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{event}\r\n",
-            event.len()
-        );
-        Self::start_with(prelude).await
+        Self::start_with(stream_prelude(&first_openai_event())).await
     }
 
     /// Start on 127.0.0.1:0; sends `prelude` (raw HTTP: a head and the start of a body), then

@@ -1,28 +1,26 @@
-//! A local server for the OpenAI-family tests (Responses API, Azure OpenAI): every request,
-//! whatever its method and path, is recorded (path, query, headers, JSON body) and answered by
-//! the test's route function, which picks a canned reply from the path (one scenario per path
-//! prefix).
-
-#![allow(dead_code)] // each test binary uses a different part
+//! The local server every HTTP provider's tests run against: every request, whatever its method
+//! and path, is recorded (peer, path, query, headers, JSON body) and answered by the test's route
+//! function, which picks a canned reply from the path (one scenario per path prefix).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 use taskexec_providers::Deployments;
 use taskexec_providers::config::DeploymentConfig;
 use tokio::net::TcpListener;
 
-/// A recognisable fake key: it must never appear in any output.
-pub const FAKE_KEY: &str = "sk-taskexec-FAKE-KEY-c41d7e0b93a24f65";
+pub use super::FAKE_KEY;
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub peer: SocketAddr,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
@@ -39,6 +37,11 @@ impl Seen {
     /// The first path segment: the scenario.
     pub fn scenario(&self) -> &str {
         self.path.trim_start_matches('/').split('/').next().unwrap_or_default()
+    }
+
+    /// The last path segment (`gemini-2.5-flash:generateContent`, `models`).
+    pub fn call(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or_default()
     }
 }
 
@@ -66,6 +69,12 @@ impl Reply {
         self.headers.push((name, value.into()));
         self
     }
+
+    /// With more headers.
+    pub fn with_all(mut self, headers: &[(&'static str, &str)]) -> Self {
+        self.headers.extend(headers.iter().map(|(name, value)| (*name, (*value).to_owned())));
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -78,6 +87,7 @@ struct Shared {
 pub struct RecordingServer {
     pub base: String,
     recorded: Arc<Mutex<Vec<Seen>>>,
+    deployments_at: Option<fn(&str) -> Deployments>,
 }
 
 impl RecordingServer {
@@ -88,8 +98,23 @@ impl RecordingServer {
         let app = Router::new().fallback(handle).with_state(shared);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { base, recorded }
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+        });
+        Self { base, recorded, deployments_at: None }
+    }
+
+    /// Start on 127.0.0.1:0, answering with `route`; [`Self::deployments`] builds its
+    /// deployments with `deployments_at`.
+    pub async fn start_for(route: fn(&Seen) -> Reply, deployments_at: fn(&str) -> Deployments) -> Self {
+        Self { deployments_at: Some(deployments_at), ..Self::start(route).await }
+    }
+
+    /// Deployments pointed at `scenario` (`{base}/{scenario}`), for a server started with
+    /// [`Self::start_for`].
+    pub fn deployments(&self, scenario: &str) -> Deployments {
+        let deployments_at = self.deployments_at.expect("started with `start_for`");
+        deployments_at(&format!("{}/{scenario}", self.base))
     }
 
     /// What the server received so far.
@@ -110,9 +135,17 @@ pub fn deployments(table: &str) -> Deployments {
     Deployments::from_config(&configs, |var| (var == "FAKE_KEY_VAR").then(|| FAKE_KEY.to_owned())).unwrap()
 }
 
-async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let seen = Seen { method, path: uri.path().to_owned(), query: uri.query().map(str::to_owned), headers, body };
+    let path = uri.path().to_owned();
+    let seen = Seen { peer, method, path, query: uri.query().map(str::to_owned), headers, body };
     let reply = (shared.route)(&seen);
     shared.recorded.lock().unwrap().push(seen);
     let mut builder = Response::builder().status(StatusCode::from_u16(reply.status).unwrap());
