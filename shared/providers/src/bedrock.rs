@@ -14,6 +14,7 @@ mod classify;
 mod reply;
 mod request;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -21,7 +22,9 @@ use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_bedrock::types::InferenceType;
-use aws_sdk_bedrockruntime::config::Credentials;
+use aws_sdk_bedrockruntime::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_bedrockruntime::config::{ConfigBag, Credentials, Intercept, RuntimeComponents};
+use aws_sdk_bedrockruntime::error::BoxError;
 use aws_sdk_bedrockruntime::operation::RequestId;
 use taskexec_core::error::ProviderError;
 use taskexec_core::provider::{ProviderRequest, ProviderResponse};
@@ -53,6 +56,37 @@ macro_rules! with_converse {
 const ACCESS_KEY_VAR: &str = "AWS_ACCESS_KEY_ID";
 const SECRET_KEY_VAR: &str = "AWS_SECRET_ACCESS_KEY";
 const SESSION_TOKEN_VAR: &str = "AWS_SESSION_TOKEN";
+
+/// The moment the SDK hands a signed request to the HTTP client, recorded by an interceptor, so
+/// that latency and TTFT cover the exchange only: not building and signing the request, nor
+/// resolving (or refreshing) credentials from the default chain.
+#[derive(Debug, Clone, Default)]
+struct SentAt(Arc<Mutex<Option<Instant>>>);
+
+impl SentAt {
+    /// Time since the request was sent (zero if it never was: the call failed before sending).
+    fn elapsed(&self) -> Duration {
+        self.0.lock().ok().and_then(|at| *at).map_or(Duration::ZERO, |at| at.elapsed())
+    }
+}
+
+impl Intercept for SentAt {
+    fn name(&self) -> &'static str {
+        "taskexec-sent-at"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _config: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Ok(mut at) = self.0.lock() {
+            *at = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
 
 /// Where the SDK clients of one deployment connect.
 #[derive(Debug, Clone)]
@@ -173,10 +207,10 @@ impl BedrockConverse {
         request: &ProviderRequest,
         c: Converse,
     ) -> Result<(Answer, Option<String>, Duration, Option<Duration>), ProviderError> {
-        let call = with_converse!(client.converse(), request, c);
-        let started = Instant::now();
+        let sent = SentAt::default();
+        let call = with_converse!(client.converse(), request, c).customize().interceptor(sent.clone());
         let output = call.send().await.map_err(|e| sdk_error(&e))?;
-        let latency = started.elapsed();
+        let latency = sent.elapsed();
         Ok((reply::whole(&output), output.request_id().map(str::to_owned), latency, None))
     }
 
@@ -186,8 +220,8 @@ impl BedrockConverse {
         request: &ProviderRequest,
         c: Converse,
     ) -> Result<(Answer, Option<String>, Duration, Option<Duration>), ProviderError> {
-        let call = with_converse!(client.converse_stream(), request, c);
-        let started = Instant::now();
+        let sent = SentAt::default();
+        let call = with_converse!(client.converse_stream(), request, c).customize().interceptor(sent.clone());
         let mut output = call.send().await.map_err(|e| sdk_error(&e))?;
         let request_id = output.request_id().map(str::to_owned);
         let mut state = StreamState::default();
@@ -197,10 +231,10 @@ impl BedrockConverse {
         while let Some(event) = output.stream.recv().await.map_err(|e| stream_error(&e))? {
             state.event(&event);
             if ttft.is_none() && state.has_content() {
-                ttft = Some(started.elapsed());
+                ttft = Some(sent.elapsed());
             }
         }
-        let latency = started.elapsed();
+        let latency = sent.elapsed();
         Ok((state.finish()?, request_id, latency, ttft))
     }
 

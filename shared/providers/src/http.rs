@@ -45,6 +45,9 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 const POOL_MAX_IDLE_PER_HOST: usize = 1024;
 /// Largest raw body kept for audit: the result must still fit in a store item (DynamoDB: 400 KB).
 const MAX_RAW_BYTES: usize = 128 << 10;
+/// How long, and how much, is read after a stream's end marker (see [`drain`]).
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+const MAX_DRAIN_BYTES: usize = 64 << 10;
 /// Most model-list pages followed (a server that always says "more" cannot loop forever).
 const MAX_MODEL_PAGES: usize = 100;
 
@@ -210,17 +213,18 @@ impl<W: Wire> HttpAdapter<W> {
         }
         let request_id = self.wire.request_id(response.headers());
         let read = self.read_answer(response, request.stream, started).await.map_err(|e| e.with_limits(limits.clone()));
-        let (answer, ttft, raw) = read?;
+        let Read { answer, latency, ttft, raw } = read?;
         Ok(ProviderResponse {
             text: answer.text,
             finish_reason: answer.finish_reason,
             usage: answer.usage,
             model: answer.model.unwrap_or_else(|| request.model.clone()),
             request_id: request_id.or(answer.id),
-            latency: started.elapsed(),
+            latency,
             ttft,
             limits,
-            raw: raw.map(|r| self.scrub_text(&cap_raw(r))),
+            // Scrubbed before it is cut, so a key across the cut cannot survive in part.
+            raw: raw.map(|r| cap_raw(self.scrub_text(&r))),
         })
     }
 
@@ -234,30 +238,25 @@ impl<W: Wire> HttpAdapter<W> {
     }
 
     /// Read a 200: a stream when one was asked for and the server sent one, else a whole body.
-    async fn read_answer(
-        &self,
-        response: Response,
-        stream: bool,
-        started: Instant,
-    ) -> Result<(Answer, Option<Duration>, Option<String>), ProviderError> {
+    /// `latency` is taken at the last byte (or the stream's end marker), before parsing.
+    async fn read_answer(&self, response: Response, stream: bool, started: Instant) -> Result<Read, ProviderError> {
         let is_sse = header_string(response.headers(), CONTENT_TYPE.as_str())
             .is_some_and(|t| t.starts_with("text/event-stream"));
         if stream && is_sse {
             return self.read_stream(response, started).await;
         }
         let body = read_body(response, MAX_BODY_BYTES).await?;
+        let latency = started.elapsed();
         let answer = self.wire.parse(&body)?;
-        Ok((answer, None, self.keep_raw.then(|| String::from_utf8_lossy(&body).into_owned())))
+        let raw = self.keep_raw.then(|| String::from_utf8_lossy(&body).into_owned());
+        Ok(Read { answer, latency, ttft: None, raw })
     }
 
-    async fn read_stream(
-        &self,
-        response: Response,
-        started: Instant,
-    ) -> Result<(Answer, Option<Duration>, Option<String>), ProviderError> {
+    async fn read_stream(&self, response: Response, started: Instant) -> Result<Read, ProviderError> {
         let mut decoder = SseDecoder::default();
         let mut parser = self.wire.stream();
         let mut ttft = None;
+        let mut received = 0;
         let mut raw = self.keep_raw.then(Vec::new);
         let mut body = response.bytes_stream();
         // Stop at the stream's own end marker rather than wait for the server to end the body.
@@ -269,10 +268,11 @@ impl<W: Wire> HttpAdapter<W> {
                 break;
             };
             let piece = piece.map_err(|e| transport_error(&e))?;
+            received += piece.len();
+            if received > MAX_BODY_BYTES {
+                return Err(ProviderError::transient(format!("stream larger than {MAX_BODY_BYTES} bytes")));
+            }
             if let Some(raw) = &mut raw {
-                if raw.len() + piece.len() > MAX_BODY_BYTES {
-                    return Err(ProviderError::transient(format!("stream larger than {MAX_BODY_BYTES} bytes")));
-                }
                 raw.extend_from_slice(&piece);
             }
             for event in decoder.feed(&piece)? {
@@ -282,8 +282,12 @@ impl<W: Wire> HttpAdapter<W> {
                 }
             }
         }
+        let latency = started.elapsed();
+        if parser.is_done() {
+            drain(body).await;
+        }
         let raw = raw.map(|r| String::from_utf8_lossy(&r).into_owned());
-        Ok((parser.finish()?, ttft, raw))
+        Ok(Read { answer: parser.finish()?, latency, ttft, raw })
     }
 
     /// Every model the deployment serves, following the list's pages.
@@ -319,6 +323,31 @@ impl<W: Wire> HttpAdapter<W> {
     fn scrub_text(&self, text: &str) -> String {
         self.api_key.as_ref().map_or_else(|| text.to_owned(), |k| k.scrub(text))
     }
+}
+
+/// What reading a successful answer gave.
+struct Read {
+    answer: Answer,
+    /// From just before the request was sent to the last byte or the stream's end marker.
+    latency: Duration,
+    ttft: Option<Duration>,
+    raw: Option<String>,
+}
+
+/// Read what a server sends after a stream's end marker (usually only the end of the chunked
+/// body), briefly and boundedly, so the HTTP/1.1 connection goes back to the pool instead of
+/// being closed. Outside the measured latency.
+async fn drain<B: AsRef<[u8]>>(mut body: impl futures::Stream<Item = reqwest::Result<B>> + Unpin) {
+    let rest = async {
+        let mut left = MAX_DRAIN_BYTES;
+        while let Some(Ok(piece)) = body.next().await {
+            left = left.saturating_sub(piece.as_ref().len());
+            if left == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, rest).await;
 }
 
 /// `raw` cut to [`MAX_RAW_BYTES`] (on a character boundary), saying so at its end.

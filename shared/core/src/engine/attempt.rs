@@ -207,7 +207,8 @@ where
         }
         let n = if class == ErrorClass::RateLimited { throttles } else { attempt };
         let delay = policy.delay_for(n, error.retry_after(), &mut *self.rng.lock().expect("rng poisoned"));
-        let next_attempt_at = now + duration_ms(delay);
+        // Saturating: a provider hint is clamped at the adapter, but the sum must never wrap.
+        let next_attempt_at = now.saturating_add(duration_ms(delay));
         if record.deadline_at().is_some_and(|at| next_attempt_at >= at) {
             let error = TaskError::new(
                 ErrorClass::DeadlineExceeded,

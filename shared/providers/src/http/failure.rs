@@ -11,18 +11,30 @@ use taskexec_core::provider::RateLimits;
 
 use crate::answer::cap;
 
+/// The longest retry hint taken from a provider: a larger one (a misbehaving server, a daily
+/// quota) is cut to this, so the engine's clock arithmetic stays in range and the task's own
+/// deadline and throttle budget decide when to give up.
+pub(crate) const MAX_RETRY_HINT: Duration = Duration::from_secs(3600);
+
 /// The server's retry hint: `retry-after-ms` (OpenAI, Azure), else `Retry-After` in seconds or
-/// as an HTTP-date.
+/// as an HTTP-date; at most [`MAX_RETRY_HINT`].
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = header("retry-after-ms").and_then(non_negative) {
-        return Duration::try_from_secs_f64(ms / 1000.0).ok();
-    }
-    let value = header("retry-after")?;
-    match non_negative(value) {
-        Some(secs) => Duration::try_from_secs_f64(secs).ok(),
-        None => httpdate::parse_http_date(value).ok().map(|at| at.duration_since(now).unwrap_or_default()),
-    }
+    let hint = if let Some(ms) = header("retry-after-ms").and_then(non_negative) {
+        hint_secs(ms / 1000.0)
+    } else {
+        let value = header("retry-after")?;
+        match non_negative(value) {
+            Some(secs) => hint_secs(secs),
+            None => httpdate::parse_http_date(value).ok().map(|at| at.duration_since(now).unwrap_or_default()),
+        }
+    };
+    hint.map(|d| d.min(MAX_RETRY_HINT))
+}
+
+/// `secs` as a retry hint, at most [`MAX_RETRY_HINT`] (a huge value is not an error).
+pub(crate) fn hint_secs(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_HINT.as_secs_f64())))
 }
 
 fn non_negative(text: &str) -> Option<f64> {
@@ -139,7 +151,10 @@ mod tests {
         let both = headers(&[("retry-after-ms", "250"), ("retry-after", "9")]);
         assert_eq!(retry_after(&both, now), Some(Duration::from_millis(250)));
         assert_eq!(retry_after(&headers(&[("retry-after", "soon")]), now), None);
-        assert_eq!(retry_after(&headers(&[("retry-after", "1e300")]), now), None);
+        assert_eq!(retry_after(&headers(&[("retry-after", "1e300")]), now), Some(MAX_RETRY_HINT));
+        assert_eq!(retry_after(&headers(&[("retry-after-ms", "1e16")]), now), Some(MAX_RETRY_HINT));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(86_400 * 365));
+        assert_eq!(retry_after(&headers(&[("retry-after", &far)]), now), Some(MAX_RETRY_HINT));
     }
 
     #[test]

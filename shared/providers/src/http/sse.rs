@@ -72,6 +72,10 @@ impl SseDecoder {
                     current.data.push('\n');
                 }
                 current.data.push_str(value);
+                // Many `data:` lines without a blank line must not grow one event without bound.
+                if current.data.len() > MAX_LINE_BYTES {
+                    return Err(ProviderError::transient("malformed stream: event too large"));
+                }
             }
             _ => {} // comments (empty field), `id`, `retry`, unknown fields
         }
@@ -116,6 +120,14 @@ mod tests {
     fn a_last_event_without_blank_line_is_kept() {
         assert_eq!(decode("data: x", 4), vec![SseEvent { event: None, data: "x".into() }]);
         assert_eq!(decode("data: x\n", 4), vec![SseEvent { event: None, data: "x".into() }]);
+    }
+
+    #[test]
+    fn an_endless_event_is_refused() {
+        let mut d = SseDecoder::default();
+        let line = format!("data: {}\n", "a".repeat(1 << 20));
+        let e = (0..5).find_map(|_| d.feed(line.as_bytes()).err()).expect("refused before 5 MiB");
+        assert!(e.to_string().contains("event too large"), "{e}");
     }
 
     #[test]
