@@ -100,7 +100,8 @@ impl Wire for AzureChat {
     }
 
     fn stream(&self) -> ChatStream {
-        ChatStream::default()
+        // Azure always sends the usage chunk `stream_options.include_usage` asks for.
+        ChatStream::strict()
     }
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> ProviderError {

@@ -25,7 +25,7 @@
 use taskexec_core::provider::ProviderRequest;
 use taskexec_core::task::Role;
 
-use crate::config::ProviderKind;
+use crate::config::{DeploymentConfig, ProviderKind};
 
 /// Where the system prompt goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +109,16 @@ pub fn capabilities(kind: ProviderKind, model: &str) -> Capabilities {
     }
 }
 
+/// The capabilities of `model` on the deployment `config`: [`capabilities`] of its kind, with
+/// the Responses API's limits (no `stop`, no `seed`) whenever the deployment sends `model` there
+/// (`api = "responses"`, or `api = "auto"` and a Responses-only model). Validation, dispatch and
+/// the wires all use this, so a parameter the API would refuse is rejected or dropped up front.
+#[must_use]
+pub fn for_deployment(config: &DeploymentConfig, model: &str) -> Capabilities {
+    let caps = capabilities(config.kind, model);
+    if crate::openai::uses_responses(config.kind, config.api, model) { caps.on_responses() } else { caps }
+}
+
 fn openai(m: &str) -> Capabilities {
     // Azure deployment names are the user's; a name that starts like a model gets its rules.
     let base = Capabilities { max_tokens_field: "max_completion_tokens", ..OPEN };
@@ -126,7 +136,7 @@ fn openai(m: &str) -> Capabilities {
     .any(|p| m.starts_with(p));
     let reasoning = ["o1", "o3", "o4", "gpt-5"].iter().any(|p| m.starts_with(p)) && !m.starts_with("gpt-5-chat");
     // The Responses API has neither `stop` nor `seed`.
-    let base = if responses_only { Capabilities { stop: false, seed: false, ..base } } else { base };
+    let base = if responses_only { base.on_responses() } else { base };
     if reasoning {
         Capabilities {
             temperature: false,
@@ -202,6 +212,12 @@ pub struct Unsupported {
 }
 
 impl Capabilities {
+    /// These capabilities on OpenAI's Responses API, which has neither `stop` nor `seed`.
+    #[must_use]
+    pub fn on_responses(self) -> Self {
+        Self { stop: false, max_stop: None, seed: false, ..self }
+    }
+
     /// Every parameter `request` sets that these capabilities do not accept.
     #[must_use]
     pub fn unsupported(&self, request: &ProviderRequest) -> Vec<Unsupported> {
@@ -311,6 +327,26 @@ mod tests {
             Some(ANTHROPIC_DEFAULT_MAX_TOKENS)
         );
         assert_eq!(capabilities(K::OpenAiCompatible, "x").max_tokens_field, "max_tokens");
+    }
+
+    #[test]
+    fn a_deployment_on_the_responses_api_refuses_stop_and_seed() {
+        let deployment = |table: &str| -> DeploymentConfig { toml::from_str(table).unwrap() };
+        let on = |table: &str, model: &str| {
+            for_deployment(&deployment(table), model)
+                .unsupported(&request(model))
+                .into_iter()
+                .map(|u| u.field)
+                .collect::<Vec<_>>()
+        };
+        let forced = "kind = \"openai\"\napi = \"responses\"";
+        assert_eq!(on(forced, "gpt-4o"), ["parameters.stop", "parameters.seed"]);
+        assert!(on("kind = \"openai\"\napi = \"auto\"", "gpt-4o").is_empty());
+        assert!(on("kind = \"openai\"\napi = \"chat\"", "gpt-4o").is_empty());
+        assert_eq!(on("kind = \"openai\"", "codex-mini-latest"), ["parameters.stop", "parameters.seed"]);
+        // Only kind `openai` has a Responses API; the others keep their table.
+        assert!(on("kind = \"openai-compatible\"\nbase_url = \"http://x\"", "gpt-4o").is_empty());
+        assert_eq!(for_deployment(&deployment(forced), "o3"), capabilities(ProviderKind::OpenAi, "o3").on_responses());
     }
 
     #[test]

@@ -54,7 +54,7 @@ use taskexec_core::validate::FieldError;
 pub use crate::answer::ModelInfo;
 use crate::anthropic::{Anthropic, AnthropicMessages};
 use crate::azure::{AzureChat, AzureOpenAi};
-use crate::capability::capabilities;
+use crate::capability::for_deployment;
 use crate::config::{ConfigError, DeploymentConfig, ProviderKind, UnsupportedParams};
 use crate::gemini::{Gemini, GeminiGenerate};
 use crate::http::HttpSettings;
@@ -232,7 +232,7 @@ impl Deployments {
             return Err(ProviderError::permanent(format!("unknown deployment `{}`", request.deployment)));
         };
         // Tasks that reached a queue without the API's validation are checked here too.
-        let caps = capabilities(config.kind, &request.model);
+        let caps = for_deployment(config, &request.model);
         let unsupported = caps.unsupported(&request);
         if let Some(first) = unsupported.first() {
             if config.unsupported_params == UnsupportedParams::Reject {
@@ -262,7 +262,7 @@ pub fn check_parameters(configs: &BTreeMap<String, DeploymentConfig>, task: &Ben
         return Vec::new();
     }
     let request = ProviderRequest::for_task(task, &task.provider_id, 1);
-    capabilities(config.kind, &request.model)
+    for_deployment(config, &request.model)
         .unsupported(&request)
         .into_iter()
         .map(|u| FieldError {

@@ -58,11 +58,7 @@ impl OpenAiDeployment {
     /// never with `api = "chat"`, and with `auto` when the model is served only there.
     #[must_use]
     pub fn uses_responses(&self, model: &str) -> bool {
-        match self.api {
-            OpenAiApi::Responses => true,
-            OpenAiApi::Chat => false,
-            OpenAiApi::Auto => capabilities(self.kind, model).responses_only,
-        }
+        uses_responses(self.kind, self.api, model)
     }
 
     /// Make one call on the API the model needs.
@@ -84,6 +80,19 @@ impl OpenAiDeployment {
     pub async fn models(&self) -> Result<Vec<ModelInfo>, ProviderError> {
         self.chat.models().await
     }
+}
+
+/// Whether a deployment of `kind` with `api` sends calls for `model` to the Responses API: only
+/// kind `openai` has one — always with `api = "responses"`, never with `api = "chat"`, and with
+/// `auto` when the model is served only there. The one place this is decided: the routing of
+/// [`OpenAiDeployment`] and the capabilities of [`crate::capability::for_deployment`] both ask it.
+pub(crate) fn uses_responses(kind: ProviderKind, api: OpenAiApi, model: &str) -> bool {
+    kind == ProviderKind::OpenAi
+        && match api {
+            OpenAiApi::Responses => true,
+            OpenAiApi::Chat => false,
+            OpenAiApi::Auto => capabilities(kind, model).responses_only,
+        }
 }
 
 /// The chat-completions wire format at one base URL.
@@ -124,7 +133,9 @@ impl Wire for OpenAiChat {
     }
 
     fn stream(&self) -> ChatStream {
-        ChatStream::default()
+        // OpenAI always sends the usage chunk `stream_options.include_usage` asks for; other
+        // compatible servers may omit it.
+        if self.kind == ProviderKind::OpenAi { ChatStream::strict() } else { ChatStream::default() }
     }
 
     fn classify(&self, status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> ProviderError {

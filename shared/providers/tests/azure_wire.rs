@@ -66,6 +66,9 @@ fn route(seen: &Seen) -> Reply {
         "ok" => Reply::json(200, COMPLETION).with("apim-request-id", "5b7b9d3c-0c1e-4a52-9f55-2a1d8b8f0e11"),
         "stream" => Reply::sse(sse_data(&CHUNKS, true)),
         "truncated" => Reply::sse(sse_data(&CHUNKS[..3], false)),
+        // Cut after the finish_reason, before the usage chunk and `[DONE]`.
+        "before_usage" => Reply::sse(sse_data(&CHUNKS[..4], false)),
+        "usage_without_done" => Reply::sse(sse_data(&CHUNKS, false)),
         "filtered" => Reply::json(200, FILTERED),
         "malformed" => Reply::json(200, r#"{"choices":[{"index":0,"#),
         "rate_limit" => Reply::json(429, RATE_LIMIT)
@@ -212,4 +215,14 @@ async fn models_are_listed_in_both_url_forms() {
     assert_eq!(v1.len(), 1);
     let seen = server.last();
     assert_eq!((seen.path.as_str(), seen.query.as_deref()), ("/m/openai/v1/models", None));
+}
+
+#[tokio::test]
+async fn a_stream_cut_before_its_usage_is_truncated() {
+    let server = RecordingServer::start(route).await;
+    let e = azure(&server, "before_usage", Some(VERSION)).call(request("gpt-4o-prod", true)).await.unwrap_err();
+    assert_transient(&e, "truncated stream");
+    // The usage arrived: a missing `[DONE]` alone loses nothing.
+    let answer = azure(&server, "usage_without_done", Some(VERSION)).call(request("gpt-4o-prod", true)).await.unwrap();
+    assert_eq!((answer.text.as_str(), answer.usage.output_tokens), ("Hello", 1));
 }

@@ -12,15 +12,19 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use support::fixtures::error_body;
+use support::fixtures::{STREAM_CHUNKS, error_body, sse_data};
 use support::recording::{FAKE_KEY, RecordingServer, Reply, Seen, deployments};
 use support::{assert_no_key, assert_transient, task_request};
 
 use taskexec_core::error::ErrorClass;
 use taskexec_core::provider::{Provider, ProviderRequest};
+use taskexec_core::task::BenchmarkTask;
+use taskexec_providers::check_parameters;
+use taskexec_providers::config::DeploymentConfig;
 
 const COMPLETED: &str = r#"{
   "id": "resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b",
@@ -102,7 +106,11 @@ const CHAT_COMPLETION: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","
 
 fn route(seen: &Seen) -> Reply {
     if seen.path.ends_with("/chat/completions") {
-        return Reply::json(200, CHAT_COMPLETION);
+        return match seen.scenario() {
+            // A chat stream cut after the finish_reason, before the usage chunk and `[DONE]`.
+            "before_usage" => Reply::sse(sse_data(&STREAM_CHUNKS[..5], false)),
+            _ => Reply::json(200, CHAT_COMPLETION),
+        };
     }
     if seen.path.ends_with("/models") {
         return Reply::json(
@@ -307,11 +315,67 @@ async fn stop_and_seed_never_reach_the_responses_api() {
         (e.class(), e.to_task_error().provider_code.as_deref()),
         (ErrorClass::Permanent, Some("unsupported_parameter"))
     );
-    // … and a deployment forcing the Responses API fails them permanently at the wire.
+    // … and so does a deployment forcing the Responses API, before anything is sent.
     let mut r = request("gpt-4o", false);
     r.stop = vec!["END".into()];
     let e = openai(&server, "ok", "responses").call(r).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Permanent);
     assert!(e.to_string().contains("stop"), "{e}");
     assert!(server.recorded().is_empty());
+}
+
+#[test]
+fn check_parameters_rejects_stop_and_seed_on_a_responses_deployment() {
+    let task: BenchmarkTask = serde_json::from_value(json!({
+        "id": "t", "providerId": "d", "modelId": "gpt-4o", "prompt": "p",
+        "parameters": {"stop": ["END"], "seed": 3}
+    }))
+    .unwrap();
+    let fields = |api: &str| {
+        let configs: BTreeMap<String, DeploymentConfig> =
+            toml::from_str(&format!("[d]\nkind = \"openai\"\napi = \"{api}\"")).unwrap();
+        check_parameters(&configs, &task).into_iter().map(|e| (e.field, e.message)).collect::<Vec<_>>()
+    };
+    let rejected = fields("responses");
+    assert_eq!(rejected.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), ["parameters.stop", "parameters.seed"]);
+    assert!(rejected[0].1.contains("`stop` is not accepted by model `gpt-4o`"), "{}", rejected[0].1);
+    // The same model on chat completions takes both.
+    assert!(fields("auto").is_empty());
+    assert!(fields("chat").is_empty());
+}
+
+#[tokio::test]
+async fn drop_leaves_stop_and_seed_out_of_a_responses_call() {
+    let server = RecordingServer::start(route).await;
+    let d = deployments(&format!(
+        "kind = \"openai\"\nbase_url = \"{}/ok/v1\"\napi_key_env = \"FAKE_KEY_VAR\"\napi = \"responses\"\nunsupported_params = \"drop\"",
+        server.base
+    ));
+    let mut r = request("gpt-4o", false);
+    r.stop = vec!["END".into()];
+    r.seed = Some(3);
+    let answer = d.call(r).await.unwrap();
+    assert_eq!(answer.text, "Hello! How can I help?");
+    let seen = server.last();
+    assert_eq!(seen.path, "/ok/v1/responses");
+    assert!(seen.body.get("stop").is_none() && seen.body.get("seed").is_none(), "{}", seen.body);
+    assert_eq!(seen.body["temperature"], json!(0.2));
+}
+
+#[tokio::test]
+async fn a_chat_stream_cut_before_its_usage_is_truncated_for_openai_only() {
+    let server = RecordingServer::start(route).await;
+    let e = openai(&server, "before_usage", "chat").call(request("gpt-4o", true)).await.unwrap_err();
+    assert_transient(&e, "truncated stream");
+    assert_eq!(server.last().path, "/before_usage/v1/chat/completions");
+    // Some compatible servers send neither usage nor `[DONE]`: the answer stands.
+    let compatible = deployments(&format!(
+        "kind = \"openai-compatible\"\nbase_url = \"{}/before_usage/v1\"\napi_key_env = \"FAKE_KEY_VAR\"",
+        server.base
+    ));
+    let answer = compatible.call(request("gpt-4o", true)).await.unwrap();
+    assert_eq!(
+        (answer.text.as_str(), answer.finish_reason.as_str(), answer.usage.output_tokens),
+        ("Hello there!", "stop", 0)
+    );
 }

@@ -23,6 +23,8 @@ use crate::http::failure::Class;
 /// - `ServiceQuotaExceededException` is permanent: it reports an account quota (not a rate) that
 ///   backoff within one task's retries does not lift; it needs a quota increase.
 /// - Unknown names fall back to the status: 429 rate limited, 408/5xx transient, else permanent.
+///   Without a status — an exception inside a ConverseStream, unknown or unnamed — it is
+///   transient, as every adapter's in-stream errors: the stream broke, the request may be fine.
 fn class_of(code: Option<&str>, status: Option<u16>) -> Class {
     match code {
         Some("ThrottlingException") => Class::RateLimited,
@@ -42,8 +44,8 @@ fn class_of(code: Option<&str>, status: Option<u16>) -> Class {
         ) => Class::Permanent,
         _ => match status {
             Some(429) => Class::RateLimited,
-            Some(408 | 500..=599) => Class::Transient,
-            _ => Class::Permanent,
+            Some(408 | 500..=599) | None => Class::Transient,
+            Some(_) => Class::Permanent,
         },
     }
 }
@@ -134,6 +136,28 @@ mod tests {
         assert_eq!(class("SomethingNew", 429), ErrorClass::RateLimited);
         assert_eq!(class("SomethingNew", 502), ErrorClass::Transient);
         assert_eq!(class("SomethingNew", 400), ErrorClass::Permanent);
-        assert_eq!(exception(None, None, "m".into()).class(), ErrorClass::Permanent);
+        assert_eq!(exception(None, None, "m".into()).class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn unknown_stream_exceptions_are_transient() {
+        use aws_smithy_types::error::ErrorMetadata;
+
+        let in_stream = |code: Option<&str>| {
+            let mut meta = ErrorMetadata::builder().message("m");
+            if let Some(code) = code {
+                meta = meta.code(code);
+            }
+            let error = ConverseStreamOutputError::generic(meta.build());
+            stream_error(&SdkError::service_error(error, RawMessage::Invalid(None)))
+        };
+        let e = in_stream(Some("SomethingNewException"));
+        assert_eq!(
+            (e.class(), e.to_task_error().provider_code.as_deref()),
+            (ErrorClass::Transient, Some("SomethingNewException"))
+        );
+        assert_eq!(in_stream(None).class(), ErrorClass::Transient);
+        assert_eq!(in_stream(Some("ValidationException")).class(), ErrorClass::Permanent);
+        assert_eq!(in_stream(Some("ThrottlingException")).class(), ErrorClass::RateLimited);
     }
 }

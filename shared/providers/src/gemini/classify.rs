@@ -15,7 +15,7 @@ use serde_json::Value;
 use taskexec_core::error::ProviderError;
 
 use crate::answer::cap;
-use crate::http::failure::{Class, describe, retry_after, text_field};
+use crate::http::failure::{Class, MAX_RETRY_HINT, describe, retry_after, text_field};
 
 /// The `@type` of the detail carrying the server's retry hint.
 const RETRY_INFO: &str = "type.googleapis.com/google.rpc.RetryInfo";
@@ -68,9 +68,16 @@ impl GoogleError {
 }
 
 /// A protobuf `Duration` in its JSON form: seconds with up to nine fractional digits and an `s`
-/// suffix (`"34s"`, `"1.5s"`, `"0.000001s"`). Negative or malformed values give `None`.
+/// suffix (`"34s"`, `"1.5s"`, `"0.000001s"`), read exactly; other unsigned decimal numbers
+/// (`"1e16s"`, more digits) through `f64`. At most [`MAX_RETRY_HINT`]: a server's absurd delay is
+/// not a reason to park a task for years. Negative or malformed values give `None`.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let number = text.trim().strip_suffix('s')?;
+    exact_duration(number).or_else(|| float_duration(number)).map(|d| d.min(MAX_RETRY_HINT))
+}
+
+/// `digits[.digits]` with at most nine fractional digits, without rounding.
+fn exact_duration(number: &str) -> Option<Duration> {
     let (secs, frac) = number.split_once('.').map_or((number, None), |(s, f)| (s, Some(f)));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(secs) || frac.is_some_and(|f| !digits(f) || f.len() > 9) {
@@ -81,6 +88,17 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         None => 0,
     };
     Some(Duration::new(secs.parse().ok()?, nanos))
+}
+
+/// An unsigned decimal number starting with a digit (`1e16`, `99999999999999999999`), beyond
+/// the exact form's range: capped before the conversion, so an overflow is the cap.
+fn float_duration(number: &str) -> Option<Duration> {
+    let plain = number.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    if !number.starts_with(|c: char| c.is_ascii_digit()) || !plain {
+        return None;
+    }
+    let secs = number.parse::<f64>().ok().filter(|s| *s >= 0.0)?;
+    Duration::try_from_secs_f64(secs.min(MAX_RETRY_HINT.as_secs_f64())).ok()
 }
 
 /// Classify a non-success response.
@@ -276,9 +294,26 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("58.934310785s"), Some(Duration::new(58, 934_310_785)));
         assert_eq!(parse_duration("0.000001s"), Some(Duration::from_micros(1)));
-        for bad in ["", "s", "34", "-1s", "1.s", ".5s", "1.0000000001s", "1e3s", "a s"] {
+        for bad in ["", "s", "34", "-1s", ".5s", "a s", "infs", "NaNs", "+1s", "1e3e3s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn absurd_delays_are_capped_at_an_hour() {
+        for huge in ["1e16s", "1e400s", "99999999999999999999s", "3601s", "86400.5s"] {
+            assert_eq!(parse_duration(huge), Some(MAX_RETRY_HINT), "{huge}");
+        }
+        assert_eq!(parse_duration("1e3s"), Some(Duration::from_secs(1000)));
+        assert_eq!(parse_duration("1.0000000001s").map(|d| d.as_secs()), Some(1));
+        let e = classify_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &HeaderMap::new(),
+            &body(429, "RESOURCE_EXHAUSTED", retry_info("1e16s")),
+            SystemTime::now(),
+        );
+        assert_eq!(e.class(), ErrorClass::RateLimited);
+        assert!(e.retry_after().is_some_and(|d| d <= Duration::from_secs(3600)), "{:?}", e.retry_after());
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! The body: system prompts become `instructions` (or `developer` input items for models that
 //! take developer messages), the rest of the conversation `input`; `max_output_tokens`;
 //! `text.format` from the task's chat-completions style `response_format`; `store: false`, since
-//! a benchmark has no use for stored responses. The API has no `stop` and no `seed`: the
-//! capability table refuses them for Responses-only models, and a request that still carries
-//! them here (a deployment forcing `api = "responses"`) fails permanently rather than silently
-//! losing them.
+//! a benchmark has no use for stored responses. The API has no `stop` and no `seed`:
+//! [`crate::capability::for_deployment`] refuses (or drops) them up front for every call routed
+//! here, and a request that still carries them fails permanently rather than silently losing
+//! them.
 //! References: <https://platform.openai.com/docs/api-reference/responses/create>,
 //! <https://platform.openai.com/docs/api-reference/responses-streaming>.
 
@@ -20,10 +20,10 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use taskexec_core::error::ProviderError;
-use taskexec_core::provider::{ProviderRequest, RateLimits};
+use taskexec_core::provider::ProviderRequest;
 use taskexec_core::task::{Role, Usage};
 
-use super::classify::classify_response;
+use super::classify::{ErrorFields, classify_response};
 use super::wire::{TokenDetails, parse_models};
 use crate::answer::{Answer, ModelPage, cap, malformed, truncated};
 use crate::capability::{Capabilities, SystemPlacement, capabilities};
@@ -64,7 +64,8 @@ impl Wire for OpenAiResponses {
     }
 
     fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        Ok((self.responses.clone(), request_body(request, &capabilities(self.kind, &request.model))?))
+        let caps = capabilities(self.kind, &request.model).on_responses();
+        Ok((self.responses.clone(), request_body(request, &caps)?))
     }
 
     fn parse(&self, body: &[u8]) -> Result<Answer, ProviderError> {
@@ -237,22 +238,14 @@ impl ResponseObject {
     }
 }
 
-/// A transient error from an error object (`{"code","message"}`), whether it is a failed
-/// response's `error` or the payload of an `error` event. A failed generation is the server's
-/// problem, worth another try.
+/// The error for an error object (`{"code","message"}`), whether it is a failed response's
+/// `error` or the payload of an `error` event: classed by its `code` with the table HTTP errors
+/// use ([`ErrorFields::without_status`]): a used-up quota or a bad prompt is permanent, a rate
+/// limit is one, a server error or an unknown code is transient. The `type` beside the fields
+/// of an `error` event is the event's name, not an error type: only `code` counts.
 fn failure(error: Option<&Value>, fallback: &str) -> ProviderError {
-    let field = |name: &str| match error.and_then(|e| e.get(name)) {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    ProviderError::Transient {
-        retry_after: None,
-        status: None,
-        code: field("code"),
-        detail: cap(&field("message").unwrap_or_else(|| fallback.to_owned())),
-        limits: RateLimits::default(),
-    }
+    let fields = error.map(ErrorFields::from_value).unwrap_or_default();
+    ErrorFields { kind: None, ..fields }.without_status(fallback)
 }
 
 /// A streamed response, event by event. The text is the concatenation of
@@ -398,6 +391,41 @@ mod tests {
         assert_eq!(failed.class(), ErrorClass::Transient);
         assert_eq!(failed.to_task_error().provider_code.as_deref(), Some("server_error"));
         assert_eq!(parse(r#"{"output":[]}"#).unwrap_err().class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn failures_are_classed_by_their_code() {
+        let failed = |code: &str| {
+            parse(&format!(r#"{{"status":"failed","error":{{"code":"{code}","message":"m"}},"output":[]}}"#))
+                .unwrap_err()
+                .class()
+        };
+        assert_eq!(failed("rate_limit_exceeded"), ErrorClass::RateLimited);
+        assert_eq!(failed("invalid_prompt"), ErrorClass::Permanent);
+        assert_eq!(failed("insufficient_quota"), ErrorClass::Permanent);
+        assert_eq!(failed("invalid_image_url"), ErrorClass::Permanent);
+        assert_eq!(failed("image_too_large"), ErrorClass::Permanent);
+        assert_eq!(failed("vector_store_timeout"), ErrorClass::Transient);
+        assert_eq!(failed("something_new"), ErrorClass::Transient);
+        assert_eq!(
+            parse(r#"{"status":"failed","error":null,"output":[]}"#).unwrap_err().class(),
+            ErrorClass::Transient
+        );
+
+        let event = |data: &str| run(data, 7).err().unwrap();
+        // An `error` event: the fields sit beside `type`, which names the event.
+        let e = event("event: error\ndata: {\"type\":\"error\",\"code\":\"insufficient_quota\",\"message\":\"q\"}\n\n");
+        assert_eq!(
+            (e.class(), e.to_task_error().provider_code.as_deref()),
+            (ErrorClass::Permanent, Some("insufficient_quota"))
+        );
+        let e = event("event: error\ndata: {\"type\":\"error\",\"code\":null,\"message\":\"q\"}\n\n");
+        assert_eq!((e.class(), e.to_task_error().provider_code), (ErrorClass::Transient, None));
+        let e = event(concat!(
+            "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",",
+            "\"error\":{\"code\":\"rate_limit_exceeded\",\"message\":\"slow down\"},\"output\":[]}}\n\n"
+        ));
+        assert_eq!((e.class(), e.to_string().contains("slow down")), (ErrorClass::RateLimited, true));
     }
 
     fn run(body: &str, piece: usize) -> Result<ResponsesStream, ProviderError> {

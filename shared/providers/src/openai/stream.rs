@@ -4,14 +4,17 @@
 //! asked for `stream_options.include_usage`.
 //!
 //! A stream is complete when it said `[DONE]` after a `finish_reason`, or ended after a
-//! `finish_reason` (some compatible servers omit `[DONE]`). A stream cut before any
-//! `finish_reason` is a transient failure: the answer is incomplete.
+//! `finish_reason` (some compatible servers omit `[DONE]`, and some the usage chunk too). A
+//! stream cut before any `finish_reason` is a transient failure: the answer is incomplete.
+//! OpenAI and Azure always send the usage chunk we ask for, between the `finish_reason` and
+//! `[DONE]`: for them ([`ChatStream::strict`]) a stream that ended without `[DONE]` and without
+//! usage was cut before it, and is a transient failure too rather than an answer with no usage.
 
 use taskexec_core::error::ProviderError;
 
 use super::classify::classify_stream_error;
 use super::wire::{Chunk, normalise_finish_reason};
-use crate::answer::{Answer, Partial, malformed};
+use crate::answer::{Answer, Partial, malformed, truncated};
 use crate::http::StreamParser;
 use crate::http::sse::SseEvent;
 
@@ -20,6 +23,9 @@ use crate::http::sse::SseEvent;
 pub struct ChatStream {
     parts: Partial,
     done: bool,
+    /// The server always sends the usage chunk: a stream ending without it and without `[DONE]`
+    /// was cut.
+    strict: bool,
 }
 
 impl StreamParser for ChatStream {
@@ -44,12 +50,21 @@ impl StreamParser for ChatStream {
     }
 
     fn finish(self) -> Result<Answer, ProviderError> {
+        if self.strict && !self.done && self.parts.finish_reason.is_some() && self.parts.usage.is_none() {
+            return Err(truncated("ended after the finish_reason, before the usage chunk and [DONE]"));
+        }
         let how = if self.done { "[DONE] without a finish_reason" } else { "stream ended before [DONE]" };
         self.parts.finish(normalise_finish_reason, how)
     }
 }
 
 impl ChatStream {
+    /// A stream from a server that always sends the usage chunk it is asked for (OpenAI, Azure
+    /// OpenAI): one that ends without `[DONE]` must have carried the usage.
+    pub(crate) fn strict() -> Self {
+        Self { strict: true, ..Self::default() }
+    }
+
     fn chunk(&mut self, chunk: Chunk) -> Result<(), ProviderError> {
         if let Some(error) = &chunk.error {
             return Err(classify_stream_error(error));
@@ -114,6 +129,44 @@ mod tests {
             assert_eq!((answer.usage.input_tokens, answer.usage.output_tokens), (5, 2));
             assert_eq!(answer.model.as_deref(), Some("m"));
         }
+    }
+
+    /// The stream up to the chunk with the `finish_reason`: no usage, no `[DONE]`.
+    fn before_usage() -> &'static str {
+        &STREAM[..STREAM.find("data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[],\"usage\"").unwrap()]
+    }
+
+    /// Feed `body` through a strict stream.
+    fn strict(body: &str) -> Result<Answer, ProviderError> {
+        let mut decoder = crate::http::sse::SseDecoder::default();
+        let mut stream = ChatStream::strict();
+        for event in decoder.feed(body.as_bytes())?.into_iter().chain(decoder.finish()?) {
+            stream.event(event)?;
+        }
+        stream.finish()
+    }
+
+    #[test]
+    fn a_strict_stream_ending_before_its_usage_is_truncated() {
+        let e = strict(before_usage()).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert!(e.to_string().contains("truncated stream"), "{e}");
+        // The whole stream, or one that ends after its usage without `[DONE]`, is an answer.
+        assert_eq!(strict(STREAM).unwrap().usage.output_tokens, 2);
+        let no_done = STREAM.trim_end_matches("data: [DONE]\n\n");
+        assert_eq!(strict(no_done).unwrap().usage.output_tokens, 2);
+        // `[DONE]` says the server is finished, even without usage.
+        let done_without_usage = format!("{}data: [DONE]\n\n", before_usage());
+        assert_eq!(strict(&done_without_usage).unwrap().finish_reason, "stop");
+    }
+
+    #[test]
+    fn a_lenient_stream_may_omit_usage_and_done() {
+        let answer = run(before_usage().as_bytes(), 11).unwrap().finish().unwrap();
+        assert_eq!(
+            (answer.text.as_str(), answer.finish_reason.as_str(), answer.usage.output_tokens),
+            ("Hello", "stop", 0)
+        );
     }
 
     #[test]
