@@ -125,9 +125,27 @@ impl Stack {
             if status["counts"][field].as_u64() == Some(want) {
                 return status;
             }
-            assert!(start.elapsed() < limit, "run {run} did not reach {field} = {want}: {status}");
+            if start.elapsed() >= limit {
+                let stuck = self.unfinished(run).await;
+                panic!("run {run} did not reach {field} = {want}: {status}\nunfinished tasks:\n{stuck}");
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// The records and audit events of the run's tasks (ids `{run}-0..`) that are not terminal,
+    /// for a failure message: the emulator's state is gone once the test ends.
+    async fn unfinished(&self, run: &str) -> String {
+        let mut text = String::new();
+        for i in 0..1000 {
+            let id = format!("{run}-{i}");
+            let Ok(Some(record)) = self.store().get(&id).await else { break };
+            if !record.state.is_terminal() {
+                let events = self.store().events(&id).await;
+                text.push_str(&format!("{id}: {record:?}\nevents: {events:?}\n"));
+            }
+        }
+        text
     }
 
     async fn task(&self, id: &str) -> TaskRecord {
