@@ -50,18 +50,24 @@ def run_engine(workdir, tasks, base_url, concurrency):
         f'[deployments.mock]\nkind = "openai-compatible"\nbase_url = "{base_url}"\n')
     db = workdir / "bench.db"
     cmd = [BIN / "taskexec", "run", tasks, "--db", db, "--config", config, "--json", "--quiet"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        sys.exit(f"taskexec exited {out.returncode}: {out.stderr}")
-    metrics = json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        # wait4: the resource use of this process alone (RUSAGE_CHILDREN would also count the
+        # cargo build run before it, whose peak RSS is larger).
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        out_text, err_text = stdout.read(), stderr.read()
+    if proc.returncode != 0:
+        sys.exit(f"taskexec exited {proc.returncode}: {err_text}")
+    metrics = json.loads(out_text.strip().splitlines()[-1])
     return {
         "wall_s": wall,
-        "peak_rss_mb": after.ru_maxrss / 1024,  # Linux reports KiB; the max over children so far
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "metrics": metrics,
     }
 
