@@ -163,17 +163,23 @@ impl<W: Wire> HttpAdapter<W> {
         api_key: Option<ApiKey>,
         settings: &HttpSettings,
     ) -> Result<Self, BuildError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &api_key {
-            let (name, value) = match wire.auth() {
-                AuthStyle::Bearer => (AUTHORIZATION, key.header_value("Bearer ")),
-                AuthStyle::Header(name) => (HeaderName::from_static(name), key.header_value("")),
-            };
-            headers.insert(name, value.ok_or(BuildError::BadKey)?);
-        }
-        headers.extend(wire.fixed_headers());
+        let headers = headers_for(&wire, api_key.as_ref())?;
         let client = build_client(settings.connect_timeout)?;
         Ok(Self { name: name.to_owned(), wire, api_key, headers, keep_raw: settings.keep_raw, client })
+    }
+
+    /// An adapter for another wire format of the same deployment (OpenAI's Responses API beside
+    /// its chat completions), with the same key and settings and sharing this one's connection
+    /// pool (`reqwest::Client` clones share it).
+    pub(crate) fn sharing<V: Wire>(&self, wire: V) -> Result<HttpAdapter<V>, BuildError> {
+        Ok(HttpAdapter {
+            name: self.name.clone(),
+            headers: headers_for(&wire, self.api_key.as_ref())?,
+            wire,
+            api_key: self.api_key.clone(),
+            keep_raw: self.keep_raw,
+            client: self.client.clone(),
+        })
     }
 
     /// The wire format.
@@ -360,6 +366,20 @@ fn cap_raw(raw: String) -> String {
         end -= 1;
     }
     format!("{}\n[taskexec: raw body truncated: {} of {} bytes kept]", &raw[..end], end, raw.len())
+}
+
+/// The key header in `wire`'s style, then the wire's fixed headers.
+fn headers_for(wire: &impl Wire, api_key: Option<&ApiKey>) -> Result<HeaderMap, BuildError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = api_key {
+        let (name, value) = match wire.auth() {
+            AuthStyle::Bearer => (AUTHORIZATION, key.header_value("Bearer ")),
+            AuthStyle::Header(name) => (HeaderName::from_static(name), key.header_value("")),
+        };
+        headers.insert(name, value.ok_or(BuildError::BadKey)?);
+    }
+    headers.extend(wire.fixed_headers());
+    Ok(headers)
 }
 
 fn build_client(connect_timeout: Duration) -> Result<Client, BuildError> {

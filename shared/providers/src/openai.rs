@@ -49,8 +49,9 @@ impl OpenAiDeployment {
         settings: &HttpSettings,
     ) -> Result<Self, BuildError> {
         let kind = ProviderKind::OpenAi;
-        let chat = HttpAdapter::new(name, OpenAiChat::new(base_url, kind)?, key.clone(), settings)?;
-        let responses = HttpAdapter::new(name, OpenAiResponses::new(base_url, kind)?, key, settings)?;
+        let chat = HttpAdapter::new(name, OpenAiChat::new(base_url, kind)?, key, settings)?;
+        // One connection pool for both APIs: they are the same host.
+        let responses = chat.sharing(OpenAiResponses::new(base_url, kind)?)?;
         Ok(Self { kind, api, chat, responses })
     }
 

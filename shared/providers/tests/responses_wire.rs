@@ -293,9 +293,11 @@ async fn kind_openai_routes_per_model_and_api() {
     let server = RecordingServer::start(route).await;
     let auto = openai(&server, "ok", "auto");
     auto.call(bare("o3-pro", false)).await.unwrap();
+    let responses_peer = server.last().peer;
     assert_eq!(server.last().path, "/ok/v1/responses");
     let chat = auto.call(request("gpt-4o", false)).await.unwrap();
     assert_eq!((server.last().path.as_str(), chat.text.as_str()), ("/ok/v1/chat/completions", "from chat"));
+    assert_eq!(server.last().peer, responses_peer, "both APIs share one connection pool");
     openai(&server, "ok", "responses").call(request("gpt-4o", false)).await.unwrap();
     assert_eq!(server.last().path, "/ok/v1/responses");
     openai(&server, "ok", "chat").call(bare("o3-pro", false)).await.unwrap();
