@@ -212,6 +212,19 @@ pub struct Unsupported {
 }
 
 impl Capabilities {
+    /// Whether every standard parameter is accepted as given (nothing to check or strip).
+    #[must_use]
+    pub fn accepts_everything(&self) -> bool {
+        self.temperature
+            && self.top_p
+            && !self.sampling_exclusive
+            && self.stop
+            && self.max_stop.is_none()
+            && self.seed
+            && self.response_format
+            && self.system != SystemPlacement::Unsupported
+    }
+
     /// These capabilities on OpenAI's Responses API, which has neither `stop` nor `seed`.
     #[must_use]
     pub fn on_responses(self) -> Self {
@@ -313,6 +326,20 @@ mod tests {
             ["parameters.seed", "parameters.responseFormat", "parameters.system"]
         );
         assert!(fields(K::Bedrock, "us.anthropic.claude-sonnet-4-5-20250929-v1:0").contains(&"parameters.topP"));
+    }
+
+    #[test]
+    fn accepts_everything_exactly_when_nothing_can_be_unsupported() {
+        use ProviderKind as K;
+        for (kind, model) in [(K::Sim, "m"), (K::OpenAiCompatible, "x"), (K::OpenAi, "gpt-4o-mini")] {
+            let caps = capabilities(kind, model);
+            assert!(caps.accepts_everything(), "{kind:?} {model}");
+            assert!(caps.unsupported(&request(model)).is_empty());
+        }
+        for (kind, model) in [(K::OpenAi, "o3"), (K::Anthropic, "claude-3-5-haiku"), (K::Gemini, "gemini-2.5-pro")] {
+            assert!(!capabilities(kind, model).accepts_everything(), "{kind:?} {model}");
+            assert!(!capabilities(kind, model).unsupported(&request(model)).is_empty());
+        }
     }
 
     #[test]

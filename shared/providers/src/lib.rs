@@ -258,15 +258,17 @@ impl Deployments {
 #[must_use]
 pub fn check_parameters(configs: &BTreeMap<String, DeploymentConfig>, task: &BenchmarkTask) -> Vec<FieldError> {
     let Some(config) = configs.get(&task.provider_id) else { return Vec::new() };
-    // `sim` and `openai-compatible` accept every parameter (the server decides): no request is
-    // built for them, which matters when a file of 100,000 tasks is checked.
-    let open = matches!(config.kind, ProviderKind::Sim | ProviderKind::OpenAiCompatible);
-    if open || config.unsupported_params == UnsupportedParams::Drop {
+    if config.unsupported_params == UnsupportedParams::Drop {
+        return Vec::new();
+    }
+    let caps = for_deployment(config, &task.model_id);
+    // A model that takes every parameter needs no request built (it would copy the prompt),
+    // which matters when a file of 100,000 tasks is checked.
+    if caps.accepts_everything() {
         return Vec::new();
     }
     let request = ProviderRequest::for_task(task, &task.provider_id, 1);
-    for_deployment(config, &request.model)
-        .unsupported(&request)
+    caps.unsupported(&request)
         .into_iter()
         .map(|u| FieldError {
             field: u.field.into(),
@@ -284,7 +286,7 @@ fn unsupported_message(
     let name = u.field.trim_start_matches("parameters.");
     format!(
         "`{name}` {} by model `{model}` on deployment `{deployment}` (kind `{}`); remove it, or set `unsupported_params = \"drop\"` on the deployment",
-        if u.reason == "is not accepted" { "is not accepted".to_owned() } else { u.reason.clone() },
+        u.reason,
         config.kind.as_str()
     )
 }
