@@ -6,7 +6,9 @@
 //! provider wants it, `max_tokens` renamed, Anthropic's required `max_tokens` defaulted) are
 //! applied by each adapter from the same table.
 //!
-//! Sources (public API references, read 2026-11):
+//! Sources: the providers' public API references below, and the errors they answer (Anthropic's
+//! "temperature and top_p cannot both be specified for this model"). The table goes by model-name
+//! prefix and needs updating as providers ship models:
 //! - OpenAI reasoning models (o1, o3, o4-mini, gpt-5): no `temperature`/`top_p`/`stop` (only the
 //!   defaults), `max_completion_tokens` instead of `max_tokens`, `developer` messages instead of
 //!   `system`; `*-pro`, `*-deep-research`, `codex-*`, `computer-use-*` only on the Responses API
