@@ -12,7 +12,7 @@ pub enum ProviderKind {
     /// The built-in simulated provider ([`crate::sim::SimProvider`]).
     #[serde(rename = "sim")]
     Sim,
-    /// Any server speaking OpenAI's chat-completions API ([`crate::openai::OpenAiCompatible`]):
+    /// Any server speaking OpenAI's chat-completions API:
     /// vLLM, Ollama, llama.cpp, OpenRouter, Together, Groq, GitHub Models. Parameters are passed
     /// as given (the server decides).
     #[serde(rename = "openai-compatible")]
