@@ -120,9 +120,9 @@ pub enum BuildError {
     /// The key holds characters an HTTP header cannot carry (the key itself is not shown).
     #[error("the API key holds characters an HTTP header cannot carry")]
     BadKey,
-    /// A required setting is missing (the config was not validated).
+    /// The kind's adapter is not compiled into this build (Bedrock without the `aws` feature).
     #[error("{0}")]
-    Missing(&'static str),
+    NotInThisBuild(&'static str),
     /// reqwest could not build its client (TLS backend).
     #[error("could not build the HTTP client")]
     Client(#[source] reqwest::Error),

@@ -352,7 +352,7 @@ fn bedrock_adapter(
     _connect_timeout: std::time::Duration,
     _env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Adapter, BuildError> {
-    Err(BuildError::Missing("kind `bedrock` needs the AWS build: `cargo build --features aws`"))
+    Err(BuildError::NotInThisBuild("kind `bedrock` needs the AWS build: `cargo build --features aws`"))
 }
 
 fn api_key(
