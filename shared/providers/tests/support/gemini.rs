@@ -29,7 +29,12 @@ pub fn deployments_at(base_url: &str) -> Deployments {
 
 /// A JSON reply as Google sends it.
 fn json(status: u16, body: impl Into<String>) -> Reply {
-    Reply { status, headers: vec![("content-type", "application/json; charset=UTF-8".into())], body: body.into() }
+    Reply {
+        status,
+        headers: vec![("content-type", "application/json; charset=UTF-8".into())],
+        body: body.into(),
+        linger: None,
+    }
 }
 
 fn route(seen: &Seen) -> Reply {

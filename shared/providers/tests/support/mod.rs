@@ -45,6 +45,7 @@ fn openai_route(seen: &Seen) -> Reply {
     match seen.scenario() {
         "ok" => Reply::json(200, fixtures::COMPLETION).with("x-request-id", "req_8f2c"),
         "stream" => Reply::sse(fixtures::stream_body()),
+        "stream_lingering" => Reply::sse(fixtures::stream_body()).lingering(std::time::Duration::from_millis(50)),
         "truncated_stream" => Reply::sse(fixtures::truncated_stream_body()),
         "malformed" => Reply::json(200, r#"{"id":"chatcmpl-1","choices":[{"index":0,"#),
         "rate_limit_s" => Reply::json(429, fixtures::rate_limit_body()).with_all(&[

@@ -51,22 +51,32 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// Keep the body open this long after sending it (a server that ends its chunked body
+    /// after the stream's end marker).
+    pub linger: Option<std::time::Duration>,
 }
 
 impl Reply {
     /// A JSON body.
     pub fn json(status: u16, body: impl Into<String>) -> Self {
-        Self { status, headers: vec![("content-type", "application/json".into())], body: body.into() }
+        Self { status, headers: vec![("content-type", "application/json".into())], body: body.into(), linger: None }
     }
 
     /// An SSE body.
     pub fn sse(body: impl Into<String>) -> Self {
-        Self { status: 200, headers: vec![("content-type", "text/event-stream".into())], body: body.into() }
+        let headers = vec![("content-type", "text/event-stream".into())];
+        Self { status: 200, headers, body: body.into(), linger: None }
     }
 
     /// With one more header.
     pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Ending the body only `linger` after the last byte of it was sent.
+    pub fn lingering(mut self, linger: std::time::Duration) -> Self {
+        self.linger = Some(linger);
         self
     }
 
@@ -152,5 +162,11 @@ async fn handle(
     for (name, value) in &reply.headers {
         builder = builder.header(*name, value);
     }
-    builder.body(Body::from(reply.body)).unwrap()
+    let Some(linger) = reply.linger else { return builder.body(Body::from(reply.body)).unwrap() };
+    let sent = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(reply.body)) });
+    let end = futures::stream::once(async move {
+        tokio::time::sleep(linger).await;
+        Ok(Bytes::new())
+    });
+    builder.body(Body::from_stream(futures::StreamExt::chain(sent, end))).unwrap()
 }
