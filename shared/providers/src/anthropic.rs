@@ -20,8 +20,7 @@ use taskexec_core::provider::ProviderRequest;
 
 use self::stream::MessageStream;
 use crate::answer::{Answer, ModelPage};
-use crate::capability::capabilities;
-use crate::config::ProviderKind;
+use crate::capability::Capabilities;
 use crate::http::{AuthStyle, BuildError, HttpAdapter, Wire, header_string, join};
 
 /// The API version every request pins (<https://docs.anthropic.com/en/api/versioning>).
@@ -57,9 +56,8 @@ impl Wire for AnthropicMessages {
         vec![(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(ANTHROPIC_VERSION))]
     }
 
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        let caps = capabilities(ProviderKind::Anthropic, &request.model);
-        Ok((self.messages.clone(), wire::request_body(request, &caps)?))
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError> {
+        Ok((self.messages.clone(), wire::request_body(request, caps)?))
     }
 
     fn parse(&self, body: &[u8]) -> Result<Answer, ProviderError> {

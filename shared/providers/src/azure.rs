@@ -28,8 +28,7 @@ use taskexec_core::error::ProviderError;
 use taskexec_core::provider::ProviderRequest;
 
 use crate::answer::{Answer, ModelPage};
-use crate::capability::capabilities;
-use crate::config::ProviderKind;
+use crate::capability::Capabilities;
 use crate::http::{AuthStyle, BuildError, HttpAdapter, Wire, header_string, join};
 use crate::openai::classify::classify_response;
 use crate::openai::stream::ChatStream;
@@ -83,9 +82,8 @@ impl Wire for AzureChat {
         AuthStyle::Header("api-key")
     }
 
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        let caps = capabilities(ProviderKind::AzureOpenAi, &request.model);
-        let mut body = wire::request_body(request, &caps)?;
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError> {
+        let mut body = wire::request_body(request, caps)?;
         if self.api_version.is_some() {
             // The deployment in the path names the model; the body's field is not part of this API.
             if let Some(fields) = body.as_object_mut() {
@@ -127,6 +125,8 @@ mod tests {
     use taskexec_core::task::Role;
 
     use super::*;
+    use crate::capability::capabilities;
+    use crate::config::ProviderKind;
     use crate::test_support::{bare_request, message};
 
     fn request(model: &str) -> ProviderRequest {
@@ -136,7 +136,8 @@ mod tests {
     #[test]
     fn deployment_scoped_urls_encode_the_deployment_and_carry_the_version() {
         let w = AzureChat::new("https://res.openai.azure.com/", Some("2024-10-21")).unwrap();
-        let (url, body) = w.call(&request("my gpt/4o?x")).unwrap();
+        let (url, body) =
+            w.call(&request("my gpt/4o?x"), &capabilities(ProviderKind::AzureOpenAi, "my gpt/4o?x")).unwrap();
         assert_eq!(
             url.as_str(),
             "https://res.openai.azure.com/openai/deployments/my%20gpt%2F4o%3Fx/chat/completions?api-version=2024-10-21"
@@ -152,7 +153,8 @@ mod tests {
     #[test]
     fn the_v1_api_names_the_deployment_in_the_body() {
         let w = AzureChat::new("https://res.openai.azure.com", None).unwrap();
-        let (url, body) = w.call(&request("gpt-4o-prod")).unwrap();
+        let (url, body) =
+            w.call(&request("gpt-4o-prod"), &capabilities(ProviderKind::AzureOpenAi, "gpt-4o-prod")).unwrap();
         assert_eq!(url.as_str(), "https://res.openai.azure.com/openai/v1/chat/completions");
         assert_eq!(body["model"], json!("gpt-4o-prod"));
         assert_eq!(w.models_url(None).unwrap().as_str(), "https://res.openai.azure.com/openai/v1/models");

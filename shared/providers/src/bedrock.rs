@@ -35,8 +35,7 @@ use self::classify::{sdk_error, stream_error};
 use self::reply::StreamState;
 use self::request::Converse;
 use crate::answer::{Answer, ModelInfo};
-use crate::capability::capabilities;
-use crate::config::ProviderKind;
+use crate::capability::Capabilities;
 
 /// A Converse or ConverseStream call builder with the model and the parts of a [`Converse`] set
 /// (the two builders have the same setters but no common trait).
@@ -169,10 +168,14 @@ impl BedrockConverse {
     }
 
     /// Make one call.
-    pub(crate) async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+    pub(crate) async fn call(
+        &self,
+        request: ProviderRequest,
+        caps: &Capabilities,
+    ) -> Result<ProviderResponse, ProviderError> {
         tracing::debug!(deployment = %self.name, model = %request.model, task_id = %request.task_id,
             attempt = request.attempt, stream = request.stream, "provider call");
-        let result = self.exchange(&request).await;
+        let result = self.exchange(&request, caps).await;
         if let Err(e) = &result {
             tracing::debug!(deployment = %self.name, task_id = %request.task_id, class = e.class().as_str(),
                 status = e.status(), error = %e, "provider call failed");
@@ -180,8 +183,12 @@ impl BedrockConverse {
         result
     }
 
-    async fn exchange(&self, request: &ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        let converse = Converse::new(request, &capabilities(ProviderKind::Bedrock, &request.model))?;
+    async fn exchange(
+        &self,
+        request: &ProviderRequest,
+        caps: &Capabilities,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let converse = Converse::new(request, caps)?;
         let clients = self.clients().await;
         let (answer, request_id, latency, ttft) = if request.stream {
             self.streamed(&clients.runtime, request, converse).await?

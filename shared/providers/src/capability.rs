@@ -118,7 +118,7 @@ pub fn capabilities(kind: ProviderKind, model: &str) -> Capabilities {
 #[must_use]
 pub fn for_deployment(config: &DeploymentConfig, model: &str) -> Capabilities {
     let caps = capabilities(config.kind, model);
-    if crate::openai::uses_responses(config.kind, config.api, model) { caps.on_responses() } else { caps }
+    if crate::openai::uses_responses(config.kind, config.api, &caps) { caps.on_responses() } else { caps }
 }
 
 fn openai(m: &str) -> Capabilities {

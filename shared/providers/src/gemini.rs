@@ -31,8 +31,7 @@ use taskexec_core::provider::ProviderRequest;
 use self::stream::GeminiStream;
 use self::wire::{GenerateResponse, normalise_finish_reason};
 use crate::answer::{Answer, ModelPage, malformed};
-use crate::capability::capabilities;
-use crate::config::ProviderKind;
+use crate::capability::Capabilities;
 use crate::http::{AuthStyle, BuildError, HttpAdapter, StreamParser, Wire, join};
 
 /// Most models asked for per page of the model list (the API's maximum).
@@ -84,8 +83,8 @@ impl Wire for GeminiGenerate {
         AuthStyle::Header("x-goog-api-key")
     }
 
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        let body = wire::request_body(request, &capabilities(ProviderKind::Gemini, &request.model))?;
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError> {
+        let body = wire::request_body(request, caps)?;
         Ok((self.endpoint(&request.model, request.stream)?, body))
     }
 

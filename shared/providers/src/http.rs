@@ -31,6 +31,7 @@ use self::failure::transport_error;
 use self::limits::rate_limits;
 use self::sse::{SseDecoder, SseEvent};
 use crate::answer::{Answer, ModelInfo, ModelPage};
+use crate::capability::Capabilities;
 use crate::secret::ApiKey;
 
 /// Header carrying the task id, so servers and logs can correlate.
@@ -73,8 +74,9 @@ pub(crate) trait Wire: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// The URL and JSON body of a call.
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError>;
+    /// The URL and JSON body of a call; `caps` are the model's capabilities on this deployment,
+    /// worked out once per call by the caller.
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError>;
 
     /// Read a whole (non-streamed) answer; anything unreadable is transient.
     fn parse(&self, body: &[u8]) -> Result<Answer, ProviderError>;
@@ -189,10 +191,14 @@ impl<W: Wire> HttpAdapter<W> {
     }
 
     /// Make one call.
-    pub(crate) async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+    pub(crate) async fn call(
+        &self,
+        request: ProviderRequest,
+        caps: &Capabilities,
+    ) -> Result<ProviderResponse, ProviderError> {
         tracing::debug!(deployment = %self.name, model = %request.model, task_id = %request.task_id,
             attempt = request.attempt, stream = request.stream, "provider call");
-        let result = self.exchange(&request).await.map_err(|e| self.scrub(e));
+        let result = self.exchange(&request, caps).await.map_err(|e| self.scrub(e));
         if let Err(e) = &result {
             tracing::debug!(deployment = %self.name, task_id = %request.task_id, class = e.class().as_str(),
                 status = e.status(), error = %e, "provider call failed");
@@ -200,8 +206,12 @@ impl<W: Wire> HttpAdapter<W> {
         result
     }
 
-    async fn exchange(&self, request: &ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        let (url, body) = self.wire.call(request)?;
+    async fn exchange(
+        &self,
+        request: &ProviderRequest,
+        caps: &Capabilities,
+    ) -> Result<ProviderResponse, ProviderError> {
+        let (url, body) = self.wire.call(request, caps)?;
         let task_id = HeaderValue::from_str(&request.task_id)
             .map_err(|_| ProviderError::permanent("task id cannot be sent as an HTTP header"))?;
         let http = self

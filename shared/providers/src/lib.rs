@@ -54,7 +54,7 @@ use taskexec_core::validate::FieldError;
 pub use crate::answer::ModelInfo;
 use crate::anthropic::{Anthropic, AnthropicMessages};
 use crate::azure::{AzureChat, AzureOpenAi};
-use crate::capability::for_deployment;
+use crate::capability::{Capabilities, for_deployment};
 use crate::config::{ConfigError, DeploymentConfig, ProviderKind, UnsupportedParams};
 use crate::gemini::{Gemini, GeminiGenerate};
 use crate::http::HttpSettings;
@@ -89,16 +89,18 @@ enum Inner {
 }
 
 impl Adapter {
-    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+    /// One call; `caps` are the model's capabilities on this deployment (the request already
+    /// holds only what they accept).
+    async fn call(&self, request: ProviderRequest, caps: &Capabilities) -> Result<ProviderResponse, ProviderError> {
         match &self.0 {
             Inner::Sim(sim) => sim.call(request).await,
             #[cfg(feature = "aws")]
-            Inner::Bedrock(bedrock) => bedrock.call(request).await,
-            Inner::OpenAi(openai) => openai.call(request).await,
-            Inner::OpenAiRouted(openai) => openai.call(request).await,
-            Inner::Azure(azure) => azure.call(request).await,
-            Inner::Anthropic(anthropic) => anthropic.call(request).await,
-            Inner::Gemini(gemini) => gemini.call(request).await,
+            Inner::Bedrock(bedrock) => bedrock.call(request, caps).await,
+            Inner::OpenAi(openai) => openai.call(request, caps).await,
+            Inner::OpenAiRouted(openai) => openai.call(request, caps).await,
+            Inner::Azure(azure) => azure.call(request, caps).await,
+            Inner::Anthropic(anthropic) => anthropic.call(request, caps).await,
+            Inner::Gemini(gemini) => gemini.call(request, caps).await,
         }
     }
 
@@ -248,7 +250,7 @@ impl Deployments {
                 dropped = ?dropped, "parameters the model does not accept were left out (unsupported_params = \"drop\")");
             caps.strip(&mut request, &unsupported);
         }
-        adapter.call(request).await
+        adapter.call(request, &caps).await
     }
 }
 

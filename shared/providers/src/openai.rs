@@ -21,7 +21,7 @@ use taskexec_core::provider::{ProviderRequest, ProviderResponse};
 use self::responses::OpenAiResponses;
 use self::stream::ChatStream;
 use crate::answer::{Answer, ModelInfo, ModelPage};
-use crate::capability::capabilities;
+use crate::capability::Capabilities;
 use crate::config::{OpenAiApi, ProviderKind};
 use crate::http::{AuthStyle, BuildError, HttpAdapter, HttpSettings, Wire, join};
 use crate::secret::ApiKey;
@@ -51,23 +51,27 @@ impl OpenAiDeployment {
         let kind = ProviderKind::OpenAi;
         let chat = HttpAdapter::new(name, OpenAiChat::new(base_url, kind)?, key, settings)?;
         // One connection pool for both APIs: they are the same host.
-        let responses = chat.sharing(OpenAiResponses::new(base_url, kind)?)?;
+        let responses = chat.sharing(OpenAiResponses::new(base_url)?)?;
         Ok(Self { kind, api, chat, responses })
     }
 
     /// Whether a call for `model` goes to the Responses API: always with `api = "responses"`,
     /// never with `api = "chat"`, and with `auto` when the model is served only there.
-    #[must_use]
-    pub fn uses_responses(&self, model: &str) -> bool {
-        uses_responses(self.kind, self.api, model)
+    #[cfg(test)]
+    pub(crate) fn uses_responses(&self, model: &str) -> bool {
+        uses_responses(self.kind, self.api, &crate::capability::capabilities(self.kind, model))
     }
 
     /// Make one call on the API the model needs.
-    pub(crate) async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
-        if self.uses_responses(&request.model) {
-            self.responses.call(request).await
+    pub(crate) async fn call(
+        &self,
+        request: ProviderRequest,
+        caps: &Capabilities,
+    ) -> Result<ProviderResponse, ProviderError> {
+        if uses_responses(self.kind, self.api, caps) {
+            self.responses.call(request, caps).await
         } else {
-            self.chat.call(request).await
+            self.chat.call(request, caps).await
         }
     }
 
@@ -87,12 +91,12 @@ impl OpenAiDeployment {
 /// kind `openai` has one — always with `api = "responses"`, never with `api = "chat"`, and with
 /// `auto` when the model is served only there. The one place this is decided: the routing of
 /// [`OpenAiDeployment`] and the capabilities of [`crate::capability::for_deployment`] both ask it.
-pub(crate) fn uses_responses(kind: ProviderKind, api: OpenAiApi, model: &str) -> bool {
+pub(crate) fn uses_responses(kind: ProviderKind, api: OpenAiApi, caps: &Capabilities) -> bool {
     kind == ProviderKind::OpenAi
         && match api {
             OpenAiApi::Responses => true,
             OpenAiApi::Chat => false,
-            OpenAiApi::Auto => capabilities(kind, model).responses_only,
+            OpenAiApi::Auto => caps.responses_only,
         }
 }
 
@@ -125,8 +129,8 @@ impl Wire for OpenAiChat {
         AuthStyle::Bearer
     }
 
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        Ok((self.chat.clone(), wire::request_body(request, &capabilities(self.kind, &request.model))?))
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError> {
+        Ok((self.chat.clone(), wire::request_body(request, caps)?))
     }
 
     fn parse(&self, body: &[u8]) -> Result<Answer, ProviderError> {

@@ -26,8 +26,7 @@ use taskexec_core::task::{Role, Usage};
 use super::classify::{ErrorFields, classify_response};
 use super::wire::{TokenDetails, parse_models};
 use crate::answer::{Answer, ModelPage, cap, malformed, truncated};
-use crate::capability::{Capabilities, SystemPlacement, capabilities};
-use crate::config::ProviderKind;
+use crate::capability::{Capabilities, SystemPlacement};
 use crate::http::sse::SseEvent;
 use crate::http::{AuthStyle, BuildError, StreamParser, Wire, join};
 
@@ -37,15 +36,14 @@ const RESERVED: [&str; 4] = ["model", "input", "stream", "instructions"];
 /// The Responses wire format at one base URL.
 #[derive(Debug, Clone)]
 pub struct OpenAiResponses {
-    kind: ProviderKind,
     responses: Url,
     models: Url,
 }
 
 impl OpenAiResponses {
     /// The API rooted at `base_url` (such as `https://api.openai.com/v1`).
-    pub(crate) fn new(base_url: &str, kind: ProviderKind) -> Result<Self, BuildError> {
-        Ok(Self { kind, responses: join(base_url, "responses")?, models: join(base_url, "models")? })
+    pub(crate) fn new(base_url: &str) -> Result<Self, BuildError> {
+        Ok(Self { responses: join(base_url, "responses")?, models: join(base_url, "models")? })
     }
 
     /// The URL called.
@@ -63,9 +61,8 @@ impl Wire for OpenAiResponses {
         AuthStyle::Bearer
     }
 
-    fn call(&self, request: &ProviderRequest) -> Result<(Url, Value), ProviderError> {
-        let caps = capabilities(self.kind, &request.model).on_responses();
-        Ok((self.responses.clone(), request_body(request, &caps)?))
+    fn call(&self, request: &ProviderRequest, caps: &Capabilities) -> Result<(Url, Value), ProviderError> {
+        Ok((self.responses.clone(), request_body(request, caps)?))
     }
 
     fn parse(&self, body: &[u8]) -> Result<Answer, ProviderError> {
@@ -303,6 +300,8 @@ mod tests {
     use taskexec_core::error::ErrorClass;
 
     use super::*;
+    use crate::capability::capabilities;
+    use crate::config::ProviderKind;
     use crate::test_support::{bare_request, conversation, feed};
 
     fn request(model: &str) -> ProviderRequest {
