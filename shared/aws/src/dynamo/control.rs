@@ -2,7 +2,6 @@
 //! breaker snapshot per deployment, and a run's sharded progress counters (`ADD`, once per
 //! invocation).
 
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::{Deserialize, Serialize};
 use taskexec_core::breaker::BreakerSnapshot;
@@ -146,7 +145,7 @@ pub async fn replace_breaker_if(
     let mut item: Item = serde_dynamo::to_item(next).map_err(|e| AwsError::mapping(what(), e))?;
     item.extend(key(keys::breaker_pk(deployment), keys::BREAKER));
     let state = serde_dynamo::to_attribute_value(expected.state).map_err(|e| AwsError::mapping(what(), e))?;
-    let out = store
+    let request = store
         .client
         .put_item()
         .table_name(store.table())
@@ -158,20 +157,8 @@ pub async fn replace_breaker_if(
         .expression_attribute_values(":state", state)
         .expression_attribute_values(":changed", n(expected.changed_at))
         .expression_attribute_values(":opens", n(expected.opens))
-        .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
-        .send()
-        .await;
-    match out {
-        Ok(out) => {
-            store.meter.record(out.consumed_capacity());
-            Ok(true)
-        }
-        Err(e) if e.as_service_error().is_some_and(PutItemError::is_conditional_check_failed_exception) => {
-            store.meter.rejected();
-            Ok(false)
-        }
-        Err(e) => Err(AwsError::dynamo("PutItem", e)),
-    }
+        .return_consumed_capacity(ReturnConsumedCapacity::Indexes);
+    super::submit::put_conditionally(store, request).await
 }
 
 /// `ADD` the non-zero counts to one of the run's counter shards.

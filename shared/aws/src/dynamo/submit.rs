@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity::Indexes;
 use futures::stream::{self, StreamExt};
 use taskexec_core::ports::SubmitOutcome;
@@ -96,7 +97,13 @@ async fn put_if(store: &DynamoStore, item: Item, same_hash: Option<&str>) -> Res
             .expression_attribute_names("#hash", "contentHash")
             .expression_attribute_values(":hash", s(hash)),
     };
-    match request.expression_attribute_names("#pk", keys::PK).send().await {
+    put_conditionally(store, request.expression_attribute_names("#pk", keys::PK)).await
+}
+
+/// Send a conditional PutItem: whether it was written (a failed condition is an answer, not an
+/// error), with its consumed capacity metered.
+pub(super) async fn put_conditionally(store: &DynamoStore, request: PutItemFluentBuilder) -> Result<bool, AwsError> {
+    match request.send().await {
         Ok(out) => {
             store.meter.record(out.consumed_capacity());
             Ok(true)
