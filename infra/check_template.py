@@ -6,6 +6,17 @@ cfn-lint knows CloudFormation; it does not know taskexec's rules. This script ch
   + LowMaxConcurrency (CloudFormation has no addition, so the template looks the sum up in two
   generated Mappings; this script proves the tables right for every allowed combination);
 - each main queue's visibility timeout is 6 x the worker's timeout, for every allowed timeout;
+- SQS redrive really fires and keeps what it moves: maxReceiveCount x the longest visibility
+  timeout < the main queues' retention, which is >= the longest task deadline (validate.rs) and <
+  the DLQs' retention; the worker's refresh threshold (TASKEXEC_REFRESH_AFTER_RECEIVES) is below
+  maxReceiveCount, and that many deferrals of the longest visibility fit in the retention;
+- task retention: TaskRetentionDays reaches the api, worker and dlq functions as
+  TASK_RETENTION_DAYS; X-Ray tracing is active on every function; the alarms on DynamoDB throttles
+  (table and every index), API 5xx and DLQ depth exist, and the StuckRuns alarm treats missing data
+  as breaching with a period longer than the sweeper's schedule;
+- events/env.json (for `sam local invoke --env-vars`) names only functions of the template and only
+  variables their Environment declares, gives each what FunctionEnv needs, and its queue URLs end
+  with the queue names of the SQS events' eventSourceARNs;
 - queues, mappings, API routes and authorizer are as DESIGN.md asks;
 - the code is the source of truth for names, read from the Rust sources (never edited here):
   the table's keys, attribute types, indexes and projections (shared/aws/src/dynamo/keys.rs and
@@ -40,6 +51,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # step with the AllowedValues of the three *MaxConcurrency parameters; regenerate the Mappings
 # with --print-mappings after a change.
 CONCURRENCY_VALUES = [2, 3, 5, 10, 20, 30, 50, 100, 200, 300]
+# The main queues' redrive: maxReceiveCount, and the worker's fresh-copy threshold (half of it).
+MAX_RECEIVE_COUNT = 10
+REFRESH_VARIABLE = "TASKEXEC_REFRESH_AFTER_RECEIVES"
+RETENTION_VARIABLE = "TASK_RETENTION_DAYS"
+RETENTION_FUNCTIONS = {"ApiFunction", "WorkerFunction", "DlqFunction"}
 QUEUES = ("High", "Normal", "Low")
 ROUTES = {
     ("POST", "/tasks"): ["api-post-task.json", "api-post-tasks-batch.json"],
@@ -73,10 +89,15 @@ def print_mappings() -> None:
 class Checker:
     def __init__(self) -> None:
         self.failures: list[str] = []
+        self.warnings: list[str] = []
 
     def check(self, ok: bool, what: str) -> None:
         if not ok:
             self.failures.append(what)
+
+    def warn(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.warnings.append(what)
 
 
 def load_template() -> dict:
@@ -134,7 +155,7 @@ def check_queues(c: Checker, t: dict) -> None:
         c.check(main.get("VisibilityTimeout") == {"Fn::FindInMap": ["VisibilityTimeout", {"Ref": "WorkerTimeoutSeconds"}, "Seconds"]},
                 f"{q}Queue.VisibilityTimeout is not looked up from the worker timeout")
         rp = main.get("RedrivePolicy", {})
-        c.check(int(rp.get("maxReceiveCount", 0)) == 1000, f"{q}Queue maxReceiveCount is not 1000")
+        c.check(int(rp.get("maxReceiveCount", 0)) == MAX_RECEIVE_COUNT, f"{q}Queue maxReceiveCount is not {MAX_RECEIVE_COUNT}")
         c.check(rp.get("deadLetterTargetArn") == {"Fn::GetAtt": [f"{q}DeadLetterQueue", "Arn"]}, f"{q}Queue redrives elsewhere")
         for name, props in ((f"{q}Queue", main), (f"{q}DeadLetterQueue", dlq)):
             c.check(props.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in props, f"{name} has no SSE")
@@ -209,6 +230,163 @@ def env_vars(path: str) -> set[str]:
 
 # Variables only one function reads, from its own env module (not FunctionEnv): function -> file.
 OWN_ENV = {"SweeperFunction": "shared/lambda/src/sweeper/env.rs"}
+# Variables the template sets for a function that are not read through env.rs / OWN_ENV (checked
+# by check_redrive and check_retention instead; a warning until some Rust source reads them).
+TEMPLATE_ONLY = {"WorkerFunction": {REFRESH_VARIABLE}}
+
+
+def read_by_code(variable: str) -> bool:
+    """Whether a Rust source of shared/ or functions/ (outside tests) names the variable."""
+    for f in [*(ROOT / "shared").rglob("*.rs"), *(ROOT / "functions").rglob("*.rs")]:
+        rel = f.relative_to(ROOT).as_posix()
+        if "/tests/" in rel:
+            continue
+        if f'"{variable}"' in f.read_text(encoding="utf-8").split("#[cfg(test)]")[0]:
+            return True
+    return False
+
+
+def function_env(t: dict, name: str) -> dict:
+    """A function's environment as deployed: the Globals' variables, then its own."""
+    glob = t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    own = t["Resources"][name]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**glob, **own}
+
+
+def days(seconds: int) -> str:
+    return f"{seconds} s ({seconds / 86400:g} days)"
+
+
+def check_redrive(c: Checker, t: dict) -> None:
+    """Redrive fires for a crash loop and keeps what it moves; deferrals never reach it."""
+    res = t["Resources"]
+    deadline = re.search(r"pub const MAX_DEADLINE_MS: u64 = ([0-9_ *]+);", rust("shared/core/src/validate.rs"))
+    c.check(deadline is not None, "could not read MAX_DEADLINE_MS from shared/core/src/validate.rs")
+    longest_deadline = eval(deadline.group(1).replace("_", "")) // 1000 if deadline else 0  # noqa: S307 (a product of literals)
+    vis = re.search(r"pub const MAX_VISIBILITY_SECONDS: i32 = ([0-9_]+);", rust("shared/lambda/src/worker.rs"))
+    max_change = int(vis.group(1).replace("_", "")) if vis else 43_200  # ChangeMessageVisibility cap
+    longest_visibility = max(int(v["Seconds"]) for v in t["Mappings"]["VisibilityTimeout"].values())
+    env = function_env(t, "WorkerFunction")
+    refresh = env.get(REFRESH_VARIABLE)
+    c.check(isinstance(refresh, (str, int)) and str(refresh).isdigit(),
+            f"WorkerFunction sets no whole-number {REFRESH_VARIABLE}: {refresh!r}")
+    refresh = int(refresh) if str(refresh).isdigit() else 0
+    c.check(0 < refresh < MAX_RECEIVE_COUNT, f"{REFRESH_VARIABLE} {refresh} is not below maxReceiveCount {MAX_RECEIVE_COUNT}")
+    c.warn(read_by_code(REFRESH_VARIABLE),
+           f"no Rust source reads {REFRESH_VARIABLE} yet: the worker refreshes at its built-in default")
+    for q in QUEUES:
+        main, dlq = res[f"{q}Queue"]["Properties"], res[f"{q}DeadLetterQueue"]["Properties"]
+        kept, dlq_kept = int(main.get("MessageRetentionPeriod", 345_600)), int(dlq.get("MessageRetentionPeriod", 345_600))
+        c.check(dlq_kept > kept, f"{q}DeadLetterQueue keeps messages {days(dlq_kept)}, not longer than {q}Queue's {days(kept)}")
+        c.check(kept >= longest_deadline, f"{q}Queue keeps messages {days(kept)} < the longest task deadline {days(longest_deadline)}")
+        crash = MAX_RECEIVE_COUNT * longest_visibility
+        c.check(crash < kept, f"{q}Queue: {MAX_RECEIVE_COUNT} receives x visibility {longest_visibility} s = {crash} s "
+                              f"do not fit in its retention {days(kept)}: redrive could never fire")
+        deferred = refresh * max_change
+        c.check(deferred < kept, f"{q}Queue: {refresh} deferrals of up to {max_change} s before a fresh copy "
+                                 f"do not fit in its retention {days(kept)}")
+
+
+def check_retention(c: Checker, t: dict) -> None:
+    """TaskRetentionDays reaches the functions that end tasks, as TASK_RETENTION_DAYS."""
+    p = t["Parameters"].get("TaskRetentionDays", {})
+    c.check(p.get("Type") == "Number" and str(p.get("Default")) == "30" and str(p.get("MinValue")) == "0",
+            f"TaskRetentionDays is not a Number defaulting to 30 with 0 allowed (keep for ever): {p}")
+    for name in FUNCTIONS:
+        value = function_env(t, name).get(RETENTION_VARIABLE)
+        if name in RETENTION_FUNCTIONS:
+            c.check(value == {"Ref": "TaskRetentionDays"}, f"{name} {RETENTION_VARIABLE} is not Ref TaskRetentionDays: {value}")
+        else:
+            c.check(value is None, f"{name} gets {RETENTION_VARIABLE}, which only the functions that end tasks need")
+    c.warn(read_by_code(RETENTION_VARIABLE), f"no Rust source reads {RETENTION_VARIABLE} yet: task items do not expire")
+
+
+def check_tracing(c: Checker, t: dict) -> None:
+    glob = t.get("Globals", {}).get("Function", {})
+    c.check(glob.get("Tracing") == "Active", "Globals.Function.Tracing is not Active (X-Ray)")
+    for name in FUNCTIONS:
+        own = t["Resources"][name]["Properties"].get("Tracing")
+        c.check(own in (None, "Active"), f"{name} turns X-Ray tracing off ({own})")
+
+
+def alarm_series(p: dict) -> list[tuple[str, str, dict]]:
+    """(namespace, metric, dimensions) of every metric an alarm reads."""
+    out = []
+    if "MetricName" in p:
+        out.append((p.get("Namespace"), p["MetricName"], {d["Name"]: d["Value"] for d in p.get("Dimensions", [])}))
+    for q in p.get("Metrics", []):
+        m = q.get("MetricStat", {}).get("Metric")
+        if m:
+            out.append((m.get("Namespace"), m["MetricName"], {d["Name"]: d["Value"] for d in m.get("Dimensions", [])}))
+    return out
+
+
+def check_alarms(c: Checker, t: dict, code: dict) -> None:
+    """The operational alarms of issue 8 exist and read what they should."""
+    res = t["Resources"]
+    alarms = {n: r["Properties"] for n, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    reads = {n: alarm_series(p) for n, p in alarms.items()}
+    table = {"Ref": "TasksTable"}
+    for metric in ("ReadThrottleEvents", "WriteThrottleEvents"):
+        for index in [None, *sorted(code["indexes"])]:
+            dims = {"TableName": table} | ({"GlobalSecondaryIndexName": index} if index else {})
+            c.check(any(("AWS/DynamoDB", metric, dims) in s for s in reads.values()),
+                    f"no alarm reads {metric} of the table{f' index {index}' if index else ''}")
+    c.check(any(("AWS/ApiGateway", "5xx", {"ApiId": {"Ref": "HttpApi"}}) in s for s in reads.values()),
+            "no alarm reads the HTTP API's 5xx (AWS/ApiGateway, ApiId)")
+    for q in QUEUES:
+        dims = {"QueueName": {"Fn::GetAtt": [f"{q}DeadLetterQueue", "QueueName"]}}
+        c.check(any(("AWS/SQS", "ApproximateNumberOfMessagesVisible", dims) in s for s in reads.values()),
+                f"no alarm reads the depth (ApproximateNumberOfMessagesVisible) of {q}DeadLetterQueue")
+    stuck = [n for n, s in reads.items() if any(m == ("taskexec", "StuckRuns", {}) for m in s)]
+    c.check(len(stuck) == 1, f"expected one alarm on StuckRuns, got {stuck}")
+    schedule = res["SweeperFunction"]["Properties"].get("Events", {}).get("EveryMinute", {}).get("Properties", {}).get("Schedule", "")
+    rate = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours)\)", str(schedule))
+    c.check(rate is not None, f"the sweeper's schedule {schedule!r} is not a rate()")
+    every = int(rate.group(1)) * (60 if rate.group(2).startswith("minute") else 3600) if rate else 0
+    for n in stuck:
+        p = alarms[n]
+        c.check(p.get("TreatMissingData") == "breaching", f"{n}: missing StuckRuns (the sweeper did not run) is not breaching")
+        c.check(int(p.get("Period", 0)) > every, f"{n}: period {p.get('Period')} s is not longer than the sweeper's rate {every} s")
+
+
+def check_env_json(c: Checker, t: dict) -> None:
+    """events/env.json works with `sam local invoke FUNCTION -e events/X.json --env-vars events/env.json`."""
+    path = ROOT / "events" / "env.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        c.failures.append(f"events/env.json: {e}")
+        return
+    c.check(set(env) == set(FUNCTIONS), f"events/env.json keys {sorted(env)} != the functions {sorted(FUNCTIONS)}")
+    common = env_vars("shared/lambda/src/env.rs")
+    for name, values in env.items():
+        if name not in FUNCTIONS or not isinstance(values, dict):
+            continue
+        declared = function_env(t, name)
+        # SAM's local runner passes only the variables the template declares: any other is ignored.
+        extra = set(values) - set(declared)
+        c.check(not extra, f"events/env.json {name} names variables its Environment does not declare: {sorted(extra)}")
+        c.check(all(isinstance(v, str) for v in values.values()), f"events/env.json {name}: every value must be a string")
+        missing = common - set(values)
+        c.check(not missing, f"events/env.json {name} lacks {sorted(missing)} (FunctionEnv needs them)")
+        if isinstance(values.get("TASKEXEC_CONFIG"), str):
+            try:
+                tomllib.loads(values["TASKEXEC_CONFIG"])
+            except tomllib.TOMLDecodeError as e:
+                c.failures.append(f"events/env.json {name} TASKEXEC_CONFIG is not TOML: {e}")
+    # The worker and the dlq function find a record's queue by the eventSourceARN's last part.
+    for fn, prefix, files in (("WorkerFunction", "TASKEXEC_QUEUE_URL_", ["sqs-batch.json", "sqs-duplicate-delivery.json", "sqs-poison.json", "sqs-raw-external.json"]),
+                              ("DlqFunction", "TASKEXEC_DLQ_URL_", ["dlq-batch.json"])):
+        names = {str(v).rsplit("/", 1)[-1] for k, v in env.get(fn, {}).items() if k.startswith(prefix)}
+        for f in files:
+            try:
+                recs = json.loads((ROOT / "events" / f).read_text(encoding="utf-8")).get("Records", [])
+            except (OSError, json.JSONDecodeError):
+                continue  # reported by check_events
+            for r in recs:
+                queue = str(r.get("eventSourceARN", "")).rsplit(":", 1)[-1]
+                c.check(queue in names, f"events/{f}: queue {queue} is none of events/env.json {fn} {prefix}*")
 
 
 def check_functions(c: Checker, t: dict) -> None:
@@ -218,7 +396,9 @@ def check_functions(c: Checker, t: dict) -> None:
     c.check(len(common) >= 9, f"could not read the variables of shared/lambda/src/env.rs: {common}")
     own = {name: env_vars(path) for name, path in OWN_ENV.items()}
     sweeper = own["SweeperFunction"]
-    c.check(sweeper == {"TASKEXEC_EVENT_SOURCE_MAPPINGS", "TASKEXEC_STUCK_RUN_MINUTES"},
+    # SweeperEnv's variables are all optional (each has a default), so one the template does not
+    # set yet is a warning below, not a failure; these two the template must set.
+    c.check({"TASKEXEC_EVENT_SOURCE_MAPPINGS", "TASKEXEC_STUCK_RUN_MINUTES"} <= sweeper,
             f"shared/lambda/src/sweeper/env.rs reads {sorted(sweeper)}: teach this checker the new variables")
     c.check(not (sweeper & common), f"the sweeper's own variables overlap env.rs's: {sorted(sweeper & common)}")
     glob = t.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
@@ -229,13 +409,19 @@ def check_functions(c: Checker, t: dict) -> None:
             continue
         cargo = tomllib.loads((ROOT / "functions" / pkg / "Cargo.toml").read_text(encoding="utf-8"))
         bins = [b["name"] for b in cargo.get("bin", [])]
-        c.check(r.get("Metadata", {}).get("Binary") in bins, f"{name} Binary is not one of {bins}")
+        # SAM's Rust builder reads Metadata.BuildProperties.Binary (a Binary right under Metadata is ignored).
+        meta = r.get("Metadata", {})
+        c.check(meta.get("BuildMethod") == "rust-cargolambda", f"{name} BuildMethod is not rust-cargolambda")
+        c.check(meta.get("BuildProperties", {}).get("Binary") in bins, f"{name} BuildProperties.Binary is not one of {bins}")
+        c.check("Binary" not in meta, f"{name} has Metadata.Binary, which SAM ignores (BuildProperties.Binary)")
         c.check(r["Properties"].get("CodeUri") == f"functions/{pkg}", f"{name} CodeUri is not functions/{pkg}")
         env = {**glob, **r["Properties"].get("Environment", {}).get("Variables", {})}
         read = common | own.get(name, set())
-        missing = read - set(env)
+        missing = common - set(env)
         c.check(not missing, f"{name} lacks environment variables the code reads: {sorted(missing)}")
-        unread = {v for v in env if v.startswith("TASKEXEC_")} - read
+        optional = own.get(name, set()) - set(env)
+        c.warn(not optional, f"{name} does not set {sorted(optional)} (optional: the code's default applies)")
+        unread = {v for v in env if v.startswith("TASKEXEC_")} - read - TEMPLATE_ONLY.get(name, set())
         c.check(not unread, f"{name} sets variables the code does not read: {sorted(unread)}")
     # The sweeper gets the worker's three mappings, high,normal,low (the order SweeperEnv expects).
     env = t["Resources"].get("SweeperFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
@@ -651,12 +837,19 @@ def main() -> int:
     check_queues(c, t)
     code = check_table(c, t)
     check_functions(c, t)
+    check_redrive(c, t)
+    check_retention(c, t)
+    check_tracing(c, t)
+    check_alarms(c, t, code)
+    check_env_json(c, t)
     check_iam(c, t, code)
     check_provider_keys(c, t)
     check_metrics(c, t)
     check_events(c, template_routes(c, t))
     check_dashboard(c, t)
     check_samconfig(c, t)
+    for f in c.warnings:
+        print(f"WARN {f}")
     for f in c.failures:
         print(f"FAIL {f}")
     print("template checks: " + ("ok" if not c.failures else f"{len(c.failures)} failed"))
