@@ -349,6 +349,7 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
         run_id: "dup".into(),
         priority: TaskPriority::Normal,
         ready_at: 0,
+        deferrals: 0,
     }
     .to_body();
     let normal = s.topology.queues[1].url.clone();

@@ -35,6 +35,14 @@ pub struct Envelope {
     /// When the task became due (ms since the epoch).
     #[serde(default)]
     pub ready_at: Millis,
+    /// Deferrals of earlier copies of this message (see [`Delivery::deferrals`]); absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Envelope {
@@ -48,6 +56,7 @@ impl Envelope {
             run_id: d.run_id().to_owned(),
             priority: d.priority,
             ready_at: d.ready_at,
+            deferrals: d.deferrals,
         }
     }
 
@@ -57,6 +66,7 @@ impl Envelope {
         let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
         let mut d = Delivery::new(self.task_id, Arc::new(route), self.priority, self.ready_at);
         d.receive_count = receive_count;
+        d.deferrals = self.deferrals;
         d
     }
 

@@ -489,6 +489,9 @@ pub struct Delivery {
     pub priority: TaskPriority,
     /// How many times this message was received.
     pub receive_count: u32,
+    /// How many times earlier copies of this message were deferred (a long-deferred message is
+    /// re-sent as a fresh copy that carries the count, so its backoff keeps growing).
+    pub deferrals: u32,
     /// When the task became due (for queue-wait accounting).
     pub ready_at: Millis,
 }
@@ -496,7 +499,7 @@ pub struct Delivery {
 impl Delivery {
     /// A first delivery.
     pub fn new(task_id: impl Into<String>, route: Arc<Route>, priority: TaskPriority, ready_at: Millis) -> Self {
-        Self { task_id: task_id.into(), route, priority, receive_count: 0, ready_at }
+        Self { task_id: task_id.into(), route, priority, receive_count: 0, deferrals: 0, ready_at }
     }
 
     /// The deployment (or route) asked for.
@@ -515,6 +518,13 @@ impl Delivery {
     #[must_use]
     pub fn run_id(&self) -> &str {
         &self.route.run_id
+    }
+
+    /// Deferrals of this task's message before this receive: those of earlier copies, plus every
+    /// earlier receive of this copy (a receive that came back was deferred or crashed).
+    #[must_use]
+    pub fn deferrals_so_far(&self) -> u32 {
+        self.deferrals.saturating_add(self.receive_count.saturating_sub(1))
     }
 }
 

@@ -13,10 +13,13 @@ use taskexec_core::breaker::{BreakerPolicy, BreakerState};
 use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
-use taskexec_core::ports::{BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route, TaskStore};
+use taskexec_core::ports::{
+    BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route,
+    TaskStore,
+};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
-use taskexec_core::time::{Clock, FakeClock};
+use taskexec_core::time::{Clock, FakeClock, duration_ms};
 
 type TestEngine = Engine<MemoryStore, MemoryStore, MemoryLimiter, Arc<CountingSink>, Arc<Scripted>, FakeClock>;
 
@@ -531,4 +534,51 @@ async fn each_attempt_keeps_its_own_timing_apart_from_queue_wait() {
     assert_eq!(result.latency_ms, succeeded.latency_ms);
     // Queue wait is counted from the delivery's ready_at on the engine's clock, never inside latency.
     assert_eq!((failed.queue_wait_ms, succeeded.queue_wait_ms), (1_000_000, 1_001_000));
+}
+
+/// A task whose attempts never record an outcome (its handler crashes: a panic, out of memory,
+/// the process killed) uses its budget all the same: each claim counts, and the claim after the
+/// last allowed attempt fails the task with the reason instead of calling the provider again.
+#[tokio::test(start_paused = true)]
+async fn a_task_that_crashes_its_handler_is_dead_lettered_after_its_attempt_budget() {
+    let h = harness(config());
+    let d = h.submit("crasher", "").await;
+    let lease = h.engine.config().lease;
+    for n in 1..=3u32 {
+        // A worker claims and dies before recording anything.
+        let now = h.clock.now();
+        let lease_until = now + duration_ms(lease);
+        let request = ClaimRequest { task_id: "crasher".into(), owner: "doomed".into(), now, lease_until };
+        let ClaimOutcome::Claimed(record) = h.store().claim(request).await.unwrap() else { panic!("claim {n}") };
+        assert_eq!(record.attempt, n, "every claim counts an attempt");
+        h.clock.advance(lease + Duration::from_millis(1));
+    }
+    let decision = h.engine.process(&d).await;
+    let Decision::DeadLetter { reason } = decision else { panic!("dead-lettered, got {decision:?}") };
+    assert!(reason.starts_with("handler crashed during attempt 3"), "{reason}");
+    assert!(reason.contains("3 of 3 used"), "{reason}");
+    let r = h.record("crasher").await;
+    assert_eq!(r.state, TaskState::Failed);
+    assert_eq!(r.attempt, 3, "the refused claim made no call and is not counted");
+    assert_eq!(r.dead_letter_reason.as_deref(), Some(reason.as_str()));
+    assert_eq!(r.error.as_ref().map(|e| e.class), Some(ErrorClass::Transient));
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 0, "no provider call after the budget was spent");
+}
+
+/// The same claim-time check leaves a task alone while it has attempts left: a crash in
+/// attempt 1 of 3 is followed by a normal attempt 2.
+#[tokio::test(start_paused = true)]
+async fn a_crashed_attempt_with_budget_left_is_followed_by_a_normal_attempt() {
+    let h = harness(config());
+    let d = h.submit("once", "").await;
+    let lease = h.engine.config().lease;
+    let now = h.clock.now();
+    let lease_until = now + duration_ms(lease);
+    let request = ClaimRequest { task_id: "once".into(), owner: "doomed".into(), now, lease_until };
+    assert!(matches!(h.store().claim(request).await.unwrap(), ClaimOutcome::Claimed(_)));
+    h.clock.advance(lease + Duration::from_millis(1));
+    assert_eq!(h.engine.process(&d).await, Decision::Ack);
+    let r = h.record("once").await;
+    assert_eq!((r.state, r.attempt), (TaskState::Completed, 2));
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
 }

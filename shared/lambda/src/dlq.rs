@@ -117,6 +117,7 @@ impl<S: TaskStore, P: PoisonLog, A: QueueActions, M: MetricsSink, C: Clock> DlqH
                 run_id: task.run_or(crate::executor::EXTERNAL_RUN).to_owned(),
                 priority: task.priority,
                 ready_at: now,
+                deferrals: 0,
             },
             Err(error) => {
                 let note = PoisonNote { message_id: message_id.clone(), reason: error.to_string(), body: body.into() };

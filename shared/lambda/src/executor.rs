@@ -42,6 +42,8 @@ pub trait Executor: Send + Sync {
     fn accept(&self, task: BenchmarkTask) -> impl Future<Output = Result<Accepted, StoreError>> + Send;
     /// Abort in-flight calls of tasks cancelled elsewhere.
     fn check_cancellations(&self) -> impl Future<Output = ()> + Send;
+    /// The lease a claim takes: how long a task whose worker vanished stays claimed.
+    fn lease(&self) -> Duration;
     /// Adopt what other workers shared since the last batch (breaker states).
     fn sync_shared_state(&self) -> impl Future<Output = ()> + Send;
     /// Judge every known breaker on all workers' outcomes over its window (one window read per
@@ -79,6 +81,10 @@ where
             Some(SubmitOutcome::Conflict) => Accepted::Conflict,
             _ => Accepted::Deliver(delivery),
         })
+    }
+
+    fn lease(&self) -> Duration {
+        self.config().lease
     }
 
     async fn check_cancellations(&self) {

@@ -9,6 +9,14 @@
 //!   lease's remaining time this way). Past `refresh_after_receives` receives, a fresh copy is
 //!   sent instead and the old message reported as a success (so the mapping deletes it), so long
 //!   deferrals never reach the redrive cap.
+//! - Deferrals without a known end (paused, a concurrency limit full, the store unreachable) back
+//!   off exponentially with jitter up to a cap ([`DeferBackoff`]), counted over every copy of the
+//!   message: a paused run or a blocked deployment costs each waiting message one receive per
+//!   cap at most once the backoff has grown, not one per second.
+//! - A message whose processing panics is isolated: its siblings in the batch finish normally, and
+//!   it comes back when the claim's lease has run out. Its attempt was counted at the claim, so a
+//!   task that crashes its handler on every attempt is failed at the claim after its last allowed
+//!   attempt (the engine's budget check), not redelivered for ever.
 //! - `DeadLetter`: the engine recorded why; the envelope goes to the queue's DLQ (the `dlq`
 //!   function records the analysis and emits the metric) and the message is acknowledged.
 //! - A body that cannot be decoded is poison: it goes to the DLQ as it is, and is acknowledged.
@@ -20,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use futures::FutureExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use taskexec_core::engine::Decision;
 use taskexec_core::message::{Envelope, QueueMessage, decode};
 use taskexec_core::task::TaskState;
@@ -27,7 +38,7 @@ use taskexec_core::task::TaskState;
 use crate::actions::{QueueActions, QueuePair, Topology};
 use crate::executor::{Accepted, Executor};
 use crate::window::OutcomeWindow;
-use taskexec_core::ports::{RunCounter, RunDelta};
+use taskexec_core::ports::{DeferReason, Delivery, RunCounter, RunDelta};
 
 /// The longest SQS visibility timeout, seconds.
 pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
@@ -62,6 +73,47 @@ impl PoisonNote {
     }
 }
 
+/// How long a message deferred without a known end waits before it is received again: an
+/// exponential backoff over the message's deferrals so far, with "equal jitter" (half the ceiling
+/// fixed, half random, so waits never collapse to zero and a crowd of messages deferred together
+/// spreads out), up to a cap per reason.
+///
+/// Deferrals with a known end keep their exact time: a held lease (its end), a retry not due
+/// (its time), an open breaker (its cool-down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeferBackoff {
+    /// The ceiling of the first deferral.
+    pub base: Duration,
+    /// The largest wait of a paused task. Resuming one run takes up to this long to reach its
+    /// longest-waiting messages; a global resume re-enables the event source mappings, and
+    /// messages that were never received during the pause arrive at once.
+    pub pause_cap: Duration,
+    /// The largest wait of a task blocked by a full concurrency limit or an unreachable store.
+    pub blocked_cap: Duration,
+}
+
+impl Default for DeferBackoff {
+    fn default() -> Self {
+        Self { base: Duration::from_secs(1), pause_cap: Duration::from_secs(300), blocked_cap: Duration::from_secs(60) }
+    }
+}
+
+impl DeferBackoff {
+    /// The wait of a delivery deferred for `reason` (the engine asked for `asked`) after
+    /// `deferrals` earlier deferrals of its message. Never shorter than `asked`.
+    pub fn delay_for(&self, reason: &DeferReason, asked: Duration, deferrals: u32, rng: &mut impl Rng) -> Duration {
+        let cap = match reason {
+            DeferReason::Paused => self.pause_cap,
+            DeferReason::LimitReached(_) | DeferReason::StoreUnavailable => self.blocked_cap,
+            DeferReason::LeaseHeld | DeferReason::NotDue | DeferReason::BreakerOpen(_) => return asked,
+        };
+        let ceiling = self.base.saturating_mul(1 << deferrals.min(20)).min(cap).max(self.base);
+        let half = ceiling / 2;
+        let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        (half + Duration::from_millis(rng.random_range(0..=spread))).max(asked)
+    }
+}
+
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -71,14 +123,24 @@ pub struct WorkerSettings {
     pub safety_margin: Duration,
     /// How often in-flight tasks are checked for cancellation (one control read per check).
     pub cancel_check_every: Duration,
+    /// How deferrals without a known end wait.
+    pub backoff: DeferBackoff,
+    /// Seed of the backoff jitter (random when `None`).
+    pub seed: Option<u64>,
 }
+
+/// The queues' `maxReceiveCount` the template sets (see `template.yaml`): every receive of a
+/// message counts, so the worker refreshes a deferred message at half of it.
+pub const MAX_RECEIVE_COUNT: u32 = 10;
 
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            refresh_after_receives: 500,
+            refresh_after_receives: MAX_RECEIVE_COUNT / 2,
             safety_margin: Duration::from_secs(3),
             cancel_check_every: Duration::from_secs(2),
+            backoff: DeferBackoff::default(),
+            seed: None,
         }
     }
 }
@@ -92,6 +154,7 @@ pub struct Worker<E, A, W> {
     topology: Topology,
     settings: WorkerSettings,
     run_counter: Option<Arc<dyn RunCounter>>,
+    rng: std::sync::Mutex<StdRng>,
 }
 
 /// Whether a message is done with (`Ok`) or must come back (`Err`).
@@ -103,7 +166,8 @@ type Tally = std::sync::Mutex<BTreeMap<String, (u64, u64)>>;
 impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
     /// A worker; `window` is where breaker outcomes are shared with the other workers.
     pub fn new(executor: E, actions: A, window: W, topology: Topology, settings: WorkerSettings) -> Self {
-        Self { executor, window, actions, topology, settings, run_counter: None }
+        let rng = settings.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        Self { executor, window, actions, topology, settings, run_counter: None, rng: std::sync::Mutex::new(rng) }
     }
 
     /// Add each batch's finished tasks to the runs' counters through `counter`.
@@ -188,7 +252,18 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
             },
             Err(error) => return self.poison(queue, id, body, &error.to_string()).await,
         };
-        let (decision, done) = self.executor.process(&delivery, cap).await;
+        // A panic is caught here so that it costs only this message (Lambda would otherwise fail
+        // the whole batch). Nothing was recorded: the claim's lease keeps the task until it runs
+        // out, then the next delivery claims it again and the claim counts the attempt.
+        let processed = std::panic::AssertUnwindSafe(self.executor.process(&delivery, cap)).catch_unwind().await;
+        let Ok((decision, done)) = processed else {
+            tracing::error!(message_id = id, task_id = %delivery.task_id, "processing panicked; the task's attempt is counted and it comes back after its lease");
+            let receipt = m.receipt_handle.as_deref().unwrap_or("");
+            // Invisible for the claim's lease: when it comes back, the task can be claimed again.
+            let seconds = seconds_of(self.executor.lease());
+            let _ = self.sent(self.actions.change_visibility(&queue.url, receipt, seconds).await);
+            return Err(());
+        };
         if let Some(state) = done {
             let mut tally = finished.lock().expect("poisoned");
             let entry: &mut (u64, u64) = tally.entry(delivery.run_id().to_owned()).or_default();
@@ -198,8 +273,14 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
         let receipt = m.receipt_handle.as_deref().unwrap_or("");
         match decision {
             Decision::Ack => Ok(()),
-            Decision::Retry { delay } | Decision::Defer { delay, .. } => {
-                self.come_back(queue, receipt, &Envelope::of(&delivery), receives, delay).await
+            Decision::Retry { delay } => self.come_back(queue, receipt, &delivery, delay).await,
+            Decision::Defer { delay, reason } => {
+                let deferrals = delivery.deferrals_so_far();
+                let delay = {
+                    let mut rng = self.rng.lock().expect("rng poisoned");
+                    self.settings.backoff.delay_for(&reason, delay, deferrals, &mut *rng)
+                };
+                self.come_back(queue, receipt, &delivery, delay).await
             }
             Decision::DeadLetter { reason } => {
                 tracing::warn!(task_id = %delivery.task_id, reason, "dead-lettered");
@@ -210,16 +291,13 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
 
     /// Make the message come back after `delay`: by visibility, or as a fresh copy once it has
     /// been received too often.
-    async fn come_back(
-        &self,
-        queue: &QueuePair,
-        receipt: &str,
-        envelope: &Envelope,
-        receives: u32,
-        delay: Duration,
-    ) -> MessageResult {
-        let seconds = i32::try_from(delay.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
-        if receives > self.settings.refresh_after_receives {
+    async fn come_back(&self, queue: &QueuePair, receipt: &str, delivery: &Delivery, delay: Duration) -> MessageResult {
+        let seconds = seconds_of(delay);
+        if delivery.receive_count > self.settings.refresh_after_receives {
+            // The fresh copy carries the deferrals so far (this one included), so its backoff
+            // goes on from where this copy's stopped.
+            let mut envelope = Envelope::of(delivery);
+            envelope.deferrals = delivery.deferrals_so_far().saturating_add(1);
             let sent = self.actions.send(&queue.url, envelope.to_body(), seconds.min(MAX_DELAY_SECONDS)).await;
             self.sent(sent)?;
             // Reported as a success: the event source mapping deletes the old message itself.
@@ -238,5 +316,58 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
 
     fn sent(&self, result: Result<(), crate::actions::ActionError>) -> MessageResult {
         result.map_err(|error| tracing::warn!(%error, "SQS call failed; the message will come back"))
+    }
+}
+
+/// Whole seconds, rounded up (SQS takes seconds), saturating.
+fn seconds_of(delay: Duration) -> i32 {
+    i32::try_from(delay.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskexec_core::ports::LimitKey;
+
+    #[test]
+    fn deferrals_without_a_known_end_back_off_up_to_their_cap() {
+        let backoff = DeferBackoff::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut previous_ceiling = Duration::ZERO;
+        for n in 0..16 {
+            let paused = backoff.delay_for(&DeferReason::Paused, Duration::from_secs(1), n, &mut rng);
+            let ceiling = (Duration::from_secs(1) * (1 << n)).min(Duration::from_secs(300));
+            assert!(
+                paused >= (ceiling / 2).max(Duration::from_secs(1)) && paused <= ceiling.max(Duration::from_secs(1)),
+                "{n}: {paused:?}"
+            );
+            assert!(ceiling >= previous_ceiling);
+            previous_ceiling = ceiling;
+            let limit = LimitKey::Deployment("d".into());
+            let blocked = backoff.delay_for(&DeferReason::LimitReached(limit), Duration::from_millis(50), n, &mut rng);
+            assert!(blocked <= Duration::from_secs(60), "{n}: {blocked:?}");
+        }
+        let late = backoff.delay_for(&DeferReason::Paused, Duration::from_secs(1), 30, &mut rng);
+        assert!(late >= Duration::from_secs(150) && late <= Duration::from_secs(300), "{late:?}");
+    }
+
+    #[test]
+    fn deferrals_with_a_known_end_keep_it() {
+        let backoff = DeferBackoff::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        let asked = Duration::from_millis(2_345);
+        for reason in [DeferReason::LeaseHeld, DeferReason::NotDue, DeferReason::BreakerOpen("d".into())] {
+            assert_eq!(backoff.delay_for(&reason, asked, 9, &mut rng), asked, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn jitter_spreads_a_crowd_deferred_together() {
+        let backoff = DeferBackoff::default();
+        let mut rng = StdRng::seed_from_u64(1);
+        let waits: std::collections::BTreeSet<u128> = (0..100)
+            .map(|_| backoff.delay_for(&DeferReason::Paused, Duration::from_secs(1), 6, &mut rng).as_millis())
+            .collect();
+        assert!(waits.len() > 50, "100 messages, {} distinct waits", waits.len());
     }
 }

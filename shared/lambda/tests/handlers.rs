@@ -136,10 +136,15 @@ async fn a_long_deferral_is_refreshed_not_dead_lettered() {
     let late = w.handle(event(vec![message("m1", "normal", &envelope("t1"), 501)]), None).await;
     assert!(late.batch_item_failures.is_empty(), "reported done, so the mapping deletes the old message…");
     let log = actions.actions();
+    // Paused 500 times already: the backoff is at its cap (150–300 s with jitter), and the fresh
+    // copy carries the count on, so its backoff does not start again from 1 s.
     assert!(
-        matches!(&log[1], Action::Send(url, body, 1) if url.ends_with("taskexec-normal") && body.contains("\"t1\"")),
+        matches!(&log[1], Action::Send(url, body, delay) if url.ends_with("taskexec-normal")
+            && body.contains("\"t1\"") && body.contains("\"deferrals\":501") && (150..=300).contains(delay)),
         "…after a fresh copy was sent: {log:?}"
     );
+    let Action::Visibility(_, _, first) = &log[0] else { panic!("{log:?}") };
+    assert!((2..=4).contains(first), "receive 3 of a young message: 2 earlier deferrals, 2–4 s: {log:?}");
     assert_eq!(log.len(), 2, "no delete of its own: {log:?}");
     let r = w.executor().ports().store.get("t1").await.unwrap().unwrap();
     assert_eq!((r.state, r.attempt), (TaskState::Queued, 0), "deferrals used no attempt");
@@ -323,4 +328,45 @@ async fn each_batch_adds_its_finished_tasks_to_the_run_counters_once_per_run() {
     assert_eq!(run(&counter), Some((3, 1, 2)), "the dead-lettered task counts as failed");
     w.handle(event(vec![message("m0", "normal", &raw("t0"), 2)]), None).await;
     assert_eq!(run(&counter), Some((3, 1, 2)), "a duplicate finishes nothing: no write");
+}
+
+/// A task that panics its handler costs only its own message: the batch's other tasks complete.
+/// Each crash is an attempt (counted at the claim); the claim after the last allowed one fails
+/// the task with the reason and dead-letters it, so the crash loop ends.
+#[tokio::test(start_paused = true)]
+async fn a_task_that_crashes_its_handler_ends_failed_after_its_budget_while_its_siblings_complete() {
+    let (w, _, actions) = worker(WorkerSettings::default());
+    let batch = vec![
+        message("m0", "normal", &raw("crash-1"), 1),
+        message("m1", "normal", &raw("ok-1"), 1),
+        message("m2", "normal", &raw("ok-2"), 1),
+    ];
+    let response = w.handle(event(batch), None).await;
+    assert_eq!(failed_ids(&response), ["m0"], "only the crashing message fails");
+    for id in ["ok-1", "ok-2"] {
+        let r = w.executor().ports().store.get(id).await.unwrap().unwrap();
+        assert_eq!(r.state, TaskState::Completed, "{id}");
+    }
+    let lease_seconds = i32::try_from(EngineConfig::default().lease.as_secs()).unwrap();
+    assert!(
+        matches!(&actions.actions()[0], Action::Visibility(_, rh, s) if rh == "rh-m0" && *s == lease_seconds),
+        "the crashed message comes back after the claim's lease: {:?}",
+        actions.actions()
+    );
+    // Delivered again after the lease: a second crash (attempt 2 of 2), then the budget check.
+    tokio::time::advance(EngineConfig::default().lease + Duration::from_secs(1)).await;
+    let again = w.handle(event(vec![message("m0", "normal", &envelope("crash-1"), 2)]), None).await;
+    assert_eq!(failed_ids(&again), ["m0"]);
+    tokio::time::advance(EngineConfig::default().lease + Duration::from_secs(1)).await;
+    let last = w.handle(event(vec![message("m0", "normal", &envelope("crash-1"), 3)]), None).await;
+    assert!(last.batch_item_failures.is_empty(), "dead-lettered and acknowledged");
+    let r = w.executor().ports().store.get("crash-1").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempt), (TaskState::Failed, 2));
+    let reason = r.dead_letter_reason.unwrap();
+    assert!(reason.starts_with("handler crashed during attempt 2"), "{reason}");
+    let log = actions.actions();
+    assert!(
+        matches!(log.last(), Some(Action::Send(url, body, 0)) if url.ends_with("taskexec-normal-dlq") && body.contains("crash-1")),
+        "{log:?}"
+    );
 }

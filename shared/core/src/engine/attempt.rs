@@ -43,6 +43,12 @@ where
             let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
             return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
         }
+        if let Some(reason) = self.crash_budget_spent(&record) {
+            self.forget_probe(d.provider_id(), probe);
+            let error = TaskError::new(ErrorClass::Transient, reason.clone());
+            let attempt = record.attempt.saturating_sub(1);
+            return self.fail(&record, error, Some(reason), attempt, record.throttles, None).await;
+        }
         let timeout = self.attempt_timeout(&record, started, cap);
         self.ports.metrics.record(Metric::AttemptStarted);
         let end = self.call(&record, timeout).await;
@@ -88,6 +94,29 @@ where
         self.failed_attempt(&record, d, probe, error, entry).await
     }
 
+    /// Why a claimed task must not be called again, if its budget is spent before the call.
+    ///
+    /// A claim counts the attempt (`attempt + 1`), and an attempt that ends normally checks the
+    /// budget when it records its outcome. One that never records an outcome (the handler
+    /// panicked, ran out of memory or time, the process was killed) is still counted, so a task
+    /// that kills its handler is caught here, at the claim after its last allowed attempt,
+    /// instead of crashing every delivery for ever.
+    pub(super) fn crash_budget_spent(&self, record: &TaskRecord) -> Option<String> {
+        let max = self.config.retry.max_attempts;
+        let used = record.attempt.saturating_sub(1);
+        if record.attempt <= max {
+            return None;
+        }
+        let recorded = record.history.last().is_some_and(|entry| entry.attempt == used);
+        Some(if recorded {
+            format!("attempts exhausted: {used} of {max} used")
+        } else {
+            format!(
+                "handler crashed during attempt {used} (no outcome was recorded); attempts exhausted: {used} of {max} used"
+            )
+        })
+    }
+
     /// The task's timeout, bounded by its overall deadline and by `cap`.
     pub(super) fn attempt_timeout(&self, record: &TaskRecord, now: Millis, cap: Option<Duration>) -> Duration {
         let mut timeout = record.task.timeout.map_or(self.config.default_timeout, Duration::from_millis);
@@ -102,6 +131,8 @@ where
         let id = record.task.id.clone();
         let token = CancellationToken::new();
         self.lock_in_flight().insert(id.clone(), (record.epoch, token.clone()));
+        // Removed however the call ends, a panic included.
+        let _in_flight = InFlightEntry { map: &self.in_flight, id: &id };
         let request = ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
         let began = Instant::now();
         let end = tokio::select! {
@@ -113,7 +144,6 @@ where
             () = token.cancelled() => CallEnd::Cancelled,
             () = self.heartbeat(&id, record.epoch) => CallEnd::LeaseLost,
         };
-        self.lock_in_flight().remove(&id);
         end
     }
 
@@ -270,6 +300,20 @@ where
             tracing::info!(task_id = %record.task.id, epoch = record.epoch, "outcome discarded: the task moved on");
         }
         Ok(written)
+    }
+}
+
+/// A task's entry in the in-flight map, removed when dropped.
+struct InFlightEntry<'a> {
+    map: &'a std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    id: &'a str,
+}
+
+impl Drop for InFlightEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(self.id);
+        }
     }
 }
 

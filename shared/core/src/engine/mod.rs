@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -245,11 +246,13 @@ where
                 return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
             }
         };
-        let decision = self.claim_and_call(d, probe, cap).await;
+        // A panic in the attempt (a handler bug) must not leak the permits: they are given back,
+        // then the panic goes on to the caller (the Lambda worker isolates it per message).
+        let decision = std::panic::AssertUnwindSafe(self.claim_and_call(d, probe, cap)).catch_unwind().await;
         for key in held.iter().rev() {
             self.ports.limiter.release(key).await?;
         }
-        decision
+        decision.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
     async fn claim_and_call(&self, d: &Delivery, probe: bool, cap: Option<Duration>) -> Result<Decision, StoreError> {

@@ -20,6 +20,10 @@ impl Provider for Stub {
     async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
+        if request.task_id.starts_with("crash") {
+            // A test-only fault: a handler bug, as a panic in the middle of an attempt.
+            panic!("test fault: {} crashes its handler", request.task_id);
+        }
         if request.task_id.starts_with("flaky") {
             return Err(ProviderError::transient("connection reset"));
         }
