@@ -168,3 +168,73 @@ async fn a_submission_that_died_after_its_payload_is_completed_by_a_retry() {
     assert_eq!(store.submit(vec![task("t1", "r1", "hello".into())]).await.unwrap(), [SubmitOutcome::Created]);
     assert_eq!(store.get("t1").await.unwrap().unwrap().task.prompt, "hello");
 }
+
+fn number(item: &Item, name: &str) -> Option<i64> {
+    item.get(name).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// Finished tasks expire (DynamoDB TTL on `expiresAt`, seconds): the state item 30 days after
+/// the end by default, the payload (written once) 14 + 30 days after submission; unfinished and
+/// redriven tasks never carry one on their state.
+#[tokio::test]
+async fn finished_tasks_expire_after_the_retention_and_unfinished_ones_never() {
+    const DAY_S: i64 = 24 * 3600;
+    let store = common::fresh_store().await;
+    let id = "ttl-1";
+    store.submit(vec![task(id, "run-ttl", text(200, 1))]).await.unwrap();
+    assert_eq!(number(&raw(&store, id, "PAYLOAD").await, "expiresAt"), Some(T0 / 1000 + 44 * DAY_S));
+    assert_eq!(number(&raw(&store, id, "STATE").await, "expiresAt"), None, "queued: kept");
+    let running = claim(&store, id, T0 + 40, 300_000).await;
+    let error = TaskError::new(ErrorClass::Permanent, "bad request");
+    let failed = FinishRequest {
+        task_id: id.into(),
+        epoch: running.epoch,
+        outcome: Outcome::Failed { error, dead_letter_reason: None },
+        attempt: 1,
+        throttles: 0,
+        record: None,
+        now: T0 + 1_000,
+    };
+    store.finish(failed).await.unwrap();
+    assert_eq!(number(&raw(&store, id, "STATE").await, "expiresAt"), Some((T0 + 1_000) / 1000 + 30 * DAY_S));
+    store.redrive(id, T0 + 2_000).await.unwrap();
+    assert_eq!(number(&raw(&store, id, "STATE").await, "expiresAt"), None, "redriven: unfinished again, kept");
+    store.cancel(id, T0 + 3_000).await.unwrap();
+    assert_eq!(number(&raw(&store, id, "STATE").await, "expiresAt"), Some((T0 + 3_000) / 1000 + 30 * DAY_S));
+
+    let forever = common::fresh_store_with(|c| c.with_task_retention(None)).await;
+    forever.submit(vec![task("ttl-2", "run-ttl", text(200, 2))]).await.unwrap();
+    forever.cancel("ttl-2", T0 + 3_000).await.unwrap();
+    assert_eq!(number(&raw(&forever, "ttl-2", "PAYLOAD").await, "expiresAt"), None);
+    assert_eq!(number(&raw(&forever, "ttl-2", "STATE").await, "expiresAt"), None);
+}
+
+/// Claims check a control state at most `control_max_age` old: read once per interval per
+/// process, not once per claim. A pause committed by this process is seen at once; one committed
+/// by another process within the interval is not (the documented staleness bound), and with a
+/// zero interval every claim reads it.
+#[tokio::test]
+async fn claims_check_the_control_state_at_most_max_age_old() {
+    use taskexec_core::ports::{ClaimOutcome, ClaimRequest, ControlStore, PauseScope};
+    let hour = std::time::Duration::from_secs(3600);
+    let cached = common::fresh_store_with(|c| c.with_control_max_age(hour)).await;
+    let table = cached.config().table.clone();
+    let other = DynamoStore::new(cached.client().clone(), taskexec_aws::DynamoConfig::new(&table).with_open_shards(4));
+    let fresh = DynamoStore::new(
+        cached.client().clone(),
+        taskexec_aws::DynamoConfig::new(&table).with_open_shards(4).with_control_max_age(std::time::Duration::ZERO),
+    );
+    let ids = ["c-1", "c-2", "c-3", "c-4"];
+    cached.submit(ids.iter().map(|id| task(id, "run-c", text(100, 3))).collect()).await.unwrap();
+    let request =
+        |id: &str| ClaimRequest { task_id: id.into(), owner: "w".into(), now: T0 + 10, lease_until: T0 + 60_000 };
+    assert!(matches!(cached.claim(request("c-1")).await.unwrap(), ClaimOutcome::Claimed(_)), "reads: not paused");
+    other.set_paused(PauseScope::Global, true).await.unwrap();
+    assert!(
+        matches!(cached.claim(request("c-2")).await.unwrap(), ClaimOutcome::Claimed(_)),
+        "another process's pause is not seen within the interval"
+    );
+    assert_eq!(fresh.claim(request("c-3")).await.unwrap(), ClaimOutcome::Paused, "a zero interval reads every claim");
+    cached.set_paused(PauseScope::Global, true).await.unwrap();
+    assert_eq!(cached.claim(request("c-4")).await.unwrap(), ClaimOutcome::Paused, "its own pause is seen at once");
+}

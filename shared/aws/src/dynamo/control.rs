@@ -62,6 +62,28 @@ pub async fn read(store: &DynamoStore) -> Result<ControlState, AwsError> {
     Ok(out.item.map(|item| control_of(&item)).unwrap_or_default())
 }
 
+/// The control state a claim checks: the one this process read less than
+/// [`DynamoConfig::control_max_age`](super::DynamoConfig::control_max_age) ago, else a fresh
+/// strongly consistent read (which is then kept). Claims never read the control item at their
+/// own rate: each process reads it at most once per interval, whatever its claim rate.
+pub async fn for_claim(store: &DynamoStore) -> Result<ControlState, AwsError> {
+    let max_age = store.config.control_max_age;
+    if let Some((at, state)) = store.control_cache.lock().expect("control cache poisoned").as_ref()
+        && at.elapsed() < max_age
+    {
+        return Ok(state.clone());
+    }
+    let read_at = std::time::Instant::now();
+    let state = read(store).await?;
+    *store.control_cache.lock().expect("control cache poisoned") = Some((read_at, state.clone()));
+    Ok(state)
+}
+
+/// Forget the kept control state (this process changed it).
+fn forget(store: &DynamoStore) {
+    *store.control_cache.lock().expect("control cache poisoned") = None;
+}
+
 fn control_of(item: &Item) -> ControlState {
     ControlState {
         paused: item.get("paused").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
@@ -72,6 +94,8 @@ fn control_of(item: &Item) -> ControlState {
 
 /// Pause or resume; no write when nothing would change.
 pub async fn set_paused(store: &DynamoStore, scope: PauseScope, paused: bool) -> Result<(), AwsError> {
+    // This process's claims see the change at once (even when another process made it first).
+    forget(store);
     let current = read(store).await?;
     let request = store.client.update_item().table_name(store.table()).set_key(Some(control_key()));
     let request = match scope {
@@ -85,6 +109,8 @@ pub async fn set_paused(store: &DynamoStore, scope: PauseScope, paused: bool) ->
             .expression_attribute_values(":run", AttributeValue::Ss(vec![run])),
     };
     let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
+    // Again: a claim may have kept the old state while the write was on its way.
+    forget(store);
     store.meter.record(out.map_err(|e| AwsError::dynamo("UpdateItem", e))?.consumed_capacity());
     Ok(())
 }

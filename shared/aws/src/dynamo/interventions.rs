@@ -46,6 +46,7 @@ pub async fn cancel(store: &DynamoStore, task_id: &str, now: Millis) -> Result<C
             .set("status", s(to.as_str()))
             .set("epoch", n(epoch))
             .set("endedAt", n(now))
+            .set_or_remove(keys::EXPIRES_AT, store.state_expiry(now).map(n))
             .set("error", value("error", &TaskError::new(ErrorClass::Cancelled, "cancelled by user"))?)
             .remove("leaseOwner")
             .remove("leaseUntil")
@@ -76,6 +77,7 @@ pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<
         .copy(keys::DUE_KEY, "submitDue")
         .remove("nextAttemptAt")
         .remove("endedAt")
+        .remove(keys::EXPIRES_AT)
         .remove("deadLetterReason")
         .append("trail", vec![s(trail_entry("redriven", now, epoch))]);
     let outcome = super::transitions::written(send(store, task_id, update).await?);

@@ -29,6 +29,9 @@ pub const BREAKER: &str = "BREAKER";
 
 /// The sparse index of unfinished tasks: `openShard` (S) / `dueKey` (N).
 pub const OPEN_INDEX: &str = "open";
+/// The table's TTL attribute (seconds since the epoch): finished tasks' items, outcome buckets,
+/// limiter leases and poison records expire by it.
+pub const EXPIRES_AT: &str = "expiresAt";
 /// Partition attribute of [`OPEN_INDEX`]; present only while a task is queued or running.
 pub const OPEN_SHARD: &str = "openShard";
 /// Sort attribute of [`OPEN_INDEX`]: see [`due_key`].

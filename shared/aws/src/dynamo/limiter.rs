@@ -4,7 +4,7 @@
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
 //! | counter of a limit key | `LIMIT#<key>` | `LIMIT` | `inUse` (N): permits leased by all holders |
-//! | lease of one holder | `LIMIT#<key>` | `HOLDER#<holder>` | `n` (N), `until` (ms), `expiresAt` (s, TTL) |
+//! | lease of one holder | `LIMIT#<key>` | `HOLDER#<holder>` | `n` (N), `until` (ms); no TTL (see below) |
 //!
 //! Each process keeps a local pool per key (`leased`, `used`). A permit taken from the pool costs
 //! no I/O; when the pool is empty the process leases a chunk of `min(chunk, limit)` permits (or 1
@@ -31,6 +31,12 @@
 //! (one `UpdateItem`) at an acquire or release once the lease is past half its length; the
 //! default length (30 min) is at least twice Lambda's longest invocation, so a permit held by a
 //! running task is never reclaimed.
+//!
+//! Lease items carry no TTL: a TTL deletion of a lease that still holds permits would not give
+//! them back to the counter, and those permits would be lost for good. The sweeper's
+//! [`DynamoLimiter::reclaim_expired`] deletes every expired lease (holding permits or not) in
+//! the same transaction that returns its permits. Writes `REMOVE expiresAt` so that lease items
+//! written by earlier versions (which had one) lose it at their next write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -185,11 +191,10 @@ impl DynamoLimiter {
         let lease = Update::builder()
             .table_name(&self.table)
             .set_key(Some(item::key(pk, self.holder_sk())))
-            .update_expression("ADD n :d SET #until = :until, expiresAt = :exp")
+            .update_expression("ADD n :d SET #until = :until REMOVE expiresAt")
             .expression_attribute_names("#until", "until")
             .expression_attribute_values(":d", n(delta))
-            .expression_attribute_values(":until", n(until))
-            .expression_attribute_values(":exp", n(until / 1000 + 1));
+            .expression_attribute_values(":until", n(until));
         let lease = if delta > 0 {
             lease
         } else {
@@ -239,10 +244,9 @@ impl DynamoLimiter {
             .table_name(&self.table)
             .set_key(Some(item::key(limit_pk(key), self.holder_sk())))
             .condition_expression("attribute_exists(n)")
-            .update_expression("SET #until = :until, expiresAt = :exp")
+            .update_expression("SET #until = :until REMOVE expiresAt")
             .expression_attribute_names("#until", "until")
             .expression_attribute_values(":until", n(until))
-            .expression_attribute_values(":exp", n(until / 1000 + 1))
             .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await;

@@ -55,13 +55,48 @@ pub struct DynamoConfig {
     pub run_shards: u16,
     /// Counter items per run.
     pub counter_shards: u16,
+    /// How old the control state a claim checks may be: each process reads the control item at
+    /// most once per this interval (strongly consistent), not once per claim, so no single item
+    /// is read at the claim rate. It is also the staleness bound of a pause: a claim may start
+    /// up to this long after a pause was committed by another process (in-flight attempts
+    /// finish anyway). This process's own pauses are seen at once.
+    pub control_max_age: std::time::Duration,
+    /// How long a finished task's items are kept (DynamoDB TTL on `expiresAt`, counted from the
+    /// end); `None` keeps them for ever.
+    pub task_retention: Option<std::time::Duration>,
 }
+
+/// Default of [`DynamoConfig::control_max_age`].
+pub const DEFAULT_CONTROL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Default of [`DynamoConfig::task_retention`]: 30 days.
+pub const DEFAULT_TASK_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl DynamoConfig {
     /// The defaults for `table`: 8 open shards, 4 run shards, 4 counter shards.
     #[must_use]
     pub fn new(table: impl Into<String>) -> Self {
-        Self { table: table.into(), open_shards: 8, run_shards: 4, counter_shards: 4 }
+        Self {
+            table: table.into(),
+            open_shards: 8,
+            run_shards: 4,
+            counter_shards: 4,
+            control_max_age: DEFAULT_CONTROL_MAX_AGE,
+            task_retention: Some(DEFAULT_TASK_RETENTION),
+        }
+    }
+
+    /// With claims checking a control state at most `age` old.
+    #[must_use]
+    pub fn with_control_max_age(mut self, age: std::time::Duration) -> Self {
+        self.control_max_age = age;
+        self
+    }
+
+    /// With finished tasks kept `retention` after their end (`None`: for ever).
+    #[must_use]
+    pub fn with_task_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.task_retention = retention;
+        self
     }
 
     /// With `n` open-index partitions.
@@ -119,6 +154,8 @@ pub struct DynamoStore {
     sweep_start: AtomicU64,
     /// Write capacity consumed, as DynamoDB reports it.
     meter: meter::WriteMeter,
+    /// The control state claims check, and when it was read ([`DynamoConfig::control_max_age`]).
+    control_cache: std::sync::Mutex<Option<(std::time::Instant, ControlState)>>,
 }
 
 impl DynamoStore {
@@ -131,6 +168,7 @@ impl DynamoStore {
             seq: AtomicU64::new(0),
             sweep_start: AtomicU64::new(0),
             meter: meter::WriteMeter::default(),
+            control_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -156,7 +194,27 @@ impl DynamoStore {
     fn table(&self) -> &str {
         &self.config.table
     }
+
+    /// The `expiresAt` (DynamoDB TTL, seconds) of a task's STATE item that ends at `ended`.
+    pub(crate) fn state_expiry(&self, ended: Millis) -> Option<Millis> {
+        let keep = Millis::try_from(self.config.task_retention?.as_millis()).unwrap_or(Millis::MAX);
+        Some(ended.saturating_add(keep) / 1000)
+    }
+
+    /// The `expiresAt` of a task's PAYLOAD item, written once at submission (expiring it at the
+    /// end would cost a second write per task): the end is not known then, so it is counted
+    /// from submission plus [`UNFINISHED_FOR_AT_MOST`], the longest a task is expected to stay
+    /// unfinished.
+    pub(crate) fn payload_expiry(&self, submitted: Millis) -> Option<Millis> {
+        let unfinished = Millis::try_from(UNFINISHED_FOR_AT_MOST.as_millis()).unwrap_or(Millis::MAX);
+        self.state_expiry(submitted.saturating_add(unfinished))
+    }
 }
+
+/// How long after submission a task's payload is kept before its retention starts counting:
+/// twice the source queues' 7-day message retention. A task still unfinished past it (paused for
+/// weeks) may lose its payload to the TTL; it then fails at its next claim as not found.
+pub const UNFINISHED_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
 impl TaskStore for DynamoStore {
     async fn submit(&self, records: Vec<TaskRecord>) -> StoreResult<Vec<SubmitOutcome>> {

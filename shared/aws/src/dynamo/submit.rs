@@ -16,7 +16,7 @@ use taskexec_core::ports::SubmitOutcome;
 use taskexec_core::task::TaskRecord;
 
 use super::DynamoStore;
-use super::item::{Item, Shards, StateItem, payload_item, s};
+use super::item::{Item, Shards, StateItem, n, payload_item, s};
 use super::keys;
 use super::read;
 use super::transitions::log_event;
@@ -66,7 +66,11 @@ async fn submit_group(
 }
 
 async fn submit_one(store: &DynamoStore, record: &TaskRecord, seq: u64) -> Result<SubmitOutcome, AwsError> {
-    if !put_if(store, payload_item(record)?, Some(&record.content_hash)).await? {
+    let mut payload = payload_item(record)?;
+    if let Some(at) = store.payload_expiry(record.submitted_at) {
+        payload.insert(keys::EXPIRES_AT.to_owned(), n(at));
+    }
+    if !put_if(store, payload, Some(&record.content_hash)).await? {
         return Ok(SubmitOutcome::Conflict);
     }
     let shards = Shards { open: store.config.open_shards, run: store.config.run_shards };

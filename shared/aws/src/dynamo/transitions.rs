@@ -3,11 +3,12 @@
 //! the legality of a change comes from [`transition`]. Every event is also a JSON log line
 //! (target `taskexec::audit`, fields `taskId`, `kind`, `epoch`, `detail`).
 //!
-//! Pause is checked at claim with a strongly consistent read of the control item right before
-//! the conditional claim, not in a transaction: a `TransactWriteItems` with a `ConditionCheck`
-//! on the control item would bill both items twice (4 WCU instead of 1 per claim). The price is
-//! a race as wide as one request: a claim whose control read preceded a pause by a few
-//! milliseconds still starts its attempt, exactly as if it had started before the pause.
+//! Pause is checked at claim against the control state this process read at most
+//! `control_max_age` ago (default 1 s; [`control::for_claim`]), not in a transaction: a
+//! `TransactWriteItems` with a `ConditionCheck` on the control item would bill both items twice
+//! (4 WCU instead of 1 per claim) and make that one item as hot as the claim rate. The price is
+//! a bounded staleness: a claim may start its attempt up to `control_max_age` after another
+//! process committed a pause, exactly as if it had started before the pause.
 
 use taskexec_core::lifecycle::{TaskEvent, transition};
 use taskexec_core::ports::{ClaimOutcome, ClaimRequest, ControlState, FinishRequest, Outcome, WriteOutcome};
@@ -51,7 +52,7 @@ fn plan_claim(state: &StateItem, control: &ControlState, now: Millis) -> Result<
 /// Claim a task for one attempt.
 pub async fn claim(store: &DynamoStore, req: &ClaimRequest) -> Result<ClaimOutcome, AwsError> {
     for _ in 0..MAX_RACES {
-        let (task, control) = tokio::join!(read::state_and_task(store, &req.task_id), control::read(store));
+        let (task, control) = tokio::join!(read::state_and_task(store, &req.task_id), control::for_claim(store));
         let Some((state, task)) = task? else {
             return Ok(ClaimOutcome::NotFound);
         };
@@ -129,7 +130,10 @@ pub async fn finish(store: &DynamoStore, req: FinishRequest) -> Result<WriteOutc
     if let Some(record) = &req.record {
         update = update.append("history", vec![value("attempt record", record)?]);
     }
-    let (update, events) = apply_outcome(update, &req.task_id, &req.outcome, req.now)?;
+    let (mut update, events) = apply_outcome(update, &req.task_id, &req.outcome, req.now)?;
+    if matches!(req.outcome, Outcome::Completed(_) | Outcome::Failed { .. }) {
+        update = update.set_or_remove(keys::EXPIRES_AT, store.state_expiry(req.now).map(n));
+    }
     let trail = events.iter().map(|(kind, _)| s(trail_entry(kind, req.now, req.epoch))).collect();
     let update = update.append("trail", trail);
     let outcome = written(update.send(store, (keys::task_pk(&req.task_id), keys::STATE), false).await?);

@@ -95,6 +95,17 @@ pub async fn fresh_store() -> taskexec_aws::DynamoStore {
     fresh_store_on(dynamo_client()).await
 }
 
+/// A store over a fresh table with its configuration changed by `configure`.
+pub async fn fresh_store_with(
+    configure: impl FnOnce(taskexec_aws::DynamoConfig) -> taskexec_aws::DynamoConfig,
+) -> taskexec_aws::DynamoStore {
+    let client = dynamo_client();
+    let table = unique_name("tasks");
+    taskexec_aws::create_table(&client, &table).await.expect("create the table");
+    let config = configure(taskexec_aws::DynamoConfig::new(table).with_open_shards(4));
+    taskexec_aws::DynamoStore::new(client, config)
+}
+
 /// A store over a fresh table reached through `client`.
 pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::DynamoStore {
     let table = unique_name("tasks");
@@ -102,11 +113,13 @@ pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::D
     taskexec_aws::DynamoStore::new(client, taskexec_aws::DynamoConfig::new(table).with_open_shards(4))
 }
 
-/// Three fresh priority queues, each with its own DLQ (redrive after 1000 receives, as in
-/// template.yaml), as the Lambda glue addresses them.
+/// Three fresh priority queues, each with its own DLQ (redrive after
+/// `taskexec_lambda::worker::MAX_RECEIVE_COUNT` receives, as in template.yaml), as the Lambda
+/// glue addresses them.
 pub async fn fresh_topology(sqs: &aws_sdk_sqs::Client) -> taskexec_lambda::actions::Topology {
     let prefix = unique_name("q");
-    taskexec_aws::create_queues(sqs, &prefix, 1000, std::time::Duration::from_secs(30))
+    let max_receives = taskexec_lambda::worker::MAX_RECEIVE_COUNT;
+    taskexec_aws::create_queues(sqs, &prefix, max_receives, std::time::Duration::from_secs(30))
         .await
         .expect("create the queues")
 }
