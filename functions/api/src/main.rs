@@ -13,7 +13,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&aws), DynamoConfig::new(env.table.clone())));
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&aws),
+        DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention),
+    ));
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
     let configs = env.config.deployments.clone();
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))

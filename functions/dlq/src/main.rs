@@ -15,8 +15,8 @@ async fn main() -> Result<(), Error> {
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let handler = DlqHandler::new(
-        DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone())),
-        DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone())),
+        DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention)),
+        DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention)),
         SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology)),
         EmfSink::stdout(),
         SystemClock,

@@ -22,10 +22,10 @@ async fn main() -> Result<(), Error> {
     let owner =
         std::env::var("AWS_LAMBDA_LOG_STREAM_NAME").unwrap_or_else(|_| format!("worker-{}", std::process::id()));
     let settings = BackendSettings {
-        table: DynamoConfig::new(env.table.clone()),
+        table: DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention),
         topology: env.topology.clone(),
         engine: env.config.engine_config(owner),
-        worker: WorkerSettings::default(),
+        worker: WorkerSettings { refresh_after_receives: env.refresh_after_receives, ..WorkerSettings::default() },
         limiter: LimiterSettings::default(),
     };
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);

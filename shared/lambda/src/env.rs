@@ -35,7 +35,17 @@ pub struct FunctionEnv {
     pub config: RunConfig,
     /// `TASKEXEC_WORKER_TIMEOUT_SECONDS`.
     pub worker_timeout: Duration,
+    /// `TASK_RETENTION_DAYS` (optional, default 30): how long a finished task's items are kept
+    /// (DynamoDB TTL); `None` (0 days) keeps them for ever.
+    pub task_retention: Option<Duration>,
+    /// `TASKEXEC_REFRESH_AFTER_RECEIVES` (optional, default half of
+    /// [`crate::worker::MAX_RECEIVE_COUNT`]): receives after which the worker re-sends a deferred
+    /// message fresh; must stay below the queues' `maxReceiveCount`.
+    pub refresh_after_receives: u32,
 }
+
+/// Default of `TASK_RETENTION_DAYS`.
+pub const DEFAULT_TASK_RETENTION_DAYS: u64 = 30;
 
 impl FunctionEnv {
     /// Read the process environment.
@@ -63,8 +73,28 @@ impl FunctionEnv {
             name: "TASKEXEC_WORKER_TIMEOUT_SECONDS",
             why: format!("`{timeout}` is not a number"),
         })?;
-        Ok(Self { table: get("TASKEXEC_TABLE")?, topology, config, worker_timeout: Duration::from_secs(seconds) })
+        let days = number(&lookup, "TASK_RETENTION_DAYS")?.unwrap_or(DEFAULT_TASK_RETENTION_DAYS);
+        let refresh = number(&lookup, "TASKEXEC_REFRESH_AFTER_RECEIVES")?;
+        Ok(Self {
+            table: get("TASKEXEC_TABLE")?,
+            topology,
+            config,
+            worker_timeout: Duration::from_secs(seconds),
+            task_retention: (days > 0).then(|| Duration::from_secs(days * 24 * 3600)),
+            refresh_after_receives: refresh
+                .map_or(crate::worker::MAX_RECEIVE_COUNT / 2, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        })
     }
+}
+
+/// An optional whole number; set but not a number is an error naming the variable.
+fn number(lookup: &impl Fn(&str) -> Option<String>, name: &'static str) -> Result<Option<u64>, EnvError> {
+    let Some(value) = lookup(name).filter(|v| !v.is_empty()) else { return Ok(None) };
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| EnvError::Invalid { name, why: format!("`{value}` is not a whole number") })
 }
 
 #[cfg(test)]
@@ -93,6 +123,19 @@ mod tests {
         assert_eq!(env.topology.for_priority(TaskPriority::Low).dlq_url, "http://q/LOW-dlq");
         assert_eq!(env.worker_timeout, Duration::from_secs(120));
         assert!(env.config.deployments.contains_key("sim"));
+        assert_eq!(env.task_retention, Some(Duration::from_secs(30 * 24 * 3600)), "default");
+        assert_eq!(env.refresh_after_receives, 5, "default: half of maxReceiveCount 10");
+        let mut v = vars();
+        v.insert("TASK_RETENTION_DAYS".into(), "0".into());
+        v.insert("TASKEXEC_REFRESH_AFTER_RECEIVES".into(), "4".into());
+        let env = FunctionEnv::from_lookup(|n| v.get(n).cloned()).unwrap();
+        assert_eq!((env.task_retention, env.refresh_after_receives), (None, 4));
+        v.insert("TASK_RETENTION_DAYS".into(), "a month".into());
+        let err = FunctionEnv::from_lookup(|n| v.get(n).cloned()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable TASK_RETENTION_DAYS is invalid: `a month` is not a whole number"
+        );
     }
 
     #[test]
