@@ -224,8 +224,12 @@ FUNCTIONS = {"ApiFunction": "api", "WorkerFunction": "worker", "DlqFunction": "d
 
 
 def env_vars(path: str) -> set[str]:
-    """The `TASKEXEC_*` names a Rust file reads (outside its tests)."""
-    return set(re.findall(r'"(TASKEXEC_[A-Z_]+)"', rust(path).split("#[cfg(test)]")[0]))
+    """The `TASKEXEC_*` names a Rust file requires (outside its tests); optional ones, read with
+    `number(&lookup, "NAME")` and a default, are left out (the template may set them where they
+    matter, e.g. the worker's TASKEXEC_REFRESH_AFTER_RECEIVES)."""
+    src = rust(path).split("#[cfg(test)]")[0]
+    optional = set(re.findall(r'number\(&lookup, "(\w+)"\)', src))
+    return set(re.findall(r'"(TASKEXEC_[A-Z_]+)"', src)) - optional
 
 
 # Variables only one function reads, from its own env module (not FunctionEnv): function -> file.
@@ -477,8 +481,9 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
     send = lambda queues: {("sqs:SendMessage", q) for q in queues}  # noqa: E731
     consume = lambda queues: {(a, q) for a in CONSUME for q in queues}  # noqa: E731
     return {
-        # submit, reads, cancel/redrive/pause, runs and metrics (run index, BatchGetItem, Scan)
-        "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query", "Scan")
+        # submit, reads, cancel/redrive/pause, runs and per-run metrics (run index, BatchGetItem);
+        # no Scan: GET /metrics without a runId is refused on AWS (ApiSettings::without_global_metrics)
+        "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query")
         | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN),
         # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters;
         # limiter (shared/aws/src/dynamo/limiter.rs): TransactWriteItems of UpdateItems, UpdateItem renewals

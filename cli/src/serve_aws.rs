@@ -49,6 +49,7 @@ pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
     let api_settings = ApiSettings::new(names, Arc::new(sampler))
         .with_worker_timeout(env.worker_timeout)
         .with_run_counter(backend.store.clone())
+        .without_global_metrics()
         .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let app = api(backend.store.clone(), backend.queue.clone(), api_settings, &token);
     let what = format!("DynamoDB table {}, SQS queues of {}", env.table, env.topology.queues[1].url);

@@ -22,6 +22,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
         .with_worker_timeout(env.worker_timeout)
         .with_run_counter(store.clone())
+        .without_global_metrics()
         .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let app = router(ApiState::new(store, Arc::new(queue), settings));
     lambda_http::run(app).await

@@ -39,6 +39,9 @@ pub struct ApiSettings {
     /// Checks of a parsed task that only the host knows (the parameters its deployment's model
     /// accepts); each problem is reported like a contract problem.
     pub task_check: Option<TaskCheck>,
+    /// Whether `GET /metrics` may summarise every task (no `runId`). Off where that means
+    /// reading the whole store (DynamoDB: a table scan); there it asks for a `runId`.
+    pub global_metrics: bool,
 }
 
 /// A host-supplied check of a parsed task.
@@ -57,7 +60,17 @@ impl ApiSettings {
             sampler,
             run_counter: None,
             task_check: None,
+            global_metrics: true,
         }
+    }
+
+    /// `GET /metrics` answers only for one run (`?runId=`): the store cannot summarise every
+    /// task without reading all of them (DynamoDB). Without a run it answers 400, pointing to
+    /// the CloudWatch metrics.
+    #[must_use]
+    pub fn without_global_metrics(mut self) -> Self {
+        self.global_metrics = false;
+        self
     }
 
     /// Check every parsed task with `check` too (see [`ApiSettings::task_check`]).

@@ -63,9 +63,10 @@ pub enum ClaimOutcome {
     },
     /// Execution is paused, globally or for the task's run. Every store checks this at claim:
     /// the in-memory and SQLite stores atomically with the claim, so no attempt starts after a
-    /// pause was committed; DynamoDB with a strongly consistent read just before its conditional
-    /// claim (a transaction would cost 4 WCU per claim), so a claim that read the control item
-    /// just before a pause was committed may still start its attempt.
+    /// pause was committed; DynamoDB against the control state the process read at most
+    /// `control_max_age` (1 s) ago (a transaction would cost 4 WCU per claim and make the control
+    /// item as hot as the claim rate), so a claim may start its attempt up to that long after
+    /// another process committed a pause.
     Paused,
     /// No such task.
     NotFound,
@@ -377,6 +378,13 @@ pub trait ControlStore: Send + Sync + 'static {
     /// Pause or resume, globally or for one run. Idempotent. Claims check it atomically (see
     /// [`TaskStore::claim`]); attempts already running are not affected.
     fn set_paused(&self, scope: PauseScope, paused: bool) -> impl Future<Output = StoreResult<()>> + Send;
+    /// A recent control state this process already holds, if the store keeps one (DynamoDB:
+    /// read at most once per interval), for the engine to defer a paused task before it takes
+    /// limiter permits or reads the task. `None` (the default) where the claim's own check is
+    /// as cheap (in memory, SQLite). Never a substitute for the claim's check.
+    fn recent_control(&self) -> impl Future<Output = StoreResult<Option<ControlState>>> + Send {
+        std::future::ready(Ok(None))
+    }
 }
 
 /// Circuit-breaker state per deployment. Written only when the state changes.

@@ -28,7 +28,7 @@ pub(crate) struct MetricsQuery {
     params(MetricsQuery),
     responses(
         (status = 200, description = "The metrics", body = ExecutionMetrics),
-        (status = 400, description = "Invalid query", body = ErrorBody),
+        (status = 400, description = "Invalid query, or no `runId` where a global summary would read the whole store (AWS)", body = ErrorBody),
     )
 )]
 pub(crate) async fn get_metrics<S, Q>(
@@ -44,6 +44,13 @@ where
         return Err(ApiError::invalid("runId", format!("`{run}` must match {ID_PATTERN}")));
     }
     let run = query.run_id.as_deref();
+    if run.is_none() && !state.settings.global_metrics {
+        return Err(ApiError::invalid(
+            "runId",
+            "required here: summarising every task would read the whole table; \
+             fleet-wide figures are the CloudWatch metrics (namespace taskexec) and the dashboard",
+        ));
+    }
     let groups = state.store.summary(run).await?;
     Ok(Json(ExecutionMetrics::from_groups(&groups, run)))
 }

@@ -285,6 +285,11 @@ impl ControlStore for DynamoStore {
     async fn set_paused(&self, scope: PauseScope, paused: bool) -> StoreResult<()> {
         Ok(control::set_paused(self, scope, paused).await?)
     }
+
+    /// The control state claims check ([`DynamoConfig::control_max_age`] old at most).
+    async fn recent_control(&self) -> StoreResult<Option<ControlState>> {
+        Ok(Some(control::for_claim(self).await?))
+    }
 }
 
 impl BreakerStore for DynamoStore {

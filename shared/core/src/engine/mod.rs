@@ -231,6 +231,11 @@ where
     }
 
     async fn try_process(&self, d: &Delivery, cap: Option<Duration>) -> Result<Decision, StoreError> {
+        // A paused task is deferred before it takes permits or reads anything, where the store
+        // holds a recent control state: a paused run costs no store traffic per delivery.
+        if self.ports.store.recent_control().await?.is_some_and(|c| c.is_paused(d.run_id())) {
+            return Ok(self.defer(d, self.config.pause_recheck, DeferReason::Paused).await);
+        }
         let now = self.ports.clock.now();
         let probe = match self.admit(d.provider_id(), now).await? {
             Admission::Allowed { probe } => probe,
