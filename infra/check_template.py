@@ -237,6 +237,9 @@ OWN_ENV = {"SweeperFunction": "shared/lambda/src/sweeper/env.rs"}
 # Variables the template sets for a function that are not read through env.rs / OWN_ENV (checked
 # by check_redrive and check_retention instead; a warning until some Rust source reads them).
 TEMPLATE_ONLY = {"WorkerFunction": {REFRESH_VARIABLE}}
+# Variables of OWN_ENV files another function reads too: the api function reads the mappings
+# through SweeperEnv (functions/api/src/main.rs) to switch them on a global pause.
+ALSO_READS = {"ApiFunction": {"TASKEXEC_EVENT_SOURCE_MAPPINGS"}}
 
 
 def read_by_code(variable: str) -> bool:
@@ -420,16 +423,19 @@ def check_functions(c: Checker, t: dict) -> None:
         c.check("Binary" not in meta, f"{name} has Metadata.Binary, which SAM ignores (BuildProperties.Binary)")
         c.check(r["Properties"].get("CodeUri") == f"functions/{pkg}", f"{name} CodeUri is not functions/{pkg}")
         env = {**glob, **r["Properties"].get("Environment", {}).get("Variables", {})}
-        read = common | own.get(name, set())
+        read = common | own.get(name, set()) | ALSO_READS.get(name, set())
         missing = common - set(env)
         c.check(not missing, f"{name} lacks environment variables the code reads: {sorted(missing)}")
         optional = own.get(name, set()) - set(env)
         c.warn(not optional, f"{name} does not set {sorted(optional)} (optional: the code's default applies)")
         unread = {v for v in env if v.startswith("TASKEXEC_")} - read - TEMPLATE_ONLY.get(name, set())
         c.check(not unread, f"{name} sets variables the code does not read: {sorted(unread)}")
-    # The sweeper gets the worker's three mappings, high,normal,low (the order SweeperEnv expects).
-    env = t["Resources"].get("SweeperFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+    # The sweeper (and the api) get the worker's three mappings, high,normal,low (SweeperEnv's order).
     want = {"Fn::Join": [",", [{"Ref": f"Worker{q}QueueMapping"} for q in QUEUES]]}
+    api_env = t["Resources"].get("ApiFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
+    c.check(api_env.get("TASKEXEC_EVENT_SOURCE_MAPPINGS") == want,
+            "ApiFunction TASKEXEC_EVENT_SOURCE_MAPPINGS is not the worker's three mappings, high,normal,low")
+    env = t["Resources"].get("SweeperFunction", {}).get("Properties", {}).get("Environment", {}).get("Variables", {})
     c.check(env.get("TASKEXEC_EVENT_SOURCE_MAPPINGS") == want,
             "SweeperFunction TASKEXEC_EVENT_SOURCE_MAPPINGS is not !Join [\",\", [!Ref WorkerHighQueueMapping, "
             "!Ref WorkerNormalQueueMapping, !Ref WorkerLowQueueMapping]]")
@@ -484,7 +490,9 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         # submit, reads, cancel/redrive/pause, runs and per-run metrics (run index, BatchGetItem);
         # no Scan: GET /metrics without a runId is refused on AWS (ApiSettings::without_global_metrics)
         "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query")
-        | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN),
+        | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN)
+        # global pause/resume switch the worker's mappings (shared/aws/src/mappings.rs, set_enabled)
+        | {(f"lambda:{a}EventSourceMapping", f"mapping/Worker{q}QueueMapping") for a in ("Get", "Update") for q in QUEUES},
         # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters;
         # limiter (shared/aws/src/dynamo/limiter.rs): TransactWriteItems of UpdateItems, UpdateItem renewals
         # breaker outcome buckets (shared/aws/src/dynamo/outcomes.rs): UpdateItem ADD, Query of the window

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
-use taskexec_aws::{DynamoConfig, DynamoStore, QueueUrls, SqsQueue};
+use taskexec_aws::{DynamoConfig, DynamoStore, EventSourceMappings, QueueUrls, SqsQueue};
 use taskexec_lambda::env::FunctionEnv;
+use taskexec_lambda::sweeper::env::SweeperEnv;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -24,6 +25,20 @@ async fn main() -> Result<(), lambda_http::Error> {
         .with_run_counter(store.clone())
         .without_global_metrics()
         .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
+    // A global pause disables the worker's event source mappings, a resume enables them.
+    let settings = match SweeperEnv::from_env()?.mappings {
+        Some(uuids) => {
+            let mappings = EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids);
+            settings.with_pause_hook(Arc::new(move |paused| {
+                let mappings = mappings.clone();
+                Box::pin(async move {
+                    mappings.set_enabled(!paused).await?;
+                    Ok(())
+                })
+            }))
+        }
+        None => settings,
+    };
     let app = router(ApiState::new(store, Arc::new(queue), settings));
     lambda_http::run(app).await
 }

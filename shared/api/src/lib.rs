@@ -33,5 +33,5 @@ pub use openapi::ApiDoc;
 pub use resources::{ResourceSampler, SampleError, SystemSampler};
 pub use routes::observe::{RunProgress, StatusCounts};
 pub use routes::{MAX_BODY_BYTES, router};
-pub use state::{ApiSettings, ApiState, DEFAULT_RUN_ID, DEFAULT_TIMEOUT_MARGIN};
+pub use state::{ApiSettings, ApiState, DEFAULT_RUN_ID, DEFAULT_TIMEOUT_MARGIN, HookError, PauseHook};
 pub use submit::{MAX_BATCH, SubmitKind, SubmitResponse, SubmittedTask};

@@ -42,7 +42,20 @@ pub struct ApiSettings {
     /// Whether `GET /metrics` may summarise every task (no `runId`). Off where that means
     /// reading the whole store (DynamoDB: a table scan); there it asks for a `runId`.
     pub global_metrics: bool,
+    /// What the host does after a global pause or resume was written (AWS: disable or enable the
+    /// worker's event source mappings, so a paused deployment receives nothing).
+    pub pause_hook: Option<PauseHook>,
 }
+
+/// A host's action on a global pause (`true`) or resume (`false`), run after the control state
+/// was written. Its failure is logged and the request still succeeds: the pause itself holds at
+/// every claim; the hook only saves cost (the sweeper also reconciles it).
+pub type PauseHook = Arc<
+    dyn Fn(bool) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HookError>> + Send>> + Send + Sync,
+>;
+
+/// Why a [`PauseHook`] failed.
+pub type HookError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A host-supplied check of a parsed task.
 pub type TaskCheck = Arc<dyn Fn(&BenchmarkTask) -> Vec<FieldError> + Send + Sync>;
@@ -61,7 +74,15 @@ impl ApiSettings {
             run_counter: None,
             task_check: None,
             global_metrics: true,
+            pause_hook: None,
         }
+    }
+
+    /// Run `hook` after every global pause or resume (see [`ApiSettings::pause_hook`]).
+    #[must_use]
+    pub fn with_pause_hook(mut self, hook: PauseHook) -> Self {
+        self.pause_hook = Some(hook);
+        self
     }
 
     /// `GET /metrics` answers only for one run (`?runId=`): the store cannot summarise every

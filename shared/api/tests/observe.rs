@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use common::{api, send, task};
 use serde_json::json;
@@ -141,4 +143,39 @@ async fn openapi_lists_every_route_and_the_contract_types() {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+}
+
+/// A host's pause hook (AWS: switch the worker's event source mappings) runs after every global
+/// pause (`true`) and resume (`false`), never for one run's; its failure is logged and the
+/// request still succeeds, since the pause holds at every claim.
+#[tokio::test]
+async fn a_global_pause_and_resume_run_the_hosts_pause_hook() {
+    let calls: Arc<std::sync::Mutex<Vec<bool>>> = Arc::default();
+    let seen = calls.clone();
+    let hook: taskexec_api::PauseHook = Arc::new(move |paused| {
+        seen.lock().unwrap().push(paused);
+        Box::pin(async move { if paused { Ok(()) } else { Err("the mappings could not be enabled".into()) } })
+    });
+    let api = common::api_with(|s| s.with_pause_hook(hook));
+    api.call("POST", "/control/pause", Some(json!({"runId": "r1"}))).await;
+    assert!(calls.lock().unwrap().is_empty(), "one run's pause leaves the mappings alone");
+    let (status, body) = api.call("POST", "/control/pause", None).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(true)), "{body}");
+    let (status, body) = api.call("POST", "/control/resume", None).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(false)), "a failing hook fails nothing: {body}");
+    assert_eq!(*calls.lock().unwrap(), [true, false]);
+}
+
+/// Where a global summary would read the whole store (DynamoDB), `GET /metrics` asks for a run.
+#[tokio::test]
+async fn metrics_without_a_run_are_refused_where_the_host_says_so() {
+    let api = common::api_with(|s| s.without_global_metrics());
+    let (status, body) = api.call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["details"][0]["field"], "runId", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("CloudWatch"), "{body}");
+    let (status, _) = api.call("GET", "/metrics?runId=r1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = common::api().call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK, "the embedded host summarises everything");
 }

@@ -1,7 +1,8 @@
 //! [`EventSourceMappings`]: the worker's three SQS event source mappings (high, normal, low), whose
 //! `ScalingConfig.MaximumConcurrency` values the sweeper rebalances
-//! (`taskexec_lambda::sweeper::mappings`). Needs `lambda:GetEventSourceMapping` and
-//! `lambda:UpdateEventSourceMapping` on the three mappings.
+//! (`taskexec_lambda::sweeper::mappings`), and which a global pause disables and a resume enables
+//! again ([`EventSourceMappings::set_enabled`]), so a paused deployment makes no receive at all.
+//! Needs `lambda:GetEventSourceMapping` and `lambda:UpdateEventSourceMapping` on the three mappings.
 
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::types::ScalingConfig;
@@ -65,6 +66,43 @@ impl EventSourceMappings {
             .await
             .map_err(|e| AwsError::lambda("UpdateEventSourceMapping", e))?;
         Ok(())
+    }
+}
+
+impl EventSourceMappings {
+    /// Enable or disable the three mappings; only those in the other state are written (one
+    /// `GetEventSourceMapping` each, one `UpdateEventSourceMapping` per change). Returns how many
+    /// changed; each change is an audit line (`taskexec::audit`, kind `mappingEnabled` /
+    /// `mappingDisabled`). Lambda applies it asynchronously (the state passes through
+    /// `Enabling`/`Disabling`): a batch already being received still arrives, and correctness rests
+    /// on the claim's pause check, not on this.
+    pub async fn set_enabled(&self, enabled: bool) -> Result<usize, AwsError> {
+        let mut changed = 0;
+        for uuid in &self.uuids {
+            let mapping = self
+                .client
+                .get_event_source_mapping()
+                .uuid(uuid)
+                .send()
+                .await
+                .map_err(|e| AwsError::lambda("GetEventSourceMapping", e))?;
+            let state = mapping.state().unwrap_or("Enabled");
+            let is_enabled = matches!(state, "Enabled" | "Enabling" | "Creating" | "Updating");
+            if is_enabled == enabled {
+                continue;
+            }
+            self.client
+                .update_event_source_mapping()
+                .uuid(uuid)
+                .enabled(enabled)
+                .send()
+                .await
+                .map_err(|e| AwsError::lambda("UpdateEventSourceMapping", e))?;
+            let kind = if enabled { "mappingEnabled" } else { "mappingDisabled" };
+            tracing::info!(target: "taskexec::audit", kind, mapping = %uuid, was = state, "event source mapping switched");
+            changed += 1;
+        }
+        Ok(changed)
     }
 }
 

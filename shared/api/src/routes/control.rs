@@ -89,7 +89,14 @@ where
     S: TaskStore + ControlStore,
 {
     let request = ControlRequest::parse(&body.map_err(body_error)?)?;
-    state.store.set_paused(request.scope(), paused).await?;
+    let scope = request.scope();
+    let global = scope == PauseScope::Global;
+    state.store.set_paused(scope, paused).await?;
+    if global && let Some(hook) = &state.settings.pause_hook {
+        if let Err(error) = hook(paused).await {
+            tracing::warn!(%error, paused, "the host's pause action failed; the pause holds at every claim");
+        }
+    }
     Ok(Json(state.store.control().await?))
 }
 

@@ -49,6 +49,11 @@ impl taskexec_core::ports::RunCounter for Counters {
 /// 10 s margin (so a task timeout may be at most 50 s); the host's task check refuses `seed`
 /// on `mock` (as the capability table does for models that take none).
 pub fn api() -> Api {
+    api_with(|settings| settings)
+}
+
+/// [`api`] with its settings changed by `configure` last.
+pub fn api_with(configure: impl FnOnce(ApiSettings) -> ApiSettings) -> Api {
     let clock = FakeClock::at(NOW);
     let store = Arc::new(MemoryStore::default());
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(10), clock.clone()));
@@ -65,7 +70,7 @@ pub fn api() -> Api {
                 .collect()
         }));
     let counters = Arc::new(Counters::default());
-    let settings = settings.with_run_counter(counters.clone());
+    let settings = configure(settings.with_run_counter(counters.clone()));
     let app = router(ApiState::new(store.clone(), queue.clone(), settings));
     Api { app, store, queue, clock, counters }
 }

@@ -67,16 +67,25 @@ pub async fn read(store: &DynamoStore) -> Result<ControlState, AwsError> {
 /// strongly consistent read (which is then kept). Claims never read the control item at their
 /// own rate: each process reads it at most once per interval, whatever its claim rate.
 pub async fn for_claim(store: &DynamoStore) -> Result<ControlState, AwsError> {
-    let max_age = store.config.control_max_age;
-    if let Some((at, state)) = store.control_cache.lock().expect("control cache poisoned").as_ref()
-        && at.elapsed() < max_age
-    {
-        return Ok(state.clone());
+    if let Some(state) = kept(store) {
+        return Ok(state);
+    }
+    // One read at a time per process: the deliveries of a batch that all find the kept state too
+    // old wait for one read instead of each making its own.
+    let _reading = store.control_read.lock().await;
+    if let Some(state) = kept(store) {
+        return Ok(state);
     }
     let read_at = std::time::Instant::now();
     let state = read(store).await?;
     *store.control_cache.lock().expect("control cache poisoned") = Some((read_at, state.clone()));
     Ok(state)
+}
+
+/// The kept control state, if it is younger than `control_max_age`.
+fn kept(store: &DynamoStore) -> Option<ControlState> {
+    let cache = store.control_cache.lock().expect("control cache poisoned");
+    cache.as_ref().filter(|(at, _)| at.elapsed() < store.config.control_max_age).map(|(_, state)| state.clone())
 }
 
 /// Forget the kept control state (this process changed it).

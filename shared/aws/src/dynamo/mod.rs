@@ -156,6 +156,8 @@ pub struct DynamoStore {
     meter: meter::WriteMeter,
     /// The control state claims check, and when it was read ([`DynamoConfig::control_max_age`]).
     control_cache: std::sync::Mutex<Option<(std::time::Instant, ControlState)>>,
+    /// Held while the control state is being read, so concurrent claims make one read.
+    control_read: tokio::sync::Mutex<()>,
 }
 
 impl DynamoStore {
@@ -169,6 +171,7 @@ impl DynamoStore {
             sweep_start: AtomicU64::new(0),
             meter: meter::WriteMeter::default(),
             control_cache: std::sync::Mutex::new(None),
+            control_read: tokio::sync::Mutex::new(()),
         }
     }
 
