@@ -19,10 +19,11 @@ use taskexec_core::memory::{Counters, CountingSink};
 use taskexec_core::ports::{ClaimOutcome, ClaimRequest, LimitKey, TaskStore};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::{Clock, SystemClock};
+use taskexec_e2e::Calls;
 use taskexec_lambda::actions::{QueuePair, Topology};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome};
 use taskexec_lambda::poller::{MessageSource, PollerSettings, PollerStats};
-use taskexec_lambda::worker::WorkerSettings;
+use taskexec_lambda::worker::{DeferBackoff, WorkerSettings};
 use taskexec_providers::Deployments;
 use taskexec_providers::settings::RunConfig;
 use tokio_util::sync::CancellationToken;
@@ -63,8 +64,19 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(worker: WorkerSettings) -> Stack {
+    stack_on(common::dynamo_client(), common::sqs_client(), worker).await
+}
+
+/// A stack whose AWS calls all go through `calls`.
+async fn counted_stack(worker: WorkerSettings, calls: &Calls) -> Stack {
     let dynamo = common::dynamo_client();
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(dynamo.config().to_builder().interceptor(calls.clone()).build());
     let sqs = common::sqs_client();
+    let sqs = aws_sdk_sqs::Client::from_conf(sqs.config().to_builder().interceptor(calls.clone()).build());
+    stack_on(dynamo, sqs, worker).await
+}
+
+async fn stack_on(dynamo: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, worker: WorkerSettings) -> Stack {
     let table = common::unique_name("tasks");
     taskexec_aws::create_table(&dynamo, &table).await.unwrap();
     let topology = common::fresh_topology(&sqs).await;
@@ -81,7 +93,8 @@ async fn stack_with(worker: WorkerSettings) -> Stack {
     let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, sink.clone());
     let api = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
         .with_worker_timeout(Duration::from_secs(120))
-        .with_run_counter(backend.store.clone());
+        .with_run_counter(backend.store.clone())
+        .without_global_metrics();
     let app = router(ApiState::new(backend.store.clone(), backend.queue.clone(), api));
     Stack { table, dynamo, backend, topology, app, sink }
 }
@@ -371,19 +384,22 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_deferral_is_refreshed_on_the_queue_not_dead_lettered() {
-    // Refresh after 2 receives instead of 500 (half the production maxReceiveCount), so a few
-    // seconds of pause exercise the path; the queues here redrive after 1000 receives.
+    // Refresh after 2 receives instead of 5 (half the production maxReceiveCount of 10, which
+    // the queues here have too), with the pause backoff capped at 2 s, so a few seconds of pause
+    // exercise the path twice.
+    let backoff = DeferBackoff { pause_cap: Duration::from_secs(2), ..DeferBackoff::default() };
     let settings = WorkerSettings {
         refresh_after_receives: 2,
         cancel_check_every: Duration::from_millis(500),
+        backoff,
         ..WorkerSettings::default()
     };
     let s = stack_with(settings).await;
     assert_eq!(s.call("POST", "/control/pause", None).await.0, 200);
     assert_eq!(s.call("POST", "/tasks", Some(tasks("long", 0, 1, "normal"))).await.0, 201);
     let (stop, stats, handle) = s.poll();
-    // Paused: deferred by visibility (1 s) until past 2 receives, then re-sent fresh and the old
-    // message deleted — the poller sees that as a success.
+    // Paused: deferred by visibility (1–2 s) until past 2 receives, then re-sent fresh and the
+    // old message deleted — the poller sees that as a success.
     let start = Instant::now();
     while stats.deletes.load(Ordering::SeqCst) < 2 {
         assert!(start.elapsed() < Duration::from_secs(30), "the deferred message was refreshed twice");
@@ -403,4 +419,76 @@ async fn a_long_deferral_is_refreshed_on_the_queue_not_dead_lettered() {
     stop.cancel();
     handle.await.unwrap();
     assert_eq!(Counters::get(&s.sink.counters.attempts), 1);
+}
+
+/// A paused run holding 2,000 queued tasks costs a number of AWS calls per minute bounded
+/// independently of how fast messages could cycle: DynamoDB sees no call per delivery (the
+/// worker defers a paused task on the control state it read at most a second ago, before any
+/// permit or task read), and each message is received at most 7 times in its first minute
+/// (backoff 1, 1, 2, 4, 8, 16, 32 s...; then one receive per 150–300 s), where the 1-second
+/// recheck of before cost 60. The figures are printed for docs/deploy.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_run_of_two_thousand_tasks_costs_bounded_calls_while_it_waits() {
+    const TASKS: usize = 2_000;
+    const PAUSE: Duration = Duration::from_secs(60);
+    let calls = Calls::default();
+    let settings = WorkerSettings { cancel_check_every: Duration::from_secs(2), ..WorkerSettings::default() };
+    let s = counted_stack(settings, &calls).await;
+    let (status, _) = s.call("POST", "/control/pause", Some(serde_json::json!({"runId": "held"}))).await;
+    assert_eq!(status, 200);
+    for from in (0..TASKS).step_by(500) {
+        let (status, body) = s.call("POST", "/tasks", Some(tasks("held", from, 500, "normal"))).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let before = calls.snapshot();
+    // More pollers on the run's queue than the default 2, so that the emulator (one Python
+    // process, a few ms per call) gets through more of the 2,000 messages in the minute.
+    let stop = CancellationToken::new();
+    let stats = Arc::new(PollerStats::default());
+    let settings = PollerSettings { wait: Duration::from_secs(1), concurrency: [1, 8, 1], ..PollerSettings::default() };
+    let handle = s.backend.poll(settings, stats.clone(), stop.clone());
+    tokio::time::sleep(PAUSE).await;
+    stop.cancel();
+    handle.await.unwrap();
+    let (dynamo, dynamo_ops) = calls.since(&before, "DynamoDB");
+    let (sqs, sqs_ops) = calls.since(&before, "SQS");
+    let deferred = Counters::get(&s.sink.counters.deferred);
+    eprintln!(
+        "paused run, {TASKS} tasks, {} s: {deferred} deliveries deferred; DynamoDB {dynamo} calls {dynamo_ops:?}; \
+         SQS {sqs} calls {sqs_ops:?}; mapping: {} receives, {} batches",
+        PAUSE.as_secs(),
+        stats.receives.load(Ordering::SeqCst),
+        stats.batches.load(Ordering::SeqCst)
+    );
+    assert_eq!(Counters::get(&s.sink.counters.attempts), 0, "nothing ran while paused");
+    assert!(deferred >= 100, "deliveries were made and deferred: {deferred}");
+    // DynamoDB: the control item at most once a second (per process), and the worker's cancel
+    // check every 2 s while a batch is in hand; nothing per delivery.
+    assert!(dynamo <= 2 * PAUSE.as_secs() + 10, "DynamoDB calls do not grow with deliveries: {dynamo_ops:?}");
+    // SQS: at most 7 receives per message in its first minute (each a visibility change or, past
+    // 5 receives, a fresh copy), plus the mapping's receive calls (10 messages each, or empty
+    // long polls: 6 loops, one a second at most).
+    let per_message = 7 * TASKS as u64;
+    let receive_calls = per_message / 10 + 6 * (PAUSE.as_secs() + 1);
+    assert!(deferred <= per_message, "no message was received more than 7 times in a minute: {deferred}");
+    assert!(sqs <= per_message + receive_calls, "SQS calls bounded by the backoff: {sqs_ops:?}");
+    // And per delivery: one visibility change (or, past 5 receives, one fresh copy), never a
+    // DynamoDB call.
+    let per_delivery: u64 = sqs_ops
+        .iter()
+        .filter(|(op, _)| op.ends_with("ChangeMessageVisibility") || op.ends_with("SendMessage"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(per_delivery <= deferred, "one SQS write per deferred delivery: {sqs_ops:?}, {deferred} deferred");
+    for i in (0..TASKS).step_by(97) {
+        let r = s.task(&format!("held-{i}")).await;
+        assert_eq!((r.state, r.attempt), (TaskState::Queued, 0), "held-{i}: deferrals use no attempt");
+    }
+    let (status, body) = s.call("GET", "/metrics", None).await;
+    assert_eq!(status, 400, "no global summary on DynamoDB (it would scan the table): {body}");
+    assert_eq!(body["error"]["details"][0]["field"], "runId", "{body}");
+    let before = calls.snapshot();
+    assert_eq!(s.call("GET", "/metrics?runId=held", None).await.0, 200);
+    let (_, ops) = calls.since(&before, "DynamoDB");
+    assert!(ops.iter().all(|(op, _)| !op.ends_with(".Scan")), "a run's metrics come from its index: {ops:?}");
 }
