@@ -15,8 +15,10 @@ use axum::body::Body;
 use http_body_util::BodyExt;
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
 use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, DynamoLimiter, DynamoStore, LimiterSettings};
+use taskexec_core::error::ProviderError;
 use taskexec_core::memory::{Counters, CountingSink};
 use taskexec_core::ports::{ClaimOutcome, ClaimRequest, LimitKey, TaskStore};
+use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_e2e::Calls;
@@ -46,10 +48,10 @@ seed = 1
 "#;
 
 /// One deployment of the stack on the emulator: a fresh table and six fresh queues.
-struct Stack {
+struct Stack<P = Deployments> {
     table: String,
     dynamo: aws_sdk_dynamodb::Client,
-    backend: AwsBackend<Arc<CountingSink>>,
+    backend: AwsBackend<Arc<CountingSink>, P>,
     topology: Topology,
     app: axum::Router,
     sink: Arc<CountingSink>,
@@ -64,7 +66,7 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(worker: WorkerSettings) -> Stack {
-    stack_on(common::dynamo_client(), common::sqs_client(), worker).await
+    stack_on(common::dynamo_client(), common::sqs_client(), worker, |deployments| deployments).await
 }
 
 /// A stack whose AWS calls all go through `calls`.
@@ -73,10 +75,16 @@ async fn counted_stack(worker: WorkerSettings, calls: &Calls) -> Stack {
     let dynamo = aws_sdk_dynamodb::Client::from_conf(dynamo.config().to_builder().interceptor(calls.clone()).build());
     let sqs = common::sqs_client();
     let sqs = aws_sdk_sqs::Client::from_conf(sqs.config().to_builder().interceptor(calls.clone()).build());
-    stack_on(dynamo, sqs, worker).await
+    stack_on(dynamo, sqs, worker, |deployments| deployments).await
 }
 
-async fn stack_on(dynamo: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, worker: WorkerSettings) -> Stack {
+/// A stack whose provider is `provider(the configured deployments)`.
+async fn stack_on<P: Provider>(
+    dynamo: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    worker: WorkerSettings,
+    provider: impl FnOnce(Deployments) -> P,
+) -> Stack<P> {
     let table = common::unique_name("tasks");
     taskexec_aws::create_table(&dynamo, &table).await.unwrap();
     let topology = common::fresh_topology(&sqs).await;
@@ -90,7 +98,7 @@ async fn stack_on(dynamo: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, wo
         limiter: LimiterSettings::default(),
     };
     let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
-    let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, sink.clone());
+    let backend = AwsBackend::new(&dynamo, &sqs, settings, provider(deployments), sink.clone());
     let api = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
         .with_worker_timeout(Duration::from_secs(120))
         .with_run_counter(backend.store.clone())
@@ -99,7 +107,7 @@ async fn stack_on(dynamo: aws_sdk_dynamodb::Client, sqs: aws_sdk_sqs::Client, wo
     Stack { table, dynamo, backend, topology, app, sink }
 }
 
-impl Stack {
+impl<P: Provider> Stack<P> {
     fn store(&self) -> DynamoStore {
         store(&self.dynamo, &self.table)
     }
@@ -491,4 +499,57 @@ async fn a_paused_run_of_two_thousand_tasks_costs_bounded_calls_while_it_waits()
     assert_eq!(s.call("GET", "/metrics?runId=held", None).await.0, 200);
     let (_, ops) = calls.since(&before, "DynamoDB");
     assert!(ops.iter().all(|(op, _)| !op.ends_with(".Scan")), "a run's metrics come from its index: {ops:?}");
+}
+
+/// A test-only fault that no production input can reach: the provider panics for tasks whose id
+/// starts with `crash`, as a handler bug would in the middle of an attempt.
+struct PanicOn(Deployments);
+
+impl Provider for PanicOn {
+    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        if request.task_id.starts_with("crash") {
+            panic!("test fault: {} crashes its handler", request.task_id);
+        }
+        self.0.call(request).await
+    }
+}
+
+/// A task that panics its handler on every attempt, on the emulator: its batch siblings complete
+/// in the same invocations; each crash counts an attempt at its claim; the claim after the last
+/// allowed attempt (`max_attempts = 2` here) fails it with the reason and sends it to the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_crashes_its_handler_is_dead_lettered_after_its_budget_while_its_siblings_complete() {
+    let worker = WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() };
+    let s = stack_on(common::dynamo_client(), common::sqs_client(), worker, PanicOn).await;
+    let mut batch = tasks("crash", 0, 1, "normal");
+    batch.as_array_mut().unwrap().extend(tasks("ok", 0, 9, "normal").as_array().unwrap().iter().cloned());
+    assert_eq!(s.call("POST", "/tasks", Some(batch)).await.0, 201);
+    let (stop, _, handle) = s.poll();
+    s.wait_run("ok", "completed", 9, Duration::from_secs(60)).await;
+    let start = Instant::now();
+    let crashed = loop {
+        let r = s.task("crash-0").await;
+        if r.state == TaskState::Failed {
+            break r;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "crash-0 never ended: {r:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    stop.cancel();
+    handle.await.unwrap();
+    let reason = crashed.dead_letter_reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("handler crashed during attempt 2"), "{crashed:?}");
+    assert_eq!(crashed.attempt, 2, "two crashing attempts, then the budget check: {crashed:?}");
+    for i in 0..9 {
+        let r = s.task(&format!("ok-{i}")).await;
+        assert_eq!((r.state, r.attempt), (TaskState::Completed, 1), "ok-{i}: untouched by its sibling's crashes");
+    }
+    let dlq = QueuePair {
+        priority: TaskPriority::Normal,
+        url: s.topology.queues[1].dlq_url.clone(),
+        dlq_url: s.topology.queues[1].dlq_url.clone(),
+    };
+    let dead = s.backend.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap();
+    let bodies: Vec<&str> = dead.iter().filter_map(|m| m.body.as_deref()).collect();
+    assert!(bodies.len() == 1 && bodies[0].contains("\"crash-0\""), "the crasher, alone, on the DLQ: {bodies:?}");
 }

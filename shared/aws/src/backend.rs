@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
 use taskexec_core::ports::MetricsSink;
+use taskexec_core::provider::Provider;
 use taskexec_core::time::{Millis, SystemClock};
 use taskexec_lambda::actions::Topology;
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
@@ -19,11 +20,12 @@ use crate::sqs::{QueueUrls, SqsQueue};
 
 /// The engine of the AWS shape. Concurrency limits hold across processes (Lambda containers):
 /// capacity leased in chunks from the table ([`DynamoLimiter`], one per process, its holder id
-/// the engine's owner id).
-pub type AwsEngine<M> = Engine<DynamoStore, DynamoStore, DynamoLimiter, M, Deployments, SystemClock>;
+/// the engine's owner id). The provider is the configured deployments; tests may put another
+/// [`Provider`] in its place (a fault that production input cannot reach).
+pub type AwsEngine<M, P = Deployments> = Engine<DynamoStore, DynamoStore, DynamoLimiter, M, P, SystemClock>;
 
 /// The worker handler of the AWS shape.
-pub type AwsWorker<M> = Worker<Arc<AwsEngine<M>>, Arc<SqsQueue>, DynamoWindow>;
+pub type AwsWorker<M, P = Deployments> = Worker<Arc<AwsEngine<M, P>>, Arc<SqsQueue>, DynamoWindow>;
 
 /// Where the backend's resources are and how its engine and worker behave.
 #[derive(Debug, Clone)]
@@ -41,7 +43,7 @@ pub struct BackendSettings {
 }
 
 /// Everything a process of the AWS shape needs.
-pub struct AwsBackend<M> {
+pub struct AwsBackend<M, P = Deployments> {
     /// The store, for the API.
     pub store: Arc<DynamoStore>,
     /// The queues, for the API (its own client: its call counter is the submission side's).
@@ -49,18 +51,18 @@ pub struct AwsBackend<M> {
     /// The worker's queues (actions and, locally, the poller's receives and deletes).
     pub worker_queue: Arc<SqsQueue>,
     /// The worker handler.
-    pub worker: Arc<AwsWorker<M>>,
+    pub worker: Arc<AwsWorker<M, P>>,
     /// Queue URLs and priorities.
     pub topology: Topology,
 }
 
-impl<M: MetricsSink> AwsBackend<M> {
+impl<M: MetricsSink, P: Provider> AwsBackend<M, P> {
     /// Build over the given clients.
     pub fn new(
         dynamo: &aws_sdk_dynamodb::Client,
         sqs: &aws_sdk_sqs::Client,
         settings: BackendSettings,
-        deployments: Deployments,
+        deployments: P,
         metrics: M,
     ) -> Self {
         let BackendSettings { table, topology, engine, worker, limiter } = settings;
