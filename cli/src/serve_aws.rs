@@ -107,7 +107,9 @@ pub async fn bootstrap(args: BootstrapArgs) -> Result<u8, Failure> {
         taskexec_aws::create_table(&dynamo, &table).await.map_err(|e| Failure::runtime(e.into()))?;
     }
     let visibility = std::time::Duration::from_secs(6 * 900);
-    let topology = taskexec_aws::create_queues(&aws_sdk_sqs::Client::new(&aws), &args.prefix, 1000, visibility)
+    // The template's maxReceiveCount, which the worker's refresh threshold (half of it) assumes.
+    let max_receives = taskexec_lambda::worker::MAX_RECEIVE_COUNT;
+    let topology = taskexec_aws::create_queues(&aws_sdk_sqs::Client::new(&aws), &args.prefix, max_receives, visibility)
         .await
         .map_err(|e| Failure::runtime(e.into()))?;
     println!("export TASKEXEC_TABLE={table}");

@@ -38,7 +38,8 @@ impl From<&taskexec_lambda::actions::Topology> for crate::sqs::QueueUrls {
 }
 
 /// Create the three priority queues, each with its own dead-letter queue (redrive after
-/// `max_receive_count` receives, 1000 in production as DESIGN.md explains), named
+/// `max_receive_count` receives: `taskexec_lambda::worker::MAX_RECEIVE_COUNT`, 10, in
+/// template.yaml, so that a message that crashes its handler reaches the DLQ), named
 /// `{prefix}-{priority}` and `{prefix}-{priority}-dlq`. An existing queue of that name is reused.
 /// For local emulators and tests; deployments get their queues from template.yaml.
 pub async fn create_queues(
