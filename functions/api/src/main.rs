@@ -11,7 +11,8 @@ use taskexec_lambda::sweeper::env::SweeperEnv;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // JSON log lines, and X-Ray subsegments of provider and AWS calls when tracing is active.
+    taskexec_aws::xray::init_tracing();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = Arc::new(DynamoStore::new(

@@ -10,7 +10,8 @@ use taskexec_lambda::env::FunctionEnv;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // JSON log lines, and X-Ray subsegments of provider and AWS calls when tracing is active.
+    taskexec_aws::xray::init_tracing();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);

@@ -14,7 +14,8 @@ use taskexec_lambda::worker::WorkerSettings;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // JSON log lines, and X-Ray subsegments of provider and AWS calls when tracing is active.
+    taskexec_aws::xray::init_tracing();
     let env = FunctionEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     // Keys named by `api_key_secret` are read once, here, before the first batch.

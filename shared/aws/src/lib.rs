@@ -15,6 +15,7 @@ mod mappings;
 pub mod secrets;
 pub use lambda::create_queues;
 mod sqs;
+pub mod xray;
 
 pub use backend::{AwsBackend, AwsEngine, AwsWorker, BackendSettings};
 pub use dynamo::{

@@ -92,10 +92,11 @@ where
     let scope = request.scope();
     let global = scope == PauseScope::Global;
     state.store.set_paused(scope, paused).await?;
-    if global && let Some(hook) = &state.settings.pause_hook {
-        if let Err(error) = hook(paused).await {
-            tracing::warn!(%error, paused, "the host's pause action failed; the pause holds at every claim");
-        }
+    if global
+        && let Some(hook) = &state.settings.pause_hook
+        && let Err(error) = hook(paused).await
+    {
+        tracing::warn!(%error, paused, "the host's pause action failed; the pause holds at every claim");
     }
     Ok(Json(state.store.control().await?))
 }

@@ -134,9 +134,20 @@ where
         // Removed however the call ends, a panic included.
         let _in_flight = InFlightEntry { map: &self.in_flight, id: &id };
         let request = ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
+        // One span per provider call: its time, deployment and outcome (the Lambda functions
+        // send it to X-Ray as a subsegment, `taskexec_aws::xray`).
+        let span = tracing::info_span!(
+            "provider_call",
+            deployment = %record.task.provider_id,
+            model = %record.task.model_id,
+            task_id = %id,
+            attempt = record.attempt,
+            outcome = tracing::field::Empty,
+        );
+        let provider_call = tracing::Instrument::instrument(self.ports.provider.call(request), span.clone());
         let began = Instant::now();
         let end = tokio::select! {
-            result = tokio::time::timeout(timeout, self.ports.provider.call(request)) => match result {
+            result = tokio::time::timeout(timeout, provider_call) => match result {
                 Ok(Ok(response)) => CallEnd::Answered(response),
                 Ok(Err(error)) => CallEnd::Failed(error, began.elapsed()),
                 Err(_) => CallEnd::TimedOut(began.elapsed()),
@@ -144,6 +155,7 @@ where
             () = token.cancelled() => CallEnd::Cancelled,
             () = self.heartbeat(&id, record.epoch) => CallEnd::LeaseLost,
         };
+        span.record("outcome", end.outcome());
         end
     }
 
@@ -324,6 +336,19 @@ pub(super) enum CallEnd {
     TimedOut(Duration),
     Cancelled,
     LeaseLost,
+}
+
+impl CallEnd {
+    /// `ok`, or how the call failed (an error class, `timeout`, `cancelled`, `leaseLost`).
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Answered(_) => "ok",
+            Self::Failed(error, _) => error.class().as_str(),
+            Self::TimedOut(_) => "timeout",
+            Self::Cancelled => "cancelled",
+            Self::LeaseLost => "leaseLost",
+        }
+    }
 }
 
 fn ms_f64(d: Duration) -> f64 {
