@@ -1,13 +1,15 @@
-//! The sweeper function (scheduled): re-sends unfinished tasks whose lease expired or whose
-//! retry is overdue, rebalances the queues' `MaximumConcurrency` from their backlogs, writes
-//! breakers whose cool-down passed as half-open and alerts on stuck runs
-//! (`taskexec_lambda::sweeper`), and returns the concurrency permits of limiter leases whose
-//! holder died (`DynamoLimiter::reclaim_expired`, for every limit key of the run config).
+//! The sweeper function (scheduled): re-sends the unfinished tasks whose message is missing,
+//! rebalances the queues' `MaximumConcurrency` from their backlogs, writes breakers whose
+//! cool-down passed as half-open and alerts on stuck runs (`taskexec_lambda::sweeper`), and
+//! returns the concurrency permits of limiter leases whose holder died
+//! (`DynamoLimiter::reclaim_expired`, for every limit key of the run config). Every part runs;
+//! when any failed, the invocation returns an error naming each (so the `Errors` alarm sees it).
 //! Wiring only.
 //!
 //! Environment: the functions' common variables (`FunctionEnv`), plus the sweeper's own
 //! (`SweeperEnv`): `TASKEXEC_EVENT_SOURCE_MAPPINGS` (high,normal,low mapping UUIDs; unset: no
-//! rebalancing) and `TASKEXEC_STUCK_RUN_MINUTES` (default 15).
+//! rebalancing), `TASKEXEC_STUCK_RUN_MINUTES` (default 15) and `TASKEXEC_RESEND_GRACE_SECONDS`
+//! (default 120).
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
@@ -18,7 +20,7 @@ use taskexec_core::ports::LimitKey;
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::sweeper::env::SweeperEnv;
-use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
+use taskexec_lambda::sweeper::{ResendSettings, SweepPart, SweeperPorts, SweeperSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -35,6 +37,7 @@ async fn main() -> Result<(), Error> {
     let mappings = sweeper_env.mappings.map(|uuids| EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids));
     let metrics = EmfSink::stdout();
     let settings = SweeperSettings {
+        resend: ResendSettings { grace: sweeper_env.resend_grace, ..ResendSettings::default() },
         stuck_after: sweeper_env.stuck_after,
         deployments: env.config.deployments.keys().cloned().collect(),
         ..SweeperSettings::default()
@@ -50,14 +53,15 @@ async fn main() -> Result<(), Error> {
     };
     let (ports, settings, limiter, limit_keys) = (&ports, &settings, &limiter, &limit_keys);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<EventBridgeEvent>| async move {
-        let summary = ports.run(&SystemClock, settings).await.to_string();
+        let mut summary = ports.run(&SystemClock, settings).await;
         let reclaimed = match limiter.reclaim_expired(limit_keys, SystemClock.now()).await {
             Ok(n) => format!("{n} expired limiter permit(s) reclaimed"),
             Err(error) => {
-                tracing::error!(%error, "sweeper could not reclaim expired limiter leases");
+                summary.fail(SweepPart::LimiterReclaim, error);
                 "limiter reclaim failed".to_owned()
             }
         };
+        let summary = summary.into_result()?;
         Ok::<String, Error>(format!("{summary}; {reclaimed}"))
     }))
     .await

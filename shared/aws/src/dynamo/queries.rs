@@ -1,23 +1,33 @@
 //! Queries over the two indexes: pending and overdue tasks from the sparse open index (one
 //! query per shard, merged by due key), and a run's tasks from the run index (merged by
 //! submission order), whose summaries come from the tasks' state items read strongly consistent.
+//! Also the sweeper's side of its re-send rule: the tasks whose message is missing, the record of
+//! a re-send ([`ResendIndex`] for the store) and the queues' depths ([`QueueDepths`] for
+//! [`SqsQueue`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::try_join_all;
 use serde::Deserialize;
+use taskexec_core::error::StoreError;
 use taskexec_core::metrics::summarise;
 use taskexec_core::ports::{GroupSummary, PendingTask};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::Millis;
+use taskexec_lambda::actions::ActionError;
+use taskexec_lambda::sweeper::resend::{Candidate, QueueDepth, QueueDepths, ResendIndex, ResendRule};
 
-use super::item::{Item, StateItem, n, s};
+use super::item::{Item, StateItem, n, s, trail_entry};
 use super::keys;
 use super::read;
+use super::transitions::log_event;
+use super::update::{Update, Updated};
 use super::{DynamoStore, OverdueTask};
 use crate::error::AwsError;
-
-/// Items per index page while sweeping (one `BatchGetItem` of states each).
-const SWEEP_PAGE: i32 = 100;
+use crate::sqs::SqsQueue;
 
 /// An entry of the open index.
 #[derive(Debug, Clone, Deserialize)]
@@ -137,7 +147,9 @@ pub async fn pending(
     Ok((all.into_iter().map(OpenEntry::pending).collect(), Some(next)))
 }
 
-/// Whether the sweeper should look at a task in this state.
+/// Whether a task in this state is due by its own timing: a lease that ran out, a retry whose
+/// time came, or a task queued since submission (whose message may well be waiting in a backlog:
+/// the sweeper's re-send rule is [`missing`], not this).
 fn is_overdue(state: &StateItem, now: Millis) -> bool {
     match state.status {
         TaskState::Queued => state.next_attempt_at.is_none_or(|at| at <= now),
@@ -146,23 +158,95 @@ fn is_overdue(state: &StateItem, now: Millis) -> bool {
     }
 }
 
-/// Up to `limit` overdue tasks, shard after shard (starting at a rotating shard).
+/// Up to `limit` tasks due by their own timing at `now` ([`is_overdue`]).
 pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<Vec<OverdueTask>, AwsError> {
+    let pick = |entry: OpenEntry, state: StateItem| {
+        is_overdue(&state, now).then(|| OverdueTask { state: state.status, epoch: state.epoch, task: entry.pending() })
+    };
+    sweep_open(store, now, (limit, usize::MAX), |_| true, pick).await
+}
+
+/// Up to `limit` unfinished tasks whose message `rule` finds missing (see
+/// `taskexec_lambda::sweeper::resend`), reading at most `scan_limit` index entries: only the
+/// entries up to [`ResendRule::scan_to`], and the states of those whose priority and due time
+/// leave them possibly missing.
+pub async fn missing(
+    store: &DynamoStore,
+    rule: &ResendRule,
+    limit: usize,
+    scan_limit: usize,
+) -> Result<Vec<Candidate>, AwsError> {
+    let keep = |entry: &OpenEntry| rule.may_be_missing(entry.priority, keys::ready_at_of(entry.due_key));
+    let pick = |entry: OpenEntry, state: StateItem| {
+        let candidate = candidate(entry, &state);
+        rule.is_missing(&candidate).then_some(candidate)
+    };
+    sweep_open(store, rule.scan_to(), (limit, scan_limit), keep, pick).await
+}
+
+fn candidate(entry: OpenEntry, state: &StateItem) -> Candidate {
+    let last_change = state.events().iter().map(|e| e.at).max().unwrap_or(state.submitted_at);
+    Candidate {
+        status: state.status,
+        epoch: state.epoch,
+        lease_until: state.lease_until,
+        last_change: last_change.max(state.submitted_at),
+        task: entry.pending(),
+    }
+}
+
+/// Record a re-send on the task: a `resent` trail entry, only if status and epoch are still the
+/// ones read (1 WCU; the trail is not projected, so no index write). `false`: it changed.
+pub async fn mark_resent(store: &DynamoStore, task: &Candidate, at: Millis) -> Result<bool, AwsError> {
+    let update = Update::new()
+        .expect("status", s(task.status.as_str()))
+        .expect("epoch", n(task.epoch))
+        .append("trail", vec![s(trail_entry("resent", at, task.epoch))]);
+    let id = &task.task.task_id;
+    match update.send(store, (keys::task_pk(id), keys::STATE), false).await? {
+        Updated::Applied(_) => {
+            log_event(id, "resent", task.epoch, Some("the sweeper re-sent its missing message"));
+            Ok(true)
+        }
+        Updated::ConditionFailed => Ok(false),
+    }
+}
+
+/// Open-index entries per page while sweeping.
+const SWEEP_PAGE: i32 = 500;
+
+/// Up to `limit` picks among the open-index entries due by `to`, shard after shard (starting at a
+/// rotating shard), reading at most `scan_limit` entries: the states of the entries `keep` keeps
+/// are read (eventually consistent: whoever acts re-checks with a conditional write), and
+/// `pick` decides.
+async fn sweep_open<T, K, P>(
+    store: &DynamoStore,
+    to: Millis,
+    (limit, scan_limit): (usize, usize),
+    keep: K,
+    pick: P,
+) -> Result<Vec<T>, AwsError>
+where
+    K: Fn(&OpenEntry) -> bool + Send + Sync,
+    P: Fn(OpenEntry, StateItem) -> Option<T> + Send + Sync,
+    T: Send,
+{
     let shards = store.config.open_shards;
     let first = store.sweep_start.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut found = Vec::new();
+    let (mut found, mut scanned) = (Vec::new(), 0_usize);
     for k in 0..shards {
         let shard = ((first + u64::from(k)) % u64::from(shards)) as u16;
         let mut start = None;
-        loop {
-            let (page, next) = open_page(store, shard, (0, keys::last_due_key(now)), SWEEP_PAGE, start).await?;
+        while scanned < scan_limit {
+            let page_size = i32::try_from(scan_limit - scanned).unwrap_or(i32::MAX).min(SWEEP_PAGE);
+            let (page, next) = open_page(store, shard, (0, keys::last_due_key(to)), page_size, start).await?;
+            scanned += page.len();
+            let page: Vec<OpenEntry> = page.into_iter().filter(|e| keep(e)).collect();
             let ids: Vec<String> = page.iter().map(|e| e.task_id.clone()).collect();
-            let mut states = read::states(store, &ids, false).await?;
+            let mut states = if ids.is_empty() { HashMap::new() } else { read::states(store, &ids, false).await? };
             for entry in page {
-                let Some(state) = states.remove(&entry.task_id).filter(|state| is_overdue(state, now)) else {
-                    continue;
-                };
-                found.push(OverdueTask { state: state.status, epoch: state.epoch, task: entry.pending() });
+                let Some(state) = states.remove(&entry.task_id) else { continue };
+                found.extend(pick(entry, state));
                 if found.len() >= limit {
                     return Ok(found);
                 }
@@ -174,6 +258,49 @@ pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<V
         }
     }
     Ok(found)
+}
+
+impl ResendIndex for DynamoStore {
+    async fn missing(&self, rule: &ResendRule, limit: usize, scan_limit: usize) -> Result<Vec<Candidate>, StoreError> {
+        Ok(missing(self, rule, limit, scan_limit).await?)
+    }
+
+    async fn mark_resent(&self, task: &Candidate, at: Millis) -> Result<bool, StoreError> {
+        Ok(mark_resent(self, task, at).await?)
+    }
+}
+
+/// SQS's default retention period, for a queue whose attributes do not say (4 days).
+const DEFAULT_RETENTION: Duration = Duration::from_secs(4 * 24 * 3600);
+
+/// The queues' depths for the sweeper's re-send rule: one `GetQueueAttributes` per queue.
+/// (Here rather than in `crate::sqs` for now: it only serves the rule above.)
+impl QueueDepths for SqsQueue {
+    async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
+        let urls = self.urls();
+        let mut out = [QueueDepth { messages: 0, retention: DEFAULT_RETENTION }; 3];
+        for (depth, url) in out.iter_mut().zip([&urls.high, &urls.normal, &urls.low]) {
+            self.count();
+            let reply = self
+                .client()
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+                .send()
+                .await
+                .map_err(|e| AwsError::sqs("GetQueueAttributes", e))?;
+            let mut attributes = reply.attributes.unwrap_or_default();
+            let retention = attributes.remove(&QueueAttributeName::MessageRetentionPeriod);
+            if let Some(seconds) = retention.and_then(|v| v.parse::<u64>().ok()) {
+                depth.retention = Duration::from_secs(seconds);
+            }
+            depth.messages = attributes.values().filter_map(|v| v.parse::<u64>().ok()).sum();
+        }
+        Ok(out)
+    }
 }
 
 /// Open-index entries read per shard at most when looking for waiting runs (about 150 bytes

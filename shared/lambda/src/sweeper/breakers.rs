@@ -36,22 +36,32 @@ pub trait BreakerBoard: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// Move every open breaker of `deployments` whose cool-down has passed to half-open; returns the
-/// deployments moved. A deployment whose item cannot be read or written is logged and skipped.
+/// What moving the breakers did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HalfOpened {
+    /// Deployments moved to half-open.
+    pub moved: Vec<String>,
+    /// Deployments whose item could not be read or written.
+    pub failed: usize,
+}
+
+/// Move every open breaker of `deployments` whose cool-down has passed to half-open. A
+/// deployment whose item cannot be read or written is logged, counted and skipped.
 pub async fn half_open_breakers<B: BreakerBoard, S: MetricsSink, C: Clock>(
     board: &B,
     deployments: &[String],
     metrics: &S,
     clock: &C,
-) -> Vec<String> {
+) -> HalfOpened {
     let now = clock.now();
-    let mut moved = Vec::new();
+    let mut done = HalfOpened::default();
     for deployment in deployments {
         let snapshot = match board.load(deployment).await {
             Ok(Some(s)) if s.state == BreakerState::Open && s.open_until.is_some_and(|until| until <= now) => s,
             Ok(_) => continue,
             Err(error) => {
                 tracing::warn!(deployment, %error, "sweeper could not read the breaker");
+                done.failed += 1;
                 continue;
             }
         };
@@ -65,13 +75,16 @@ pub async fn half_open_breakers<B: BreakerBoard, S: MetricsSink, C: Clock>(
                 );
                 metrics
                     .record(Metric::BreakerChanged { deployment: deployment.clone(), state: BreakerState::HalfOpen });
-                moved.push(deployment.clone());
+                done.moved.push(deployment.clone());
             }
             Ok(false) => {} // a worker changed it meanwhile: its state stands.
-            Err(error) => tracing::warn!(deployment, %error, "sweeper could not write the breaker"),
+            Err(error) => {
+                tracing::warn!(deployment, %error, "sweeper could not write the breaker");
+                done.failed += 1;
+            }
         }
     }
-    moved
+    done
 }
 
 #[cfg(test)]
@@ -119,8 +132,8 @@ mod tests {
         board.0.lock().unwrap().insert("closed".into(), BreakerSnapshot::default());
         let sink = CountingSink::default();
         let names: Vec<String> = ["due", "later", "closed", "unknown"].map(String::from).to_vec();
-        let moved = half_open_breakers(&board, &names, &sink, &FakeClock::at(2_000)).await;
-        assert_eq!(moved, ["due"]);
+        let done = half_open_breakers(&board, &names, &sink, &FakeClock::at(2_000)).await;
+        assert_eq!(done, HalfOpened { moved: vec!["due".into()], failed: 0 });
         let due = board.0.lock().unwrap()["due"].clone();
         assert_eq!(
             due,
@@ -129,6 +142,6 @@ mod tests {
         assert_eq!(board.0.lock().unwrap()["later"], open(5_000));
         assert_eq!(Counters::get(&sink.counters.open_breakers), 1, "one BreakerChanged(half-open) recorded");
         // Already half-open: nothing more.
-        assert!(half_open_breakers(&board, &names, &sink, &FakeClock::at(3_000)).await.is_empty());
+        assert!(half_open_breakers(&board, &names, &sink, &FakeClock::at(3_000)).await.moved.is_empty());
     }
 }

@@ -15,6 +15,10 @@ pub struct SweeperEnv {
     /// `TASKEXEC_STUCK_RUN_MINUTES` (default 15): a run with unfinished tasks and no finish for
     /// this long is stuck.
     pub stuck_after: Duration,
+    /// `TASKEXEC_RESEND_GRACE_SECONDS` (default 120, [`super::resend::DEFAULT_RESEND_GRACE`]):
+    /// how long a task's state must have been still before its message may be judged missing
+    /// (see [`super::resend`]).
+    pub resend_grace: Duration,
 }
 
 impl SweeperEnv {
@@ -27,6 +31,7 @@ impl SweeperEnv {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         const MAPPINGS: &str = "TASKEXEC_EVENT_SOURCE_MAPPINGS";
         const STUCK: &str = "TASKEXEC_STUCK_RUN_MINUTES";
+        const GRACE: &str = "TASKEXEC_RESEND_GRACE_SECONDS";
         let mappings = match lookup(MAPPINGS).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
             None => None,
             Some(list) => {
@@ -48,7 +53,20 @@ impl SweeperEnv {
                 _ => return Err(EnvError::Invalid { name: STUCK, why: format!("`{v}` is not a positive number") }),
             },
         };
-        Ok(Self { mappings, stuck_after })
+        let resend_grace = match lookup(GRACE).filter(|v| !v.is_empty()) {
+            None => super::resend::DEFAULT_RESEND_GRACE,
+            Some(v) => match v.parse::<u64>() {
+                // Below a minute the SQS counts the rule reads may still lag behind a send.
+                Ok(seconds) if seconds >= 60 => Duration::from_secs(seconds),
+                _ => {
+                    return Err(EnvError::Invalid {
+                        name: GRACE,
+                        why: format!("`{v}` is not a number of seconds ≥ 60"),
+                    });
+                }
+            },
+        };
+        Ok(Self { mappings, stuck_after, resend_grace })
     }
 }
 
@@ -62,15 +80,22 @@ mod tests {
     fn the_sweepers_variables_are_optional_and_checked() {
         let none = SweeperEnv::from_lookup(|_| None).unwrap();
         assert_eq!((none.mappings, none.stuck_after), (None, Duration::from_secs(900)));
-        let v: HashMap<&str, &str> =
-            HashMap::from([("TASKEXEC_EVENT_SOURCE_MAPPINGS", "a, b ,c"), ("TASKEXEC_STUCK_RUN_MINUTES", "5")]);
+        assert_eq!(none.resend_grace, Duration::from_secs(120));
+        let v: HashMap<&str, &str> = HashMap::from([
+            ("TASKEXEC_EVENT_SOURCE_MAPPINGS", "a, b ,c"),
+            ("TASKEXEC_STUCK_RUN_MINUTES", "5"),
+            ("TASKEXEC_RESEND_GRACE_SECONDS", "600"),
+        ]);
         let env = SweeperEnv::from_lookup(|n| v.get(n).map(|s| (*s).to_owned())).unwrap();
         assert_eq!(env.mappings, Some(["a".into(), "b".into(), "c".into()]));
         assert_eq!(env.stuck_after, Duration::from_secs(300));
+        assert_eq!(env.resend_grace, Duration::from_secs(600));
         for (name, bad) in [
             ("TASKEXEC_EVENT_SOURCE_MAPPINGS", "a,b"),
             ("TASKEXEC_EVENT_SOURCE_MAPPINGS", "a,,c"),
             ("TASKEXEC_STUCK_RUN_MINUTES", "0"),
+            ("TASKEXEC_RESEND_GRACE_SECONDS", "30"),
+            ("TASKEXEC_RESEND_GRACE_SECONDS", "soon"),
         ] {
             let err = SweeperEnv::from_lookup(|n| (n == name).then(|| bad.to_owned())).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");

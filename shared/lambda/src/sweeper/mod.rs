@@ -1,77 +1,65 @@
 //! The sweeper (scheduled): the backstop that keeps "every unfinished task has a live message"
-//! true. It re-sends unfinished tasks whose lease expired or whose retry is overdue (a send that
-//! failed after the record was written, a worker that died); rebalances the queues'
+//! true. It re-sends the unfinished tasks whose message is missing — never a task whose message
+//! is only waiting in a backlog ([`resend`] says how it tells them apart); rebalances the queues'
 //! `MaximumConcurrency` weights from their backlogs — weighted priority with a floor, never low
 //! below 2 ([`mappings`]); writes breakers whose cool-down passed as half-open ([`breakers`]);
 //! and alerts on stuck runs ([`stuck`]). It calls no provider. [`SweeperPorts::run`] does all
-//! four, each independent of the others' failures.
+//! four, each whatever the others' failures, and its [`SweepSummary`] names every part that
+//! failed ([`summary`]), so the function can return an error that the `Errors` alarm sees.
 
 pub mod breakers;
 pub mod env;
 pub mod mappings;
+pub mod resend;
 pub mod stuck;
+pub mod summary;
 
 use std::future::Future;
 use std::time::Duration;
 
 use taskexec_core::error::StoreError;
-use taskexec_core::message::Envelope;
-use taskexec_core::ports::{DeliveryBuilder, MetricsSink, PendingTask};
+use taskexec_core::ports::{MetricsSink, PendingTask};
 use taskexec_core::time::{Clock, Millis};
 
 use self::breakers::{BreakerBoard, half_open_breakers};
-use self::mappings::{Backlogs, MappingWeights, RebalanceReport, rebalance_mappings};
-use self::stuck::{RunWatch, StuckRun, stuck_runs, stuck_runs_emf};
+use self::mappings::{Backlogs, MappingWeights, rebalance_mappings};
+use self::resend::resend_missing;
+pub use self::resend::{QueueDepths, ResendError, ResendIndex, ResendSettings, SweepReport};
+use self::stuck::{RunWatch, stuck_runs, stuck_runs_emf};
+pub use self::summary::{Incomplete, PartFailure, SweepError, SweepPart, SweepSummary};
 use crate::actions::{QueueActions, Topology};
 
-/// Unfinished tasks that need a message: lease expired, or retry overdue by more than a grace.
+/// Unfinished tasks due by their own timing: lease expired, retry due, or queued since
+/// submission. **Not** the re-send rule: a queued task is due as soon as it is submitted,
+/// while its message waits in the backlog. The sweeper re-sends through [`ResendIndex`]; this
+/// trait stays only while `taskexec-aws` still implements it.
 pub trait OverdueIndex: Send + Sync {
     /// Up to `limit` such tasks at `now`.
     fn overdue(&self, now: Millis, limit: usize) -> impl Future<Output = Result<Vec<PendingTask>, StoreError>> + Send;
 }
 
-/// What a sweep did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    /// Tasks re-sent.
-    pub resent: usize,
-    /// Sends that failed (they are found again next sweep).
-    pub failed: usize,
-}
-
-/// Re-send every overdue task (up to `limit`) to the queue of its priority.
-pub async fn sweep<I: OverdueIndex, A: QueueActions, C: Clock>(
+/// Re-send every task whose message is missing (up to `limit`), with the default grace
+/// ([`resend::resend_missing`] with [`ResendSettings::default`]).
+pub async fn sweep<I, A, C>(
     index: &I,
-    actions: &A,
+    queues: &A,
     topology: &Topology,
     clock: &C,
     limit: usize,
-) -> Result<SweepReport, StoreError> {
-    let overdue = index.overdue(clock.now(), limit).await?;
-    let mut builder = DeliveryBuilder::default();
-    let mut report = SweepReport::default();
-    for task in overdue {
-        let delivery = builder.build(task);
-        let queue = topology.for_priority(delivery.priority);
-        match actions.send(&queue.url, Envelope::of(&delivery).to_body(), 0).await {
-            Ok(()) => report.resent += 1,
-            Err(error) => {
-                tracing::warn!(task_id = %delivery.task_id, %error, "sweeper could not re-send");
-                report.failed += 1;
-            }
-        }
-    }
-    if report.resent + report.failed > 0 {
-        tracing::info!(resent = report.resent, failed = report.failed, "sweep re-sent overdue tasks");
-    }
-    Ok(report)
+) -> Result<SweepReport, ResendError>
+where
+    I: ResendIndex,
+    A: QueueActions + QueueDepths,
+    C: Clock,
+{
+    resend_missing(index, queues, topology, clock, ResendSettings { limit, ..ResendSettings::default() }).await
 }
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SweeperSettings {
-    /// Tasks re-sent per invocation at most.
-    pub resend_limit: usize,
+    /// Re-sending: the grace, tasks re-sent and index entries read per invocation at most.
+    pub resend: ResendSettings,
     /// A run with unfinished tasks and no finish for this long is stuck.
     pub stuck_after: Duration,
     /// Candidate runs checked per invocation at most.
@@ -83,7 +71,7 @@ pub struct SweeperSettings {
 impl Default for SweeperSettings {
     fn default() -> Self {
         Self {
-            resend_limit: 1_000,
+            resend: ResendSettings::default(),
             stuck_after: stuck::DEFAULT_STUCK_AFTER,
             stuck_run_limit: 20,
             deployments: Vec::new(),
@@ -91,45 +79,12 @@ impl Default for SweeperSettings {
     }
 }
 
-/// Everything one sweep did.
-#[derive(Debug, Default)]
-pub struct SweepSummary {
-    /// Re-sending (`None`: the overdue index could not be read).
-    pub resend: Option<SweepReport>,
-    /// Rebalancing (`None`: not configured, or it failed — logged).
-    pub rebalance: Option<RebalanceReport>,
-    /// Breakers moved to half-open.
-    pub half_opened: Vec<String>,
-    /// Stuck runs (`None`: the check failed — logged).
-    pub stuck: Option<Vec<StuckRun>>,
-}
-
-impl std::fmt::Display for SweepSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.resend {
-            Some(r) => write!(f, "re-sent {} overdue task(s), {} failed", r.resent, r.failed)?,
-            None => write!(f, "re-send skipped (index unreadable)")?,
-        }
-        match &self.rebalance {
-            Some(r) => {
-                write!(f, "; weights {:?} -> {:?} ({} updated, {} failed)", r.before, r.after, r.updated, r.failed)?
-            }
-            None => write!(f, "; no rebalancing")?,
-        }
-        write!(f, "; {} breaker(s) half-opened", self.half_opened.len())?;
-        match &self.stuck {
-            Some(s) => write!(f, "; {} stuck run(s)", s.len()),
-            None => write!(f, "; stuck-run check failed"),
-        }
-    }
-}
-
 /// The sweeper's ports, borrowed for a sweep.
 #[derive(Debug)]
 pub struct SweeperPorts<'a, I, A, K, B, M, W, S> {
-    /// Overdue tasks (the store).
+    /// Unfinished tasks, and the record of re-sends (the store).
     pub index: &'a I,
-    /// Message sends (SQS).
+    /// Message sends and the queues' depths (SQS).
     pub actions: &'a A,
     /// The queues.
     pub topology: &'a Topology,
@@ -145,37 +100,52 @@ pub struct SweeperPorts<'a, I, A, K, B, M, W, S> {
 
 impl<I, A, K, B, M, W, S> SweeperPorts<'_, I, A, K, B, M, W, S>
 where
-    I: OverdueIndex,
-    A: QueueActions,
+    I: ResendIndex,
+    A: QueueActions + QueueDepths,
     K: BreakerBoard,
     B: Backlogs,
     M: MappingWeights,
     W: RunWatch,
     S: MetricsSink,
 {
-    /// One sweep: re-send, rebalance, half-open breakers, stuck runs. A part that fails is logged
-    /// and the others still run; the `StuckRuns` EMF line goes to stdout.
+    /// One sweep: re-send, rebalance, half-open breakers, stuck runs. Every part runs whatever
+    /// the others did; each failure is logged and recorded in the summary
+    /// ([`SweepSummary::into_result`]). The `StuckRuns` EMF line goes to stdout whenever the
+    /// stuck-run check ran, whatever the other parts did.
     pub async fn run<C: Clock>(&self, clock: &C, settings: &SweeperSettings) -> SweepSummary {
         let mut summary = SweepSummary::default();
         // Each part boxed: one flat future instead of four nested state machines.
-        match Box::pin(sweep(self.index, self.actions, self.topology, clock, settings.resend_limit)).await {
-            Ok(r) => summary.resend = Some(r),
-            Err(error) => tracing::error!(%error, "sweeper could not read the overdue index"),
+        match Box::pin(resend_missing(self.index, self.actions, self.topology, clock, settings.resend)).await {
+            Ok(report) => {
+                let failed = report.failed + report.unrecorded;
+                summary.fail_if(SweepPart::Resend, "re-sends", failed, report.resent + report.failed);
+                summary.resend = Some(report);
+            }
+            Err(error) => summary.fail(SweepPart::Resend, error),
         }
         if let Some((backlogs, mappings)) = self.weights {
             match Box::pin(rebalance_mappings(backlogs, mappings)).await {
-                Ok(r) => summary.rebalance = Some(r),
-                Err(error) => tracing::error!(%error, "sweeper could not rebalance the queues"),
+                Ok(report) => {
+                    summary.fail_if(
+                        SweepPart::Rebalance,
+                        "mapping updates",
+                        report.failed,
+                        report.updated + report.failed,
+                    );
+                    summary.rebalance = Some(report);
+                }
+                Err(error) => summary.fail(SweepPart::Rebalance, error),
             }
         }
-        summary.half_opened =
-            Box::pin(half_open_breakers(self.breakers, &settings.deployments, self.metrics, clock)).await;
+        let breakers = Box::pin(half_open_breakers(self.breakers, &settings.deployments, self.metrics, clock)).await;
+        summary.fail_if(SweepPart::Breakers, "breaker reads or writes", breakers.failed, settings.deployments.len());
+        summary.half_opened = breakers.moved;
         match Box::pin(stuck_runs(self.runs, clock, settings.stuck_after, settings.stuck_run_limit)).await {
             Ok(stuck) => {
                 println!("{}", stuck_runs_emf(&stuck, clock.now()));
                 summary.stuck = Some(stuck);
             }
-            Err(error) => tracing::error!(%error, "sweeper could not look for stuck runs"),
+            Err(error) => summary.fail(SweepPart::StuckRuns, error),
         }
         summary
     }
@@ -240,5 +210,146 @@ mod tests {
             }
         }
         assert_eq!(rebalance([1, 1, 1], 2).iter().sum::<u32>(), 6, "never below three floors");
+    }
+}
+
+/// A sweep whose parts fail: every part still runs and the error names each failure.
+#[cfg(test)]
+mod failure_tests {
+    use taskexec_core::breaker::BreakerSnapshot;
+    use taskexec_core::memory::CountingSink;
+    use taskexec_core::time::FakeClock;
+
+    use super::mappings::RebalanceReport;
+    use super::resend::{Candidate, QueueDepth, ResendRule};
+    use super::stuck::{RunActivity, WaitingRun};
+    use super::*;
+    use crate::actions::{ActionError, RecordingActions, test_topology};
+
+    fn broken() -> StoreError {
+        StoreError::backend(std::io::Error::other("ProvisionedThroughputExceededException"))
+    }
+
+    /// Every port, each failing or not as told.
+    #[derive(Default)]
+    struct Ports {
+        actions: RecordingActions,
+        index_fails: bool,
+        breakers_fail: bool,
+        mappings_fail: bool,
+    }
+
+    impl ResendIndex for Ports {
+        async fn missing(&self, _: &ResendRule, _: usize, _: usize) -> Result<Vec<Candidate>, StoreError> {
+            if self.index_fails { Err(broken()) } else { Ok(Vec::new()) }
+        }
+
+        async fn mark_resent(&self, _: &Candidate, _: Millis) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+    }
+
+    impl QueueActions for Ports {
+        async fn change_visibility(&self, q: &str, r: &str, s: i32) -> Result<(), ActionError> {
+            self.actions.change_visibility(q, r, s).await
+        }
+
+        async fn delete(&self, q: &str, r: &str) -> Result<(), ActionError> {
+            self.actions.delete(q, r).await
+        }
+
+        async fn send(&self, q: &str, body: String, delay: i32) -> Result<(), ActionError> {
+            self.actions.send(q, body, delay).await
+        }
+    }
+
+    impl QueueDepths for Ports {
+        async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
+            Ok([QueueDepth { messages: 0, retention: Duration::from_secs(86_400) }; 3])
+        }
+    }
+
+    impl BreakerBoard for Ports {
+        async fn load(&self, _: &str) -> Result<Option<BreakerSnapshot>, StoreError> {
+            if self.breakers_fail { Err(broken()) } else { Ok(None) }
+        }
+
+        async fn replace_if(&self, _: &str, _: &BreakerSnapshot, _: &BreakerSnapshot) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+    }
+
+    impl Backlogs for Ports {
+        async fn backlogs(&self) -> Result<[u64; 3], ActionError> {
+            Ok([0, 0, 0])
+        }
+    }
+
+    impl MappingWeights for Ports {
+        async fn weights(&self) -> Result<[Option<u32>; 3], ActionError> {
+            if self.mappings_fail { Err("ResourceNotFoundException: no such mapping".into()) } else { Ok([Some(2); 3]) }
+        }
+
+        async fn set_weight(&self, _: usize, _: u32) -> Result<(), ActionError> {
+            Ok(())
+        }
+    }
+
+    impl RunWatch for Ports {
+        async fn waiting_runs(&self, _: Millis, _: usize) -> Result<Vec<WaitingRun>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn activity(&self, _: &str) -> Result<RunActivity, StoreError> {
+            Ok(RunActivity::default())
+        }
+    }
+
+    async fn sweep_with(ports: &Ports) -> SweepSummary {
+        let (topology, sink) = (test_topology(), CountingSink::default());
+        let sweeper = SweeperPorts {
+            index: ports,
+            actions: ports,
+            topology: &topology,
+            breakers: ports,
+            weights: Some((ports, ports)),
+            runs: ports,
+            metrics: &sink,
+        };
+        let settings = SweeperSettings { deployments: vec!["a".into(), "b".into()], ..SweeperSettings::default() };
+        sweeper.run(&FakeClock::at(1_000_000_000), &settings).await
+    }
+
+    #[tokio::test]
+    async fn a_clean_sweep_is_ok() {
+        let summary = sweep_with(&Ports::default()).await.into_result().unwrap();
+        assert_eq!(summary.resend, Some(SweepReport::default()));
+        assert_eq!(summary.rebalance.as_ref().map(|r: &RebalanceReport| r.after), Some([2, 2, 2]));
+        assert_eq!(summary.stuck, Some(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn every_failed_part_is_named_and_the_others_still_run() {
+        let ports = Ports { index_fails: true, breakers_fail: true, mappings_fail: true, ..Ports::default() };
+        let mut summary = sweep_with(&ports).await;
+        // The stuck-run check ran (and printed its EMF line) although the parts before it failed.
+        assert_eq!(summary.stuck, Some(Vec::new()));
+        assert!(summary.resend.is_none() && summary.rebalance.is_none());
+        summary.fail(SweepPart::LimiterReclaim, broken());
+        let parts: Vec<SweepPart> = summary.failures.iter().map(|f| f.part).collect();
+        assert_eq!(parts, [SweepPart::Resend, SweepPart::Rebalance, SweepPart::Breakers, SweepPart::LimiterReclaim]);
+        let error = summary.into_result().unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "4 sweeper part(s) failed",
+            "re-send: cannot read the open index",
+            "rebalance: cannot read event source mappings: ResourceNotFoundException",
+            "breakers: 2 of 2 breaker reads or writes failed",
+            "limiter reclaim: store backend failed",
+            "0 stuck run(s)",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+        assert!(std::error::Error::source(&error).is_some(), "the first failure is the source");
     }
 }

@@ -1,0 +1,419 @@
+//! Re-sending the tasks whose message is missing: the rule, its two ports and the sweep that
+//! applies it.
+//!
+//! **What can go missing.** Every unfinished task must have a live message. A message goes
+//! missing when the API stored a task and then its send failed (or its process died in
+//! between), when someone purges or deletes messages, or when a message outlives its queue's
+//! retention period. A task whose worker died does *not* lose its message: the message stays
+//! in flight and comes back after its visibility timeout.
+//!
+//! **Why "due for a while" does not mean "missing".** A message waits in its queue as long as
+//! the backlog ahead of it, hours for a large run. Nothing on a task's state item says whether
+//! its message exists (recording each successful send would cost a write per task, against a
+//! budget of 5 WRU per task), and SQS cannot be searched for one message. So the rule uses what
+//! SQS says cheaply, per queue, with one `GetQueueAttributes` each: how many messages it holds
+//! (visible + delayed + in flight) and how long it keeps them (`MessageRetentionPeriod`).
+//!
+//! **The rule** ([`ResendRule::is_missing`]). A queued task, or a running one whose lease ran
+//! out more than the grace ago, is re-sent when its state item has not changed for longer than
+//! the grace and either
+//! 1. its priority's queue holds no message at all: then no message of it exists. The grace
+//!    (default [`DEFAULT_RESEND_GRACE`], `TASKEXEC_RESEND_GRACE_SECONDS`) covers SQS's counts
+//!    lagging behind sends by up to about a minute and a submission between its write and its
+//!    send; or
+//! 2. its state has not changed for longer than the queue's retention period plus the grace:
+//!    a message sent for it then has expired.
+//!
+//! Otherwise it waits. A lost send in a queue that holds a backlog is re-sent once the queue is
+//! seen empty, which is about when its message would have been received anyway (it waits behind
+//! the same backlog), and after the retention period at the latest. A backlog of any size is
+//! never re-sent: its queue is not empty and its tasks are younger than the retention period.
+//!
+//! **Once.** A re-send is recorded on the task as a `resent` entry of its trail (conditional on
+//! the status and epoch read; 1 WCU, no index write: the trail is not projected), which counts
+//! as a change of state. So the next sweeps find the queue non-empty (the new message) or the
+//! change recent, and leave the task alone while its message lives.
+//!
+//! **Cost.** The open index is read only below [`ResendRule::scan_to`]: for a priority whose
+//! queue holds messages, only entries older than the retention period; states are read (one
+//! `BatchGetItem` per page) only for entries the rule could find missing; at most `scan_limit`
+//! entries per sweep.
+//!
+//! A duplicate is harmless (claims are fenced by the epoch; the extra message is acknowledged
+//! as soon as it finds the task claimed or finished). The rule can make one in rare races: a
+//! message redriven to a dead-letter queue and not yet re-queued by the `dlq` function while
+//! its main queue is empty, or counts that lag by more than the grace.
+
+use std::future::Future;
+use std::time::Duration;
+
+use taskexec_core::error::StoreError;
+use taskexec_core::message::Envelope;
+use taskexec_core::ports::{DeliveryBuilder, PendingTask};
+use taskexec_core::task::{TaskPriority, TaskState};
+use taskexec_core::time::{Clock, Millis};
+
+use crate::actions::{ActionError, QueueActions, Topology};
+
+/// Default of the grace: SQS's approximate counts lag up to about a minute, and the sweeper runs
+/// once a minute.
+pub const DEFAULT_RESEND_GRACE: Duration = Duration::from_secs(120);
+/// Default of the index entries read per sweep at most (about 150 bytes each: 20,000 cost about
+/// 370 read units).
+pub const DEFAULT_SCAN_LIMIT: usize = 20_000;
+
+/// A queue as the rule needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages it holds: visible + delayed + in flight (`ApproximateNumberOfMessages`,
+    /// `…Delayed`, `…NotVisible`).
+    pub messages: u64,
+    /// How long it keeps a message (`MessageRetentionPeriod`).
+    pub retention: Duration,
+}
+
+/// The three queues' depths, as a port (SQS `GetQueueAttributes` in `taskexec-aws`).
+pub trait QueueDepths: Send + Sync {
+    /// The high, normal and low queues.
+    fn depths(&self) -> impl Future<Output = Result<[QueueDepth; 3], ActionError>> + Send;
+}
+
+/// An unfinished task as the rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Route and priority; `ready_at` is its due time in the open index (submission, or the
+    /// retry's time).
+    pub task: PendingTask,
+    /// `Queued` or `Running`.
+    pub status: TaskState,
+    /// The epoch read (the re-send is recorded only if it is unchanged).
+    pub epoch: u64,
+    /// The lease's end, while running.
+    pub lease_until: Option<Millis>,
+    /// The last change of its state: the latest trail entry (a `resent` one included).
+    pub last_change: Millis,
+}
+
+/// The re-send rule at one sweep (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResendRule {
+    /// The sweep's time.
+    pub now: Millis,
+    /// How long a task's state must have been still before it is re-sent.
+    pub grace: Duration,
+    /// The high, normal and low queues, read at the start of the sweep.
+    pub queues: [QueueDepth; 3],
+}
+
+fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX / 4)
+}
+
+impl ResendRule {
+    /// A task of `priority` can be missing its message only if its state is unchanged since this
+    /// time (and it was due by then).
+    #[must_use]
+    pub fn still_since(&self, priority: TaskPriority) -> Millis {
+        let queue = &self.queues[usize::from(priority.rank())];
+        let wait = if queue.messages == 0 { self.grace } else { queue.retention + self.grace };
+        self.now.saturating_sub(millis(wait))
+    }
+
+    /// The latest due time the open index must be read to: no task due later can be missing.
+    #[must_use]
+    pub fn scan_to(&self) -> Millis {
+        [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low]
+            .into_iter()
+            .map(|p| self.still_since(p))
+            .max()
+            .unwrap_or(self.now)
+    }
+
+    /// Whether a task's index entry is worth reading its state for.
+    #[must_use]
+    pub fn may_be_missing(&self, priority: TaskPriority, due: Millis) -> bool {
+        due <= self.still_since(priority)
+    }
+
+    /// Whether the task's message is missing.
+    #[must_use]
+    pub fn is_missing(&self, task: &Candidate) -> bool {
+        let settled = match task.status {
+            TaskState::Queued => true,
+            // A live lease: a worker holds the message. A lease just run out: the message comes
+            // back after its visibility timeout.
+            TaskState::Running => task.lease_until.is_none_or(|until| until <= self.now - millis(self.grace)),
+            _ => false,
+        };
+        let since = self.still_since(task.task.priority);
+        settled && task.task.ready_at <= since && task.last_change <= since
+    }
+}
+
+/// Where the sweeper finds unfinished tasks and records its re-sends, as a port (the DynamoDB
+/// store in `taskexec-aws`).
+pub trait ResendIndex: Send + Sync {
+    /// Up to `limit` unfinished tasks whose message `rule` finds missing, reading at most
+    /// `scan_limit` index entries.
+    fn missing(
+        &self,
+        rule: &ResendRule,
+        limit: usize,
+        scan_limit: usize,
+    ) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send;
+    /// Record that the task's message was re-sent at `at`, only if its status and epoch are
+    /// still the ones read; `false` when the task changed meanwhile.
+    fn mark_resent(&self, task: &Candidate, at: Millis) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// How the re-sending runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendSettings {
+    /// See [`ResendRule::grace`].
+    pub grace: Duration,
+    /// Tasks re-sent per sweep at most.
+    pub limit: usize,
+    /// Index entries read per sweep at most.
+    pub scan_limit: usize,
+}
+
+impl Default for ResendSettings {
+    fn default() -> Self {
+        Self { grace: DEFAULT_RESEND_GRACE, limit: 1_000, scan_limit: DEFAULT_SCAN_LIMIT }
+    }
+}
+
+/// What a re-sending did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Tasks re-sent.
+    pub resent: usize,
+    /// Sends that failed (they are found again next sweep).
+    pub failed: usize,
+    /// Re-sent, but the record of it could not be written (a later sweep may send it again).
+    pub unrecorded: usize,
+}
+
+/// Why nothing was re-sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ResendError {
+    /// The queues' depths could not be read.
+    #[error("cannot read the queues' depths: {0}")]
+    Depths(#[source] ActionError),
+    /// The open index could not be read.
+    #[error("cannot read the open index: {0}")]
+    Index(#[source] StoreError),
+}
+
+/// Re-send every task whose message is missing (see the module documentation) to the queue of
+/// its priority, and record each re-send on the task.
+pub async fn resend_missing<I, A, C>(
+    index: &I,
+    queues: &A,
+    topology: &Topology,
+    clock: &C,
+    settings: ResendSettings,
+) -> Result<SweepReport, ResendError>
+where
+    I: ResendIndex,
+    A: QueueActions + QueueDepths,
+    C: Clock,
+{
+    let depths = queues.depths().await.map_err(ResendError::Depths)?;
+    let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
+    let missing = index.missing(&rule, settings.limit, settings.scan_limit).await.map_err(ResendError::Index)?;
+    let mut builder = DeliveryBuilder::default();
+    let mut report = SweepReport::default();
+    for task in missing {
+        let delivery = builder.build(task.task.clone());
+        let queue = topology.for_priority(delivery.priority);
+        if let Err(error) = queues.send(&queue.url, Envelope::of(&delivery).to_body(), 0).await {
+            tracing::warn!(task_id = %delivery.task_id, %error, "sweeper could not re-send");
+            report.failed += 1;
+            continue;
+        }
+        report.resent += 1;
+        match index.mark_resent(&task, clock.now()).await {
+            Ok(true) => {}
+            // Claimed or finished meanwhile: the message sent is a duplicate, acknowledged on arrival.
+            Ok(false) => tracing::info!(task_id = %delivery.task_id, "task changed while the sweeper re-sent it"),
+            Err(error) => {
+                tracing::warn!(task_id = %delivery.task_id, %error, "sweeper could not record a re-send");
+                report.unrecorded += 1;
+            }
+        }
+    }
+    if report.resent + report.failed > 0 {
+        tracing::info!(
+            resent = report.resent,
+            failed = report.failed,
+            unrecorded = report.unrecorded,
+            queues = ?rule.queues.map(|q| q.messages),
+            "sweep re-sent tasks whose message was missing"
+        );
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use taskexec_core::time::FakeClock;
+
+    use super::*;
+    use crate::actions::{Action, RecordingActions, test_topology};
+
+    const MIN: Millis = 60_000;
+    const DAY: Millis = 24 * 60 * MIN;
+    const NOW: Millis = 100 * DAY;
+
+    fn depth(messages: u64) -> QueueDepth {
+        QueueDepth { messages, retention: Duration::from_secs(14 * 24 * 3600) }
+    }
+
+    fn rule(messages: [u64; 3]) -> ResendRule {
+        ResendRule { now: NOW, grace: DEFAULT_RESEND_GRACE, queues: messages.map(depth) }
+    }
+
+    fn queued(id: &str, priority: TaskPriority, due: Millis, last_change: Millis) -> Candidate {
+        Candidate {
+            task: PendingTask {
+                task_id: id.into(),
+                priority,
+                run_id: "r".into(),
+                provider_id: "sim".into(),
+                model_id: "m".into(),
+                ready_at: due,
+            },
+            status: TaskState::Queued,
+            epoch: 0,
+            lease_until: None,
+            last_change,
+        }
+    }
+
+    #[test]
+    fn an_empty_queue_means_its_settled_tasks_have_no_message() {
+        let r = rule([0, 5_000, 0]);
+        let old = NOW - 10 * MIN;
+        assert!(r.is_missing(&queued("lost", TaskPriority::High, old, old)));
+        assert!(!r.is_missing(&queued("fresh", TaskPriority::High, NOW - MIN, NOW - MIN)), "within the grace");
+        let just_resent = queued("resent", TaskPriority::High, old, NOW - 30_000);
+        assert!(!r.is_missing(&just_resent), "a recent re-send is a recent change");
+        let retry_later = queued("retry", TaskPriority::Low, NOW + MIN, old);
+        assert!(!r.is_missing(&retry_later), "a retry is looked at once it is due plus the grace");
+    }
+
+    #[test]
+    fn a_backlog_waits_unless_older_than_the_retention_period() {
+        let r = rule([0, 5_000, 0]);
+        assert!(!r.is_missing(&queued("waiting", TaskPriority::Normal, NOW - 3 * 60 * MIN, NOW - 3 * 60 * MIN)));
+        assert!(!r.is_missing(&queued("a-week", TaskPriority::Normal, NOW - 7 * DAY, NOW - 7 * DAY)));
+        let expired = NOW - 15 * DAY;
+        assert!(r.is_missing(&queued("expired", TaskPriority::Normal, expired, expired)));
+        let released = queued("released", TaskPriority::Normal, expired, NOW - 10 * MIN);
+        assert!(!r.is_missing(&released), "changed recently: its message is recent");
+        assert_eq!(r.scan_to(), NOW - 2 * MIN, "the empty queues' tasks are read up to the grace");
+        assert_eq!(rule([1, 1, 1]).scan_to(), NOW - 14 * DAY - 2 * MIN, "only expired messages");
+        assert!(!r.may_be_missing(TaskPriority::Normal, NOW - DAY));
+        assert!(r.may_be_missing(TaskPriority::Low, NOW - DAY));
+    }
+
+    #[test]
+    fn running_tasks_wait_for_their_lease_and_the_grace() {
+        let r = rule([0, 0, 0]);
+        let old = NOW - 60 * MIN;
+        let running = |lease_until| Candidate {
+            status: TaskState::Running,
+            lease_until: Some(lease_until),
+            ..queued("t", TaskPriority::Normal, old, old)
+        };
+        assert!(!r.is_missing(&running(NOW + MIN)), "a live lease: a worker holds the message");
+        assert!(!r.is_missing(&running(NOW - MIN)), "its message comes back after the visibility timeout");
+        assert!(r.is_missing(&running(NOW - 5 * MIN)));
+        let done = Candidate { status: TaskState::Completed, ..queued("d", TaskPriority::Normal, old, old) };
+        assert!(!r.is_missing(&done));
+    }
+
+    /// An index that answers with the rule applied to a fixed list, and records the re-sends.
+    struct Index {
+        tasks: Mutex<Vec<Candidate>>,
+        fail_mark: bool,
+    }
+
+    impl ResendIndex for Index {
+        async fn missing(&self, rule: &ResendRule, limit: usize, _scan: usize) -> Result<Vec<Candidate>, StoreError> {
+            let tasks = self.tasks.lock().unwrap();
+            Ok(tasks.iter().filter(|t| rule.is_missing(t)).take(limit).cloned().collect())
+        }
+
+        async fn mark_resent(&self, task: &Candidate, at: Millis) -> Result<bool, StoreError> {
+            if self.fail_mark {
+                return Err(StoreError::backend(std::io::Error::other("throttled")));
+            }
+            let mut tasks = self.tasks.lock().unwrap();
+            let found = tasks.iter_mut().find(|t| t.task.task_id == task.task.task_id && t.epoch == task.epoch);
+            Ok(found.map(|t| t.last_change = at).is_some())
+        }
+    }
+
+    /// Queues whose depths grow with every send.
+    #[derive(Default)]
+    struct Queues {
+        actions: RecordingActions,
+        messages: Mutex<[u64; 3]>,
+    }
+
+    impl QueueActions for Queues {
+        async fn change_visibility(&self, q: &str, r: &str, s: i32) -> Result<(), ActionError> {
+            self.actions.change_visibility(q, r, s).await
+        }
+
+        async fn delete(&self, q: &str, r: &str) -> Result<(), ActionError> {
+            self.actions.delete(q, r).await
+        }
+
+        async fn send(&self, q: &str, body: String, delay: i32) -> Result<(), ActionError> {
+            let i = test_topology().queues.iter().position(|p| p.url == q).expect("a known queue");
+            self.messages.lock().unwrap()[i] += 1;
+            self.actions.send(q, body, delay).await
+        }
+    }
+
+    impl QueueDepths for Queues {
+        async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
+            Ok(self.messages.lock().unwrap().map(depth))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_task_is_resent_once_and_a_backlog_never() {
+        let old = NOW - 30 * MIN;
+        let mut tasks: Vec<Candidate> =
+            (0..50).map(|i| queued(&format!("b{i}"), TaskPriority::Normal, old, old)).collect();
+        tasks.push(queued("lost", TaskPriority::High, old, old));
+        let index = Index { tasks: Mutex::new(tasks), fail_mark: false };
+        let queues = Queues { messages: Mutex::new([0, 50, 0]), ..Queues::default() };
+        let clock = FakeClock::at(NOW);
+        for sweep in 0..4 {
+            let report = resend_missing(&index, &queues, &test_topology(), &clock, ResendSettings::default()).await;
+            let expected = usize::from(sweep == 0);
+            assert_eq!(report.unwrap(), SweepReport { resent: expected, ..SweepReport::default() }, "sweep {sweep}");
+            clock.advance(Duration::from_secs(60));
+        }
+        let sends: Vec<Action> = queues.actions.actions();
+        assert_eq!(sends.len(), 1, "{sends:?}");
+        assert!(matches!(&sends[0], Action::Send(url, body, 0) if url.ends_with("-high") && body.contains("\"lost\"")));
+    }
+
+    #[tokio::test]
+    async fn a_send_or_a_record_that_fails_is_reported() {
+        let old = NOW - 30 * MIN;
+        let index = Index { tasks: Mutex::new(vec![queued("lost", TaskPriority::Low, old, old)]), fail_mark: true };
+        let queues = Queues::default();
+        let (topology, clock) = (test_topology(), FakeClock::at(NOW));
+        let report = resend_missing(&index, &queues, &topology, &clock, ResendSettings::default()).await;
+        assert_eq!(report.unwrap(), SweepReport { resent: 1, failed: 0, unrecorded: 1 });
+    }
+}
