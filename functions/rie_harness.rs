@@ -1,7 +1,7 @@
 //! The harness of the Lambda binaries' tests through the Runtime Interface Emulator (the RIE that
 //! ships in aws-sam-cli; `scripts/rie path` installs it): starting the RIE on free 127.0.0.1
 //! ports with a function binary and its environment, and a fresh deployment (table and queues)
-//! on the local AWS emulator. Shared by `functions/{worker,api}/tests/rie.rs` through `#[path]`;
+//! on the local AWS emulator. Shared by `functions/{worker,api,dlq,sweeper}/tests/rie.rs` through `#[path]`;
 //! it uses their `common` module (the emulator helper).
 #![allow(dead_code)]
 
@@ -252,4 +252,14 @@ impl Deployment {
         }
         bodies
     }
+}
+
+/// `event` with every record's `eventSourceARN` naming the queue at `queue_url` (the fixtures
+/// name queues of a real deployment).
+pub(crate) fn from_queue(mut event: serde_json::Value, queue_url: &str) -> serde_json::Value {
+    let name = queue_url.rsplit('/').next().expect("a queue url has a name");
+    for record in event["Records"].as_array_mut().expect("an SQS event has Records") {
+        record["eventSourceARN"] = format!("arn:aws:sqs:us-east-1:123456789012:{name}").into();
+    }
+    event
 }
