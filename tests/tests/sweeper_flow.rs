@@ -378,3 +378,28 @@ async fn one_sweep_does_every_part() {
     let text = summary.to_string();
     assert!(text.contains("re-sent 1 task(s) whose message was missing") && text.contains("1 stuck run(s)"), "{text}");
 }
+
+/// A global pause disables the worker's three mappings and a resume enables them again (the api
+/// does it at once, the sweeper each sweep): only mappings in the other state are written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_pause_switches_the_worker_mappings_off_and_a_resume_on() {
+    let sqs = common::sqs_client();
+    let lambda = lambda_client();
+    let topology = common::fresh_topology(&sqs).await;
+    let uuids = mappings(&lambda, &topology, [10, 10, 10]).await; // created disabled
+    let switch = EventSourceMappings::new(lambda.clone(), uuids.clone());
+    let states = || async {
+        let mut out = Vec::new();
+        for uuid in &uuids {
+            let mapping = lambda.get_event_source_mapping().uuid(uuid).send().await.unwrap();
+            out.push(mapping.state().unwrap_or("").to_owned());
+        }
+        out
+    };
+    assert_eq!(switch.set_enabled(true).await.unwrap(), 3, "resume: the three disabled mappings enabled");
+    assert!(states().await.iter().all(|s| s == "Enabled" || s == "Enabling"), "{:?}", states().await);
+    assert_eq!(switch.set_enabled(true).await.unwrap(), 0, "already enabled: nothing written");
+    assert_eq!(switch.set_enabled(false).await.unwrap(), 3, "pause: the three disabled");
+    assert!(states().await.iter().all(|s| s == "Disabled" || s == "Disabling"), "{:?}", states().await);
+    assert_eq!(switch.set_enabled(false).await.unwrap(), 0);
+}

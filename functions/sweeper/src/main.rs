@@ -2,7 +2,10 @@
 //! rebalances the queues' `MaximumConcurrency` from their backlogs, writes breakers whose
 //! cool-down passed as half-open and alerts on stuck runs (`taskexec_lambda::sweeper`), and
 //! returns the concurrency permits of limiter leases whose holder died
-//! (`DynamoLimiter::reclaim_expired`, for every limit key of the run config). Every part runs;
+//! (`DynamoLimiter::reclaim_expired`, for every limit key of the run config), and keeps the
+//! worker's event source mappings disabled exactly while execution is paused globally (the api
+//! switches them at once on pause and resume; this catches a failed switch or a deploy that
+//! re-enabled them, within a sweep). Every part runs;
 //! when any failed, the invocation returns an error naming each (so the `Errors` alarm sees it).
 //! Wiring only.
 //!
@@ -16,15 +19,16 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use taskexec_aws::{
     DynamoConfig, DynamoLimiter, DynamoStore, EmfSink, EventSourceMappings, LimiterSettings, QueueUrls, SqsQueue,
 };
-use taskexec_core::ports::LimitKey;
+use taskexec_core::ports::{ControlStore, LimitKey};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::sweeper::env::SweeperEnv;
-use taskexec_lambda::sweeper::{ResendSettings, SweepPart, SweeperPorts, SweeperSettings};
+use taskexec_lambda::sweeper::{ResendSettings, SweepPart, SweepSummary, SweeperPorts, SweeperSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt().json().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    // JSON log lines, and X-Ray subsegments of AWS calls when tracing is active.
+    taskexec_aws::xray::init_tracing();
     let env = FunctionEnv::from_env()?;
     let sweeper_env = SweeperEnv::from_env()?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -51,7 +55,8 @@ async fn main() -> Result<(), Error> {
         runs: &store,
         metrics: &metrics,
     };
-    let (ports, settings, limiter, limit_keys) = (&ports, &settings, &limiter, &limit_keys);
+    let (ports, settings, limiter, limit_keys, store, mappings) =
+        (&ports, &settings, &limiter, &limit_keys, &store, &mappings);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<EventBridgeEvent>| async move {
         let mut summary = ports.run(&SystemClock, settings).await;
         let reclaimed = match limiter.reclaim_expired(limit_keys, SystemClock.now()).await {
@@ -61,8 +66,31 @@ async fn main() -> Result<(), Error> {
                 "limiter reclaim failed".to_owned()
             }
         };
+        let switched = match &mappings {
+            Some(mappings) => follow_pause(store, mappings, &mut summary).await,
+            None => "no mappings to switch".to_owned(),
+        };
         let summary = summary.into_result()?;
-        Ok::<String, Error>(format!("{summary}; {reclaimed}"))
+        Ok::<String, Error>(format!("{summary}; {reclaimed}; {switched}"))
     }))
     .await
+}
+
+/// Disable the mappings while paused globally, enable them otherwise; says what it did (a
+/// failure is recorded on the summary).
+async fn follow_pause(store: &DynamoStore, mappings: &EventSourceMappings, summary: &mut SweepSummary) -> String {
+    let paused = match store.control().await {
+        Ok(control) => control.paused,
+        Err(error) => {
+            summary.fail(SweepPart::MappingSwitch, error);
+            return "mapping switch failed (control unreadable)".to_owned();
+        }
+    };
+    match mappings.set_enabled(!paused).await {
+        Ok(changed) => format!("mappings {}, {changed} switched", if paused { "disabled (paused)" } else { "enabled" }),
+        Err(error) => {
+            summary.fail(SweepPart::MappingSwitch, error);
+            "mapping switch failed".to_owned()
+        }
+    }
 }

@@ -75,7 +75,9 @@ async fn the_sweeper_binary_returns_an_error_naming_the_part_that_failed() {
 
     let answer = rie.invoke(&event("schedule.json")).await;
     let message = answer["errorMessage"].as_str().unwrap_or_else(|| panic!("an error: {answer}\n{}", rie.log_text()));
-    assert!(message.starts_with("1 sweeper part(s) failed: rebalance: cannot read event source mappings"), "{message}");
+    // Two parts need the mappings: rebalancing, and keeping them enabled while not paused.
+    assert!(message.starts_with("2 sweeper part(s) failed: rebalance: cannot read event source mappings"), "{message}");
+    assert!(message.contains("mapping switch: "), "{message}");
     // The other parts ran: the lost task was re-sent, the StuckRuns line printed.
     assert!(message.contains("re-sent 1 task(s) whose message was missing"), "{message}");
     assert_eq!(deployment.drain(&deployment.queues[0].0, 1, Duration::from_secs(10)).await.len(), 1);

@@ -22,6 +22,9 @@ pub enum SweepPart {
     StuckRuns,
     /// Returning the permits of expired limiter leases (done by the function itself).
     LimiterReclaim,
+    /// Keeping the worker's mappings disabled exactly while execution is paused globally (done by
+    /// the function itself).
+    MappingSwitch,
 }
 
 impl fmt::Display for SweepPart {
@@ -32,6 +35,7 @@ impl fmt::Display for SweepPart {
             Self::Breakers => "breakers",
             Self::StuckRuns => "stuck runs",
             Self::LimiterReclaim => "limiter reclaim",
+            Self::MappingSwitch => "mapping switch",
         })
     }
 }
