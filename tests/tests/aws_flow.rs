@@ -258,8 +258,10 @@ async fn a_task_whose_send_failed_is_resent_by_the_sweeper() {
     let (stop, _, handle) = s.poll();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(s.task("lost-0").await.state, TaskState::Queued, "nothing delivers it");
-    let report =
-        taskexec_lambda::sweeper::sweep(&s.store(), &*s.backend.queue, &s.topology, &SystemClock, 100).await.unwrap();
+    let settings = taskexec_lambda::sweeper::ResendSettings::default();
+    let resend = taskexec_lambda::sweeper::resend::resend_missing;
+    let queue: &taskexec_aws::SqsQueue = &s.backend.queue;
+    let report = resend(&s.store(), queue, &s.topology, &SystemClock, settings).await.unwrap();
     assert_eq!(report.resent, 1);
     s.wait_run("lost", "completed", 1, Duration::from_secs(60)).await;
     stop.cancel();

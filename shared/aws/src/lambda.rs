@@ -11,12 +11,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::error::StoreError;
-use taskexec_core::ports::PendingTask;
+
 use taskexec_core::time::Millis;
 use taskexec_lambda::actions::{ActionError, QueueActions, QueuePair};
 use taskexec_lambda::dlq::PoisonLog;
 use taskexec_lambda::poller::MessageSource;
-use taskexec_lambda::sweeper::OverdueIndex;
 use taskexec_lambda::sweeper::breakers::BreakerBoard;
 use taskexec_lambda::sweeper::mappings::Backlogs;
 use taskexec_lambda::sweeper::stuck::{RunActivity, RunWatch, WaitingRun};
@@ -172,12 +171,6 @@ impl OutcomeWindow for DynamoWindow {
 
     async fn window(&self, deployment: &str, since: Millis) -> Result<(u32, u32), StoreError> {
         Ok(DynamoWindow::window(self, deployment, since).await?)
-    }
-}
-
-impl OverdueIndex for DynamoStore {
-    async fn overdue(&self, now: Millis, limit: usize) -> Result<Vec<PendingTask>, StoreError> {
-        Ok(DynamoStore::overdue(self, now, limit).await?.into_iter().map(|o| o.task).collect())
     }
 }
 

@@ -14,12 +14,10 @@ pub mod resend;
 pub mod stuck;
 pub mod summary;
 
-use std::future::Future;
 use std::time::Duration;
 
-use taskexec_core::error::StoreError;
-use taskexec_core::ports::{MetricsSink, PendingTask};
-use taskexec_core::time::{Clock, Millis};
+use taskexec_core::ports::MetricsSink;
+use taskexec_core::time::Clock;
 
 use self::breakers::{BreakerBoard, half_open_breakers};
 use self::mappings::{Backlogs, MappingWeights, rebalance_mappings};
@@ -28,32 +26,6 @@ pub use self::resend::{QueueDepths, ResendError, ResendIndex, ResendSettings, Sw
 use self::stuck::{RunWatch, stuck_runs, stuck_runs_emf};
 pub use self::summary::{Incomplete, PartFailure, SweepError, SweepPart, SweepSummary};
 use crate::actions::{QueueActions, Topology};
-
-/// Unfinished tasks due by their own timing: lease expired, retry due, or queued since
-/// submission. **Not** the re-send rule: a queued task is due as soon as it is submitted,
-/// while its message waits in the backlog. The sweeper re-sends through [`ResendIndex`]; this
-/// trait stays only while `taskexec-aws` still implements it.
-pub trait OverdueIndex: Send + Sync {
-    /// Up to `limit` such tasks at `now`.
-    fn overdue(&self, now: Millis, limit: usize) -> impl Future<Output = Result<Vec<PendingTask>, StoreError>> + Send;
-}
-
-/// Re-send every task whose message is missing (up to `limit`), with the default grace
-/// ([`resend::resend_missing`] with [`ResendSettings::default`]).
-pub async fn sweep<I, A, C>(
-    index: &I,
-    queues: &A,
-    topology: &Topology,
-    clock: &C,
-    limit: usize,
-) -> Result<SweepReport, ResendError>
-where
-    I: ResendIndex,
-    A: QueueActions + QueueDepths,
-    C: Clock,
-{
-    resend_missing(index, queues, topology, clock, ResendSettings { limit, ..ResendSettings::default() }).await
-}
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,8 +189,9 @@ mod tests {
 #[cfg(test)]
 mod failure_tests {
     use taskexec_core::breaker::BreakerSnapshot;
+    use taskexec_core::error::StoreError;
     use taskexec_core::memory::CountingSink;
-    use taskexec_core::time::FakeClock;
+    use taskexec_core::time::{FakeClock, Millis};
 
     use super::mappings::RebalanceReport;
     use super::resend::{Candidate, QueueDepth, ResendRule};
