@@ -153,8 +153,23 @@ async fn inside(endpoint: &str) {
 #[test]
 fn conformance_on_dynamodb_local() {
     if let Ok(endpoint) = std::env::var(ENDPOINT_VAR) {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(Box::pin(inside(&endpoint)));
+        // The suite's cases are large futures in a debug build; a test thread's 2 MB stack is
+        // not always enough for them, so they run on a thread with room.
+        let suite = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_stack_size(16 << 20)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(Box::pin(inside(&endpoint)));
+            })
+            .expect("a thread for the suite");
+        if let Err(panic) = suite.join() {
+            std::panic::resume_unwind(panic);
+        }
         return;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
