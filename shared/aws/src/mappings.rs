@@ -5,6 +5,7 @@
 //! Needs `lambda:GetEventSourceMapping` and `lambda:UpdateEventSourceMapping` on the three mappings.
 
 use aws_sdk_lambda::Client;
+use aws_sdk_lambda::operation::get_event_source_mapping::GetEventSourceMappingOutput;
 use aws_sdk_lambda::types::ScalingConfig;
 use taskexec_lambda::actions::ActionError;
 use taskexec_lambda::sweeper::mappings::MappingWeights;
@@ -39,13 +40,7 @@ impl EventSourceMappings {
     pub async fn maximum_concurrency(&self) -> Result<[Option<u32>; 3], AwsError> {
         let mut out = [None; 3];
         for (i, uuid) in self.uuids.iter().enumerate() {
-            let mapping = self
-                .client
-                .get_event_source_mapping()
-                .uuid(uuid)
-                .send()
-                .await
-                .map_err(|e| AwsError::lambda("GetEventSourceMapping", e))?;
+            let mapping = self.get(uuid).await?;
             out[i] = mapping
                 .scaling_config()
                 .and_then(ScalingConfig::maximum_concurrency)
@@ -79,13 +74,7 @@ impl EventSourceMappings {
     pub async fn set_enabled(&self, enabled: bool) -> Result<usize, AwsError> {
         let mut changed = 0;
         for uuid in &self.uuids {
-            let mapping = self
-                .client
-                .get_event_source_mapping()
-                .uuid(uuid)
-                .send()
-                .await
-                .map_err(|e| AwsError::lambda("GetEventSourceMapping", e))?;
+            let mapping = self.get(uuid).await?;
             let state = mapping.state().unwrap_or("Enabled");
             let is_enabled = matches!(state, "Enabled" | "Enabling" | "Creating" | "Updating");
             if is_enabled == enabled {
@@ -103,6 +92,13 @@ impl EventSourceMappings {
             changed += 1;
         }
         Ok(changed)
+    }
+}
+
+impl EventSourceMappings {
+    async fn get(&self, uuid: &str) -> Result<GetEventSourceMappingOutput, AwsError> {
+        let request = self.client.get_event_source_mapping().uuid(uuid);
+        request.send().await.map_err(|e| AwsError::lambda("GetEventSourceMapping", e))
     }
 }
 
