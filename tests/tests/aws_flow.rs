@@ -40,8 +40,10 @@ base_delay_ms = 100
 max_delay_ms = 200
 [deployments.sim]
 kind = "sim"
-# Never reached here (6 tasks at once at most): exercises the DynamoDB-leased limiter on every task.
-concurrency = 50
+# Never reached here (6 pollers × batches of 10: 60 tasks at once at most; at 50 a deferral for
+# the limit could happen, which the two-hundred-task test's count of worker SQS calls, 0, does not
+# allow): exercises the DynamoDB-leased limiter on every task.
+concurrency = 100
 [deployments.sim.sim]
 latency = { median_ms = 20, p99_ms = 60 }
 seed = 1
