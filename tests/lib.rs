@@ -5,7 +5,9 @@
 //! calls of every component built on that client, with no change to the code measured.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::config::interceptors::{
     AfterDeserializationInterceptorContextRef, BeforeSerializationInterceptorContextMut,
@@ -116,9 +118,9 @@ impl Units {
 }
 
 /// Asks DynamoDB for the consumed capacity of every request (`ReturnConsumedCapacity=INDEXES`,
-/// set on the request whatever the code asked) and adds up what it reports. A request refused by
-/// its condition reports nothing (DynamoDB returns no capacity with the error), so conditional
-/// failures are not in the sum. Emulators differ: DynamoDB Local reports capacity, moto does not.
+/// set on the request whatever the code asked) and adds up what successful responses report:
+/// a request refused by its condition is not in the sum (the SDK's error carries no capacity).
+/// Emulators differ: DynamoDB Local reports capacity, moto does not.
 #[derive(Debug, Clone, Default)]
 pub struct Capacity(Arc<Mutex<Units>>);
 
@@ -136,6 +138,23 @@ macro_rules! ask_capacity {
         $(
             if let Some(input) = $input.downcast_mut::<op::$module::$ty>() {
                 input.return_consumed_capacity = Some(ReturnConsumedCapacity::Indexes);
+            }
+        )*
+    };
+}
+
+/// Adds the capacity an output of one of the listed operations reports (one `ConsumedCapacity`
+/// or one per table: `consumed_capacity()` gives an `Option` or a slice; both iterate).
+macro_rules! add_capacity {
+    ($units:expr, $output:expr; read: $($r:ident :: $rt:ident),*; write: $($w:ident :: $wt:ident),* $(,)?) => {
+        $(
+            if let Some(o) = $output.downcast_ref::<op::$r::$rt>() {
+                o.consumed_capacity().into_iter().for_each(|c| $units.add(c, false));
+            }
+        )*
+        $(
+            if let Some(o) = $output.downcast_ref::<op::$w::$wt>() {
+                o.consumed_capacity().into_iter().for_each(|c| $units.add(c, true));
             }
         )*
     };
@@ -170,32 +189,31 @@ impl Intercept for Capacity {
     ) -> Result<(), BoxError> {
         let Ok(output) = context.output_or_error() else { return Ok(()) };
         let mut units = self.0.lock().expect("poisoned");
-        let mut add = |consumed: Option<&ConsumedCapacity>, write: bool| {
-            if let Some(consumed) = consumed {
-                units.add(consumed, write);
-            }
-        };
-        if let Some(o) = output.downcast_ref::<op::get_item::GetItemOutput>() {
-            add(o.consumed_capacity(), false);
-        } else if let Some(o) = output.downcast_ref::<op::batch_get_item::BatchGetItemOutput>() {
-            o.consumed_capacity().iter().for_each(|c| add(Some(c), false));
-        } else if let Some(o) = output.downcast_ref::<op::query::QueryOutput>() {
-            add(o.consumed_capacity(), false);
-        } else if let Some(o) = output.downcast_ref::<op::scan::ScanOutput>() {
-            add(o.consumed_capacity(), false);
-        } else if let Some(o) = output.downcast_ref::<op::transact_get_items::TransactGetItemsOutput>() {
-            o.consumed_capacity().iter().for_each(|c| add(Some(c), false));
-        } else if let Some(o) = output.downcast_ref::<op::put_item::PutItemOutput>() {
-            add(o.consumed_capacity(), true);
-        } else if let Some(o) = output.downcast_ref::<op::update_item::UpdateItemOutput>() {
-            add(o.consumed_capacity(), true);
-        } else if let Some(o) = output.downcast_ref::<op::delete_item::DeleteItemOutput>() {
-            add(o.consumed_capacity(), true);
-        } else if let Some(o) = output.downcast_ref::<op::batch_write_item::BatchWriteItemOutput>() {
-            o.consumed_capacity().iter().for_each(|c| add(Some(c), true));
-        } else if let Some(o) = output.downcast_ref::<op::transact_write_items::TransactWriteItemsOutput>() {
-            o.consumed_capacity().iter().for_each(|c| add(Some(c), true));
-        }
+        add_capacity!(units, output;
+            read: get_item::GetItemOutput, batch_get_item::BatchGetItemOutput, query::QueryOutput,
+                scan::ScanOutput, transact_get_items::TransactGetItemsOutput;
+            write: put_item::PutItemOutput, update_item::UpdateItemOutput, delete_item::DeleteItemOutput,
+                batch_write_item::BatchWriteItemOutput, transact_write_items::TransactWriteItemsOutput,
+        );
         Ok(())
+    }
+}
+
+/// Wait until `done` holds, checking it every 50 ms, for at most `limit`; panics naming `what`
+/// (and the last check's detail) when it never does. The one way these tests wait for the
+/// emulator-backed flow to reach a state: they poll what they can observe, never sleep a fixed time.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        let detail = match done().await {
+            Ok(()) => return,
+            Err(detail) => detail,
+        };
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}: {detail}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

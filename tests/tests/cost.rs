@@ -20,14 +20,14 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use http_body_util::BodyExt;
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
 use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, LimiterSettings};
 use taskexec_core::memory::{Counters, CountingSink};
-use taskexec_e2e::{Calls, Capacity, Units};
+use taskexec_e2e::{Calls, Capacity, Units, wait_until};
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
 use taskexec_lambda::worker::WorkerSettings;
 use taskexec_providers::Deployments;
@@ -138,20 +138,18 @@ async fn measure(endpoint: &str, run: &str, per_request: usize) -> PerTask {
     let stats = Arc::new(PollerStats::default());
     let poller = PollerSettings { wait: Duration::from_secs(1), concurrency: [1, 2, 1], ..PollerSettings::default() };
     let handle = backend.poll(poller, stats.clone(), stop.clone());
-    let start = Instant::now();
-    while Counters::get(&sink.counters.completed) < TASKS as u64 {
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "{} of {TASKS} completed",
-            Counters::get(&sink.counters.completed)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let limit = Duration::from_secs(180);
+    wait_until("every task completed", limit, || {
+        let completed = Counters::get(&sink.counters.completed);
+        async move { if completed >= TASKS as u64 { Ok(()) } else { Err(format!("{completed} of {TASKS}")) } }
+    })
+    .await;
     // Every message acknowledged (the mapping's deletes) before the counts are read.
-    while stats.deletes.load(Ordering::SeqCst) < TASKS as u64 {
-        assert!(start.elapsed() < Duration::from_secs(180), "every message is deleted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("every message deleted", limit, || {
+        let deleted = stats.deletes.load(Ordering::SeqCst);
+        async move { if deleted >= TASKS as u64 { Ok(()) } else { Err(format!("{deleted} of {TASKS}")) } }
+    })
+    .await;
     stop.cancel();
     handle.await.unwrap();
     assert_eq!(Counters::get(&sink.counters.attempts), TASKS as u64, "one attempt per task");

@@ -6,6 +6,7 @@
 
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::operation::get_event_source_mapping::GetEventSourceMappingOutput;
+use aws_sdk_lambda::operation::update_event_source_mapping::builders::UpdateEventSourceMappingFluentBuilder;
 use aws_sdk_lambda::types::ScalingConfig;
 use taskexec_lambda::actions::ActionError;
 use taskexec_lambda::sweeper::mappings::MappingWeights;
@@ -53,18 +54,9 @@ impl EventSourceMappings {
     pub async fn set_maximum_concurrency(&self, index: usize, value: u32) -> Result<(), AwsError> {
         let uuid = &self.uuids[index.min(2)];
         let scaling = ScalingConfig::builder().maximum_concurrency(i32::try_from(value).unwrap_or(i32::MAX)).build();
-        self.client
-            .update_event_source_mapping()
-            .uuid(uuid)
-            .scaling_config(scaling)
-            .send()
-            .await
-            .map_err(|e| AwsError::lambda("UpdateEventSourceMapping", e))?;
-        Ok(())
+        self.update(uuid, |request| request.scaling_config(scaling)).await
     }
-}
 
-impl EventSourceMappings {
     /// Enable or disable the three mappings; only those in the other state are written (one
     /// `GetEventSourceMapping` each, one `UpdateEventSourceMapping` per change). Returns how many
     /// changed; each change is an audit line (`taskexec::audit`, kind `mappingEnabled` /
@@ -80,25 +72,28 @@ impl EventSourceMappings {
             if is_enabled == enabled {
                 continue;
             }
-            self.client
-                .update_event_source_mapping()
-                .uuid(uuid)
-                .enabled(enabled)
-                .send()
-                .await
-                .map_err(|e| AwsError::lambda("UpdateEventSourceMapping", e))?;
+            self.update(uuid, |request| request.enabled(enabled)).await?;
             let kind = if enabled { "mappingEnabled" } else { "mappingDisabled" };
             tracing::info!(target: "taskexec::audit", kind, mapping = %uuid, was = state, "event source mapping switched");
             changed += 1;
         }
         Ok(changed)
     }
-}
 
-impl EventSourceMappings {
     async fn get(&self, uuid: &str) -> Result<GetEventSourceMappingOutput, AwsError> {
         let request = self.client.get_event_source_mapping().uuid(uuid);
         request.send().await.map_err(|e| AwsError::lambda("GetEventSourceMapping", e))
+    }
+
+    /// One `UpdateEventSourceMapping` of `uuid`, with what `change` sets.
+    async fn update(
+        &self,
+        uuid: &str,
+        change: impl FnOnce(UpdateEventSourceMappingFluentBuilder) -> UpdateEventSourceMappingFluentBuilder,
+    ) -> Result<(), AwsError> {
+        let request = change(self.client.update_event_source_mapping().uuid(uuid));
+        request.send().await.map_err(|e| AwsError::lambda("UpdateEventSourceMapping", e))?;
+        Ok(())
     }
 }
 

@@ -38,7 +38,7 @@ pub struct FunctionEnv {
     /// `TASK_RETENTION_DAYS` (optional, default 30): how long a finished task's items are kept
     /// (DynamoDB TTL); `None` (0 days) keeps them for ever.
     pub task_retention: Option<Duration>,
-    /// `TASKEXEC_REFRESH_AFTER_RECEIVES` (optional, default half of
+    /// `TASKEXEC_REFRESH_AFTER_RECEIVES` (optional, default the worker's, half of
     /// [`crate::worker::MAX_RECEIVE_COUNT`]): receives after which the worker re-sends a deferred
     /// message fresh; must stay below the queues' `maxReceiveCount`.
     pub refresh_after_receives: u32,
@@ -82,7 +82,9 @@ impl FunctionEnv {
             worker_timeout: Duration::from_secs(seconds),
             task_retention: (days > 0).then(|| Duration::from_secs(days * 24 * 3600)),
             refresh_after_receives: refresh
-                .map_or(crate::worker::MAX_RECEIVE_COUNT / 2, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+                .map_or(crate::worker::WorkerSettings::default().refresh_after_receives, |n| {
+                    u32::try_from(n).unwrap_or(u32::MAX)
+                }),
         })
     }
 }
