@@ -31,9 +31,13 @@ use taskexec_providers::settings::RunConfig;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// The production lease (30 s): an attempt here takes well under a second, but the emulator is
+/// shared with other tests and has stalled a write for over 3 s, which let a duplicate copy
+/// reclaim a live attempt (correct under fencing, but not the single call these tests count).
+/// Tests that wait for a lease to lapse set a short one themselves.
 const CONFIG: &str = r#"
 [engine]
-lease_ms = 3000
+lease_ms = 30000
 [retry]
 max_attempts = 2
 base_delay_ms = 100
@@ -68,7 +72,7 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(worker: WorkerSettings) -> Stack {
-    stack_on(common::dynamo_client(), common::sqs_client(), worker, |deployments| deployments).await
+    stack_on(common::dynamo_client(), common::sqs_client(), worker, None, |deployments| deployments).await
 }
 
 /// A stack whose AWS calls all go through `calls`.
@@ -77,14 +81,16 @@ async fn counted_stack(worker: WorkerSettings, calls: &Calls) -> Stack {
     let dynamo = aws_sdk_dynamodb::Client::from_conf(dynamo.config().to_builder().interceptor(calls.clone()).build());
     let sqs = common::sqs_client();
     let sqs = aws_sdk_sqs::Client::from_conf(sqs.config().to_builder().interceptor(calls.clone()).build());
-    stack_on(dynamo, sqs, worker, |deployments| deployments).await
+    stack_on(dynamo, sqs, worker, None, |deployments| deployments).await
 }
 
-/// A stack whose provider is `provider(the configured deployments)`.
+/// A stack whose provider is `provider(the configured deployments)`, with the engine's lease
+/// `lease` if given (else `CONFIG`'s).
 async fn stack_on<P: Provider>(
     dynamo: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
     worker: WorkerSettings,
+    lease: Option<Duration>,
     provider: impl FnOnce(Deployments) -> P,
 ) -> Stack<P> {
     let table = common::unique_name("tasks");
@@ -92,10 +98,12 @@ async fn stack_on<P: Provider>(
     let topology = common::fresh_topology(&sqs).await;
     let config = RunConfig::parse(CONFIG).unwrap();
     let sink = Arc::new(CountingSink::default());
+    let mut engine = config.engine_config("worker-e2e".into());
+    engine.lease = lease.unwrap_or(engine.lease);
     let settings = BackendSettings {
         table: DynamoConfig::new(table.clone()).with_open_shards(4),
         topology: topology.clone(),
-        engine: config.engine_config("worker-e2e".into()),
+        engine,
         worker,
         limiter: LimiterSettings::default(),
     };
@@ -384,7 +392,10 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
     s.wait_run("dup", "completed", 1, Duration::from_secs(60)).await;
     let start = Instant::now();
     while stats.deletes.load(Ordering::SeqCst) < 3 {
-        assert!(start.elapsed() < Duration::from_secs(60), "every copy is eventually acknowledged");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "every copy is eventually acknowledged (a copy that found the lease held waits for its end, 30 s)"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.cancel();
@@ -524,7 +535,9 @@ impl Provider for PanicOn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_that_crashes_its_handler_is_dead_lettered_after_its_budget_while_its_siblings_complete() {
     let worker = WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() };
-    let s = stack_on(common::dynamo_client(), common::sqs_client(), worker, PanicOn).await;
+    // A 3 s lease: each crash leaves the task running until its lease lapses.
+    let lease = Some(Duration::from_secs(3));
+    let s = stack_on(common::dynamo_client(), common::sqs_client(), worker, lease, PanicOn).await;
     let mut batch = tasks("crash", 0, 1, "normal");
     batch.as_array_mut().unwrap().extend(tasks("ok", 0, 9, "normal").as_array().unwrap().iter().cloned());
     assert_eq!(s.call("POST", "/tasks", Some(batch)).await.0, 201);
