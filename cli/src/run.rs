@@ -137,7 +137,7 @@ async fn execute(
     let before = summaries(&store, runs).await?;
     let baseline = baseline(&before);
     let (released, queued) =
-        runner.recover(|p| runs.contains(&p.run_id)).await.map_err(|e| Failure::runtime(e.into()))?;
+        runner.recover(|d| runs.contains(d.run_id())).await.map_err(|e| Failure::runtime(e.into()))?;
     if !args.quiet {
         if released > 0 {
             eprintln!("taskexec: took over {released} task(s) left running by a stopped runner");

@@ -18,11 +18,11 @@ use taskexec_aws::{AwsBackend, BackendSettings, DynamoConfig, DynamoLimiter, Dyn
 use taskexec_core::error::ProviderError;
 use taskexec_core::memory::{Counters, CountingSink};
 use taskexec_core::ports::{ClaimOutcome, ClaimRequest, LimitKey, TaskStore};
+use taskexec_core::ports::{QueuePair, Topology};
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_e2e::Calls;
-use taskexec_lambda::actions::{QueuePair, Topology};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome};
 use taskexec_lambda::poller::{MessageSource, PollerSettings, PollerStats};
 use taskexec_lambda::worker::{DeferBackoff, WorkerSettings};
@@ -271,7 +271,7 @@ async fn a_task_whose_send_failed_is_resent_by_the_sweeper() {
     let settings = taskexec_lambda::sweeper::ResendSettings::default();
     let resend = taskexec_lambda::sweeper::resend::resend_missing;
     let queue: &taskexec_aws::SqsQueue = &s.backend.queue;
-    let report = resend(&s.store(), queue, &s.topology, &SystemClock, settings).await.unwrap();
+    let report = resend(&s.store(), queue, &SystemClock, settings).await.unwrap();
     assert_eq!(report.resent, 1);
     s.wait_run("lost", "completed", 1, Duration::from_secs(60)).await;
     stop.cancel();
@@ -332,7 +332,6 @@ async fn poison_and_exhausted_tasks_reach_the_dlq_and_redrive_gives_a_fresh_budg
         s.backend.queue.clone(),
         Arc::new(CountingSink::default()),
         SystemClock,
-        s.topology.clone(),
         2,
     );
     let mut event = aws_lambda_events::event::sqs::SqsEvent::default();
@@ -375,16 +374,9 @@ async fn duplicate_messages_of_one_task_make_one_provider_call_and_one_completio
     let s = stack().await;
     assert_eq!(s.call("POST", "/tasks", Some(tasks("dup", 0, 1, "normal"))).await.0, 201);
     // The same envelope sent twice more, as an at-least-once producer might.
-    let body = taskexec_core::message::Envelope {
-        task_id: "dup-0".into(),
-        provider_id: "sim".into(),
-        model_id: "sim-small".into(),
-        run_id: "dup".into(),
-        priority: TaskPriority::Normal,
-        ready_at: 0,
-        deferrals: 0,
-    }
-    .to_body();
+    let route =
+        taskexec_core::ports::Route { provider_id: "sim".into(), model_id: "sim-small".into(), run_id: "dup".into() };
+    let body = taskexec_core::ports::Delivery::new("dup-0", Arc::new(route), TaskPriority::Normal, 0).to_body();
     let normal = s.topology.queues[1].url.clone();
     s.backend.queue.send_raw(&normal, &body).await.unwrap();
     s.backend.queue.send_raw(&normal, &body).await.unwrap();

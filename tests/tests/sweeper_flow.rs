@@ -11,13 +11,13 @@ mod common;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use taskexec_aws::{EventSourceMappings, QueueUrls, SqsQueue};
+use taskexec_aws::{EventSourceMappings, SqsQueue};
 use taskexec_core::breaker::{BreakerSnapshot, BreakerState};
 use taskexec_core::memory::{Counters, CountingSink};
-use taskexec_core::ports::{BreakerStore, DeliveryBuilder, PendingTask, TaskStore, WorkQueue};
+use taskexec_core::ports::Topology;
+use taskexec_core::ports::{BreakerStore, DeliveryBuilder, TaskStore, WorkQueue};
 use taskexec_core::task::{BenchmarkTask, TaskRecord};
 use taskexec_core::time::{Clock, Millis, SystemClock};
-use taskexec_lambda::actions::Topology;
 use taskexec_lambda::sweeper::breakers::half_open_breakers;
 use taskexec_lambda::sweeper::mappings::rebalance_mappings;
 use taskexec_lambda::sweeper::resend::{ResendSettings, resend_missing};
@@ -116,7 +116,7 @@ async fn rebalancing_writes_the_changed_mappings_maximum_concurrency() {
     let received = sqs.receive_message().queue_url(&topology.queues[2].url).max_number_of_messages(1).send().await;
     assert_eq!(received.unwrap().messages.unwrap_or_default().len(), 1, "one low message in flight");
     let uuids = mappings(&lambda, &topology, [10, 10, 10]).await;
-    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
     let weights = EventSourceMappings::new(lambda.clone(), uuids.clone());
 
     let report = rebalance_mappings(&queue, &weights).await.unwrap();
@@ -187,20 +187,8 @@ fn task_at(run: &str, i: usize, priority: &str) -> BenchmarkTask {
 /// `SendMessageBatch` per ten deliveries through the work queue).
 async fn submit_and_send(store: &taskexec_aws::DynamoStore, queue: &SqsQueue, records: Vec<TaskRecord>) {
     let mut builder = DeliveryBuilder::default();
-    let deliveries = records
-        .iter()
-        .map(|r| {
-            let pending = PendingTask {
-                task_id: r.task.id.clone(),
-                priority: r.task.priority,
-                run_id: r.run_id().to_owned(),
-                provider_id: r.task.provider_id.clone(),
-                model_id: r.task.model_id.clone(),
-                ready_at: r.submitted_at,
-            };
-            (builder.build(pending), Duration::ZERO)
-        })
-        .collect();
+    let deliveries =
+        records.iter().map(|r| (builder.of_task(&r.task, r.run_id(), r.submitted_at), Duration::ZERO)).collect();
     store.submit(records).await.unwrap();
     WorkQueue::send(queue, deliveries).await.unwrap();
 }
@@ -231,7 +219,7 @@ async fn a_backlog_is_never_resent_and_a_lost_send_is_resent_once() {
     let sqs = common::sqs_client();
     let store = common::fresh_store().await;
     let topology = common::fresh_topology(&sqs).await;
-    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
     let submitted = SystemClock.now() - 30 * MIN;
     let started = std::time::Instant::now();
     let ids: Vec<usize> = (0..BACKLOG).collect();
@@ -251,7 +239,7 @@ async fn a_backlog_is_never_resent_and_a_lost_send_is_resent_once() {
     // its limit of 1,000 a minute.
     assert_eq!(store.overdue(SystemClock.now(), 1_000).await.unwrap().len(), 1_000);
 
-    let sweep = || resend_missing(&store, &queue, &topology, &SystemClock, ResendSettings::default());
+    let sweep = || resend_missing(&store, &queue, &SystemClock, ResendSettings::default());
     let started = std::time::Instant::now();
     let first = sweep().await.unwrap();
     eprintln!("first sweep over {} tasks: {:.2} s", BACKLOG + 2, started.elapsed().as_secs_f64());
@@ -279,12 +267,12 @@ async fn a_lost_send_behind_a_backlog_is_resent_once_the_queue_is_empty() {
     let sqs = common::sqs_client();
     let store = common::fresh_store().await;
     let topology = common::fresh_topology(&sqs).await;
-    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
     let submitted = SystemClock.now() - 30 * MIN;
     let records = (0..3).map(|i| TaskRecord::new(task("drained", i), submitted)).collect();
     submit_and_send(&store, &queue, records).await;
     store.submit(vec![TaskRecord::new(task("drained", 3), submitted)]).await.unwrap();
-    let sweep = || resend_missing(&store, &queue, &topology, &SystemClock, ResendSettings::default());
+    let sweep = || resend_missing(&store, &queue, &SystemClock, ResendSettings::default());
     assert_eq!(sweep().await.unwrap().resent, 0, "three messages wait in its queue");
     // The backlog runs: each message received, its task finished, the message deleted.
     let normal = &topology.queues[1].url;
@@ -350,7 +338,7 @@ async fn one_sweep_does_every_part() {
     let topology = common::fresh_topology(&sqs).await;
     send(&sqs, &topology.queues[2].url, 3, 0).await;
     let uuids = mappings(&lambda, &topology, [4, 4, 4]).await;
-    let queue = SqsQueue::new(sqs.clone(), QueueUrls::from(&topology));
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
     let weights = EventSourceMappings::new(lambda.clone(), uuids);
     let now = SystemClock.now();
     store.submit(vec![TaskRecord::new(task("old", 0), now - 20 * MIN)]).await.unwrap();
@@ -360,8 +348,7 @@ async fn one_sweep_does_every_part() {
     let sink = CountingSink::default();
     let ports = SweeperPorts {
         index: &store,
-        actions: &queue,
-        topology: &topology,
+        queue: &queue,
         breakers: &store,
         weights: Some((&queue, &weights)),
         runs: &store,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use taskexec_api::{ApiSettings, ApiState, SystemSampler, router};
-use taskexec_aws::{DynamoConfig, DynamoStore, EventSourceMappings, QueueUrls, SqsQueue};
+use taskexec_aws::{DynamoConfig, DynamoStore, EventSourceMappings, SqsQueue};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::sweeper::env::SweeperEnv;
 
@@ -19,7 +19,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         aws_sdk_dynamodb::Client::new(&aws),
         DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention),
     ));
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), env.topology.clone());
     let configs = env.config.deployments.clone();
     let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
         .with_worker_timeout(env.worker_timeout)

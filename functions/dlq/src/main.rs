@@ -3,7 +3,7 @@
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, QueueUrls, SqsQueue};
+use taskexec_aws::{DynamoConfig, DynamoStore, EmfSink, SqsQueue};
 use taskexec_core::time::SystemClock;
 use taskexec_lambda::dlq::DlqHandler;
 use taskexec_lambda::env::FunctionEnv;
@@ -18,10 +18,9 @@ async fn main() -> Result<(), Error> {
     let handler = DlqHandler::new(
         DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention)),
         DynamoStore::new(dynamo, DynamoConfig::new(env.table.clone()).with_task_retention(env.task_retention)),
-        SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology)),
+        SqsQueue::new(aws_sdk_sqs::Client::new(&aws), env.topology.clone()),
         EmfSink::stdout(),
         SystemClock,
-        env.topology.clone(),
         env.config.retry.max_attempts,
     );
     let handler = &handler;

@@ -16,9 +16,7 @@
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use taskexec_aws::{
-    DynamoConfig, DynamoLimiter, DynamoStore, EmfSink, EventSourceMappings, LimiterSettings, QueueUrls, SqsQueue,
-};
+use taskexec_aws::{DynamoConfig, DynamoLimiter, DynamoStore, EmfSink, EventSourceMappings, LimiterSettings, SqsQueue};
 use taskexec_core::ports::{ControlStore, LimitKey};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::env::FunctionEnv;
@@ -37,7 +35,7 @@ async fn main() -> Result<(), Error> {
     // The sweeper never acquires: its holder id only names it.
     let limiter = DynamoLimiter::new(dynamo, env.table.clone(), "sweeper", LimiterSettings::default());
     let limit_keys: Vec<LimitKey> = env.config.limits().keys().into_iter().map(|(key, _)| key).collect();
-    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), QueueUrls::from(&env.topology));
+    let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), env.topology.clone());
     let mappings = sweeper_env.mappings.map(|uuids| EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids));
     let metrics = EmfSink::stdout();
     let settings = SweeperSettings {
@@ -48,8 +46,7 @@ async fn main() -> Result<(), Error> {
     };
     let ports = SweeperPorts {
         index: &store,
-        actions: &queue,
-        topology: &env.topology,
+        queue: &queue,
         breakers: &store,
         weights: mappings.as_ref().map(|m| (&queue, m)),
         runs: &store,

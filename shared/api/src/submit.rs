@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use taskexec_core::ports::{ControlStore, Delivery, DeliveryBuilder, PendingTask, SubmitOutcome, TaskStore, WorkQueue};
+use taskexec_core::ports::{ControlStore, Delivery, DeliveryBuilder, SubmitOutcome, TaskStore, WorkQueue};
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
 use taskexec_core::time::Millis;
 use taskexec_core::validate::{FieldError, parse_task_value};
@@ -152,10 +152,12 @@ where
     Q: WorkQueue,
 {
     let now = state.settings.clock.now();
-    let routes: Vec<PendingTask> = tasks.iter().map(|t| pending(t, now)).collect();
+    let mut builder = DeliveryBuilder::default();
+    // The runs are already defaulted.
+    let routes: Vec<Delivery> =
+        tasks.iter().map(|t| builder.of_task(t, t.run_id.as_deref().unwrap_or_default(), now)).collect();
     let records = tasks.into_iter().map(|t| TaskRecord::new(t, now)).collect();
     let outcomes = state.store.submit(records).await?;
-    let mut builder = DeliveryBuilder::default();
     let (mut deliveries, mut answered, mut conflicts) = (Vec::new(), Vec::new(), Vec::new());
     for (index, (route, outcome)) in routes.into_iter().zip(outcomes).enumerate() {
         let (outcome, status) = match outcome {
@@ -171,10 +173,10 @@ where
             id: route.task_id.clone(),
             outcome,
             status,
-            run_id: route.run_id.clone(),
+            run_id: route.run_id().to_owned(),
         });
         if !status.is_terminal() {
-            deliveries.push((builder.build(route), Duration::ZERO));
+            deliveries.push((route, Duration::ZERO));
         }
     }
     if !deliveries.is_empty() {
@@ -203,21 +205,7 @@ fn conflict(index: usize, id: &str) -> Problem {
     Problem::at(index, FieldError { field: "id".into(), message })
 }
 
-/// Where a task goes, for its delivery (the run is already defaulted).
-fn pending(task: &BenchmarkTask, ready_at: Millis) -> PendingTask {
-    PendingTask {
-        task_id: task.id.clone(),
-        priority: task.priority,
-        run_id: task.run_id.clone().unwrap_or_default(),
-        provider_id: task.provider_id.clone(),
-        model_id: task.model_id.clone(),
-        ready_at,
-    }
-}
-
 /// A delivery of a stored task, due now (a scheduled retry is deferred by its claim).
 pub(crate) fn delivery_of(record: &TaskRecord, now: Millis) -> Delivery {
-    let mut route = pending(&record.task, now);
-    route.run_id = record.run_id().to_owned();
-    DeliveryBuilder::default().build(route)
+    DeliveryBuilder::default().of_task(&record.task, record.run_id(), now)
 }

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
 use taskexec_core::ports::MetricsSink;
+use taskexec_core::ports::Topology;
 use taskexec_core::provider::Provider;
 use taskexec_core::time::{Millis, SystemClock};
-use taskexec_lambda::actions::Topology;
 use taskexec_lambda::poller::{PollerSettings, PollerStats};
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 use taskexec_providers::Deployments;
 use tokio_util::sync::CancellationToken;
 
 use crate::dynamo::{DynamoConfig, DynamoLimiter, DynamoStore, DynamoWindow, LimiterSettings};
-use crate::sqs::{QueueUrls, SqsQueue};
+use crate::sqs::SqsQueue;
 
 /// The engine of the AWS shape. Concurrency limits hold across processes (Lambda containers):
 /// capacity leased in chunks from the table ([`DynamoLimiter`], one per process, its holder id
@@ -67,7 +67,7 @@ impl<M: MetricsSink, P: Provider> AwsBackend<M, P> {
     ) -> Self {
         let BackendSettings { table, topology, engine, worker, limiter } = settings;
         let store = || DynamoStore::new(dynamo.clone(), table.clone());
-        let queues = || Arc::new(SqsQueue::new(sqs.clone(), QueueUrls::from(&topology)));
+        let queues = || Arc::new(SqsQueue::new(sqs.clone(), topology.clone()));
         let ports = Ports {
             store: store(),
             breakers: store(),

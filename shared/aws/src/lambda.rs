@@ -1,5 +1,5 @@
-//! The AWS side of the Lambda glue's ports (`taskexec-lambda`): SQS message actions and batch
-//! receiving for the worker, the DLQ handler and the local event-source poller; for the sweeper
+//! The AWS side of the Lambda glue's ports (`taskexec-lambda`): batch receiving for the local
+//! event-source poller (the work queue port itself is [`SqsQueue`]); for the sweeper
 //! the DynamoDB overdue index, breaker board and run watch, and the SQS backlogs (the event
 //! source mappings are in `crate::mappings`); the DynamoDB poison log for the DLQ handler.
 
@@ -12,15 +12,16 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::error::StoreError;
 
+use taskexec_core::message::PoisonNote;
+use taskexec_core::ports::{QueuePair, Topology};
 use taskexec_core::time::Millis;
-use taskexec_lambda::actions::{ActionError, QueueActions, QueuePair};
+use taskexec_lambda::actions::ActionError;
 use taskexec_lambda::dlq::PoisonLog;
 use taskexec_lambda::poller::MessageSource;
 use taskexec_lambda::sweeper::breakers::BreakerBoard;
 use taskexec_lambda::sweeper::mappings::Backlogs;
 use taskexec_lambda::sweeper::stuck::{RunActivity, RunWatch, WaitingRun};
 use taskexec_lambda::window::OutcomeWindow;
-use taskexec_lambda::worker::PoisonNote;
 
 use crate::dynamo::{DynamoStore, DynamoWindow};
 use crate::error::AwsError;
@@ -28,13 +29,6 @@ use crate::sqs::SqsQueue;
 
 /// How long poison notes are kept (TTL), ms.
 const POISON_TTL_MS: Millis = 30 * 24 * 3600 * 1000;
-
-impl From<&taskexec_lambda::actions::Topology> for crate::sqs::QueueUrls {
-    fn from(t: &taskexec_lambda::actions::Topology) -> Self {
-        let [high, normal, low] = &t.queues;
-        Self { high: high.url.clone(), normal: normal.url.clone(), low: low.url.clone() }
-    }
-}
 
 /// Create the three priority queues, each with its own dead-letter queue (redrive after
 /// `max_receive_count` receives: `taskexec_lambda::worker::MAX_RECEIVE_COUNT`, 10, in
@@ -46,7 +40,7 @@ pub async fn create_queues(
     prefix: &str,
     max_receive_count: u32,
     visibility_timeout: Duration,
-) -> Result<taskexec_lambda::actions::Topology, AwsError> {
+) -> Result<Topology, AwsError> {
     use taskexec_core::task::TaskPriority::{High, Low, Normal};
     let mut pairs = Vec::with_capacity(3);
     for priority in [High, Normal, Low] {
@@ -71,7 +65,7 @@ pub async fn create_queues(
         pairs.push(QueuePair { priority, url, dlq_url });
     }
     let [high, normal, low]: [QueuePair; 3] = pairs.try_into().expect("three queues");
-    Ok(taskexec_lambda::actions::Topology { queues: [high, normal, low] })
+    Ok(Topology { queues: [high, normal, low] })
 }
 
 async fn create_queue(
@@ -85,22 +79,6 @@ async fn create_queue(
     }
     let out = request.send().await.map_err(|e| AwsError::sqs("CreateQueue", e))?;
     Ok(out.queue_url.unwrap_or_default())
-}
-
-impl QueueActions for SqsQueue {
-    async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, seconds: i32) -> Result<(), ActionError> {
-        let seconds = u32::try_from(seconds.max(0)).unwrap_or(0);
-        Ok(SqsQueue::change_visibility(self, queue_url, receipt_handle, seconds).await?)
-    }
-
-    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), ActionError> {
-        Ok(SqsQueue::delete(self, queue_url, receipt_handle).await?)
-    }
-
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), ActionError> {
-        let delay = Duration::from_secs(u64::try_from(delay_seconds.max(0)).unwrap_or(0));
-        Ok(self.send_body(queue_url, body, delay).await?)
-    }
 }
 
 impl MessageSource for SqsQueue {

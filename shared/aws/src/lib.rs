@@ -25,5 +25,4 @@ pub use dynamo::{
 pub use emf::{EmfSink, NAMESPACE, emf_line};
 pub use error::AwsError;
 pub use mappings::EventSourceMappings;
-pub use sqs::{MAX_DELAY_SECS, MAX_VISIBILITY_SECS, QueueUrls, SqsQueue, delay_seconds};
-pub use taskexec_core::message::Envelope;
+pub use sqs::SqsQueue;

@@ -1,76 +1,71 @@
-//! [`SqsQueue`]: the work queue over three SQS queues, one per priority. Message bodies are
-//! core's [`Envelope`]s. `send` batches up to
-//! ten messages per `SendMessageBatch` to each delivery's priority queue, with its delay (SQS
-//! allows at most 900 s: a longer wait is sent with 900 s and the worker defers again when it
-//! arrives early). `receive` polls high, then normal, then low, and deletes what it returns
-//! (the port has no acknowledgement: the store's lease and the sweeper carry durability). The
-//! Lambda worker gets its messages in the event instead, and uses the inherent methods
-//! ([`SqsQueue::change_visibility`], [`SqsQueue::delete`],
-//! [`SqsQueue::send_raw`], [`SqsQueue::send_body`]). Every SQS request is counted ([`SqsQueue::api_calls`]).
+//! [`SqsQueue`]: the work queue port over three SQS queues, one per priority, each with its
+//! dead-letter queue. Message bodies are [`Delivery::to_body`] envelopes. This is the one place
+//! that knows SQS's units and limits: batches of ten, delays in whole seconds of at most 900,
+//! visibility timeouts of at most 12 hours.
+//!
+//! - `send` batches up to ten messages per `SendMessageBatch` to each delivery's priority queue,
+//!   with its delay (rounded up; a longer wait is sent with 900 s and the worker defers again
+//!   when it arrives early).
+//! - `receive` polls high, then normal, then low, and returns envelopes as deliveries carrying a
+//!   receipt (queue URL and receipt handle). A body that is not an envelope is left in the
+//!   queue: a raw task from another system needs the worker (which stores it first), and poison
+//!   reaches the dead-letter queue through the redrive policy. The Lambda worker gets its
+//!   messages in the event instead, and settles them through the same port.
+//! - `ack` deletes, `retry_after` changes the visibility, `dead_letter` sends to the DLQ of the
+//!   queue the copy came from.
+//!
+//! Every SQS request is counted ([`SqsQueue::api_calls`]).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
-use taskexec_core::message::{Envelope, QueueMessage, decode};
-use taskexec_core::ports::{Delivery, StoreResult, WorkQueue};
+use taskexec_core::error::StoreError;
+use taskexec_core::message::{QueueMessage, decode};
+use taskexec_core::ports::{DeadLetter, Delivery, QueuePair, Receipt, StoreResult, Topology, WorkQueue};
 use taskexec_core::task::TaskPriority;
+use taskexec_lambda::actions::ActionError;
+use taskexec_lambda::sweeper::resend::{QueueDepth, QueueDepths};
 
 use crate::error::AwsError;
 
 /// The longest delay SQS accepts, in seconds.
-pub const MAX_DELAY_SECS: u64 = 900;
+const MAX_DELAY_SECS: u64 = 900;
 /// The longest visibility timeout SQS accepts, in seconds (12 hours).
-pub const MAX_VISIBILITY_SECS: u32 = 43_200;
-/// Messages per `SendMessageBatch`.
+const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// Messages per `SendMessageBatch` and per `ReceiveMessage`.
 const BATCH: usize = 10;
 
-/// The three queue URLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueUrls {
-    /// Queue of `high` tasks.
-    pub high: String,
-    /// Queue of `normal` tasks.
-    pub normal: String,
-    /// Queue of `low` tasks.
-    pub low: String,
-}
-
-impl QueueUrls {
-    /// The queue of a priority.
-    #[must_use]
-    pub fn of(&self, priority: TaskPriority) -> &str {
-        match priority {
-            TaskPriority::High => &self.high,
-            TaskPriority::Normal => &self.normal,
-            TaskPriority::Low => &self.low,
-        }
-    }
-
-    /// The priority a queue serves (`None` for another URL).
-    #[must_use]
-    pub fn priority_of(&self, queue_url: &str) -> Option<TaskPriority> {
-        [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low].into_iter().find(|p| self.of(*p) == queue_url)
-    }
-}
+const PRIORITIES: [TaskPriority; 3] = [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low];
 
 /// The SQS work queue.
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use taskexec_aws::{QueueUrls, SqsQueue};
-/// # async fn demo(client: aws_sdk_sqs::Client) -> Result<(), taskexec_aws::AwsError> {
-/// let urls = QueueUrls { high: "https://sqs/high".into(), normal: "https://sqs/normal".into(), low: "https://sqs/low".into() };
-/// let queue = SqsQueue::new(client, urls);
-/// queue.change_visibility("https://sqs/normal", "receipt-handle", 30).await?;
+/// use taskexec_aws::SqsQueue;
+/// use taskexec_core::ports::{QueuePair, Topology, WorkQueue};
+/// use taskexec_core::task::TaskPriority;
+/// # async fn demo(client: aws_sdk_sqs::Client) -> Result<(), taskexec_core::error::StoreError> {
+/// let pair = |priority, name: &str| QueuePair {
+///     priority,
+///     url: format!("https://sqs/{name}"),
+///     dlq_url: format!("https://sqs/{name}-dlq"),
+/// };
+/// let topology = Topology {
+///     queues: [pair(TaskPriority::High, "high"), pair(TaskPriority::Normal, "normal"), pair(TaskPriority::Low, "low")],
+/// };
+/// let queue = SqsQueue::new(client, topology);
+/// for delivery in queue.receive(10, Duration::from_secs(1)).await? {
+///     queue.retry_after(&delivery, Duration::from_secs(30)).await?;
+/// }
 /// assert!(queue.api_calls() >= 1);
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct SqsQueue {
     client: Client,
-    urls: QueueUrls,
+    topology: Topology,
     api_calls: AtomicU64,
     /// Sent minus received through this instance (what `len` reports without a request).
     outstanding: AtomicUsize,
@@ -79,8 +74,8 @@ pub struct SqsQueue {
 impl SqsQueue {
     /// A queue over existing SQS queues.
     #[must_use]
-    pub fn new(client: Client, urls: QueueUrls) -> Self {
-        Self { client, urls, api_calls: AtomicU64::new(0), outstanding: AtomicUsize::new(0) }
+    pub fn new(client: Client, topology: Topology) -> Self {
+        Self { client, topology, api_calls: AtomicU64::new(0), outstanding: AtomicUsize::new(0) }
     }
 
     /// The SQS client (for the Lambda ports in `crate::lambda`).
@@ -88,10 +83,10 @@ impl SqsQueue {
         &self.client
     }
 
-    /// The queue URLs.
+    /// The queues.
     #[must_use]
-    pub fn urls(&self) -> &QueueUrls {
-        &self.urls
+    pub fn topology(&self) -> &Topology {
+        &self.topology
     }
 
     /// SQS requests made so far by this instance.
@@ -104,35 +99,50 @@ impl SqsQueue {
         self.api_calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Set a received message's visibility timeout (at most 12 hours).
-    pub async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, seconds: u32) -> Result<(), AwsError> {
+    /// Set a received message's visibility timeout, rounded up to seconds, at most 12 hours.
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        receipt_handle: &str,
+        timeout: Duration,
+    ) -> Result<(), AwsError> {
         self.count();
-        let seconds = i32::try_from(seconds.min(MAX_VISIBILITY_SECS)).unwrap_or(i32::MAX);
         let request = self.client.change_message_visibility().queue_url(queue_url).receipt_handle(receipt_handle);
+        let seconds = whole_seconds(timeout, MAX_VISIBILITY_SECS);
         request.visibility_timeout(seconds).send().await.map_err(|e| AwsError::sqs("ChangeMessageVisibility", e))?;
         Ok(())
     }
 
     /// Delete (acknowledge) a received message.
-    pub async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), AwsError> {
+    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), AwsError> {
         self.count();
         let request = self.client.delete_message().queue_url(queue_url).receipt_handle(receipt_handle);
         request.send().await.map_err(|e| AwsError::sqs("DeleteMessage", e))?;
         Ok(())
     }
 
-    /// Send a body as it is (a poison message to a dead-letter queue).
+    /// Send a body as it is to one queue (tests: duplicates, poison, another system's raw task).
     pub async fn send_raw(&self, queue_url: &str, body: &str) -> Result<(), AwsError> {
         self.send_body(queue_url, body.to_owned(), Duration::ZERO).await
     }
 
     /// Send one message body to one queue, visible after `delay` (rounded up to seconds, at
     /// most 900).
-    pub async fn send_body(&self, queue_url: &str, body: String, delay: Duration) -> Result<(), AwsError> {
+    async fn send_body(&self, queue_url: &str, body: String, delay: Duration) -> Result<(), AwsError> {
         self.count();
         let request = self.client.send_message().queue_url(queue_url).message_body(body);
-        request.delay_seconds(delay_seconds(delay)).send().await.map_err(|e| AwsError::sqs("SendMessage", e))?;
+        let delay = whole_seconds(delay, MAX_DELAY_SECS);
+        request.delay_seconds(delay).send().await.map_err(|e| AwsError::sqs("SendMessage", e))?;
         Ok(())
+    }
+
+    /// The pair a receipt's copy came from; a copy never received goes by its priority.
+    fn pair_of(&self, receipt: &Receipt, priority: Option<TaskPriority>) -> Result<&QueuePair, StoreError> {
+        match (receipt.source(), priority) {
+            (Some(url), _) => self.topology.for_url(url).ok_or_else(|| unknown_queue(url)),
+            (None, Some(priority)) => Ok(self.topology.for_priority(priority)),
+            (None, None) => Err(unknown_queue("(none: a receipt without a queue)")),
+        }
     }
 
     /// Messages waiting in the three queues, visible or delayed, as SQS estimates them.
@@ -145,7 +155,8 @@ impl SqsQueue {
     /// are not counted), as SQS estimates them: one `GetQueueAttributes` per queue.
     pub async fn backlogs(&self) -> Result<[u64; 3], AwsError> {
         let mut out = [0; 3];
-        for (i, url) in [&self.urls.high, &self.urls.normal, &self.urls.low].into_iter().enumerate() {
+        for (i, pair) in self.topology.queues.iter().enumerate() {
+            let url = &pair.url;
             self.count();
             let reply = self
                 .client
@@ -169,8 +180,8 @@ impl SqsQueue {
             .map(|(i, (d, delay))| {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(Envelope::of(d).to_body())
-                    .delay_seconds(delay_seconds(*delay))
+                    .message_body(d.to_body())
+                    .delay_seconds(whole_seconds(*delay, MAX_DELAY_SECS))
                     .build()
                     .map_err(|e| AwsError::build("SendMessageBatch entry", e))
             })
@@ -191,50 +202,51 @@ impl SqsQueue {
         Ok(())
     }
 
-    /// One message from one queue, waiting up to `wait_secs`.
-    async fn receive_from(&self, queue_url: &str, wait_secs: i32) -> Result<Option<Message>, AwsError> {
+    /// Up to `max` (at most ten) messages from one queue, waiting up to `wait_secs`.
+    async fn receive_from(&self, queue_url: &str, max: usize, wait_secs: i32) -> Result<Vec<Message>, AwsError> {
         self.count();
         let out = self
             .client
             .receive_message()
             .queue_url(queue_url)
-            .max_number_of_messages(1)
+            .max_number_of_messages(i32::try_from(max.clamp(1, BATCH)).unwrap_or(1))
             .wait_time_seconds(wait_secs)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
             .map_err(|e| AwsError::sqs("ReceiveMessage", e))?;
-        Ok(out.messages.unwrap_or_default().into_iter().next())
+        Ok(out.messages.unwrap_or_default())
     }
 
-    /// Turn a received message into a delivery and delete it. A body that is not an envelope is
-    /// left alone: a raw task from another system needs the worker (which stores it first), and
-    /// poison reaches the dead-letter queue through the redrive policy.
-    async fn take(&self, queue_url: &str, message: Message) -> Result<Option<Delivery>, AwsError> {
-        let envelope = match decode(message.body().unwrap_or_default()) {
-            Ok(QueueMessage::Envelope(envelope)) => envelope,
+    /// A received message as a delivery with its receipt. A body that is not an envelope is
+    /// left alone (see the module documentation).
+    fn delivery_of(&self, queue_url: &str, message: Message) -> Option<Delivery> {
+        let mut delivery = match decode(message.body().unwrap_or_default()) {
+            Ok(QueueMessage::Task(delivery)) => delivery,
             Ok(QueueMessage::RawTask(task)) => {
                 tracing::warn!(messageId = message.message_id(), taskId = task.id, "raw task left for the worker");
-                return Ok(None);
+                return None;
             }
             Err(e) => {
                 tracing::warn!(messageId = message.message_id(), error = %e, "undecodable message left for the DLQ");
-                return Ok(None);
+                return None;
             }
         };
-        if let Some(handle) = message.receipt_handle() {
-            self.delete(queue_url, handle).await?;
-        }
+        delivery.receive_count = receive_count(&message);
+        delivery.receipt = Receipt::new(queue_url, message.receipt_handle().unwrap_or_default());
         let _ = self.outstanding.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
-        Ok(Some(envelope.into_delivery(receive_count(&message))))
+        Some(delivery)
     }
 }
 
-/// A delay in whole seconds as SQS takes it: rounded up (never early), at most 900.
-#[must_use]
-pub fn delay_seconds(delay: Duration) -> i32 {
-    let secs = delay.as_millis().div_ceil(1000);
-    i32::try_from(secs.min(u128::from(MAX_DELAY_SECS))).unwrap_or(0)
+/// A duration in whole seconds as SQS takes it: rounded up (never early), at most `max`.
+fn whole_seconds(duration: Duration, max: u64) -> i32 {
+    let secs = duration.as_millis().div_ceil(1000);
+    i32::try_from(secs.min(u128::from(max))).unwrap_or(0)
+}
+
+fn unknown_queue(url: &str) -> StoreError {
+    StoreError::backend(std::io::Error::other(format!("a receipt of a queue this topology does not have: {url}")))
 }
 
 fn receive_count(message: &Message) -> u32 {
@@ -247,10 +259,10 @@ fn receive_count(message: &Message) -> u32 {
 
 impl WorkQueue for SqsQueue {
     async fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> StoreResult<()> {
-        for priority in [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low] {
+        for priority in PRIORITIES {
             let of_priority: Vec<_> = deliveries.iter().filter(|(d, _)| d.priority == priority).cloned().collect();
             for batch in of_priority.chunks(BATCH) {
-                self.send_batch(self.urls.of(priority), batch).await?;
+                self.send_batch(&self.topology.for_priority(priority).url, batch).await?;
                 self.outstanding.fetch_add(batch.len(), Ordering::Relaxed);
             }
         }
@@ -258,24 +270,49 @@ impl WorkQueue for SqsQueue {
     }
 
     /// High first, then normal, then low: one short poll of each, then one-second long polls
-    /// in the same order until `wait` has passed.
-    async fn receive(&self, wait: Duration) -> StoreResult<Option<Delivery>> {
+    /// in the same order until `wait` has passed. Returns what the first queue with messages
+    /// gave (at most ten: one request).
+    async fn receive(&self, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut wait_secs = 0;
         loop {
-            for priority in [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low] {
-                let url = self.urls.of(priority);
-                if let Some(message) = self.receive_from(url, wait_secs).await?
-                    && let Some(delivery) = self.take(url, message).await?
-                {
-                    return Ok(Some(delivery));
+            for priority in PRIORITIES {
+                let url = &self.topology.for_priority(priority).url;
+                let messages = self.receive_from(url, max, wait_secs).await?;
+                let deliveries: Vec<_> = messages.into_iter().filter_map(|m| self.delivery_of(url, m)).collect();
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
                 }
             }
             if deadline.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(1) {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             wait_secs = 1;
         }
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> StoreResult<()> {
+        match (receipt.source(), receipt.handle()) {
+            (Some(url), Some(handle)) => Ok(self.delete(url, handle).await?),
+            // Never received: nothing to delete.
+            _ => Ok(()),
+        }
+    }
+
+    /// A received copy is made invisible for `delay`; a copy never received is sent with it.
+    async fn retry_after(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        match (delivery.receipt.source(), delivery.receipt.handle()) {
+            (Some(url), Some(handle)) => Ok(self.change_visibility(url, handle, delay).await?),
+            _ => self.send(vec![(delivery.clone(), delay)]).await,
+        }
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter<'_>) -> StoreResult<()> {
+        let (pair, body) = match letter {
+            DeadLetter::Task(d) => (self.pair_of(&d.receipt, Some(d.priority))?, d.to_body()),
+            DeadLetter::Poison { receipt, note } => (self.pair_of(receipt, None)?, note.to_body()),
+        };
+        Ok(self.send_body(&pair.dlq_url, body, Duration::ZERO).await?)
     }
 
     /// What this instance sent minus what it received (no request; other producers and
@@ -285,22 +322,46 @@ impl WorkQueue for SqsQueue {
     }
 }
 
+/// SQS's default retention period, for a queue whose attributes do not say (4 days).
+const DEFAULT_RETENTION: Duration = Duration::from_secs(4 * 24 * 3600);
+
+/// The queues' depths for the sweeper's re-send rule (`taskexec_lambda::sweeper::resend`): one `GetQueueAttributes` per queue.
+impl QueueDepths for SqsQueue {
+    async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
+        let mut out = [QueueDepth { messages: 0, retention: DEFAULT_RETENTION }; 3];
+        for (depth, pair) in out.iter_mut().zip(&self.topology.queues) {
+            self.count();
+            let reply = self
+                .client
+                .get_queue_attributes()
+                .queue_url(&pair.url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+                .send()
+                .await
+                .map_err(|e| AwsError::sqs("GetQueueAttributes", e))?;
+            let mut attributes = reply.attributes.unwrap_or_default();
+            let retention = attributes.remove(&QueueAttributeName::MessageRetentionPeriod);
+            if let Some(seconds) = retention.and_then(|v| v.parse::<u64>().ok()) {
+                depth.retention = Duration::from_secs(seconds);
+            }
+            depth.messages = attributes.values().filter_map(|v| v.parse::<u64>().ok()).sum();
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn delays_round_up_and_cap_at_fifteen_minutes() {
-        assert_eq!(delay_seconds(Duration::ZERO), 0);
-        assert_eq!(delay_seconds(Duration::from_millis(1_001)), 2);
-        assert_eq!(delay_seconds(Duration::from_secs(3_600)), 900);
-    }
-
-    #[test]
-    fn urls_map_priorities_both_ways() {
-        let urls = QueueUrls { high: "h".into(), normal: "n".into(), low: "l".into() };
-        assert_eq!(urls.of(TaskPriority::Low), "l");
-        assert_eq!(urls.priority_of("n"), Some(TaskPriority::Normal));
-        assert_eq!(urls.priority_of("x"), None);
+    fn durations_round_up_to_seconds_and_cap_at_the_limit() {
+        assert_eq!(whole_seconds(Duration::ZERO, MAX_DELAY_SECS), 0);
+        assert_eq!(whole_seconds(Duration::from_millis(1_001), MAX_DELAY_SECS), 2);
+        assert_eq!(whole_seconds(Duration::from_secs(3_600), MAX_DELAY_SECS), 900);
+        assert_eq!(whole_seconds(Duration::from_secs(86_400), MAX_VISIBILITY_SECS), 43_200);
     }
 }

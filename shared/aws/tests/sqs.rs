@@ -1,36 +1,46 @@
-//! [`SqsQueue`] on the local AWS emulator: sending by priority in batches of at most ten, delays,
-//! receiving high before normal before low, the worker's visibility change, refresh and raw
-//! sends, and the count of SQS requests. Fresh queues per test.
+//! [`SqsQueue`], the work queue port, on the local AWS emulator: sending by priority in batches
+//! of at most ten, delays, receiving high before normal before low with receipts, acknowledging,
+//! retrying by visibility, dead-lettering to the DLQ of the queue a copy came from, and the count
+//! of SQS requests. Fresh queues per test.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use taskexec_aws::{Envelope, QueueUrls, SqsQueue};
-use taskexec_core::ports::{Delivery, Route, WorkQueue};
+use aws_sdk_sqs::types::QueueAttributeName;
+use taskexec_aws::SqsQueue;
+use taskexec_core::message::{PoisonNote, QueueMessage, decode};
+use taskexec_core::ports::{DeadLetter, Delivery, Receipt, Route, WorkQueue};
 use taskexec_core::task::TaskPriority;
 
 async fn fresh_queue() -> (SqsQueue, aws_sdk_sqs::Client) {
     let client = common::sqs_client();
-    let base = common::unique_name("q");
-    let mut urls = Vec::new();
-    for priority in ["high", "normal", "low"] {
-        let out = client.create_queue().queue_name(format!("{base}-{priority}")).send().await.expect("create queue");
-        urls.push(out.queue_url.expect("queue url"));
-    }
-    let urls = QueueUrls { high: urls[0].clone(), normal: urls[1].clone(), low: urls[2].clone() };
-    (SqsQueue::new(client.clone(), urls), client)
+    let topology = common::fresh_topology(&client).await;
+    (SqsQueue::new(client.clone(), topology), client)
 }
 
-fn parse_envelope(body: &str) -> Envelope {
-    serde_json::from_str(body).expect("an envelope")
+fn url(queue: &SqsQueue, priority: TaskPriority) -> String {
+    queue.topology().for_priority(priority).url.clone()
+}
+
+fn dlq(queue: &SqsQueue, priority: TaskPriority) -> String {
+    queue.topology().for_priority(priority).dlq_url.clone()
 }
 
 fn delivery(id: &str, priority: TaskPriority) -> Delivery {
     let route = Arc::new(Route { provider_id: "p".into(), model_id: "m".into(), run_id: "r".into() });
     Delivery::new(id, route, priority, 1_700_000_000_000)
+}
+
+fn ids(deliveries: &[Delivery]) -> Vec<&str> {
+    deliveries.iter().map(|d| d.task_id.as_str()).collect()
+}
+
+/// The bodies waiting in one queue (received, so in flight afterwards).
+async fn bodies(client: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {
+    let out = client.receive_message().queue_url(url).max_number_of_messages(10).send().await.unwrap();
+    out.messages.unwrap_or_default().into_iter().filter_map(|m| m.body).collect()
 }
 
 /// Messages waiting in one queue: (visible, in flight, delayed).
@@ -67,16 +77,15 @@ async fn sends_to_each_prioritys_queue_in_batches_of_ten() {
 
     assert_eq!(queue.api_calls(), 4, "12 high in two batches, 1 normal, 10 low in one");
     assert_eq!(queue.len(), 23);
-    assert_eq!(counts(&client, &queue.urls().high).await.0, 12);
-    assert_eq!(counts(&client, &queue.urls().normal).await.0, 1);
-    assert_eq!(counts(&client, &queue.urls().low).await.0, 10);
-    let body = client.receive_message().queue_url(&queue.urls().normal).send().await.unwrap();
-    let body = body.messages.unwrap()[0].body.clone().unwrap();
-    assert_eq!(parse_envelope(&body), Envelope::of(&delivery("n0", TaskPriority::Normal)));
+    assert_eq!(counts(&client, &url(&queue, TaskPriority::High)).await.0, 12);
+    assert_eq!(counts(&client, &url(&queue, TaskPriority::Normal)).await.0, 1);
+    assert_eq!(counts(&client, &url(&queue, TaskPriority::Low)).await.0, 10);
+    let body = bodies(&client, &url(&queue, TaskPriority::Normal)).await;
+    assert_eq!(decode(&body[0]).unwrap(), QueueMessage::Task(delivery("n0", TaskPriority::Normal)));
 }
 
 #[tokio::test]
-async fn receives_high_then_normal_then_low_and_deletes_what_it_returns() {
+async fn receives_high_then_normal_then_low_with_receipts_and_acks_delete() {
     let (queue, client) = fresh_queue().await;
     queue
         .send(vec![
@@ -88,16 +97,33 @@ async fn receives_high_then_normal_then_low_and_deletes_what_it_returns() {
         .unwrap();
 
     let mut order = Vec::new();
-    while let Some(d) = queue.receive(Duration::ZERO).await.unwrap() {
+    loop {
+        let batch = queue.receive(10, Duration::ZERO).await.unwrap();
+        let Some(d) = batch.first() else { break };
         assert_eq!(d.receive_count, 1);
-        order.push(d.task_id);
+        assert_eq!(d.receipt.source(), Some(url(&queue, d.priority).as_str()), "the receipt names its queue");
+        for received in &batch {
+            queue.ack(&received.receipt).await.unwrap();
+        }
+        order.extend(batch.into_iter().map(|d| d.task_id));
     }
 
     assert_eq!(order, ["high", "normal", "low"]);
     assert_eq!(queue.len(), 0);
-    for url in [&queue.urls().high, &queue.urls().normal, &queue.urls().low] {
-        assert_eq!(counts(&client, url).await, (0, 0, 0), "{url}: received messages are deleted");
+    for priority in [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low] {
+        assert_eq!(counts(&client, &url(&queue, priority)).await, (0, 0, 0), "{priority:?}: acknowledged, deleted");
     }
+}
+
+#[tokio::test]
+async fn a_copy_received_and_not_settled_is_in_flight_not_lost() {
+    let (queue, client) = fresh_queue().await;
+    let batch: Vec<_> = (0..12).map(|i| (delivery(&format!("n{i}"), TaskPriority::Normal), Duration::ZERO)).collect();
+    queue.send(batch).await.unwrap();
+    let first = queue.receive(12, Duration::ZERO).await.unwrap();
+    assert!(!first.is_empty() && first.len() <= 10, "one request: at most ten, got {}", first.len());
+    let (visible, in_flight, _) = counts(&client, &url(&queue, TaskPriority::Normal)).await;
+    assert_eq!((visible + in_flight, in_flight), (12, first.len() as u64), "received, not deleted");
 }
 
 #[tokio::test]
@@ -111,60 +137,68 @@ async fn delays_hold_messages_back_and_long_ones_are_capped() {
         .await
         .unwrap();
 
-    assert_eq!(queue.receive(Duration::ZERO).await.unwrap(), None, "nothing is visible yet");
-    assert_eq!(counts(&client, &queue.urls().low).await.2, 1, "an hour is sent as SQS's maximum, 900 s");
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty(), "nothing is visible yet");
+    assert_eq!(counts(&client, &url(&queue, TaskPriority::Low)).await.2, 1, "an hour is sent as SQS's maximum, 900 s");
     // The long poll waits for the emulator's clock: the message becomes visible after 2 s.
-    let soon = queue.receive(Duration::from_secs(10)).await.unwrap().expect("delayed message arrives");
-    assert_eq!(soon.task_id, "soon");
+    let soon = queue.receive(10, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ids(&soon), ["soon"]);
 }
 
 #[tokio::test]
-async fn worker_methods_change_visibility_refresh_and_send_raw() {
+async fn retry_after_brings_the_same_message_back_and_a_refresh_is_a_fresh_one() {
     let (queue, client) = fresh_queue().await;
-    let url = queue.urls().normal.clone();
-    let envelope = Envelope::of(&delivery("t1", TaskPriority::Normal));
-    queue.send_raw(&url, &envelope.to_body()).await.unwrap();
-    let receive = || async {
-        let out = client
-            .receive_message()
-            .queue_url(&url)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .unwrap();
-        out.messages.unwrap_or_default().into_iter().next()
-    };
-    let count_of = |m: &aws_sdk_sqs::types::Message| {
-        m.attributes().unwrap()[&MessageSystemAttributeName::ApproximateReceiveCount].clone()
-    };
+    queue.send(vec![(delivery("t1", TaskPriority::Normal), Duration::ZERO)]).await.unwrap();
+    let first = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
+    assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty(), "in flight");
 
-    let first = receive().await.expect("sent raw");
-    assert!(receive().await.is_none(), "in flight");
-    queue.change_visibility(&url, first.receipt_handle().unwrap(), 0).await.unwrap();
-    let second = receive().await.expect("visible again at once");
-    assert_eq!(count_of(&second), "2");
+    queue.retry_after(&first, Duration::ZERO).await.unwrap();
+    let second = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!((second.task_id.as_str(), second.receive_count), ("t1", 2), "the same message, received again");
 
-    // A refresh, as the worker does it: a fresh copy, and the old message gone (the mapping
-    // deletes it once the worker reports it done).
-    queue.send_body(&url, envelope.to_body(), Duration::ZERO).await.unwrap();
-    queue.delete(&url, second.receipt_handle().unwrap()).await.unwrap();
+    // A refresh, as the worker does it: a fresh copy, and the old message acknowledged.
+    queue.send(vec![(second.fresh_copy(), Duration::ZERO)]).await.unwrap();
+    queue.ack(&second.receipt).await.unwrap();
+    let fresh = queue.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
+    assert_eq!((fresh.receive_count, fresh.deferrals), (1, 2), "a new message carrying the deferrals so far");
+    queue.ack(&fresh.receipt).await.unwrap();
+    assert_eq!(counts(&client, &url(&queue, TaskPriority::Normal)).await, (0, 0, 0));
+}
 
-    assert_eq!(counts(&client, &url).await, (1, 0, 0), "the old message is gone, the fresh copy waits");
-    let fresh = receive().await.expect("fresh copy");
-    assert_eq!(count_of(&fresh), "1");
-    assert_eq!(parse_envelope(fresh.body().unwrap()), envelope);
-    queue.delete(&url, fresh.receipt_handle().unwrap()).await.unwrap();
-    assert_eq!(counts(&client, &url).await, (0, 0, 0));
-    assert_eq!(queue.api_calls(), 5, "send_raw, change_visibility, send_body, delete, delete");
+#[tokio::test]
+async fn dead_letters_go_to_the_dlq_of_the_queue_the_copy_came_from() {
+    let (queue, client) = fresh_queue().await;
+    // An envelope that says low, put on the high queue by another producer: its DLQ is high's.
+    queue.send_raw(&url(&queue, TaskPriority::High), &delivery("odd", TaskPriority::Low).to_body()).await.unwrap();
+    let odd = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
+    queue.dead_letter(DeadLetter::Task(&odd)).await.unwrap();
+    let dead = bodies(&client, &dlq(&queue, TaskPriority::High)).await;
+    assert_eq!(dead.len(), 1);
+    assert!(matches!(decode(&dead[0]).unwrap(), QueueMessage::Task(d) if d.task_id == "odd"));
+
+    // A copy never received goes to its priority's DLQ.
+    queue.dead_letter(DeadLetter::Task(&delivery("never", TaskPriority::Normal))).await.unwrap();
+    assert_eq!(bodies(&client, &dlq(&queue, TaskPriority::Normal)).await.len(), 1);
+
+    let note = PoisonNote { message_id: "m-1".into(), reason: "not JSON".into(), body: "{{".into() };
+    let receipt = Receipt::new(url(&queue, TaskPriority::Low), "handle");
+    queue.dead_letter(DeadLetter::Poison { receipt: &receipt, note: &note }).await.unwrap();
+    let poison = bodies(&client, &dlq(&queue, TaskPriority::Low)).await;
+    assert_eq!(PoisonNote::from_body(&poison[0]), Some(note));
+
+    let elsewhere = Receipt::new("https://elsewhere/queue", "handle");
+    let note = PoisonNote { message_id: "m-2".into(), reason: "x".into(), body: "y".into() };
+    let error = queue.dead_letter(DeadLetter::Poison { receipt: &elsewhere, note: &note }).await.unwrap_err();
+    assert!(error.to_string().contains("https://elsewhere/queue"), "{error}");
 }
 
 #[tokio::test]
 async fn undecodable_messages_are_left_for_the_dead_letter_queue() {
     let (queue, client) = fresh_queue().await;
-    queue.send_raw(&queue.urls().high, "not an envelope").await.unwrap();
+    queue.send_raw(&url(&queue, TaskPriority::High), "not an envelope").await.unwrap();
 
-    assert_eq!(queue.receive(Duration::ZERO).await.unwrap(), None);
+    assert!(queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
 
-    assert_eq!(counts(&client, &queue.urls().high).await.1, 1, "still there, in flight, for the redrive policy");
+    let high = url(&queue, TaskPriority::High);
+    assert_eq!(counts(&client, &high).await.1, 1, "still there, in flight, for the redrive policy");
     assert!(queue.approximate_len().await.unwrap() <= 1);
 }

@@ -13,9 +13,9 @@ use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::{ErrorClass, TaskError};
 use crate::lifecycle::{TaskEvent, transition};
 use crate::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
-    FinishRequest, GroupSummary, LimitKey, LimiterStore, Metric, MetricsSink, Outcome, PauseScope, PendingTask,
-    StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeadLetter,
+    Delivery, DeliveryBuilder, FinishRequest, GroupSummary, LimitKey, LimiterStore, Metric, MetricsSink, Outcome,
+    PauseScope, Receipt, Route, StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
 };
 use crate::schedule::Scheduler;
 use crate::task::{Lease, TaskRecord, TaskState};
@@ -241,24 +241,24 @@ impl TaskStore for MemoryStore {
         Ok(self.with(|t| t.events.iter().filter(|e| e.task_id == task_id).cloned().collect()))
     }
 
-    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
         Ok(self.with(|t| {
             let start = usize::try_from(cursor).unwrap_or(usize::MAX).min(t.order.len());
             let mut page = Vec::new();
+            let mut builder = DeliveryBuilder::default();
             for (pos, id) in t.order.iter().enumerate().skip(start) {
                 if page.len() == limit {
                     return (page, Some(pos as u64));
                 }
                 let r = &t.tasks[id];
                 if !r.state.is_terminal() {
-                    page.push(PendingTask {
-                        task_id: r.task.id.clone(),
-                        priority: r.task.priority,
-                        run_id: r.run_id().to_owned(),
+                    let route = Route {
                         provider_id: r.task.provider_id.clone(),
                         model_id: r.task.model_id.clone(),
-                        ready_at: r.next_attempt_at.unwrap_or(r.submitted_at),
-                    });
+                        run_id: r.run_id().to_owned(),
+                    };
+                    let ready_at = r.next_attempt_at.unwrap_or(r.submitted_at);
+                    page.push(builder.build(r.task.id.clone(), route, r.task.priority, ready_at));
                 }
             }
             (page, None)
@@ -325,8 +325,23 @@ impl<C: Clock> MemoryQueue<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.scheduler.lock().expect("queue poisoned")
     }
+
+    /// Up to `max` due deliveries, each counted as received once more.
+    fn take(s: &mut Scheduler, max: usize, now: Millis) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        while taken.len() < max.max(1) {
+            let Some(mut d) = s.pop(now) else { break };
+            d.receive_count += 1;
+            taken.push(d);
+        }
+        taken
+    }
 }
 
+/// The embedded queue needs no acknowledgement: a copy received is gone from the queue, and a
+/// process that dies loses only its queue, which the next run rebuilds from the store. Its
+/// dead-letter queue is the store itself: a dead-lettered task is failed there with its reason,
+/// and `taskexec redrive` (or `POST /tasks/{id}/redrive`) brings it back.
 impl<C: Clock> WorkQueue for MemoryQueue<C> {
     async fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> StoreResult<()> {
         let now = self.clock.now();
@@ -341,14 +356,15 @@ impl<C: Clock> WorkQueue for MemoryQueue<C> {
         Ok(())
     }
 
-    async fn receive(&self, wait: Duration) -> StoreResult<Option<Delivery>> {
+    async fn receive(&self, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
             let next_due = {
                 let mut s = self.lock();
-                if let Some(d) = s.pop(self.clock.now()) {
-                    return Ok(Some(d));
+                let taken = Self::take(&mut s, max, self.clock.now());
+                if !taken.is_empty() {
+                    return Ok(taken);
                 }
                 s.next_due()
             };
@@ -361,11 +377,23 @@ impl<C: Clock> WorkQueue for MemoryQueue<C> {
                 () = tokio::time::sleep_until(sleep_until) => {
                     if tokio::time::Instant::now() >= deadline {
                         let mut s = self.lock();
-                        return Ok(s.pop(self.clock.now()));
+                        return Ok(Self::take(&mut s, max, self.clock.now()));
                     }
                 }
             }
         }
+    }
+
+    async fn ack(&self, _receipt: &Receipt) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn retry_after(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        self.send(vec![(delivery.clone(), delay)]).await
+    }
+
+    async fn dead_letter(&self, _letter: DeadLetter<'_>) -> StoreResult<()> {
+        Ok(())
     }
 
     fn len(&self) -> usize {
@@ -503,22 +531,30 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(q.len(), 3);
-        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "h");
-        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "n");
-        assert_eq!(q.receive(Duration::from_millis(10)).await.unwrap(), None);
+        let ids = |batch: Vec<Delivery>| batch.into_iter().map(|d| d.task_id).collect::<Vec<_>>();
+        assert_eq!(ids(q.receive(1, Duration::ZERO).await.unwrap()), ["h"]);
+        assert_eq!(ids(q.receive(10, Duration::ZERO).await.unwrap()), ["n"], "only what is due");
+        assert!(q.receive(10, Duration::from_millis(10)).await.unwrap().is_empty());
         clock.advance(Duration::from_secs(5));
-        assert_eq!(q.receive(Duration::ZERO).await.unwrap().unwrap().task_id, "later");
+        let later = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!((later[0].task_id.as_str(), later[0].receive_count), ("later", 1));
         assert!(q.is_empty());
+        // A retried copy comes back after its delay, received once more.
+        q.retry_after(&later[0], Duration::from_secs(2)).await.unwrap();
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty(), "not before its delay");
+        clock.advance(Duration::from_secs(2));
+        let again = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!((again[0].task_id.as_str(), again[0].receive_count), ("later", 2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn queue_wakes_a_waiting_receiver() {
         let q = std::sync::Arc::new(MemoryQueue::new(Duration::from_secs(10), FakeClock::at(0)));
         let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.receive(Duration::from_secs(60)).await });
+        let waiter = tokio::spawn(async move { q2.receive(10, Duration::from_secs(60)).await });
         tokio::task::yield_now().await;
         q.send(vec![(delivery("x", TaskPriority::Low), Duration::ZERO)]).await.unwrap();
-        assert_eq!(waiter.await.unwrap().unwrap().unwrap().task_id, "x");
+        assert_eq!(waiter.await.unwrap().unwrap()[0].task_id, "x");
     }
 
     #[tokio::test]

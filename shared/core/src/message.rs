@@ -1,11 +1,13 @@
 //! Queue messages: what a work-queue message body holds. Two forms are accepted:
-//! - an **envelope** `{"taskId","providerId","modelId","runId","priority","readyAt"}`, sent by the
-//!   API, the sweeper and the worker for a task already stored;
+//! - an **envelope** `{"taskId","providerId","modelId","runId","priority","readyAt","deferrals"}`:
+//!   the body of a [`Delivery`] ([`Delivery::to_body`]), sent by the API, the sweeper and the
+//!   worker for a task already stored;
 //! - a **raw task**: a `BenchmarkTask` JSON as another system's SQS producer sends it (see
 //!   `docs/api.md`); without an `id`, one is derived from the content hash, so a re-sent message
 //!   is the same task.
 //!
-//! Anything else is poison: it cannot be decoded, and the worker sends it to the DLQ.
+//! Anything else is poison: it cannot be decoded, and the worker sends it to the DLQ as a
+//! [`PoisonNote`].
 
 use std::sync::Arc;
 
@@ -18,10 +20,12 @@ use crate::task::{BenchmarkTask, TaskPriority};
 use crate::time::Millis;
 use crate::validate::{FieldError, parse_task_value};
 
-/// The envelope of a stored task.
+/// The wire form of a [`Delivery`]: what an SQS message body holds. Unknown fields are
+/// ignored, so a worker of an older build reads the envelopes of a newer one during a
+/// rolling deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Envelope {
+#[serde(rename_all = "camelCase")]
+struct Envelope {
     /// The task.
     pub task_id: String,
     /// Deployment or route.
@@ -46,9 +50,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl Envelope {
-    /// The envelope of a delivery.
-    #[must_use]
-    pub fn of(d: &Delivery) -> Self {
+    fn of(d: &Delivery) -> Self {
         Self {
             task_id: d.task_id.clone(),
             provider_id: d.provider_id().to_owned(),
@@ -60,28 +62,55 @@ impl Envelope {
         }
     }
 
-    /// The delivery this envelope carries, received `receive_count` times.
-    #[must_use]
-    pub fn into_delivery(self, receive_count: u32) -> Delivery {
+    fn into_delivery(self) -> Delivery {
         let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
         let mut d = Delivery::new(self.task_id, Arc::new(route), self.priority, self.ready_at);
-        d.receive_count = receive_count;
         d.deferrals = self.deferrals;
         d
     }
+}
 
-    /// The JSON body.
+impl Delivery {
+    /// The message body of this delivery (its envelope).
     #[must_use]
     pub fn to_body(&self) -> String {
-        serde_json::to_string(self).expect("an envelope always serialises")
+        serde_json::to_string(&Envelope::of(self)).expect("an envelope always serialises")
+    }
+}
+
+/// What goes to a dead-letter queue for a message that could not be decoded: the original
+/// message id (no task id can be read), why, and the body as received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoisonNote {
+    /// The poison message's id.
+    pub message_id: String,
+    /// Why it could not be decoded.
+    pub reason: String,
+    /// Its body.
+    pub body: String,
+}
+
+impl PoisonNote {
+    /// The DLQ message body: `{"poison": {...}}`.
+    #[must_use]
+    pub fn to_body(&self) -> String {
+        serde_json::json!({ "poison": self }).to_string()
+    }
+
+    /// Read a DLQ body written by [`Self::to_body`].
+    #[must_use]
+    pub fn from_body(body: &str) -> Option<Self> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        serde_json::from_value(value.get("poison")?.clone()).ok()
     }
 }
 
 /// A decoded message body.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueueMessage {
-    /// A stored task's envelope.
-    Envelope(Envelope),
+    /// A stored task's delivery (not yet received: no receipt, receive count 0).
+    Task(Delivery),
     /// A task sent by another system (its id filled in from the content hash if it had none).
     RawTask(Box<BenchmarkTask>),
 }
@@ -105,8 +134,8 @@ pub fn decode(body: &str) -> Result<QueueMessage, DecodeError> {
     let value: Value = serde_json::from_str(body).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let Value::Object(mut object) = value else { return Err(DecodeError::NotJson("not an object".into())) };
     if object.contains_key("taskId") {
-        return serde_json::from_value(Value::Object(object))
-            .map(QueueMessage::Envelope)
+        return serde_json::from_value::<Envelope>(Value::Object(object))
+            .map(|e| QueueMessage::Task(e.into_delivery()))
             .map_err(|e| DecodeError::BadEnvelope(e.to_string()));
     }
     if object.get("id").is_none_or(Value::is_null) {
@@ -126,11 +155,26 @@ mod tests {
     #[test]
     fn envelopes_round_trip_through_deliveries() {
         let body = r#"{"taskId":"t-1","providerId":"sim","modelId":"m","runId":"demo","priority":"high","readyAt":5}"#;
-        let QueueMessage::Envelope(e) = decode(body).unwrap() else { panic!("envelope expected") };
-        let d = e.clone().into_delivery(3);
-        assert_eq!((d.task_id.as_str(), d.provider_id(), d.run_id(), d.receive_count), ("t-1", "sim", "demo", 3));
-        assert_eq!(Envelope::of(&d), e);
-        assert_eq!(decode(&e.to_body()).unwrap(), QueueMessage::Envelope(e));
+        let QueueMessage::Task(d) = decode(body).unwrap() else { panic!("envelope expected") };
+        assert_eq!((d.task_id.as_str(), d.provider_id(), d.run_id(), d.ready_at), ("t-1", "sim", "demo", 5));
+        assert_eq!(d.to_body(), body, "no deferrals: the field is left out");
+        let mut deferred = d.fresh_copy();
+        deferred.deferrals = 4;
+        assert_eq!(decode(&deferred.to_body()).unwrap(), QueueMessage::Task(deferred));
+    }
+
+    #[test]
+    fn envelopes_of_a_newer_build_are_read() {
+        let body = r#"{"taskId":"t","providerId":"sim","modelId":"m","runId":"r","priority":"low","laterField":1}"#;
+        let QueueMessage::Task(d) = decode(body).unwrap() else { panic!("envelope expected") };
+        assert_eq!(d.task_id, "t");
+    }
+
+    #[test]
+    fn poison_notes_round_trip() {
+        let note = PoisonNote { message_id: "m-1".into(), reason: "not JSON".into(), body: "{{{".into() };
+        assert_eq!(PoisonNote::from_body(&note.to_body()), Some(note));
+        assert_eq!(PoisonNote::from_body(r#"{"taskId":"t"}"#), None);
     }
 
     #[test]

@@ -155,23 +155,6 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
-/// A queued or running task, as the embedded queue needs it to rebuild itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingTask {
-    /// Task id.
-    pub task_id: String,
-    /// Scheduling class.
-    pub priority: TaskPriority,
-    /// Run id.
-    pub run_id: String,
-    /// Deployment or route.
-    pub provider_id: String,
-    /// Model.
-    pub model_id: String,
-    /// When it becomes due (submission or next attempt).
-    pub ready_at: Millis,
-}
-
 /// Per deployment/model figures of a run, as the closing summary shows them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -288,15 +271,15 @@ pub trait TaskStore: Send + Sync + 'static {
     fn note(&self, event: AuditEvent) -> impl Future<Output = StoreResult<()>> + Send;
     /// The audit trail of one task, oldest first (insertion order), and only that task's.
     fn events(&self, task_id: &str) -> impl Future<Output = StoreResult<Vec<AuditEvent>>> + Send;
-    /// Queued and running tasks (for the embedded queue to rebuild itself) in submission order, a
-    /// page at a time: up to `limit` tasks after `cursor` (0 for the first page), and the cursor of
+    /// Queued and running tasks as first deliveries (for the embedded queue to rebuild itself) in
+    /// submission order, a page at a time: up to `limit` tasks after `cursor` (0 for the first page), and the cursor of
     /// the next page (`None` after the last), with `ready_at` = `next_attempt_at` if set, else
     /// `submitted_at`. A recovery of a million tasks never holds them all at once.
     fn pending(
         &self,
         cursor: u64,
         limit: usize,
-    ) -> impl Future<Output = StoreResult<(Vec<PendingTask>, Option<u64>)>> + Send;
+    ) -> impl Future<Output = StoreResult<(Vec<Delivery>, Option<u64>)>> + Send;
     /// Per deployment/model figures of a run (`None`: all runs), one group per
     /// (`provider_id`, `model_id`) that has tasks, ordered by that pair. The figures are those of
     /// `crate::metrics::summarise`: counts per state, failures keyed by the JSON name of their
@@ -485,29 +468,60 @@ pub struct Route {
     pub run_id: String,
 }
 
-/// A message handed to a worker. It carries the task's route, so limits and breakers are
-/// checked before a claim.
+/// The queue's handle on one received copy of a delivery: which of its queues the copy came
+/// from and the queue's own handle on it (SQS: the queue URL and the receipt handle). Opaque to
+/// everyone but the queue that issued it; empty for a delivery that was never received (a first
+/// send) and in the embedded queue, which needs none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt(Option<Arc<(String, String)>>);
+
+impl Receipt {
+    /// The receipt of a copy received from `source` with the queue's `handle`.
+    pub fn new(source: impl Into<String>, handle: impl Into<String>) -> Self {
+        Self(Some(Arc::new((source.into(), handle.into()))))
+    }
+
+    /// The queue the copy came from.
+    #[must_use]
+    pub fn source(&self) -> Option<&str> {
+        self.0.as_deref().map(|(source, _)| source.as_str())
+    }
+
+    /// The queue's handle on the copy.
+    #[must_use]
+    pub fn handle(&self) -> Option<&str> {
+        self.0.as_deref().map(|(_, handle)| handle.as_str())
+    }
+}
+
+/// A task on its way through a work queue: what is sent, what a worker receives, what the
+/// store's unfinished tasks are re-queued as, and (on SQS) what a message body holds
+/// ([`Delivery::to_body`], decoded by [`crate::message::decode`]). It carries the task's route,
+/// so limits and breakers are checked before a claim, and the receipt of the copy received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     /// The task.
     pub task_id: String,
     /// Deployment, model and run.
     pub route: Arc<Route>,
-    /// Scheduling class.
+    /// Scheduling class (also decides the queue).
     pub priority: TaskPriority,
-    /// How many times this message was received.
+    /// How many times this copy was received (0 before its first receive).
     pub receive_count: u32,
     /// How many times earlier copies of this message were deferred (a long-deferred message is
     /// re-sent as a fresh copy that carries the count, so its backoff keeps growing).
     pub deferrals: u32,
-    /// When the task became due (for queue-wait accounting).
+    /// When the task became due (submission or next attempt; for queue-wait accounting).
     pub ready_at: Millis,
+    /// The queue's handle on the copy received.
+    pub receipt: Receipt,
 }
 
 impl Delivery {
     /// A first delivery.
     pub fn new(task_id: impl Into<String>, route: Arc<Route>, priority: TaskPriority, ready_at: Millis) -> Self {
-        Self { task_id: task_id.into(), route, priority, receive_count: 0, deferrals: 0, ready_at }
+        let receipt = Receipt::default();
+        Self { task_id: task_id.into(), route, priority, receive_count: 0, deferrals: 0, ready_at, receipt }
     }
 
     /// The deployment (or route) asked for.
@@ -534,18 +548,28 @@ impl Delivery {
     pub fn deferrals_so_far(&self) -> u32 {
         self.deferrals.saturating_add(self.receive_count.saturating_sub(1))
     }
+
+    /// A fresh copy to send in this one's place: no receipt, not yet received, carrying the
+    /// deferrals so far plus this one's.
+    #[must_use]
+    pub fn fresh_copy(&self) -> Self {
+        let mut copy = self.clone();
+        copy.deferrals = self.deferrals_so_far().saturating_add(1);
+        copy.receive_count = 0;
+        copy.receipt = Receipt::default();
+        copy
+    }
 }
 
-/// Builds deliveries from pending tasks, sharing repeated routes.
+/// Builds deliveries, sharing repeated routes.
 #[derive(Debug, Default)]
 pub struct DeliveryBuilder {
     routes: std::collections::HashSet<Arc<Route>>,
 }
 
 impl DeliveryBuilder {
-    /// A first delivery of a pending task (consumed, so its id is moved, not copied).
-    pub fn build(&mut self, p: PendingTask) -> Delivery {
-        let route = Route { provider_id: p.provider_id, model_id: p.model_id, run_id: p.run_id };
+    /// A first delivery of `task_id` on `route`.
+    pub fn build(&mut self, task_id: String, route: Route, priority: TaskPriority, ready_at: Millis) -> Delivery {
         let route = match self.routes.get(&route) {
             Some(shared) => shared.clone(),
             None => {
@@ -554,22 +578,128 @@ impl DeliveryBuilder {
                 shared
             }
         };
-        Delivery::new(p.task_id, route, p.priority, p.ready_at)
+        Delivery::new(task_id, route, priority, ready_at)
+    }
+
+    /// A first delivery of `task` in run `run_id`, due at `ready_at`.
+    pub fn of_task(&mut self, task: &crate::task::BenchmarkTask, run_id: &str, ready_at: Millis) -> Delivery {
+        let route =
+            Route { provider_id: task.provider_id.clone(), model_id: task.model_id.clone(), run_id: run_id.to_owned() };
+        self.build(task.id.clone(), route, task.priority, ready_at)
     }
 }
 
-/// The work queue. Embedded: an in-process priority queue with aging, rebuilt from the store at
-/// start ([`crate::memory::MemoryQueue`]); AWS: one SQS queue per priority.
+/// One work queue and its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePair {
+    /// The priority it carries.
+    pub priority: TaskPriority,
+    /// Main queue URL.
+    pub url: String,
+    /// Its DLQ's URL.
+    pub dlq_url: String,
+}
+
+/// The three priority queues of the AWS shape, each with its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// High, normal, low.
+    pub queues: [QueuePair; 3],
+}
+
+impl Topology {
+    /// The pair for a priority.
+    #[must_use]
+    pub fn for_priority(&self, priority: TaskPriority) -> &QueuePair {
+        &self.queues[usize::from(priority.rank())]
+    }
+
+    /// The pair whose main queue or DLQ has this URL.
+    #[must_use]
+    pub fn for_url(&self, url: &str) -> Option<&QueuePair> {
+        self.queues.iter().find(|q| q.url == url || q.dlq_url == url)
+    }
+
+    /// The pair a message came from, by its event source ARN (`arn:aws:sqs:REGION:ACCOUNT:NAME`),
+    /// matched on the queue name (the last segment of both the ARN and the URL). A DLQ's ARN
+    /// finds the pair whose `dlq_url` it names.
+    #[must_use]
+    pub fn for_arn(&self, arn: &str) -> Option<&QueuePair> {
+        let name = arn.rsplit(':').next()?;
+        let last = |url: &str| url.rsplit('/').next().map(str::to_owned);
+        self.queues.iter().find(|q| last(&q.url).as_deref() == Some(name) || last(&q.dlq_url).as_deref() == Some(name))
+    }
+}
+
+/// What is sent to a dead-letter queue.
+#[derive(Debug, Clone, Copy)]
+pub enum DeadLetter<'a> {
+    /// A task the engine dead-lettered (its reason is on the task's record).
+    Task(&'a Delivery),
+    /// A message that is not a task, received with `receipt`: kept as it came, with why.
+    Poison {
+        /// Where it was received.
+        receipt: &'a Receipt,
+        /// Its id, why it is poison and its body.
+        note: &'a crate::message::PoisonNote,
+    },
+}
+
+/// The work queue: the one port every producer and consumer of tasks uses (the API and the
+/// embedded runner send, the runner and the Lambda worker receive and settle, the sweeper and the
+/// DLQ handler re-send). Embedded: an in-process priority queue with aging, rebuilt from the
+/// store at start ([`crate::memory::MemoryQueue`]); AWS: one SQS queue per priority, each with
+/// its DLQ (`taskexec_aws::SqsQueue`), where every limit and unit of SQS (batches of ten,
+/// 900 s delays, 12 h visibility, whole seconds) is handled.
+///
+/// Delivery is at least once: a copy received and neither acknowledged nor retried comes back
+/// (SQS: when its visibility timeout ends). Settling a copy never settles another copy of the
+/// same task: duplicates are resolved by the store's fenced claims.
 pub trait WorkQueue: Send + Sync + 'static {
-    /// Enqueue deliveries, each visible after its delay.
+    /// Enqueue deliveries, each visible after its delay (batched where the queue can).
     fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> impl Future<Output = StoreResult<()>> + Send;
-    /// Wait up to `wait` for one due delivery.
-    fn receive(&self, wait: Duration) -> impl Future<Output = StoreResult<Option<Delivery>>> + Send;
-    /// Deliveries waiting (due or delayed).
+    /// Up to `max` due deliveries, highest priority first, waiting up to `wait` for the first.
+    /// Each carries its receipt and receive count.
+    fn receive(&self, max: usize, wait: Duration) -> impl Future<Output = StoreResult<Vec<Delivery>>> + Send;
+    /// Done with the copy received with `receipt`: it never comes back.
+    fn ack(&self, receipt: &Receipt) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Deliver this copy again after `delay` (not before; a queue may round it up).
+    fn retry_after(&self, delivery: &Delivery, delay: Duration) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Put a copy on the dead-letter queue of the queue it came from (of its priority's, if it
+    /// was never received). The copy received is not acknowledged by this: acknowledge it too.
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Deliveries waiting as this process sees them (due or delayed; SQS: sent minus received
+    /// through this instance).
     fn len(&self) -> usize;
     /// Whether nothing is waiting.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl<T: WorkQueue> WorkQueue for Arc<T> {
+    fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> impl Future<Output = StoreResult<()>> + Send {
+        (**self).send(deliveries)
+    }
+
+    fn receive(&self, max: usize, wait: Duration) -> impl Future<Output = StoreResult<Vec<Delivery>>> + Send {
+        (**self).receive(max, wait)
+    }
+
+    fn ack(&self, receipt: &Receipt) -> impl Future<Output = StoreResult<()>> + Send {
+        (**self).ack(receipt)
+    }
+
+    fn retry_after(&self, delivery: &Delivery, delay: Duration) -> impl Future<Output = StoreResult<()>> + Send {
+        (**self).retry_after(delivery, delay)
+    }
+
+    fn dead_letter(&self, letter: DeadLetter<'_>) -> impl Future<Output = StoreResult<()>> + Send {
+        (**self).dead_letter(letter)
+    }
+
+    fn len(&self) -> usize {
+        (**self).len()
     }
 }
 

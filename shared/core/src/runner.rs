@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Decision, Engine};
 use crate::error::StoreError;
 use crate::ports::{
-    BreakerStore, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink, TaskStore, WorkQueue,
+    BreakerStore, ControlStore, DeadLetter, DeferReason, Delivery, LimitKey, LimiterStore, MetricsSink, TaskStore,
+    WorkQueue,
 };
-use crate::ports::{DeliveryBuilder, PendingTask};
 use crate::provider::Provider;
 use crate::time::Clock;
 
@@ -43,6 +43,9 @@ impl Default for RunnerConfig {
 
 /// Tasks read from the store per page during recovery.
 const RECOVERY_PAGE: usize = 5_000;
+
+/// The most deliveries taken by one receive.
+const RECEIVE_BATCH: usize = 256;
 
 #[derive(Debug, Default)]
 struct Parking {
@@ -130,20 +133,19 @@ where
     /// Take over the store: release leases left by a dead runner (the caller holds the store's
     /// lock) and queue the unfinished tasks that `wanted` selects. Returns (released leases,
     /// queued tasks).
-    pub async fn recover(&self, wanted: impl Fn(&PendingTask) -> bool) -> Result<(u64, usize), StoreError> {
+    pub async fn recover(&self, wanted: impl Fn(&Delivery) -> bool) -> Result<(u64, usize), StoreError> {
         let store = &self.engine.ports().store;
         let released = store.release_all_leases(self.engine.ports().clock.now()).await?;
-        let mut builder = DeliveryBuilder::default();
         let (mut cursor, mut queued) = (Some(0), 0);
         while let Some(at) = cursor {
             let (page, next) = store.pending(at, RECOVERY_PAGE).await?;
             let now = self.engine.ports().clock.now();
             let deliveries: Vec<_> = page
                 .into_iter()
-                .filter(|p| wanted(p))
-                .map(|p| {
-                    let delay = crate::time::until(p.ready_at, now);
-                    (builder.build(p), delay)
+                .filter(|d| wanted(d))
+                .map(|d| {
+                    let delay = crate::time::until(d.ready_at, now);
+                    (d, delay)
                 })
                 .collect();
             queued += deliveries.len();
@@ -166,33 +168,44 @@ where
         result
     }
 
+    /// Receive as many deliveries as there are free slots (one receive for a batch), and process
+    /// each in a task of its own holding one slot.
     async fn pull(self: &Arc<Self>, slots: &Arc<Semaphore>, shutdown: &CancellationToken) -> Result<(), StoreError> {
         loop {
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
-            let delivery = tokio::select! {
+            // Only this loop takes slots, so the free ones stay free until taken below.
+            let free = 1 + slots.available_permits().min(RECEIVE_BATCH - 1);
+            let deliveries = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                d = self.queue.receive(self.config.poll) => d?,
+                d = self.queue.receive(free, self.config.poll) => d?,
             };
-            let Some(delivery) = delivery else {
-                drop(permit);
+            if deliveries.is_empty() {
+                drop(first);
                 if !self.config.keep_running && self.is_idle() {
                     return Ok(());
                 }
                 continue;
-            };
-            self.active.fetch_add(1, Ordering::SeqCst);
-            let this = self.clone();
-            tokio::spawn(async move {
-                let decision = this.engine.process(&delivery).await;
-                if let Err(error) = this.act(delivery, decision).await {
-                    tracing::error!(%error, "could not re-queue a delivery");
-                }
-                this.active.fetch_sub(1, Ordering::SeqCst);
-                drop(permit);
-            });
+            }
+            let mut first = Some(first);
+            for delivery in deliveries {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => slots.clone().try_acquire_owned().expect("a slot counted free is still free"),
+                };
+                self.active.fetch_add(1, Ordering::SeqCst);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let decision = this.engine.process(&delivery).await;
+                    if let Err(error) = this.act(delivery, decision).await {
+                        tracing::error!(%error, "could not settle a delivery");
+                    }
+                    this.active.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                });
+            }
         }
     }
 
@@ -200,24 +213,33 @@ where
         self.active.load(Ordering::SeqCst) == 0 && self.queue.is_empty() && self.lock_parking().is_empty()
     }
 
-    async fn act(&self, mut d: Delivery, decision: Decision) -> Result<(), StoreError> {
+    /// Settle a delivery as the engine decided. Parked deliveries are acknowledged and sent
+    /// again when they may start.
+    async fn act(&self, d: Delivery, decision: Decision) -> Result<(), StoreError> {
         let keys = self.engine.config().limits.keys_for(d.provider_id(), d.model_id());
-        d.receive_count += 1;
         match decision {
             Decision::Ack | Decision::DeadLetter { .. } => {
+                if matches!(decision, Decision::DeadLetter { .. }) {
+                    self.queue.dead_letter(DeadLetter::Task(&d)).await?;
+                }
+                self.queue.ack(&d.receipt).await?;
                 self.retrying.lock().expect("poisoned").remove(&d.task_id);
                 self.finished.fetch_add(1, Ordering::Relaxed);
             }
             Decision::Retry { delay } => {
                 self.retrying.lock().expect("poisoned").insert(d.task_id.clone());
-                self.queue.send(vec![(d, delay)]).await?;
+                self.queue.retry_after(&d, delay).await?;
             }
-            Decision::Defer { reason: DeferReason::Paused, .. } => self.lock_parking().paused.push(d),
+            Decision::Defer { reason: DeferReason::Paused, .. } => {
+                self.queue.ack(&d.receipt).await?;
+                self.lock_parking().paused.push(d);
+            }
             Decision::Defer { reason: DeferReason::LimitReached(key), .. } => {
+                self.queue.ack(&d.receipt).await?;
                 self.lock_parking().limited.entry(key).or_default().push_back(d);
                 return Ok(());
             }
-            Decision::Defer { delay, .. } => self.queue.send(vec![(d, delay)]).await?,
+            Decision::Defer { delay, .. } => self.queue.retry_after(&d, delay).await?,
         }
         for (key, limit) in keys {
             self.unpark_limited(&key, limit).await?;

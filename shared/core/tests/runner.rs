@@ -137,7 +137,7 @@ async fn recovery_takes_back_a_dead_runners_leases_and_skips_finished_work() {
     let claim = ClaimRequest { task_id: "t0".into(), owner: "dead".into(), now: 1_000_000, lease_until: 9_000_000 };
     assert!(matches!(store.claim(claim).await.unwrap(), ClaimOutcome::Claimed(_)));
     store.cancel("t1", 1_000_000).await.unwrap();
-    let (released, queued) = r.recover(|p| p.run_id == "run").await.unwrap();
+    let (released, queued) = r.recover(|d| d.run_id() == "run").await.unwrap();
     assert_eq!((released, queued), (1, 5), "t0 taken back at once; t1 finished; other run skipped");
     r.run(CancellationToken::new()).await.unwrap();
     assert_eq!(state(&r, "t0").await, TaskState::Completed);

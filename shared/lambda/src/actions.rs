@@ -1,143 +1,90 @@
-//! What a handler does to SQS messages, as a port: the Lambda functions implement it with the
-//! SQS client (`taskexec-aws`), tests with [`RecordingActions`].
+//! The error type of the handlers' AWS ports other than the work queue (queue depths, event
+//! source mappings), and [`RecordingQueue`]: a work queue that records what a handler asked of
+//! it, for tests and dry runs. The handlers reach SQS only through core's
+//! [`WorkQueue`] port (`taskexec_aws::SqsQueue` in the functions).
 
-use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use taskexec_core::task::TaskPriority;
+use taskexec_core::message::PoisonNote;
+use taskexec_core::ports::{DeadLetter, Delivery, Receipt, StoreResult, WorkQueue};
 
-/// An SQS call failed.
+/// An AWS call of a port failed.
 pub type ActionError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Message operations the handlers need.
-pub trait QueueActions: Send + Sync {
-    /// Make a received message invisible for `seconds` (0..=43200).
-    fn change_visibility(
-        &self,
-        queue_url: &str,
-        receipt_handle: &str,
-        seconds: i32,
-    ) -> impl Future<Output = Result<(), ActionError>> + Send;
-    /// Delete a received message.
-    fn delete(&self, queue_url: &str, receipt_handle: &str) -> impl Future<Output = Result<(), ActionError>> + Send;
-    /// Send a message, visible after `delay_seconds` (0..=900).
-    fn send(
-        &self,
-        queue_url: &str,
-        body: String,
-        delay_seconds: i32,
-    ) -> impl Future<Output = Result<(), ActionError>> + Send;
-}
-
-impl<T: QueueActions> QueueActions for std::sync::Arc<T> {
-    fn change_visibility(
-        &self,
-        queue_url: &str,
-        receipt_handle: &str,
-        seconds: i32,
-    ) -> impl Future<Output = Result<(), ActionError>> + Send {
-        (**self).change_visibility(queue_url, receipt_handle, seconds)
-    }
-
-    fn delete(&self, queue_url: &str, receipt_handle: &str) -> impl Future<Output = Result<(), ActionError>> + Send {
-        (**self).delete(queue_url, receipt_handle)
-    }
-
-    fn send(
-        &self,
-        queue_url: &str,
-        body: String,
-        delay_seconds: i32,
-    ) -> impl Future<Output = Result<(), ActionError>> + Send {
-        (**self).send(queue_url, body, delay_seconds)
-    }
-}
-
-/// One work queue and its dead-letter queue.
+/// One operation asked of a [`RecordingQueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuePair {
-    /// The priority it carries.
-    pub priority: TaskPriority,
-    /// Main queue URL.
-    pub url: String,
-    /// Its DLQ's URL.
-    pub dlq_url: String,
+pub enum Op {
+    /// `send`: one entry per delivery.
+    Send(Delivery, Duration),
+    /// `ack`.
+    Ack(Receipt),
+    /// `retry_after`.
+    RetryAfter(Delivery, Duration),
+    /// `dead_letter` of a task.
+    DeadLetter(Delivery),
+    /// `dead_letter` of poison received with the receipt.
+    Poison(Receipt, PoisonNote),
 }
 
-/// The three priority queues.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topology {
-    /// High, normal, low.
-    pub queues: [QueuePair; 3],
-}
-
-impl Topology {
-    /// The pair for a priority.
-    #[must_use]
-    pub fn for_priority(&self, priority: TaskPriority) -> &QueuePair {
-        &self.queues[usize::from(priority.rank())]
-    }
-
-    /// The pair a message came from, by its event source ARN (`arn:aws:sqs:REGION:ACCOUNT:NAME`),
-    /// matched on the queue name (the last segment of both the ARN and the URL). A DLQ's ARN
-    /// finds the pair whose `dlq_url` it names.
-    #[must_use]
-    pub fn for_arn(&self, arn: &str) -> Option<&QueuePair> {
-        let name = arn.rsplit(':').next()?;
-        let last = |url: &str| url.rsplit('/').next().map(str::to_owned);
-        self.queues.iter().find(|q| last(&q.url).as_deref() == Some(name) || last(&q.dlq_url).as_deref() == Some(name))
-    }
-}
-
-/// One recorded action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// change_visibility(queue, receipt, seconds)
-    Visibility(String, String, i32),
-    /// delete(queue, receipt)
-    Delete(String, String),
-    /// send(queue, body, delay)
-    Send(String, String, i32),
-}
-
-/// A [`QueueActions`] that records what it was asked to do (tests, dry runs).
+/// A [`WorkQueue`] that records what it was asked to do and receives nothing.
 #[derive(Debug, Default)]
-pub struct RecordingActions {
+pub struct RecordingQueue {
     /// Everything asked so far.
-    pub log: Mutex<Vec<Action>>,
+    pub log: Mutex<Vec<Op>>,
 }
 
-impl RecordingActions {
+impl RecordingQueue {
     /// A copy of the log.
     #[must_use]
-    pub fn actions(&self) -> Vec<Action> {
+    pub fn ops(&self) -> Vec<Op> {
         self.log.lock().expect("poisoned").clone()
     }
 
-    fn push(&self, a: Action) {
-        self.log.lock().expect("poisoned").push(a);
+    fn push(&self, op: Op) {
+        self.log.lock().expect("poisoned").push(op);
     }
 }
 
-impl QueueActions for RecordingActions {
-    async fn change_visibility(&self, queue_url: &str, receipt_handle: &str, seconds: i32) -> Result<(), ActionError> {
-        self.push(Action::Visibility(queue_url.into(), receipt_handle.into(), seconds));
+impl WorkQueue for RecordingQueue {
+    async fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> StoreResult<()> {
+        for (delivery, delay) in deliveries {
+            self.push(Op::Send(delivery, delay));
+        }
         Ok(())
     }
 
-    async fn delete(&self, queue_url: &str, receipt_handle: &str) -> Result<(), ActionError> {
-        self.push(Action::Delete(queue_url.into(), receipt_handle.into()));
+    async fn receive(&self, _max: usize, _wait: Duration) -> StoreResult<Vec<Delivery>> {
+        Ok(Vec::new())
+    }
+
+    async fn ack(&self, receipt: &Receipt) -> StoreResult<()> {
+        self.push(Op::Ack(receipt.clone()));
         Ok(())
     }
 
-    async fn send(&self, queue_url: &str, body: String, delay_seconds: i32) -> Result<(), ActionError> {
-        self.push(Action::Send(queue_url.into(), body, delay_seconds));
+    async fn retry_after(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        self.push(Op::RetryAfter(delivery.clone(), delay));
         Ok(())
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter<'_>) -> StoreResult<()> {
+        self.push(match letter {
+            DeadLetter::Task(delivery) => Op::DeadLetter(delivery.clone()),
+            DeadLetter::Poison { receipt, note } => Op::Poison(receipt.clone(), note.clone()),
+        });
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        0
     }
 }
 
 #[cfg(test)]
-pub(crate) fn test_topology() -> Topology {
+pub(crate) fn test_topology() -> taskexec_core::ports::Topology {
+    use taskexec_core::ports::{QueuePair, Topology};
+    use taskexec_core::task::TaskPriority;
     let pair = |priority, name: &str| QueuePair {
         priority,
         url: format!("https://sqs.us-east-1.amazonaws.com/123456789012/taskexec-{name}"),
@@ -155,9 +102,10 @@ pub(crate) fn test_topology() -> Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use taskexec_core::task::TaskPriority;
 
     #[test]
-    fn finds_queues_by_arn_and_priority() {
+    fn finds_queues_by_arn_url_and_priority() {
         let t = test_topology();
         let normal = t.for_arn("arn:aws:sqs:us-east-1:123456789012:taskexec-normal").unwrap();
         assert_eq!(normal.priority, TaskPriority::Normal);
@@ -165,5 +113,7 @@ mod tests {
         assert_eq!(dlq.priority, TaskPriority::Low);
         assert!(t.for_arn("arn:aws:sqs:us-east-1:123456789012:other").is_none());
         assert!(t.for_priority(TaskPriority::High).url.ends_with("taskexec-high"));
+        assert_eq!(t.for_url(&t.queues[2].dlq_url).unwrap().priority, TaskPriority::Low);
+        assert!(t.for_url("https://elsewhere/q").is_none());
     }
 }

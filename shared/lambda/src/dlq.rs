@@ -13,16 +13,16 @@
 
 use std::future::Future;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use taskexec_core::error::{ErrorClass, StoreError, TaskError};
-use taskexec_core::message::{Envelope, QueueMessage, decode};
-use taskexec_core::ports::{ClaimOutcome, ClaimRequest, FinishRequest, Metric, MetricsSink, Outcome, TaskStore};
+use taskexec_core::message::{PoisonNote, QueueMessage, decode};
+use taskexec_core::ports::{
+    ClaimOutcome, ClaimRequest, Delivery, FinishRequest, Metric, MetricsSink, Outcome, Route, TaskStore, WorkQueue,
+};
 use taskexec_core::task::{TaskRecord, TaskState};
 use taskexec_core::time::{Clock, Millis};
-
-use crate::actions::{QueueActions, Topology};
-use crate::worker::PoisonNote;
 
 /// Where poison messages are recorded.
 pub trait PoisonLog: Send + Sync {
@@ -60,20 +60,19 @@ pub enum DlqOutcome {
 }
 
 /// The DLQ handler.
-pub struct DlqHandler<S, P, A, M, C> {
+pub struct DlqHandler<S, P, Q, M, C> {
     store: S,
     poison: P,
-    actions: A,
+    queue: Q,
     metrics: M,
     clock: C,
-    topology: Topology,
     max_attempts: u32,
 }
 
-impl<S: TaskStore, P: PoisonLog, A: QueueActions, M: MetricsSink, C: Clock> DlqHandler<S, P, A, M, C> {
-    /// A handler; `max_attempts` is the retry policy's budget.
-    pub fn new(store: S, poison: P, actions: A, metrics: M, clock: C, topology: Topology, max_attempts: u32) -> Self {
-        Self { store, poison, actions, metrics, clock, topology, max_attempts }
+impl<S: TaskStore, P: PoisonLog, Q: WorkQueue, M: MetricsSink, C: Clock> DlqHandler<S, P, Q, M, C> {
+    /// A handler re-queueing through `queue`; `max_attempts` is the retry policy's budget.
+    pub fn new(store: S, poison: P, queue: Q, metrics: M, clock: C, max_attempts: u32) -> Self {
+        Self { store, poison, queue, metrics, clock, max_attempts }
     }
 
     /// The poison log.
@@ -108,38 +107,34 @@ impl<S: TaskStore, P: PoisonLog, A: QueueActions, M: MetricsSink, C: Clock> DlqH
             self.poison.record(note, now).await?;
             return Ok(DlqOutcome::Poison(id));
         }
-        let envelope = match decode(body) {
-            Ok(QueueMessage::Envelope(e)) => e,
-            Ok(QueueMessage::RawTask(task)) => Envelope {
-                task_id: task.id.clone(),
-                provider_id: task.provider_id.clone(),
-                model_id: task.model_id.clone(),
-                run_id: task.run_or(crate::executor::EXTERNAL_RUN).to_owned(),
-                priority: task.priority,
-                ready_at: now,
-                deferrals: 0,
-            },
+        let delivery = match decode(body) {
+            Ok(QueueMessage::Task(d)) => d,
+            Ok(QueueMessage::RawTask(task)) => {
+                let run_id = task.run_or(crate::executor::EXTERNAL_RUN).to_owned();
+                let route = Route { provider_id: task.provider_id, model_id: task.model_id, run_id };
+                Delivery::new(task.id, std::sync::Arc::new(route), task.priority, now)
+            }
             Err(error) => {
                 let note = PoisonNote { message_id: message_id.clone(), reason: error.to_string(), body: body.into() };
                 self.poison.record(note, now).await?;
                 return Ok(DlqOutcome::Poison(message_id));
             }
         };
-        let Some(record) = self.store.get(&envelope.task_id).await? else {
-            let reason = format!("no task with id {}", envelope.task_id);
+        let Some(record) = self.store.get(&delivery.task_id).await? else {
+            let reason = format!("no task with id {}", delivery.task_id);
             self.poison.record(PoisonNote { message_id: message_id.clone(), reason, body: body.into() }, now).await?;
             return Ok(DlqOutcome::Poison(message_id));
         };
-        self.handle_task(record, envelope, now).await
+        self.handle_task(record, delivery, now).await
     }
 
     async fn handle_task(
         &self,
         record: TaskRecord,
-        envelope: Envelope,
+        delivery: Delivery,
         now: Millis,
     ) -> Result<DlqOutcome, Box<dyn std::error::Error + Send + Sync>> {
-        let id = envelope.task_id.clone();
+        let id = delivery.task_id.clone();
         if let Some(reason) = &record.dead_letter_reason {
             self.analyse(&record, reason);
             return Ok(DlqOutcome::Analysed(id));
@@ -148,8 +143,7 @@ impl<S: TaskStore, P: PoisonLog, A: QueueActions, M: MetricsSink, C: Clock> DlqH
             return Ok(DlqOutcome::AlreadyDone(id));
         }
         if record.attempt < self.max_attempts {
-            let queue = self.topology.for_priority(envelope.priority);
-            self.actions.send(&queue.url, envelope.to_body(), 0).await?;
+            self.queue.send(vec![(delivery, Duration::ZERO)]).await?;
             tracing::info!(task_id = %id, attempt = record.attempt, "dead-lettered by crashes with attempts left: re-queued");
             return Ok(DlqOutcome::Requeued(id));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use taskexec_core::task::TaskPriority;
 use taskexec_providers::settings::RunConfig;
 
-use crate::actions::{QueuePair, Topology};
+use taskexec_core::ports::{QueuePair, Topology};
 
 /// A variable is missing or unusable.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,10 @@
 //! A local event-source mapping: what Lambda does between SQS and the worker function, done in
 //! process for `taskexec serve --backend aws` and the emulator tests (no emulator here executes
 //! Lambda functions). For each queue, up to `concurrency` loops each receive a batch (long poll),
-//! hand it to the worker handler as an `SqsEvent` with a deadline, and delete the messages the
-//! handler did not report as failures — exactly the contract of `ReportBatchItemFailures`.
+//! hand it to the worker handler as an `SqsEvent` with a deadline, and acknowledge (through the
+//! work queue port) the messages the handler did not report as failures — exactly the contract
+//! of `ReportBatchItemFailures`. Batches come in raw, as Lambda's service hands them over
+//! (poison and raw tasks included), from a [`MessageSource`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +14,9 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{ActionError, QueueActions, QueuePair, Topology};
+use taskexec_core::ports::{QueuePair, Receipt, Topology, WorkQueue};
+
+use crate::actions::ActionError;
 use crate::executor::Executor;
 use crate::window::OutcomeWindow;
 use crate::worker::Worker;
@@ -67,10 +71,10 @@ pub struct PollerStats {
 }
 
 /// Run the mapping until `shutdown` fires.
-pub async fn run<S, E, A, W>(
+pub async fn run<S, E, Q, W>(
     source: Arc<S>,
-    worker: Arc<Worker<E, A, W>>,
-    actions: Arc<A>,
+    worker: Arc<Worker<E, Q, W>>,
+    queue: Arc<Q>,
     topology: Topology,
     settings: PollerSettings,
     stats: Arc<PollerStats>,
@@ -78,17 +82,17 @@ pub async fn run<S, E, A, W>(
 ) where
     S: MessageSource,
     E: Executor + 'static,
-    A: QueueActions + 'static,
+    Q: WorkQueue,
     W: OutcomeWindow + 'static,
 {
     let mut loops = tokio::task::JoinSet::new();
-    for (i, queue) in topology.queues.iter().enumerate() {
+    for (i, pair) in topology.queues.iter().enumerate() {
         for _ in 0..settings.concurrency[i].max(1) {
             let poll = Poll {
                 source: source.clone(),
                 worker: worker.clone(),
-                actions: actions.clone(),
-                queue: queue.clone(),
+                work_queue: queue.clone(),
+                queue: pair.clone(),
                 settings: settings.clone(),
                 stats: stats.clone(),
             };
@@ -98,16 +102,16 @@ pub async fn run<S, E, A, W>(
     while loops.join_next().await.is_some() {}
 }
 
-struct Poll<S, E, A, W> {
+struct Poll<S, E, Q, W> {
     source: Arc<S>,
-    worker: Arc<Worker<E, A, W>>,
-    actions: Arc<A>,
+    worker: Arc<Worker<E, Q, W>>,
+    work_queue: Arc<Q>,
     queue: QueuePair,
     settings: PollerSettings,
     stats: Arc<PollerStats>,
 }
 
-impl<S: MessageSource, E: Executor, A: QueueActions, W: OutcomeWindow> Poll<S, E, A, W> {
+impl<S: MessageSource, E: Executor, Q: WorkQueue, W: OutcomeWindow> Poll<S, E, Q, W> {
     async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             // Counted before the call: a receive cut short by shutdown was still made.
@@ -140,8 +144,8 @@ impl<S: MessageSource, E: Executor, A: QueueActions, W: OutcomeWindow> Poll<S, E
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let receipt = m.receipt_handle.as_deref().unwrap_or("");
-            match self.actions.delete(&self.queue.url, receipt).await {
+            let receipt = Receipt::new(self.queue.url.as_str(), m.receipt_handle.as_deref().unwrap_or(""));
+            match self.work_queue.ack(&receipt).await {
                 Ok(()) => {
                     self.stats.deletes.fetch_add(1, Ordering::Relaxed);
                 }

@@ -22,6 +22,11 @@
 //! - A body that cannot be decoded is poison: it goes to the DLQ as it is, and is acknowledged.
 //! - If an SQS call fails, the message is reported as failed: it comes back after its visibility
 //!   timeout, and processing it again is safe (claims and outcomes are fenced).
+//!
+//! Every SQS operation goes through core's [`WorkQueue`] port (`taskexec_aws::SqsQueue`): the
+//! worker speaks in deliveries, receipts and durations; seconds, URLs and SQS's limits are the
+//! queue's business. Acknowledging is reporting success to the event source mapping, which
+//! deletes the message.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,46 +37,13 @@ use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use taskexec_core::engine::Decision;
-use taskexec_core::message::{Envelope, QueueMessage, decode};
+use taskexec_core::error::StoreError;
+use taskexec_core::message::{PoisonNote, QueueMessage, decode};
+use taskexec_core::ports::{DeadLetter, DeferReason, Delivery, Receipt, RunCounter, RunDelta, Topology, WorkQueue};
 use taskexec_core::task::TaskState;
 
-use crate::actions::{QueueActions, QueuePair, Topology};
 use crate::executor::{Accepted, Executor};
 use crate::window::OutcomeWindow;
-use taskexec_core::ports::{DeferReason, Delivery, RunCounter, RunDelta};
-
-/// The longest SQS visibility timeout, seconds.
-pub const MAX_VISIBILITY_SECONDS: i32 = 43_200;
-/// The longest SQS send delay, seconds.
-pub const MAX_DELAY_SECONDS: i32 = 900;
-
-/// What the worker puts on a DLQ for a message it could not decode: the original message id
-/// (no task id can be read), why, and the body as received.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PoisonNote {
-    /// The poison message's id.
-    pub message_id: String,
-    /// Why it could not be decoded.
-    pub reason: String,
-    /// Its body.
-    pub body: String,
-}
-
-impl PoisonNote {
-    /// The DLQ message body: `{"poison": {...}}`.
-    #[must_use]
-    pub fn to_body(&self) -> String {
-        serde_json::json!({ "poison": self }).to_string()
-    }
-
-    /// Read a DLQ body written by [`Self::to_body`].
-    #[must_use]
-    pub fn from_body(body: &str) -> Option<Self> {
-        let value: serde_json::Value = serde_json::from_str(body).ok()?;
-        serde_json::from_value(value.get("poison")?.clone()).ok()
-    }
-}
 
 /// How long a message deferred without a known end waits before it is received again: an
 /// exponential backoff over the message's deferrals so far, with "equal jitter" (half the ceiling
@@ -146,11 +118,11 @@ impl Default for WorkerSettings {
 }
 
 /// The worker handler.
-pub struct Worker<E, A, W> {
+pub struct Worker<E, Q, W> {
     executor: E,
     /// The breakers' outcome window shared with the other workers.
     window: W,
-    actions: A,
+    queue: Q,
     topology: Topology,
     settings: WorkerSettings,
     run_counter: Option<Arc<dyn RunCounter>>,
@@ -163,11 +135,11 @@ type MessageResult = Result<(), ()>;
 /// Per run: tasks this batch completed and failed.
 type Tally = std::sync::Mutex<BTreeMap<String, (u64, u64)>>;
 
-impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
+impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
     /// A worker; `window` is where breaker outcomes are shared with the other workers.
-    pub fn new(executor: E, actions: A, window: W, topology: Topology, settings: WorkerSettings) -> Self {
+    pub fn new(executor: E, queue: Q, window: W, topology: Topology, settings: WorkerSettings) -> Self {
         let rng = settings.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
-        Self { executor, window, actions, topology, settings, run_counter: None, rng: std::sync::Mutex::new(rng) }
+        Self { executor, window, queue, topology, settings, run_counter: None, rng: std::sync::Mutex::new(rng) }
     }
 
     /// Add each batch's finished tasks to the runs' counters through `counter`.
@@ -234,34 +206,31 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
             return Err(());
         };
         let body = m.body.as_deref().unwrap_or("");
-        let receives = m.attributes.get("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1);
-        let delivery = match decode(body) {
-            Ok(QueueMessage::Envelope(e)) => e.into_delivery(receives),
+        let receipt = Receipt::new(queue.url.as_str(), m.receipt_handle.as_deref().unwrap_or(""));
+        let mut delivery = match decode(body) {
+            Ok(QueueMessage::Task(d)) => d,
             Ok(QueueMessage::RawTask(task)) => match self.executor.accept(*task).await {
-                Ok(Accepted::Deliver(mut d)) => {
-                    d.receive_count = receives;
-                    d
-                }
+                Ok(Accepted::Deliver(d)) => d,
                 Ok(Accepted::Conflict) => {
-                    return self.poison(queue, id, body, "task id exists with other content").await;
+                    return self.poison(&receipt, id, body, "task id exists with other content").await;
                 }
                 Err(error) => {
                     tracing::warn!(message_id = id, %error, "could not store a raw task; will retry");
                     return Err(());
                 }
             },
-            Err(error) => return self.poison(queue, id, body, &error.to_string()).await,
+            Err(error) => return self.poison(&receipt, id, body, &error.to_string()).await,
         };
+        delivery.receive_count = m.attributes.get("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1);
+        delivery.receipt = receipt;
         // A panic is caught here so that it costs only this message (Lambda would otherwise fail
         // the whole batch). Nothing was recorded: the claim's lease keeps the task until it runs
         // out, then the next delivery claims it again and the claim counts the attempt.
         let processed = std::panic::AssertUnwindSafe(self.executor.process(&delivery, cap)).catch_unwind().await;
         let Ok((decision, done)) = processed else {
             tracing::error!(message_id = id, task_id = %delivery.task_id, "processing panicked; the task's attempt is counted and it comes back after its lease");
-            let receipt = m.receipt_handle.as_deref().unwrap_or("");
             // Invisible for the claim's lease: when it comes back, the task can be claimed again.
-            let seconds = seconds_of(self.executor.lease());
-            let _ = self.sent(self.actions.change_visibility(&queue.url, receipt, seconds).await);
+            let _ = self.sent(self.queue.retry_after(&delivery, self.executor.lease()).await);
             return Err(());
         };
         if let Some(state) = done {
@@ -270,58 +239,47 @@ impl<E: Executor, A: QueueActions, W: OutcomeWindow> Worker<E, A, W> {
             if state == TaskState::Completed { entry.0 += 1 } else { entry.1 += 1 }
         }
         tracing::info!(message_id = id, task_id = %delivery.task_id, ?decision, "processed");
-        let receipt = m.receipt_handle.as_deref().unwrap_or("");
         match decision {
             Decision::Ack => Ok(()),
-            Decision::Retry { delay } => self.come_back(queue, receipt, &delivery, delay).await,
+            Decision::Retry { delay } => self.come_back(&delivery, delay).await,
             Decision::Defer { delay, reason } => {
                 let deferrals = delivery.deferrals_so_far();
                 let delay = {
                     let mut rng = self.rng.lock().expect("rng poisoned");
                     self.settings.backoff.delay_for(&reason, delay, deferrals, &mut *rng)
                 };
-                self.come_back(queue, receipt, &delivery, delay).await
+                self.come_back(&delivery, delay).await
             }
             Decision::DeadLetter { reason } => {
                 tracing::warn!(task_id = %delivery.task_id, reason, "dead-lettered");
-                self.sent(self.actions.send(&queue.dlq_url, Envelope::of(&delivery).to_body(), 0).await)
+                self.sent(self.queue.dead_letter(DeadLetter::Task(&delivery)).await)
             }
         }
     }
 
     /// Make the message come back after `delay`: by visibility, or as a fresh copy once it has
     /// been received too often.
-    async fn come_back(&self, queue: &QueuePair, receipt: &str, delivery: &Delivery, delay: Duration) -> MessageResult {
-        let seconds = seconds_of(delay);
+    async fn come_back(&self, delivery: &Delivery, delay: Duration) -> MessageResult {
         if delivery.receive_count > self.settings.refresh_after_receives {
             // The fresh copy carries the deferrals so far (this one included), so its backoff
             // goes on from where this copy's stopped.
-            let mut envelope = Envelope::of(delivery);
-            envelope.deferrals = delivery.deferrals_so_far().saturating_add(1);
-            let sent = self.actions.send(&queue.url, envelope.to_body(), seconds.min(MAX_DELAY_SECONDS)).await;
-            self.sent(sent)?;
+            self.sent(self.queue.send(vec![(delivery.fresh_copy(), delay)]).await)?;
             // Reported as a success: the event source mapping deletes the old message itself.
             return Ok(());
         }
-        let visibility = self.actions.change_visibility(&queue.url, receipt, seconds.min(MAX_VISIBILITY_SECONDS)).await;
-        self.sent(visibility)?;
+        self.sent(self.queue.retry_after(delivery, delay).await)?;
         Err(())
     }
 
-    async fn poison(&self, queue: &QueuePair, message_id: &str, body: &str, why: &str) -> MessageResult {
+    async fn poison(&self, receipt: &Receipt, message_id: &str, body: &str, why: &str) -> MessageResult {
         tracing::error!(message_id, why, "poison message sent to the dead-letter queue");
         let note = PoisonNote { message_id: message_id.to_owned(), reason: why.to_owned(), body: body.to_owned() };
-        self.sent(self.actions.send(&queue.dlq_url, note.to_body(), 0).await)
+        self.sent(self.queue.dead_letter(DeadLetter::Poison { receipt, note: &note }).await)
     }
 
-    fn sent(&self, result: Result<(), crate::actions::ActionError>) -> MessageResult {
+    fn sent(&self, result: Result<(), StoreError>) -> MessageResult {
         result.map_err(|error| tracing::warn!(%error, "SQS call failed; the message will come back"))
     }
-}
-
-/// Whole seconds, rounded up (SQS takes seconds), saturating.
-fn seconds_of(delay: Duration) -> i32 {
-    i32::try_from(delay.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

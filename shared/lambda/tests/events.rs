@@ -10,11 +10,13 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use taskexec_core::engine::{Engine, EngineConfig, Ports};
 use taskexec_core::error::ProviderError;
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
+use taskexec_core::message::PoisonNote;
 use taskexec_core::ports::TaskStore;
+use taskexec_core::ports::{QueuePair, Topology};
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::task::{BenchmarkTask, TaskPriority, TaskRecord, TaskState, Usage};
 use taskexec_core::time::TokioClock;
-use taskexec_lambda::actions::{Action, QueuePair, RecordingActions, Topology};
+use taskexec_lambda::actions::{Op, RecordingQueue};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
 use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
@@ -57,11 +59,11 @@ impl Provider for Sim {
 
 type TestWorker = Worker<
     Arc<Engine<MemoryStore, MemoryStore, MemoryLimiter, CountingSink, Arc<Sim>, TokioClock>>,
-    Arc<RecordingActions>,
+    Arc<RecordingQueue>,
     MemoryWindow,
 >;
 
-async fn worker_with_demo_tasks() -> (TestWorker, Arc<Sim>, Arc<RecordingActions>) {
+async fn worker_with_demo_tasks() -> (TestWorker, Arc<Sim>, Arc<RecordingQueue>) {
     let sim = Arc::new(Sim::default());
     let ports = Ports {
         store: MemoryStore::default(),
@@ -83,7 +85,7 @@ async fn worker_with_demo_tasks() -> (TestWorker, Arc<Sim>, Arc<RecordingActions
         })
         .collect();
     engine.ports().store.submit(records).await.unwrap();
-    let actions = Arc::new(RecordingActions::default());
+    let actions = Arc::new(RecordingQueue::default());
     (Worker::new(engine, actions.clone(), MemoryWindow::default(), topology(), WorkerSettings::default()), sim, actions)
 }
 
@@ -112,7 +114,7 @@ async fn sqs_duplicate_delivery_calls_once_and_keeps_the_second_message() {
     // Both copies run concurrently: whichever claims first completes, the other is kept.
     assert_eq!(failed.len(), 1, "one copy claimed, the other kept for later");
     assert!(ids.contains(&failed[0]));
-    assert!(matches!(actions.actions()[0], Action::Visibility(..)));
+    assert!(matches!(&actions.ops()[0], Op::RetryAfter(d, _) if d.receipt.source() == Some(NORMAL)));
     assert_eq!(sim.calls.load(Ordering::SeqCst), 1);
     assert_eq!(w.executor().ports().store.get("t-1").await.unwrap().unwrap().state, TaskState::Completed);
 }
@@ -123,9 +125,10 @@ async fn sqs_poison_goes_to_the_dlq() {
     let event = sqs(include_str!("../../../events/sqs-poison.json"));
     let id = event.records[0].message_id.clone().unwrap();
     assert!(w.handle(event, None).await.batch_item_failures.is_empty());
-    let Action::Send(url, body, 0) = &actions.actions()[0] else { panic!("{:?}", actions.actions()) };
-    assert_eq!(url, NORMAL_DLQ);
-    assert_eq!(taskexec_lambda::worker::PoisonNote::from_body(body).unwrap().message_id, id);
+    let Op::Poison(receipt, note) = &actions.ops()[0] else { panic!("{:?}", actions.ops()) };
+    assert_eq!(receipt.source(), Some(NORMAL), "to the DLQ of the queue it came from ({NORMAL_DLQ} on SQS)");
+    let body = note.to_body();
+    assert_eq!(PoisonNote::from_body(&body).unwrap().message_id, id);
 }
 
 #[tokio::test(start_paused = true)]
@@ -152,14 +155,13 @@ async fn dlq_batch_is_analysed() {
         TaskRecord::new(t, 0)
     };
     store.submit(vec![task("t-crash"), task("t-exhausted")]).await.unwrap();
-    let actions = Arc::new(RecordingActions::default());
+    let actions = Arc::new(RecordingQueue::default());
     let dlq = DlqHandler::new(
         store,
         MemoryPoisonLog::default(),
         actions.clone(),
         CountingSink::default(),
         TokioClock::starting_at(1_000),
-        topology(),
         3,
     );
     let (response, outcomes) = dlq.handle(sqs(include_str!("../../../events/dlq-batch.json"))).await;
@@ -167,7 +169,9 @@ async fn dlq_batch_is_analysed() {
     assert_eq!(outcomes.len(), 3);
     assert_eq!(outcomes[0], DlqOutcome::Requeued("t-crash".into()), "unfinished with attempts left");
     assert!(matches!(&outcomes[2], DlqOutcome::Poison(_)));
-    assert!(matches!(&actions.actions()[0], Action::Send(url, _, 0) if url == NORMAL));
+    assert!(
+        matches!(&actions.ops()[0], Op::Send(d, delay) if d.task_id == "t-crash" && d.priority == TaskPriority::Normal && delay.is_zero())
+    );
 }
 
 #[test]

@@ -12,23 +12,25 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use common::{Stub, TestEngine, engine, topology};
 use taskexec_core::engine::EngineConfig;
 use taskexec_core::memory::{CountingSink, MemoryStore};
+use taskexec_core::message::PoisonNote;
+use taskexec_core::ports::QueuePair;
 use taskexec_core::ports::{ControlStore, PauseScope, TaskStore};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::TaskState;
 use taskexec_core::time::TokioClock;
-use taskexec_lambda::actions::{Action, QueuePair, RecordingActions};
+use taskexec_lambda::actions::{Op, RecordingQueue};
 use taskexec_lambda::dlq::{DlqHandler, DlqOutcome, MemoryPoisonLog};
 use taskexec_lambda::window::MemoryWindow;
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
-type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, MemoryWindow>;
+type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingQueue>, MemoryWindow>;
 
-fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingActions>) {
+fn worker(settings: WorkerSettings) -> (TestWorker, Arc<Stub>, Arc<RecordingQueue>) {
     let config =
         EngineConfig { retry: RetryPolicy::default().with_max_attempts(2), seed: Some(1), ..EngineConfig::default() };
     let (engine, stub) = engine(config);
-    let actions = Arc::new(RecordingActions::default());
-    (Worker::new(engine, actions.clone(), MemoryWindow::default(), topology(), settings), stub, actions)
+    let queue = Arc::new(RecordingQueue::default());
+    (Worker::new(engine, queue.clone(), MemoryWindow::default(), topology(), settings), stub, queue)
 }
 
 fn message(id: &str, queue: &str, body: &str, receives: u32) -> serde_json::Value {
@@ -67,7 +69,7 @@ async fn a_batch_of_raw_tasks_completes_and_is_acknowledged() {
     let response = w.handle(batch, None).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(stub.calls.load(Ordering::SeqCst), 3);
-    assert!(actions.actions().is_empty(), "success needs no SQS call: Lambda deletes the batch");
+    assert!(actions.ops().is_empty(), "success needs no SQS call: Lambda deletes the batch");
     let store = &w.executor().ports().store;
     for i in 0..3 {
         assert_eq!(store.get(&format!("t{i}")).await.unwrap().unwrap().state, TaskState::Completed);
@@ -89,9 +91,13 @@ async fn duplicate_delivery_while_running_makes_one_call_and_keeps_the_message()
     // The same task arrives again (another message) while the first attempt runs.
     let duplicate = w.handle(event(vec![message("m2", "normal", &envelope("slow-1"), 1)]), None).await;
     assert_eq!(failed_ids(&duplicate), ["m2"], "not acknowledged: it must survive until the task is terminal");
-    let Action::Visibility(_, receipt, seconds) = &actions.actions()[0] else { panic!("{:?}", actions.actions()) };
-    assert_eq!(receipt, "rh-m2");
-    assert!((25..=30).contains(seconds), "invisible for the lease's remaining time, got {seconds}");
+    let Op::RetryAfter(copy, delay) = &actions.ops()[0] else { panic!("{:?}", actions.ops()) };
+    assert_eq!(copy.receipt.handle(), Some("rh-m2"));
+    let lease = Duration::from_secs(30);
+    assert!(
+        *delay > lease - Duration::from_secs(5) && *delay <= lease,
+        "invisible for the lease's remaining time, got {delay:?}"
+    );
     assert!(running.await.unwrap().batch_item_failures.is_empty());
     // Later the duplicate comes back, finds the task terminal, and is acknowledged.
     let again = w.handle(event(vec![message("m2", "normal", &envelope("slow-1"), 2)]), None).await;
@@ -104,9 +110,8 @@ async fn poison_goes_to_the_dlq_under_its_message_id_and_is_acknowledged() {
     let (w, _, actions) = worker(WorkerSettings::default());
     let response = w.handle(event(vec![message("bad-1", "high", "{not json", 1)]), None).await;
     assert!(response.batch_item_failures.is_empty());
-    let Action::Send(url, body, 0) = &actions.actions()[0] else { panic!("{:?}", actions.actions()) };
-    assert!(url.ends_with("taskexec-high-dlq"));
-    let note = taskexec_lambda::worker::PoisonNote::from_body(body).unwrap();
+    let Op::Poison(receipt, note) = &actions.ops()[0] else { panic!("{:?}", actions.ops()) };
+    assert!(receipt.source().unwrap().ends_with("taskexec-high"), "to the DLQ of the queue it came from");
     assert_eq!((note.message_id.as_str(), note.body.as_str()), ("bad-1", "{not json"));
 }
 
@@ -115,13 +120,14 @@ async fn retries_use_visibility_and_exhaustion_dead_letters_to_the_dlq() {
     let (w, _, actions) = worker(WorkerSettings::default());
     let first = w.handle(event(vec![message("m1", "low", &raw("flaky-1"), 1)]), None).await;
     assert_eq!(failed_ids(&first), ["m1"]);
-    assert!(matches!(&actions.actions()[0], Action::Visibility(url, _, s) if url.ends_with("taskexec-low") && *s <= 1));
+    assert!(matches!(&actions.ops()[0], Op::RetryAfter(d, delay)
+        if d.receipt.source().unwrap().ends_with("taskexec-low") && *delay <= Duration::from_secs(1)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = w.handle(event(vec![message("m1", "low", &raw("flaky-1"), 2)]), None).await;
     assert!(second.batch_item_failures.is_empty(), "dead-lettered: acknowledged");
-    let Action::Send(url, body, 0) = &actions.actions()[1] else { panic!("{:?}", actions.actions()) };
-    assert!(url.ends_with("taskexec-low-dlq"));
-    assert!(body.contains(r#""taskId":"flaky-1""#));
+    let Op::DeadLetter(dead) = &actions.ops()[1] else { panic!("{:?}", actions.ops()) };
+    assert_eq!(dead.task_id, "flaky-1");
+    assert!(dead.receipt.source().unwrap().ends_with("taskexec-low"), "to the DLQ of the queue it came from");
     let r = w.executor().ports().store.get("flaky-1").await.unwrap().unwrap();
     assert_eq!((r.state, r.attempt), (TaskState::Failed, 2));
     assert!(r.dead_letter_reason.unwrap().starts_with("attempts exhausted: 2 of 2"));
@@ -135,16 +141,17 @@ async fn a_long_deferral_is_refreshed_not_dead_lettered() {
     assert_eq!(failed_ids(&early), ["m1"], "deferred by visibility while young");
     let late = w.handle(event(vec![message("m1", "normal", &envelope("t1"), 501)]), None).await;
     assert!(late.batch_item_failures.is_empty(), "reported done, so the mapping deletes the old message…");
-    let log = actions.actions();
+    let log = actions.ops();
     // Paused 500 times already: the backoff is at its cap (150–300 s with jitter), and the fresh
     // copy carries the count on, so its backoff does not start again from 1 s.
+    let secs = |d: &Duration| d.as_secs_f64();
     assert!(
-        matches!(&log[1], Action::Send(url, body, delay) if url.ends_with("taskexec-normal")
-            && body.contains("\"t1\"") && body.contains("\"deferrals\":501") && (150..=300).contains(delay)),
+        matches!(&log[1], Op::Send(fresh, delay) if fresh.task_id == "t1" && fresh.deferrals == 501
+            && fresh.receipt == taskexec_core::ports::Receipt::default() && (150.0..=300.0).contains(&secs(delay))),
         "…after a fresh copy was sent: {log:?}"
     );
-    let Action::Visibility(_, _, first) = &log[0] else { panic!("{log:?}") };
-    assert!((2..=4).contains(first), "receive 3 of a young message: 2 earlier deferrals, 2–4 s: {log:?}");
+    let Op::RetryAfter(_, first) = &log[0] else { panic!("{log:?}") };
+    assert!((2.0..=4.0).contains(&secs(first)), "receive 3 of a young message: 2 earlier deferrals, 2–4 s: {log:?}");
     assert_eq!(log.len(), 2, "no delete of its own: {log:?}");
     let r = w.executor().ports().store.get("t1").await.unwrap().unwrap();
     assert_eq!((r.state, r.attempt), (TaskState::Queued, 0), "deferrals used no attempt");
@@ -205,12 +212,11 @@ async fn dlq_records_poison_analyses_dead_letters_and_requeues_crash_victims() {
     finish(&store, &done, Outcome::Released).await;
     store.cancel("done", t0).await.unwrap();
 
-    let actions = Arc::new(RecordingActions::default());
+    let actions = Arc::new(RecordingQueue::default());
     let clock = TokioClock::starting_at(t0 + 10_000);
     let sink = Arc::new(CountingSink::default());
-    let dlq = DlqHandler::new(store, MemoryPoisonLog::default(), actions.clone(), sink.clone(), clock, topology(), 2);
-    let note =
-        taskexec_lambda::worker::PoisonNote { message_id: "orig".into(), reason: "bad".into(), body: "x".into() };
+    let dlq = DlqHandler::new(store, MemoryPoisonLog::default(), actions.clone(), sink.clone(), clock, 2);
+    let note = PoisonNote { message_id: "orig".into(), reason: "bad".into(), body: "x".into() };
     let batch = event(vec![
         message("p1", "normal-dlq", &note.to_body(), 1),
         message("p2", "normal-dlq", "garbage", 1001),
@@ -236,9 +242,11 @@ async fn dlq_records_poison_analyses_dead_letters_and_requeues_crash_victims() {
     );
     let notes = dlq.poison_log().notes.lock().unwrap().clone();
     assert_eq!(notes.iter().map(|n| n.message_id.as_str()).collect::<Vec<_>>(), ["orig", "p2", "u1"]);
-    assert_eq!(actions.actions().len(), 1, "only the re-queue sends");
+    assert_eq!(actions.ops().len(), 1, "only the re-queue sends");
     assert!(
-        matches!(&actions.actions()[0], Action::Send(url, body, 0) if url.ends_with("taskexec-normal") && body.contains("victim-left"))
+        matches!(&actions.ops()[0], Op::Send(d, delay) if d.task_id == "victim-left" && d.priority == taskexec_core::task::TaskPriority::Normal && delay.is_zero()),
+        "{:?}",
+        actions.ops()
     );
     assert_eq!(
         taskexec_core::memory::Counters::get(&sink.counters.dead_lettered),
@@ -307,8 +315,9 @@ async fn the_local_poller_feeds_batches_and_deletes_only_successes() {
         "12 completed + 1 poison (sent to the DLQ, then acknowledged)"
     );
     assert_eq!(stats.failures.load(Ordering::SeqCst), 1, "the flaky task comes back by visibility");
-    let deletes = actions.actions().iter().filter(|a| matches!(a, Action::Delete(..))).count();
-    assert_eq!(deletes, 13);
+    let acks: Vec<_> = actions.ops().into_iter().filter(|a| matches!(a, Op::Ack(..))).collect();
+    assert_eq!(acks.len(), 13);
+    assert!(acks.iter().all(|a| matches!(a, Op::Ack(r) if r.source() == Some(normal.as_str()))), "{acks:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,11 +356,11 @@ async fn a_task_that_crashes_its_handler_ends_failed_after_its_budget_while_its_
         let r = w.executor().ports().store.get(id).await.unwrap().unwrap();
         assert_eq!(r.state, TaskState::Completed, "{id}");
     }
-    let lease_seconds = i32::try_from(EngineConfig::default().lease.as_secs()).unwrap();
+    let lease = EngineConfig::default().lease;
     assert!(
-        matches!(&actions.actions()[0], Action::Visibility(_, rh, s) if rh == "rh-m0" && *s == lease_seconds),
+        matches!(&actions.ops()[0], Op::RetryAfter(d, delay) if d.receipt.handle() == Some("rh-m0") && *delay == lease),
         "the crashed message comes back after the claim's lease: {:?}",
-        actions.actions()
+        actions.ops()
     );
     // Delivered again after the lease: a second crash (attempt 2 of 2), then the budget check.
     tokio::time::advance(EngineConfig::default().lease + Duration::from_secs(1)).await;
@@ -364,9 +373,6 @@ async fn a_task_that_crashes_its_handler_ends_failed_after_its_budget_while_its_
     assert_eq!((r.state, r.attempt), (TaskState::Failed, 2));
     let reason = r.dead_letter_reason.unwrap();
     assert!(reason.starts_with("handler crashed during attempt 2"), "{reason}");
-    let log = actions.actions();
-    assert!(
-        matches!(log.last(), Some(Action::Send(url, body, 0)) if url.ends_with("taskexec-normal-dlq") && body.contains("crash-1")),
-        "{log:?}"
-    );
+    let log = actions.ops();
+    assert!(matches!(log.last(), Some(Op::DeadLetter(d)) if d.task_id == "crash-1"), "{log:?}");
 }

@@ -14,11 +14,11 @@ use taskexec_core::engine::EngineConfig;
 use taskexec_core::ports::{BreakerStore, TaskStore};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::TaskState;
-use taskexec_lambda::actions::RecordingActions;
+use taskexec_lambda::actions::RecordingQueue;
 use taskexec_lambda::window::{MemoryWindow, OutcomeWindow};
 use taskexec_lambda::worker::{Worker, WorkerSettings};
 
-type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingActions>, Arc<MemoryWindow>>;
+type TestWorker = Worker<Arc<TestEngine>, Arc<RecordingQueue>, Arc<MemoryWindow>>;
 
 fn worker(window: &Arc<MemoryWindow>, owner: &str) -> (TestWorker, Arc<Stub>) {
     let config = EngineConfig {
@@ -35,13 +35,8 @@ fn worker(window: &Arc<MemoryWindow>, owner: &str) -> (TestWorker, Arc<Stub>) {
         ..EngineConfig::default()
     };
     let (engine, stub) = engine(config);
-    let w = Worker::new(
-        engine,
-        Arc::new(RecordingActions::default()),
-        window.clone(),
-        topology(),
-        WorkerSettings::default(),
-    );
+    let w =
+        Worker::new(engine, Arc::new(RecordingQueue::default()), window.clone(), topology(), WorkerSettings::default());
     (w, stub)
 }
 

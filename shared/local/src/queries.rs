@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, Row};
-use taskexec_core::ports::{AuditEvent, GroupSummary, PendingTask, StoreResult};
+use rusqlite::Connection;
+use taskexec_core::ports::{AuditEvent, Delivery, DeliveryBuilder, GroupSummary, Route, StoreResult};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 
 use crate::error::{SqliteStoreError, sql};
@@ -36,8 +36,8 @@ pub(crate) fn events(conn: &Connection, task_id: &str) -> StoreResult<Vec<AuditE
     rows.and_then(Iterator::collect).map_err(sql)
 }
 
-/// Queued and running tasks in submission order.
-pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+/// Queued and running tasks in submission order, as first deliveries.
+pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, priority, run_id, provider_id, model_id, COALESCE(next_attempt_at, submitted_at), seq \
@@ -48,31 +48,25 @@ pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResu
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut rows = stmt.query(rusqlite::params![cursor, limit]).map_err(sql)?;
     let mut page = Vec::new();
+    let mut builder = DeliveryBuilder::default();
     let mut last = cursor;
     while let Some(r) = rows.next().map_err(sql)? {
+        let task_id: String = r.get(0).map_err(sql)?;
         let priority: String = r.get(1).map_err(sql)?;
-        let mut task = pending_row(r).map_err(sql)?;
-        task.priority = TaskPriority::parse(&priority).ok_or_else(|| SqliteStoreError::BadValue {
-            task_id: task.task_id.clone(),
-            column: "priority",
-            value: priority,
-        })?;
+        let route = Route {
+            run_id: r.get(2).map_err(sql)?,
+            provider_id: r.get(3).map_err(sql)?,
+            model_id: r.get(4).map_err(sql)?,
+        };
+        let ready_at = r.get(5).map_err(sql)?;
+        let Some(priority) = TaskPriority::parse(&priority) else {
+            return Err(SqliteStoreError::BadValue { task_id, column: "priority", value: priority }.into());
+        };
         last = r.get(6).map_err(sql)?;
-        page.push(task);
+        page.push(builder.build(task_id, route, priority, ready_at));
     }
     let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == limit;
     Ok((page, full.then(|| u64::try_from(last).unwrap_or(0))))
-}
-
-fn pending_row(r: &Row<'_>) -> rusqlite::Result<PendingTask> {
-    Ok(PendingTask {
-        task_id: r.get(0)?,
-        priority: TaskPriority::default(),
-        run_id: r.get(2)?,
-        provider_id: r.get(3)?,
-        model_id: r.get(4)?,
-        ready_at: r.get(5)?,
-    })
 }
 
 /// Per deployment/model figures, computed in SQL from the state columns (through the run index

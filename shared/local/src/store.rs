@@ -10,8 +10,8 @@ use std::sync::Arc;
 use rusqlite::Connection;
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, FinishRequest,
-    GroupSummary, PauseScope, PendingTask, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
+    FinishRequest, GroupSummary, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
 };
 use taskexec_core::task::TaskRecord;
 use taskexec_core::time::Millis;
@@ -130,7 +130,7 @@ impl TaskStore for SqliteStore {
         self.read(move |c| queries::events(c, &id)).await
     }
 
-    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
         self.read(move |c| queries::pending(c, cursor, limit)).await
     }
 

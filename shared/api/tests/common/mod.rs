@@ -84,10 +84,13 @@ impl Api {
     /// Ids of the deliveries waiting in the queue, draining it.
     pub async fn drain_queue(&self) -> Vec<String> {
         let mut ids = Vec::new();
-        while let Some(d) = self.queue.receive(Duration::ZERO).await.unwrap() {
-            ids.push(d.task_id);
+        loop {
+            let batch = self.queue.receive(100, Duration::ZERO).await.unwrap();
+            if batch.is_empty() {
+                return ids;
+            }
+            ids.extend(batch.into_iter().map(|d| d.task_id));
         }
-        ids
     }
 
     /// Claim a task and finish its attempt with `outcome`.

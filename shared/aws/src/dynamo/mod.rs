@@ -30,8 +30,8 @@ use std::sync::atomic::AtomicU64;
 use aws_sdk_dynamodb::Client;
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, FinishRequest,
-    GroupSummary, PauseScope, PendingTask, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
+    FinishRequest, GroupSummary, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
 };
 use taskexec_core::task::{TaskRecord, TaskState};
 use taskexec_core::time::Millis;
@@ -126,7 +126,7 @@ impl DynamoConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverdueTask {
     /// Route, priority and due time, as a delivery needs them.
-    pub task: PendingTask,
+    pub task: Delivery,
     /// `Queued` or `Running`.
     pub state: TaskState,
     /// The epoch read.
@@ -267,7 +267,7 @@ impl TaskStore for DynamoStore {
 
     /// Unfinished tasks in due order (`ready_at`, then a hash of the id) rather than submission
     /// order; for tasks never retried the two agree. The cursor is the open-index sort key.
-    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<PendingTask>, Option<u64>)> {
+    async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
         Ok(queries::pending(self, cursor, limit).await?)
     }
 

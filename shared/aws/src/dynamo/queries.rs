@@ -6,19 +6,17 @@
 //! [`SqsQueue`]).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::try_join_all;
 use serde::Deserialize;
 use taskexec_core::error::StoreError;
 use taskexec_core::metrics::summarise;
-use taskexec_core::ports::{GroupSummary, PendingTask};
+use taskexec_core::ports::{Delivery, GroupSummary, Route};
 use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
 use taskexec_core::time::Millis;
-use taskexec_lambda::actions::ActionError;
-use taskexec_lambda::sweeper::resend::{Candidate, QueueDepth, QueueDepths, ResendIndex, ResendRule};
+use taskexec_lambda::sweeper::resend::{Candidate, ResendIndex, ResendRule};
 
 use super::item::{Item, StateItem, n, s, trail_entry};
 use super::keys;
@@ -27,7 +25,6 @@ use super::transitions::log_event;
 use super::update::{Update, Updated};
 use super::{DynamoStore, OverdueTask};
 use crate::error::AwsError;
-use crate::sqs::SqsQueue;
 
 /// An entry of the open index.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,15 +45,9 @@ fn task_id_from_pk<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::
 }
 
 impl OpenEntry {
-    fn pending(self) -> PendingTask {
-        PendingTask {
-            ready_at: keys::ready_at_of(self.due_key),
-            task_id: self.task_id,
-            priority: self.priority,
-            run_id: self.run_id,
-            provider_id: self.provider_id,
-            model_id: self.model_id,
-        }
+    fn pending(self) -> Delivery {
+        let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
+        Delivery::new(self.task_id, Arc::new(route), self.priority, keys::ready_at_of(self.due_key))
     }
 }
 
@@ -127,11 +118,7 @@ async fn merged(store: &DynamoStore, range: (u64, u64), want: usize) -> Result<V
 /// A page of unfinished tasks from due key `cursor` on. A page never ends inside a group of
 /// equal due keys (so the next page, starting at that key, repeats nothing and skips nothing),
 /// unless one group alone is larger than `limit`.
-pub async fn pending(
-    store: &DynamoStore,
-    cursor: u64,
-    limit: usize,
-) -> Result<(Vec<PendingTask>, Option<u64>), AwsError> {
+pub async fn pending(store: &DynamoStore, cursor: u64, limit: usize) -> Result<(Vec<Delivery>, Option<u64>), AwsError> {
     let limit = limit.max(1);
     let mut all = merged(store, (cursor, u64::MAX), limit + 1).await?;
     if all.len() <= limit {
@@ -267,39 +254,6 @@ impl ResendIndex for DynamoStore {
 
     async fn mark_resent(&self, task: &Candidate, at: Millis) -> Result<bool, StoreError> {
         Ok(mark_resent(self, task, at).await?)
-    }
-}
-
-/// SQS's default retention period, for a queue whose attributes do not say (4 days).
-const DEFAULT_RETENTION: Duration = Duration::from_secs(4 * 24 * 3600);
-
-/// The queues' depths for the sweeper's re-send rule: one `GetQueueAttributes` per queue.
-/// (Here rather than in `crate::sqs` for now: it only serves the rule above.)
-impl QueueDepths for SqsQueue {
-    async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
-        let urls = self.urls();
-        let mut out = [QueueDepth { messages: 0, retention: DEFAULT_RETENTION }; 3];
-        for (depth, url) in out.iter_mut().zip([&urls.high, &urls.normal, &urls.low]) {
-            self.count();
-            let reply = self
-                .client()
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-                .attribute_names(QueueAttributeName::MessageRetentionPeriod)
-                .send()
-                .await
-                .map_err(|e| AwsError::sqs("GetQueueAttributes", e))?;
-            let mut attributes = reply.attributes.unwrap_or_default();
-            let retention = attributes.remove(&QueueAttributeName::MessageRetentionPeriod);
-            if let Some(seconds) = retention.and_then(|v| v.parse::<u64>().ok()) {
-                depth.retention = Duration::from_secs(seconds);
-            }
-            depth.messages = attributes.values().filter_map(|v| v.parse::<u64>().ok()).sum();
-        }
-        Ok(out)
     }
 }
 

@@ -116,7 +116,7 @@ pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::D
 /// Three fresh priority queues, each with its own DLQ (redrive after
 /// `taskexec_lambda::worker::MAX_RECEIVE_COUNT` receives, as in template.yaml), as the Lambda
 /// glue addresses them.
-pub async fn fresh_topology(sqs: &aws_sdk_sqs::Client) -> taskexec_lambda::actions::Topology {
+pub async fn fresh_topology(sqs: &aws_sdk_sqs::Client) -> taskexec_core::ports::Topology {
     let prefix = unique_name("q");
     let max_receives = taskexec_lambda::worker::MAX_RECEIVE_COUNT;
     taskexec_aws::create_queues(sqs, &prefix, max_receives, std::time::Duration::from_secs(30))

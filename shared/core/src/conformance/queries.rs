@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Store, T0, claimed, completed, error, failed, finish_of, get, submit_new, task, task_for};
 use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::ErrorClass;
-use crate::ports::{AuditEvent, ControlState, GroupSummary, Outcome, PauseScope, PendingTask};
+use crate::ports::{AuditEvent, ControlState, Delivery, GroupSummary, Outcome, PauseScope, Route};
 use crate::task::{TaskPriority, TaskRecord};
 use crate::time::Millis;
 
@@ -83,13 +83,9 @@ pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {
     }
     assert_eq!(paged, pending);
 
-    let entry = |id: &str, priority, run: &str, p: &str, m: &str, ready_at| PendingTask {
-        task_id: id.into(),
-        priority,
-        run_id: run.into(),
-        provider_id: p.into(),
-        model_id: m.into(),
-        ready_at,
+    let entry = |id: &str, priority, run: &str, p: &str, m: &str, ready_at| {
+        let route = Route { provider_id: p.into(), model_id: m.into(), run_id: run.into() };
+        Delivery::new(id, std::sync::Arc::new(route), priority, ready_at)
     };
     assert_eq!(
         pending,

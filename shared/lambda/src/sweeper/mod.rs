@@ -25,7 +25,7 @@ use self::resend::resend_missing;
 pub use self::resend::{QueueDepths, ResendError, ResendIndex, ResendSettings, SweepReport};
 use self::stuck::{RunWatch, stuck_runs, stuck_runs_emf};
 pub use self::summary::{Incomplete, PartFailure, SweepError, SweepPart, SweepSummary};
-use crate::actions::{QueueActions, Topology};
+use taskexec_core::ports::WorkQueue;
 
 /// How the sweeper runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,13 +53,11 @@ impl Default for SweeperSettings {
 
 /// The sweeper's ports, borrowed for a sweep.
 #[derive(Debug)]
-pub struct SweeperPorts<'a, I, A, K, B, M, W, S> {
+pub struct SweeperPorts<'a, I, Q, K, B, M, W, S> {
     /// Unfinished tasks, and the record of re-sends (the store).
     pub index: &'a I,
-    /// Message sends and the queues' depths (SQS).
-    pub actions: &'a A,
-    /// The queues.
-    pub topology: &'a Topology,
+    /// The work queue, and its depths (SQS).
+    pub queue: &'a Q,
     /// Stored breakers (the store).
     pub breakers: &'a K,
     /// Backlogs and mappings, when rebalancing is configured.
@@ -70,10 +68,10 @@ pub struct SweeperPorts<'a, I, A, K, B, M, W, S> {
     pub metrics: &'a S,
 }
 
-impl<I, A, K, B, M, W, S> SweeperPorts<'_, I, A, K, B, M, W, S>
+impl<I, Q, K, B, M, W, S> SweeperPorts<'_, I, Q, K, B, M, W, S>
 where
     I: ResendIndex,
-    A: QueueActions + QueueDepths,
+    Q: WorkQueue + QueueDepths,
     K: BreakerBoard,
     B: Backlogs,
     M: MappingWeights,
@@ -87,7 +85,7 @@ where
     pub async fn run<C: Clock>(&self, clock: &C, settings: &SweeperSettings) -> SweepSummary {
         let mut summary = SweepSummary::default();
         // Each part boxed: one flat future instead of four nested state machines.
-        match Box::pin(resend_missing(self.index, self.actions, self.topology, clock, settings.resend)).await {
+        match Box::pin(resend_missing(self.index, self.queue, clock, settings.resend)).await {
             Ok(report) => {
                 let failed = report.failed + report.unrecorded;
                 summary.fail_if(SweepPart::Resend, "re-sends", failed, report.resent + report.failed);
@@ -197,7 +195,7 @@ mod failure_tests {
     use super::resend::{Candidate, QueueDepth, ResendRule};
     use super::stuck::{RunActivity, WaitingRun};
     use super::*;
-    use crate::actions::{ActionError, RecordingActions, test_topology};
+    use crate::actions::{ActionError, RecordingQueue};
 
     fn broken() -> StoreError {
         StoreError::backend(std::io::Error::other("ProvisionedThroughputExceededException"))
@@ -206,7 +204,7 @@ mod failure_tests {
     /// Every port, each failing or not as told.
     #[derive(Default)]
     struct Ports {
-        actions: RecordingActions,
+        queue: RecordingQueue,
         index_fails: bool,
         breakers_fail: bool,
         mappings_fail: bool,
@@ -222,21 +220,7 @@ mod failure_tests {
         }
     }
 
-    impl QueueActions for Ports {
-        async fn change_visibility(&self, q: &str, r: &str, s: i32) -> Result<(), ActionError> {
-            self.actions.change_visibility(q, r, s).await
-        }
-
-        async fn delete(&self, q: &str, r: &str) -> Result<(), ActionError> {
-            self.actions.delete(q, r).await
-        }
-
-        async fn send(&self, q: &str, body: String, delay: i32) -> Result<(), ActionError> {
-            self.actions.send(q, body, delay).await
-        }
-    }
-
-    impl QueueDepths for Ports {
+    impl QueueDepths for RecordingQueue {
         async fn depths(&self) -> Result<[QueueDepth; 3], ActionError> {
             Ok([QueueDepth { messages: 0, retention: Duration::from_secs(86_400) }; 3])
         }
@@ -279,11 +263,10 @@ mod failure_tests {
     }
 
     async fn sweep_with(ports: &Ports) -> SweepSummary {
-        let (topology, sink) = (test_topology(), CountingSink::default());
+        let sink = CountingSink::default();
         let sweeper = SweeperPorts {
             index: ports,
-            actions: ports,
-            topology: &topology,
+            queue: &ports.queue,
             breakers: ports,
             weights: Some((ports, ports)),
             runs: ports,

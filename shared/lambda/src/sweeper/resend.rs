@@ -48,12 +48,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use taskexec_core::error::StoreError;
-use taskexec_core::message::Envelope;
-use taskexec_core::ports::{DeliveryBuilder, PendingTask};
+use taskexec_core::ports::{Delivery, WorkQueue};
 use taskexec_core::task::{TaskPriority, TaskState};
 use taskexec_core::time::{Clock, Millis};
 
-use crate::actions::{ActionError, QueueActions, Topology};
+use crate::actions::ActionError;
 
 /// Default of the grace: SQS's approximate counts lag up to about a minute, and the sweeper runs
 /// once a minute.
@@ -83,7 +82,7 @@ pub trait QueueDepths: Send + Sync {
 pub struct Candidate {
     /// Route and priority; `ready_at` is its due time in the open index (submission, or the
     /// retry's time).
-    pub task: PendingTask,
+    pub task: Delivery,
     /// `Queued` or `Running`.
     pub status: TaskState,
     /// The epoch read (the re-send is recorded only if it is unchanged).
@@ -206,40 +205,42 @@ pub enum ResendError {
 }
 
 /// Re-send every task whose message is missing (see the module documentation) to the queue of
-/// its priority, and record each re-send on the task.
-pub async fn resend_missing<I, A, C>(
+/// its priority, in one batched send, and record each re-send on the task. If the send fails,
+/// every task of it counts as failed and none is recorded (a later sweep tries again; a part
+/// that did go out is a harmless duplicate).
+pub async fn resend_missing<I, Q, C>(
     index: &I,
-    queues: &A,
-    topology: &Topology,
+    queue: &Q,
     clock: &C,
     settings: ResendSettings,
 ) -> Result<SweepReport, ResendError>
 where
     I: ResendIndex,
-    A: QueueActions + QueueDepths,
+    Q: WorkQueue + QueueDepths,
     C: Clock,
 {
-    let depths = queues.depths().await.map_err(ResendError::Depths)?;
+    let depths = queue.depths().await.map_err(ResendError::Depths)?;
     let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
     let missing = index.missing(&rule, settings.limit, settings.scan_limit).await.map_err(ResendError::Index)?;
-    let mut builder = DeliveryBuilder::default();
     let mut report = SweepReport::default();
-    for task in missing {
-        let delivery = builder.build(task.task.clone());
-        let queue = topology.for_priority(delivery.priority);
-        if let Err(error) = queues.send(&queue.url, Envelope::of(&delivery).to_body(), 0).await {
-            tracing::warn!(task_id = %delivery.task_id, %error, "sweeper could not re-send");
-            report.failed += 1;
-            continue;
-        }
-        report.resent += 1;
-        match index.mark_resent(&task, clock.now()).await {
-            Ok(true) => {}
-            // Claimed or finished meanwhile: the message sent is a duplicate, acknowledged on arrival.
-            Ok(false) => tracing::info!(task_id = %delivery.task_id, "task changed while the sweeper re-sent it"),
-            Err(error) => {
-                tracing::warn!(task_id = %delivery.task_id, %error, "sweeper could not record a re-send");
-                report.unrecorded += 1;
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    let deliveries = missing.iter().map(|c| (c.task.clone(), Duration::ZERO)).collect();
+    if let Err(error) = queue.send(deliveries).await {
+        tracing::warn!(tasks = missing.len(), %error, "sweeper could not re-send");
+        report.failed = missing.len();
+    } else {
+        report.resent = missing.len();
+        for task in &missing {
+            match index.mark_resent(task, clock.now()).await {
+                Ok(true) => {}
+                // Claimed or finished meanwhile: the message sent is a duplicate, acknowledged on arrival.
+                Ok(false) => tracing::info!(task_id = %task.task.task_id, "task changed while the sweeper re-sent it"),
+                Err(error) => {
+                    tracing::warn!(task_id = %task.task.task_id, %error, "sweeper could not record a re-send");
+                    report.unrecorded += 1;
+                }
             }
         }
     }
@@ -261,8 +262,10 @@ mod tests {
 
     use taskexec_core::time::FakeClock;
 
+    use taskexec_core::ports::{DeadLetter, Receipt, Route, StoreResult};
+
     use super::*;
-    use crate::actions::{Action, RecordingActions, test_topology};
+    use crate::actions::{Op, RecordingQueue};
 
     const MIN: Millis = 60_000;
     const DAY: Millis = 24 * 60 * MIN;
@@ -277,15 +280,9 @@ mod tests {
     }
 
     fn queued(id: &str, priority: TaskPriority, due: Millis, last_change: Millis) -> Candidate {
+        let route = Route { provider_id: "sim".into(), model_id: "m".into(), run_id: "r".into() };
         Candidate {
-            task: PendingTask {
-                task_id: id.into(),
-                priority,
-                run_id: "r".into(),
-                provider_id: "sim".into(),
-                model_id: "m".into(),
-                ready_at: due,
-            },
+            task: Delivery::new(id, std::sync::Arc::new(route), priority, due),
             status: TaskState::Queued,
             epoch: 0,
             lease_until: None,
@@ -358,26 +355,43 @@ mod tests {
         }
     }
 
-    /// Queues whose depths grow with every send.
+    /// Queues whose depths grow with every send, or whose sends fail.
     #[derive(Default)]
     struct Queues {
-        actions: RecordingActions,
+        recorded: RecordingQueue,
         messages: Mutex<[u64; 3]>,
+        fail_send: bool,
     }
 
-    impl QueueActions for Queues {
-        async fn change_visibility(&self, q: &str, r: &str, s: i32) -> Result<(), ActionError> {
-            self.actions.change_visibility(q, r, s).await
+    impl WorkQueue for Queues {
+        async fn send(&self, deliveries: Vec<(Delivery, Duration)>) -> StoreResult<()> {
+            if self.fail_send {
+                return Err(StoreError::backend(std::io::Error::other("AWS.SimpleQueueService.NonExistentQueue")));
+            }
+            for (d, _) in &deliveries {
+                self.messages.lock().unwrap()[usize::from(d.priority.rank())] += 1;
+            }
+            self.recorded.send(deliveries).await
         }
 
-        async fn delete(&self, q: &str, r: &str) -> Result<(), ActionError> {
-            self.actions.delete(q, r).await
+        async fn receive(&self, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
+            self.recorded.receive(max, wait).await
         }
 
-        async fn send(&self, q: &str, body: String, delay: i32) -> Result<(), ActionError> {
-            let i = test_topology().queues.iter().position(|p| p.url == q).expect("a known queue");
-            self.messages.lock().unwrap()[i] += 1;
-            self.actions.send(q, body, delay).await
+        async fn ack(&self, receipt: &Receipt) -> StoreResult<()> {
+            self.recorded.ack(receipt).await
+        }
+
+        async fn retry_after(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+            self.recorded.retry_after(delivery, delay).await
+        }
+
+        async fn dead_letter(&self, letter: DeadLetter<'_>) -> StoreResult<()> {
+            self.recorded.dead_letter(letter).await
+        }
+
+        fn len(&self) -> usize {
+            0
         }
     }
 
@@ -397,23 +411,29 @@ mod tests {
         let queues = Queues { messages: Mutex::new([0, 50, 0]), ..Queues::default() };
         let clock = FakeClock::at(NOW);
         for sweep in 0..4 {
-            let report = resend_missing(&index, &queues, &test_topology(), &clock, ResendSettings::default()).await;
+            let report = resend_missing(&index, &queues, &clock, ResendSettings::default()).await;
             let expected = usize::from(sweep == 0);
             assert_eq!(report.unwrap(), SweepReport { resent: expected, ..SweepReport::default() }, "sweep {sweep}");
             clock.advance(Duration::from_secs(60));
         }
-        let sends: Vec<Action> = queues.actions.actions();
+        let sends = queues.recorded.ops();
         assert_eq!(sends.len(), 1, "{sends:?}");
-        assert!(matches!(&sends[0], Action::Send(url, body, 0) if url.ends_with("-high") && body.contains("\"lost\"")));
+        let Op::Send(sent, delay) = &sends[0] else { panic!("{sends:?}") };
+        assert_eq!((sent.task_id.as_str(), sent.priority, *delay), ("lost", TaskPriority::High, Duration::ZERO));
     }
 
     #[tokio::test]
     async fn a_send_or_a_record_that_fails_is_reported() {
         let old = NOW - 30 * MIN;
-        let index = Index { tasks: Mutex::new(vec![queued("lost", TaskPriority::Low, old, old)]), fail_mark: true };
-        let queues = Queues::default();
-        let (topology, clock) = (test_topology(), FakeClock::at(NOW));
-        let report = resend_missing(&index, &queues, &topology, &clock, ResendSettings::default()).await;
-        assert_eq!(report.unwrap(), SweepReport { resent: 1, failed: 0, unrecorded: 1 });
+        let lost = || vec![queued("lost", TaskPriority::Low, old, old), queued("gone", TaskPriority::High, old, old)];
+        let clock = FakeClock::at(NOW);
+        let index = Index { tasks: Mutex::new(lost()), fail_mark: true };
+        let report = resend_missing(&index, &Queues::default(), &clock, ResendSettings::default()).await;
+        assert_eq!(report.unwrap(), SweepReport { resent: 2, failed: 0, unrecorded: 2 });
+        let index = Index { tasks: Mutex::new(lost()), fail_mark: false };
+        let failing = Queues { fail_send: true, ..Queues::default() };
+        let report = resend_missing(&index, &failing, &clock, ResendSettings::default()).await;
+        assert_eq!(report.unwrap(), SweepReport { resent: 0, failed: 2, unrecorded: 0 });
+        assert!(index.tasks.lock().unwrap().iter().all(|t| t.last_change == old), "nothing recorded as re-sent");
     }
 }

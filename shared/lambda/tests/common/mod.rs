@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use taskexec_core::error::ProviderError;
+use taskexec_core::ports::{QueuePair, Topology};
 use taskexec_core::provider::{Provider, ProviderRequest, ProviderResponse};
 use taskexec_core::task::Usage;
-use taskexec_lambda::actions::{QueuePair, Topology};
 
 /// A provider that answers after 50 ms, fails tasks whose id starts with `flaky` with a transient
 /// error, and makes tasks whose id starts with `slow` take 5 s more.
