@@ -14,6 +14,7 @@ pub mod message;
 pub mod metrics;
 pub mod ports;
 pub mod provider;
+pub mod rate;
 pub mod retry;
 pub mod runner;
 pub mod schedule;

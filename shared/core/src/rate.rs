@@ -1,0 +1,456 @@
+//! Provider quotas as the providers count them, and a concurrency limit that adapts to their
+//! answers: the policy code both shapes run (pure, on a clock passed in, so it is tested on a
+//! virtual clock).
+//!
+//! **Rate limits** ([`RateLimiter`]): requests and tokens per minute (tokens as one budget, or
+//! input and output apart as Anthropic counts them) and requests per day. Each budget is a
+//! sliding window over a log of reservations: a call is admitted only if everything reserved in
+//! the last window plus its own reservation fits the budget, so no window of that length ever
+//! holds more than the budget (a token bucket would let twice the budget through across a
+//! boundary). Before a call a task reserves one request and its estimated tokens (prompt
+//! estimate + `maxTokens`); after the call the reservation is reconciled with the usage the
+//! provider reported, which gives unused tokens back. The provider's own rate-limit headers
+//! correct the local view: when it says fewer remain than the log does, the difference is held
+//! until its reset. Written by hand: the well-kept crates (`governor`) are GCRA token buckets
+//! without variable-cost reservations that can be reconciled afterwards.
+//!
+//! **Adaptive concurrency** ([`AdaptiveLimit`]): additive increase, multiplicative decrease, as
+//! TCP does: a 429 or an overloaded answer halves the limit (once per cool-down, so one burst of
+//! 429s counts once) and holds new calls until its `Retry-After`; each success adds
+//! `1 / limit`, so the limit grows by about one per limit's worth of successes.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{LimitKind, RateLimits};
+use crate::time::{Millis, duration_ms};
+
+const MINUTE: Millis = 60_000;
+const DAY: Millis = 24 * 60 * MINUTE;
+
+/// A deployment's quota, as its provider counts it. Absent budgets are not limited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct Quota {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Tokens per minute, input and output together.
+    pub tpm: Option<u64>,
+    /// Input tokens per minute.
+    pub input_tpm: Option<u64>,
+    /// Output tokens per minute.
+    pub output_tpm: Option<u64>,
+    /// Requests per day.
+    pub rpd: Option<u64>,
+}
+
+impl Quota {
+    /// Whether no budget is set.
+    #[must_use]
+    pub fn is_unlimited(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What one call asks for: one request and its estimated tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask {
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Output tokens reserved (the task's `maxTokens`, or the configured default).
+    pub output_tokens: u64,
+}
+
+impl Ask {
+    /// The estimate for a prompt of `prompt_chars` characters answering at most `max_tokens`:
+    /// about four characters per token (rounded up, at least one token).
+    #[must_use]
+    pub fn estimate(prompt_chars: usize, max_tokens: u64) -> Self {
+        let input_tokens = (prompt_chars as u64).div_ceil(4).max(1);
+        Self { input_tokens, output_tokens: max_tokens }
+    }
+}
+
+/// Which budget a window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    RequestsPerMinute,
+    TokensPerMinute,
+    InputTokensPerMinute,
+    OutputTokensPerMinute,
+    RequestsPerDay,
+}
+
+impl Budget {
+    fn span(self) -> Millis {
+        if self == Self::RequestsPerDay { DAY } else { MINUTE }
+    }
+
+    /// What a call with these tokens costs in this budget.
+    fn cost(self, input: u64, output: u64) -> u64 {
+        match self {
+            Self::RequestsPerMinute | Self::RequestsPerDay => 1,
+            Self::TokensPerMinute => input + output,
+            Self::InputTokensPerMinute => input,
+            Self::OutputTokensPerMinute => output,
+        }
+    }
+
+    /// The header kind that reports this budget (per minute only: providers report minutes).
+    fn reported_as(self) -> Option<LimitKind> {
+        match self {
+            Self::RequestsPerMinute => Some(LimitKind::Requests),
+            Self::TokensPerMinute => Some(LimitKind::Tokens),
+            Self::InputTokensPerMinute => Some(LimitKind::InputTokens),
+            Self::OutputTokensPerMinute => Some(LimitKind::OutputTokens),
+            Self::RequestsPerDay => None,
+        }
+    }
+}
+
+/// One reservation (or a hold from the provider's headers, `id` 0) in a window's log.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    at: Millis,
+    amount: u64,
+    id: u64,
+}
+
+/// A sliding window: the log of what was reserved in the last `span`, never more than `budget`.
+#[derive(Debug, Clone)]
+struct Window {
+    budget_kind: Budget,
+    budget: u64,
+    log: VecDeque<Entry>,
+    used: u64,
+}
+
+impl Window {
+    fn new(budget_kind: Budget, budget: u64) -> Self {
+        Self { budget_kind, budget: budget.max(1), log: VecDeque::new(), used: 0 }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        let span = self.budget_kind.span();
+        while self.log.front().is_some_and(|e| e.at + span <= now) {
+            let e = self.log.pop_front().expect("checked");
+            self.used -= e.amount;
+        }
+    }
+
+    /// When `amount` fits (now if it does). An amount larger than the whole budget is counted as
+    /// the whole budget: it waits for an empty window instead of never running.
+    fn fits_at(&mut self, amount: u64, now: Millis) -> Millis {
+        self.expire(now);
+        let amount = amount.min(self.budget);
+        if self.used + amount <= self.budget {
+            return now;
+        }
+        let mut freed = 0;
+        for e in &self.log {
+            freed += e.amount;
+            if self.used - freed + amount <= self.budget {
+                return e.at + self.budget_kind.span();
+            }
+        }
+        now + self.budget_kind.span()
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        let position = self.log.partition_point(|e| e.at <= entry.at);
+        self.log.insert(position, entry);
+        self.used += entry.amount;
+    }
+
+    fn set_amount(&mut self, id: u64, amount: u64) {
+        if let Some(e) = self.log.iter_mut().find(|e| e.id == id) {
+            self.used = self.used - e.amount + amount;
+            e.amount = amount;
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.budget.saturating_sub(self.used)
+    }
+}
+
+/// A reservation made by [`RateLimiter::try_reserve`], to reconcile after the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    id: u64,
+    ask: Ask,
+}
+
+/// The rate limits of one deployment (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    windows: Vec<Window>,
+    next_id: u64,
+}
+
+impl RateLimiter {
+    /// A limiter for `quota` (one window per budget set).
+    #[must_use]
+    pub fn new(quota: &Quota) -> Self {
+        let budgets = [
+            (Budget::RequestsPerMinute, quota.rpm),
+            (Budget::TokensPerMinute, quota.tpm),
+            (Budget::InputTokensPerMinute, quota.input_tpm),
+            (Budget::OutputTokensPerMinute, quota.output_tpm),
+            (Budget::RequestsPerDay, quota.rpd),
+        ];
+        let windows = budgets.into_iter().filter_map(|(kind, n)| n.map(|n| Window::new(kind, n))).collect();
+        Self { windows, next_id: 1 }
+    }
+
+    /// Reserve one call of `ask` at `now`, or say when it would fit (`Err(at)`).
+    pub fn try_reserve(&mut self, ask: Ask, now: Millis) -> Result<Reservation, Millis> {
+        let costs: Vec<u64> =
+            self.windows.iter().map(|w| w.budget_kind.cost(ask.input_tokens, ask.output_tokens)).collect();
+        let at = self.windows.iter_mut().zip(&costs).map(|(w, cost)| w.fits_at(*cost, now)).max().unwrap_or(now);
+        if at > now {
+            return Err(at);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        for (w, cost) in self.windows.iter_mut().zip(costs) {
+            let amount = cost.min(w.budget);
+            w.insert(Entry { at: now, amount, id });
+        }
+        Ok(Reservation { id, ask })
+    }
+
+    /// Replace a reservation's estimate by what the call used (`None`: the call never reached
+    /// the provider, everything is given back). A call that used more than it reserved counts
+    /// what it used.
+    pub fn reconcile(&mut self, reservation: Reservation, used: Option<(u64, u64)>) {
+        for w in &mut self.windows {
+            let amount = match used {
+                Some((input, output)) => w.budget_kind.cost(input, output),
+                None => 0,
+            };
+            w.set_amount(reservation.id, amount);
+        }
+    }
+
+    /// Correct the local view with what the provider reported at `now`: a remaining budget
+    /// below the local one is held until the reported reset; a smaller budget than configured
+    /// replaces it.
+    pub fn observe(&mut self, limits: &RateLimits, now: Millis) {
+        for w in &mut self.windows {
+            let Some(reported) = w.budget_kind.reported_as().and_then(|kind| limits.get(kind)) else { continue };
+            if let Some(limit) = reported.limit.filter(|l| *l > 0 && *l < w.budget) {
+                w.budget = limit;
+            }
+            w.expire(now);
+            let (Some(remaining), Some(reset)) = (reported.remaining, reported.reset) else { continue };
+            let local = w.remaining();
+            if remaining < local {
+                // Held until the reset: an entry whose window ends then.
+                let ends = now + duration_ms(reset).min(w.budget_kind.span());
+                w.insert(Entry { at: ends - w.budget_kind.span(), amount: local - remaining, id: 0 });
+            }
+        }
+    }
+
+    /// The most any window of each budget held at `now` (for tests and metrics): (budget, used).
+    #[must_use]
+    pub fn usage(&self) -> Vec<(u64, u64)> {
+        self.windows.iter().map(|w| (w.budget, w.used)).collect()
+    }
+}
+
+/// A concurrency limit that adapts to the provider's answers (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaptiveLimit {
+    limit: f64,
+    floor: f64,
+    ceiling: f64,
+    hold_until: Millis,
+    last_decrease: Option<Millis>,
+    cool_down: Millis,
+}
+
+impl AdaptiveLimit {
+    /// A limit starting at `ceiling` (the configured concurrency), never below 1.
+    #[must_use]
+    pub fn new(ceiling: u32) -> Self {
+        let ceiling = f64::from(ceiling.max(1));
+        Self { limit: ceiling, floor: 1.0, ceiling, hold_until: 0, last_decrease: None, cool_down: 1_000 }
+    }
+
+    /// The calls allowed at once now.
+    #[must_use]
+    pub fn current(&self) -> u32 {
+        self.limit.floor() as u32
+    }
+
+    /// Until when new calls wait (the latest `Retry-After`), if that is after `now`.
+    #[must_use]
+    pub fn held_until(&self, now: Millis) -> Option<Millis> {
+        (self.hold_until > now).then_some(self.hold_until)
+    }
+
+    /// A 429 or overloaded answer at `now`: halve (once per cool-down) and hold new calls until
+    /// `retry_after` (one second when the provider did not say). Returns the new limit if it
+    /// changed.
+    pub fn on_throttled(&mut self, now: Millis, retry_after: Option<Duration>) -> Option<u32> {
+        let wait = retry_after.unwrap_or(Duration::from_secs(1));
+        self.hold_until = self.hold_until.max(now + duration_ms(wait));
+        if self.last_decrease.is_some_and(|at| now < at + self.cool_down) {
+            return None;
+        }
+        self.last_decrease = Some(now);
+        let before = self.current();
+        self.limit = (self.limit / 2.0).max(self.floor);
+        (self.current() != before).then(|| self.current())
+    }
+
+    /// A successful call: grow by `1 / limit`. Returns the new limit if its whole part changed.
+    pub fn on_success(&mut self) -> Option<u32> {
+        let before = self.current();
+        self.limit = (self.limit + 1.0 / self.limit).min(self.ceiling);
+        (self.current() != before).then(|| self.current())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::RateLimit;
+
+    const T0: Millis = 1_000_000;
+
+    /// Every window of `span` over the reservations made: the most any held.
+    fn max_in_any_window(log: &[(Millis, u64)], span: Millis) -> u64 {
+        log.iter()
+            .map(|(start, _)| log.iter().filter(|(at, _)| *at >= *start && *at < start + span).map(|(_, n)| n).sum())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn reservations_never_exceed_the_budget_in_any_window() {
+        let quota = Quota { rpm: Some(50), tpm: Some(10_000), ..Quota::default() };
+        let mut limiter = RateLimiter::new(&quota);
+        let (mut requests, mut tokens) = (Vec::new(), Vec::new());
+        let mut now = T0;
+        // Callers that ask as often as they can for five minutes, with varied sizes.
+        for i in 0..100_000u64 {
+            let ask = Ask { input_tokens: 50 + (i * 37) % 400, output_tokens: 100 };
+            match limiter.try_reserve(ask, now) {
+                Ok(_) => {
+                    requests.push((now, 1));
+                    tokens.push((now, ask.input_tokens + ask.output_tokens));
+                }
+                Err(at) => {
+                    assert!(at > now);
+                    now = at;
+                }
+            }
+            now += i64::try_from(i % 7).unwrap() * 13;
+            if now > T0 + 5 * MINUTE {
+                break;
+            }
+        }
+        assert!(max_in_any_window(&requests, MINUTE) <= 50, "{}", max_in_any_window(&requests, MINUTE));
+        assert!(max_in_any_window(&tokens, MINUTE) <= 10_000);
+        // And the budget is used: the token budget binds at ~10,000 a minute (≈ 28 calls of ≈ 350).
+        let calls = requests.len() as f64 / 5.0;
+        assert!(calls >= 25.0, "{calls} calls a minute");
+    }
+
+    #[test]
+    fn reconciliation_gives_back_unused_tokens() {
+        let mut limiter = RateLimiter::new(&Quota { tpm: Some(1_000), ..Quota::default() });
+        let ask = Ask { input_tokens: 100, output_tokens: 500 };
+        let first = limiter.try_reserve(ask, T0).unwrap();
+        assert!(limiter.try_reserve(ask, T0).is_err(), "600 + 600 > 1,000");
+        limiter.reconcile(first, Some((100, 20)));
+        assert_eq!(limiter.usage(), [(1_000, 120)]);
+        limiter.try_reserve(ask, T0 + 1).expect("the unused 480 came back");
+        let never = limiter.try_reserve(Ask { input_tokens: 10, output_tokens: 10 }, T0 + 2).unwrap();
+        limiter.reconcile(never, None);
+        assert_eq!(limiter.usage(), [(1_000, 720)], "a call that never ran costs nothing");
+    }
+
+    #[test]
+    fn a_full_window_says_when_it_frees() {
+        let mut limiter = RateLimiter::new(&Quota { rpm: Some(2), ..Quota::default() });
+        limiter.try_reserve(Ask::default(), T0).unwrap();
+        limiter.try_reserve(Ask::default(), T0 + 10_000).unwrap();
+        assert_eq!(limiter.try_reserve(Ask::default(), T0 + 20_000), Err(T0 + MINUTE));
+        assert!(limiter.try_reserve(Ask::default(), T0 + MINUTE).is_ok());
+    }
+
+    #[test]
+    fn input_and_output_are_counted_apart_and_a_day_budget_holds() {
+        let quota = Quota { input_tpm: Some(1_000), output_tpm: Some(100), rpd: Some(3), ..Quota::default() };
+        let mut limiter = RateLimiter::new(&quota);
+        let ask = Ask { input_tokens: 10, output_tokens: 60 };
+        limiter.try_reserve(ask, T0).unwrap();
+        assert_eq!(limiter.try_reserve(ask, T0), Err(T0 + MINUTE), "output tokens bind");
+        limiter.try_reserve(ask, T0 + MINUTE).unwrap();
+        limiter.try_reserve(ask, T0 + 2 * MINUTE).unwrap();
+        assert_eq!(limiter.try_reserve(ask, T0 + 3 * MINUTE), Err(T0 + DAY), "three a day");
+    }
+
+    #[test]
+    fn the_providers_headers_correct_the_local_view() {
+        let mut limiter = RateLimiter::new(&Quota { rpm: Some(100), tpm: Some(10_000), ..Quota::default() });
+        limiter.try_reserve(Ask { input_tokens: 100, output_tokens: 0 }, T0).unwrap();
+        // The provider says only 5 requests remain (other clients share the key), reset in 20 s.
+        let reported = RateLimits(vec![RateLimit {
+            kind: LimitKind::Requests,
+            limit: Some(100),
+            remaining: Some(5),
+            reset: Some(Duration::from_secs(20)),
+        }]);
+        limiter.observe(&reported, T0 + 1_000);
+        for _ in 0..5 {
+            limiter.try_reserve(Ask::default(), T0 + 1_000).unwrap();
+        }
+        assert_eq!(limiter.try_reserve(Ask::default(), T0 + 1_000), Err(T0 + 21_000), "held until the reset");
+        // A smaller budget than configured is the provider's truth.
+        let smaller =
+            RateLimits(vec![RateLimit { kind: LimitKind::Tokens, limit: Some(500), remaining: None, reset: None }]);
+        limiter.observe(&smaller, T0 + 2_000);
+        assert_eq!(limiter.usage()[1].0, 500);
+    }
+
+    #[test]
+    fn aimd_halves_on_a_throttle_and_recovers_additively() {
+        let mut limit = AdaptiveLimit::new(16);
+        assert_eq!(limit.on_throttled(T0, None), Some(8));
+        assert_eq!(limit.on_throttled(T0 + 10, None), None, "one burst counts once");
+        assert_eq!(limit.on_throttled(T0 + 1_500, None), Some(4));
+        let mut successes = 0;
+        while limit.current() < 8 {
+            limit.on_success();
+            successes += 1;
+        }
+        // From 4 to 8: about 4 + 5 + 6 + 7 = 22 successes (one limit's worth per step).
+        assert!((18..=26).contains(&successes), "{successes}");
+        for _ in 0..10_000 {
+            limit.on_success();
+        }
+        assert_eq!(limit.current(), 16, "never above the configured concurrency");
+        let mut floor = AdaptiveLimit::new(2);
+        for i in 0..10 {
+            floor.on_throttled(T0 + i * 2_000, None);
+        }
+        assert_eq!(floor.current(), 1, "never below one");
+    }
+
+    #[test]
+    fn retry_after_holds_new_calls() {
+        let mut limit = AdaptiveLimit::new(4);
+        limit.on_throttled(T0, Some(Duration::from_secs(7)));
+        assert_eq!(limit.held_until(T0 + 1), Some(T0 + 7_000));
+        assert_eq!(limit.held_until(T0 + 7_000), None);
+        limit.on_throttled(T0 + 100, None);
+        assert_eq!(limit.held_until(T0 + 200), Some(T0 + 7_000), "a shorter hold never cuts a longer one");
+    }
+}
