@@ -42,6 +42,10 @@ impl MetricsSink for CliSink {
                 self.note(format!("breaker {deployment}: {what}"));
             }
             Metric::DeadLettered { task_id, reason } => self.note(format!("dead-lettered {task_id}: {reason}")),
+            // Decreases only: growth back is one step per limit's worth of successes.
+            Metric::ConcurrencyChanged { deployment, previous, limit } if limit < previous => {
+                self.note(format!("{deployment}: concurrency {previous} → {limit} after a rate-limit answer"));
+            }
             _ => {}
         }
         self.counting.record(metric);

@@ -84,6 +84,9 @@ fn line_of(metric: &Metric) -> Line {
         }
         Metric::Cancelled => Line::count("TasksCancelled"),
         Metric::BreakerChanged { deployment, state } => breaker(deployment, *state),
+        Metric::ConcurrencyChanged { deployment, limit, .. } => {
+            Line::metric("ConcurrencyLimit", "Count", f64::from(*limit)).dimension("Deployment", deployment)
+        }
     }
 }
 
@@ -96,6 +99,7 @@ fn deferral(reason: &DeferReason) -> Line {
         DeferReason::LeaseHeld => ("leaseHeld", None),
         DeferReason::NotDue => ("notDue", None),
         DeferReason::StoreUnavailable => ("storeUnavailable", None),
+        DeferReason::RateLimited(d) => ("rateLimited", Some(d)),
     };
     let line = Line::count("Deferrals").dimension("Reason", name);
     match deployment {

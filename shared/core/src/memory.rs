@@ -454,6 +454,8 @@ pub struct Counters {
     pub open_breakers: AtomicU64,
     /// Breaker opens.
     pub breaker_opens: AtomicU64,
+    /// Decreases of an adaptive concurrency limit.
+    pub concurrency_decreases: AtomicU64,
 }
 
 impl Counters {
@@ -497,6 +499,12 @@ impl MetricsSink for CountingSink {
                 map.insert(deployment, state);
                 let open = map.values().filter(|s| **s != BreakerState::Closed).count();
                 c.open_breakers.store(open as u64, Ordering::Relaxed);
+                0
+            }
+            Metric::ConcurrencyChanged { previous, limit, .. } => {
+                if limit < previous {
+                    bump(&c.concurrency_decreases);
+                }
                 0
             }
         };

@@ -431,6 +431,15 @@ pub enum Metric {
         /// Its new state.
         state: crate::breaker::BreakerState,
     },
+    /// A deployment's adaptive concurrency limit changed (halved on a 429, grown on successes).
+    ConcurrencyChanged {
+        /// The deployment.
+        deployment: String,
+        /// Calls allowed at once before.
+        previous: u32,
+        /// Calls allowed at once from now on.
+        limit: u32,
+    },
 }
 
 /// Where metrics go: atomic counters in process, EMF lines in Lambda.
@@ -454,6 +463,9 @@ pub enum DeferReason {
     NotDue,
     /// The store could not be reached; nothing was recorded.
     StoreUnavailable,
+    /// The deployment's rate limit (requests or tokens per minute or day) or its provider's
+    /// `Retry-After` holds new calls; the deferral lasts until it frees.
+    RateLimited(String),
 }
 
 /// Where a task goes: deployment (or route), model and run. Shared between deliveries, so a

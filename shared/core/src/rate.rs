@@ -205,18 +205,22 @@ impl RateLimiter {
         Self { windows, next_id: 1 }
     }
 
+    /// When a call of `ask` would fit, from `now` on (`now` if it fits now); reserves nothing.
+    pub fn earliest(&mut self, ask: Ask, now: Millis) -> Millis {
+        let cost = |w: &Window| w.budget_kind.cost(ask.input_tokens, ask.output_tokens);
+        self.windows.iter_mut().map(|w| w.fits_at(cost(w), now)).max().unwrap_or(now).max(now)
+    }
+
     /// Reserve one call of `ask` at `now`, or say when it would fit (`Err(at)`).
     pub fn try_reserve(&mut self, ask: Ask, now: Millis) -> Result<Reservation, Millis> {
-        let costs: Vec<u64> =
-            self.windows.iter().map(|w| w.budget_kind.cost(ask.input_tokens, ask.output_tokens)).collect();
-        let at = self.windows.iter_mut().zip(&costs).map(|(w, cost)| w.fits_at(*cost, now)).max().unwrap_or(now);
+        let at = self.earliest(ask, now);
         if at > now {
             return Err(at);
         }
         let id = self.next_id;
         self.next_id += 1;
-        for (w, cost) in self.windows.iter_mut().zip(costs) {
-            let amount = cost.min(w.budget);
+        for w in &mut self.windows {
+            let amount = w.budget_kind.cost(ask.input_tokens, ask.output_tokens).min(w.budget);
             w.insert(Entry { at: now, amount, id });
         }
         Ok(Reservation { id, ask })

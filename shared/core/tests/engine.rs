@@ -12,7 +12,7 @@ use common::{Scripted, Step, rate_limited, transient};
 use taskexec_core::breaker::{BreakerPolicy, BreakerState};
 use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
-use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryStore};
+use taskexec_core::memory::{Counters, CountingSink, MemoryLimiter, MemoryStore};
 use taskexec_core::ports::{
     BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route,
     TaskStore,
@@ -581,4 +581,76 @@ async fn a_crashed_attempt_with_budget_left_is_followed_by_a_normal_attempt() {
     let r = h.record("once").await;
     assert_eq!((r.state, r.attempt), (TaskState::Completed, 2));
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
+}
+
+fn with_quota(quota: taskexec_core::rate::Quota) -> EngineConfig {
+    let mut config = config();
+    config.quotas.insert("dep".into(), quota);
+    config
+}
+
+/// A full requests-per-minute window defers before the claim (no attempt, no store write) until
+/// it frees; the deferral's end is the window's.
+#[tokio::test(start_paused = true)]
+async fn a_full_request_window_defers_without_an_attempt_until_it_frees() {
+    let h = harness(with_quota(taskexec_core::rate::Quota { rpm: Some(2), ..Default::default() }));
+    let (a, b, c) = (h.submit("a", "").await, h.submit("b", "").await, h.submit("c", "").await);
+    assert_eq!(h.engine.process(&a).await, Decision::Ack);
+    h.clock.advance(Duration::from_secs(10));
+    assert_eq!(h.engine.process(&b).await, Decision::Ack);
+    let Decision::Defer { delay, reason } = h.engine.process(&c).await else { panic!("deferred") };
+    assert_eq!(reason, DeferReason::RateLimited("dep".into()));
+    assert_eq!(delay, Duration::from_secs(50), "until the first call leaves the minute");
+    let r = h.record("c").await;
+    assert_eq!((r.state, r.attempt, r.epoch), (TaskState::Queued, 0, 0), "not even claimed");
+    h.clock.advance(delay);
+    assert_eq!(h.engine.process(&c).await, Decision::Ack);
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 3);
+}
+
+/// A task whose tokens do not fit the token window is claimed, then given back with its attempt.
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_tokens_do_not_fit_is_released_with_its_attempt() {
+    let h = harness(with_quota(taskexec_core::rate::Quota { tpm: Some(1_000), ..Default::default() }));
+    let big = h.submit("big", r#","parameters":{"maxTokens":900}"#).await;
+    let other = h.submit("other", r#","parameters":{"maxTokens":900}"#).await;
+    assert_eq!(h.engine.process(&big).await, Decision::Ack, "901 of 1,000 reserved, then 8 used");
+    h.clock.advance(Duration::from_secs(1));
+    // The answer used 8 tokens (3 + 5): the rest came back, so the second fits too.
+    assert_eq!(h.engine.process(&other).await, Decision::Ack);
+    let third = h.submit("third", r#","parameters":{"maxTokens":990}"#).await;
+    let Decision::Defer { reason, delay } = h.engine.process(&third).await else { panic!("deferred") };
+    assert_eq!(reason, DeferReason::RateLimited("dep".into()));
+    assert!(delay <= Duration::from_secs(60), "{delay:?}");
+    let r = h.record("third").await;
+    assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Queued, 0, 0), "the claim's attempt was given back");
+    assert_eq!(h.event_kinds("third").await, ["submitted", "claimed", "released"]);
+}
+
+/// A 429 halves the deployment's concurrency limit and holds new calls for its Retry-After;
+/// successes grow the limit back, never above the configured value.
+#[tokio::test(start_paused = true)]
+async fn a_429_halves_the_concurrency_and_holds_calls_for_its_retry_after() {
+    let mut config = config();
+    config.limits.deployments.insert("dep".into(), 8);
+    let h = harness(config);
+    let d = h.submit("t1", "").await;
+    h.provider.script("t1", [rate_limited(3_000)]);
+    assert!(matches!(h.engine.process(&d).await, Decision::Retry { .. }));
+    assert_eq!(Counters::get(&h.sink.counters.concurrency_decreases), 1, "8 → 4");
+    assert!(h.event_kinds("t1").await.contains(&"concurrencyChanged".to_owned()), "audited on the task");
+    // Another task of the deployment waits for the Retry-After before any claim.
+    let other = h.submit("t2", "").await;
+    let Decision::Defer { reason, delay } = h.engine.process(&other).await else { panic!("held") };
+    assert_eq!((reason, delay), (DeferReason::RateLimited("dep".into()), Duration::from_secs(3)));
+    h.clock.advance(Duration::from_secs(3));
+    assert_eq!(h.engine.process(&other).await, Decision::Ack);
+    // Four permits now, not eight.
+    let key = LimitKey::Deployment("dep".into());
+    let limiter = &h.engine.ports().limiter;
+    for _ in 0..4 {
+        assert!(taskexec_core::ports::LimiterStore::try_acquire(limiter, &key, 4).await.unwrap());
+    }
+    let blocked = h.submit("t3", "").await;
+    assert!(matches!(h.engine.process(&blocked).await, Decision::Defer { reason: DeferReason::LimitReached(_), .. }));
 }

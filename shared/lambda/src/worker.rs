@@ -77,7 +77,12 @@ impl DeferBackoff {
         let cap = match reason {
             DeferReason::Paused => self.pause_cap,
             DeferReason::LimitReached(_) | DeferReason::StoreUnavailable => self.blocked_cap,
-            DeferReason::LeaseHeld | DeferReason::NotDue | DeferReason::BreakerOpen(_) => return asked,
+            DeferReason::LeaseHeld
+            | DeferReason::NotDue
+            | DeferReason::BreakerOpen(_)
+            | DeferReason::RateLimited(_) => {
+                return asked;
+            }
         };
         let ceiling = self.base.saturating_mul(1 << deferrals.min(20)).min(cap).max(self.base);
         let half = ceiling / 2;

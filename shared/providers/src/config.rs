@@ -127,6 +127,21 @@ pub struct DeploymentConfig {
     /// Most calls in flight per model on this deployment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub model_concurrency: BTreeMap<String, u32>,
+    /// The provider's quota for this deployment's key, as it counts it: requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, input and output together (OpenAI, Gemini).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Input tokens per minute (Anthropic counts them apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tpm: Option<u64>,
+    /// Output tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tpm: Option<u64>,
+    /// Requests per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
     /// Behaviour of a `sim` deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimConfig>,
@@ -284,7 +299,7 @@ pub enum ConfigProblem {
     /// `api_key_env` is not a variable name (it may be a pasted key: never echoed).
     #[error("`api_key_env` must be the NAME of an environment variable (letters, digits, `_`), not the key itself")]
     BadKeyEnvName,
-    /// A concurrency of 0.
+    /// A concurrency or a quota of 0.
     #[error("`{0}` must be at least 1")]
     ZeroConcurrency(String),
     /// Latency parameters that do not describe a distribution.
@@ -329,9 +344,28 @@ impl DeploymentConfig {
         }
     }
 
+    /// The provider quota this deployment declares (`rpm`, `tpm`, `input_tpm`, `output_tpm`,
+    /// `rpd`).
+    #[must_use]
+    pub fn quota(&self) -> taskexec_core::rate::Quota {
+        taskexec_core::rate::Quota {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            input_tpm: self.input_tpm,
+            output_tpm: self.output_tpm,
+            rpd: self.rpd,
+        }
+    }
+
     fn check_limits(&self) -> Result<(), ConfigProblem> {
         if self.concurrency == Some(0) {
             return Err(ConfigProblem::ZeroConcurrency("concurrency".into()));
+        }
+        let quota = self.quota();
+        let budgets = [("rpm", quota.rpm), ("tpm", quota.tpm), ("input_tpm", quota.input_tpm)];
+        let budgets = budgets.into_iter().chain([("output_tpm", quota.output_tpm), ("rpd", quota.rpd)]);
+        if let Some((name, _)) = budgets.into_iter().find(|(_, n)| *n == Some(0)) {
+            return Err(ConfigProblem::ZeroConcurrency(name.into()));
         }
         match self.model_concurrency.iter().find(|(_, n)| **n == 0) {
             Some((model, _)) => Err(ConfigProblem::ZeroConcurrency(format!("model_concurrency.{model}"))),

@@ -41,11 +41,24 @@ pub struct EngineSection {
     pub aging_ms: u64,
     /// Seed for backoff jitter (reproducible runs).
     pub seed: Option<u64>,
+    /// Output tokens a task without `maxTokens` reserves against a deployment's token quota.
+    pub default_max_tokens: u64,
+    /// Whether a deployment's `concurrency` adapts to rate-limit answers (halved on a 429,
+    /// grown back on successes, never above the configured value).
+    pub adaptive_concurrency: bool,
 }
 
 impl Default for EngineSection {
     fn default() -> Self {
-        Self { concurrency: 64, default_timeout_ms: 60_000, lease_ms: 30_000, aging_ms: 10_000, seed: None }
+        Self {
+            concurrency: 64,
+            default_timeout_ms: 60_000,
+            lease_ms: 30_000,
+            aging_ms: 10_000,
+            seed: None,
+            default_max_tokens: 1_024,
+            adaptive_concurrency: true,
+        }
     }
 }
 
@@ -124,6 +137,9 @@ impl RunConfig {
             limits: self.limits(),
             owner,
             seed: self.engine.seed,
+            quotas: self.deployments.iter().map(|(name, d)| (name.clone(), d.quota())).collect(),
+            default_max_tokens: self.engine.default_max_tokens,
+            adaptive_concurrency: self.engine.adaptive_concurrency,
             ..EngineConfig::default()
         }
     }

@@ -21,6 +21,11 @@ where
     pub(super) async fn acquire(&self, d: &Delivery) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
         let mut held = Vec::new();
         for (key, limit) in self.config.limits.keys_for(d.provider_id(), d.model_id()) {
+            // A deployment's limit may have adapted down to its provider's rate-limit answers.
+            let limit = match &key {
+                LimitKey::Deployment(deployment) => self.adaptive_limit(deployment).map_or(limit, |n| n.min(limit)),
+                _ => limit,
+            };
             if self.ports.limiter.try_acquire(&key, limit).await? {
                 held.push(key);
                 continue;

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::CallResult;
 use crate::error::{ErrorClass, ProviderError, StoreError, TaskError};
 use crate::ports::{
-    BreakerStore, ControlStore, Delivery, FinishRequest, LimiterStore, Metric, MetricsSink, Outcome, TaskStore,
-    WriteOutcome,
+    BreakerStore, ControlStore, DeferReason, Delivery, FinishRequest, LimiterStore, Metric, MetricsSink, Outcome,
+    TaskStore, WriteOutcome,
 };
 use crate::provider::{Provider, ProviderRequest, ProviderResponse};
 use crate::task::{AttemptRecord, TaskRecord, TaskResult, TaskState};
@@ -49,10 +49,18 @@ where
             let attempt = record.attempt.saturating_sub(1);
             return self.fail(&record, error, Some(reason), attempt, record.throttles, None).await;
         }
+        let reservation = match self.reserve_rate(&record, started) {
+            Ok(reservation) => reservation,
+            Err(at) => {
+                self.forget_probe(d.provider_id(), probe);
+                return self.release_for_rate(&record, d, at).await;
+            }
+        };
         let timeout = self.attempt_timeout(&record, started, cap);
         self.ports.metrics.record(Metric::AttemptStarted);
         let end = self.call(&record, timeout).await;
         let finished = self.ports.clock.now();
+        self.settle_rate(&record, reservation, &end, finished).await;
         let mut entry = AttemptRecord {
             attempt: record.attempt,
             epoch: record.epoch,
@@ -92,6 +100,16 @@ where
         };
         entry.outcome = error.class().as_str().into();
         self.failed_attempt(&record, d, probe, error, entry).await
+    }
+
+    /// The task's tokens do not fit its deployment's rate window until `at`: the claim is given
+    /// back with its attempt (the task is queued as before) and the delivery waits until then.
+    async fn release_for_rate(&self, record: &TaskRecord, d: &Delivery, at: Millis) -> Result<Decision, StoreError> {
+        let now = self.ports.clock.now();
+        let attempt = record.attempt.saturating_sub(1);
+        self.finish(record, Outcome::Released, attempt, record.throttles, None).await?;
+        let reason = DeferReason::RateLimited(d.provider_id().to_owned());
+        Ok(self.defer(d, until(at, now), reason).await)
     }
 
     /// Why a claimed task must not be called again, if its budget is spent before the call.

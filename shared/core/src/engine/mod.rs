@@ -8,6 +8,7 @@
 
 mod admission;
 mod attempt;
+mod rates;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -26,6 +27,7 @@ use crate::ports::{
     LimiterStore, Metric, MetricsSink, TaskStore,
 };
 use crate::provider::Provider;
+use crate::rate::Quota;
 use crate::retry::RetryPolicy;
 use crate::task::TaskState;
 use crate::time::{Clock, duration_ms, until};
@@ -124,6 +126,14 @@ pub struct EngineConfig {
     pub pause_recheck: Duration,
     /// How long a task deferred by a full limit waits before asking again.
     pub limit_recheck: Duration,
+    /// Provider quotas per deployment (requests and tokens per minute or day; see
+    /// [`crate::rate`]). Deployments without one are not rate-limited here.
+    pub quotas: BTreeMap<String, Quota>,
+    /// Output tokens reserved for a task that sets no `maxTokens`.
+    pub default_max_tokens: u64,
+    /// Whether a deployment's concurrency limit adapts to rate-limit answers (halved on a 429,
+    /// grown back on successes, never above the configured limit).
+    pub adaptive_concurrency: bool,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +148,9 @@ impl Default for EngineConfig {
             seed: None,
             pause_recheck: Duration::from_secs(1),
             limit_recheck: Duration::from_millis(50),
+            quotas: BTreeMap::new(),
+            default_max_tokens: 1_024,
+            adaptive_concurrency: true,
         }
     }
 }
@@ -164,6 +177,7 @@ pub struct Engine<S, B, L, M, P, C> {
     config: EngineConfig,
     rng: Mutex<StdRng>,
     breakers: Mutex<HashMap<String, Breaker>>,
+    rates: Mutex<HashMap<String, rates::DeploymentRate>>,
     in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
     seen_cancel_seq: Mutex<u64>,
 }
@@ -185,6 +199,7 @@ where
             config,
             rng: Mutex::new(rng),
             breakers: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen_cancel_seq: Mutex::new(0),
         }
@@ -244,6 +259,13 @@ where
                 return Ok(self.defer(d, until(retry_at, now), reason).await);
             }
         };
+        // A deployment whose rate window is full, or whose provider said to wait, is waited for
+        // before the claim: no attempt, no store traffic.
+        if let Some(at) = self.rate_gate(d.provider_id(), now) {
+            self.forget_probe(d.provider_id(), probe);
+            let reason = DeferReason::RateLimited(d.provider_id().to_owned());
+            return Ok(self.defer(d, until(at, now), reason).await);
+        }
         let held = match self.acquire(d).await? {
             Ok(held) => held,
             Err(key) => {

@@ -1,0 +1,138 @@
+//! The deployment's rate limits and adaptive concurrency around each call ([`crate::rate`]):
+//! a gate before the claim (no store traffic while a deployment's window is full or its
+//! provider said to wait), the exact reservation after it (the task's estimated tokens), and
+//! the settlement after the call (usage, the provider's rate-limit headers, 429s).
+//!
+//! In process: the embedded shape's whole fleet is this process. In the AWS shape each Lambda
+//! container keeps its own view (a deployment's quota is not yet shared through DynamoDB).
+
+use crate::error::ErrorClass;
+use crate::ports::{AuditEvent, BreakerStore, ControlStore, LimiterStore, Metric, MetricsSink, TaskStore};
+use crate::provider::Provider;
+use crate::rate::{AdaptiveLimit, Ask, RateLimiter, Reservation};
+use crate::task::TaskRecord;
+use crate::time::{Clock, Millis};
+
+use super::Engine;
+use super::attempt::CallEnd;
+
+/// Status of Anthropic's "overloaded" answer: treated as a 429 for the adaptive limit.
+const OVERLOADED: u16 = 529;
+
+/// One deployment's rate state.
+#[derive(Debug)]
+pub(super) struct DeploymentRate {
+    limiter: Option<RateLimiter>,
+    adaptive: Option<AdaptiveLimit>,
+}
+
+impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
+where
+    S: TaskStore + ControlStore,
+    B: BreakerStore,
+    L: LimiterStore,
+    M: MetricsSink,
+    P: Provider,
+    C: Clock,
+{
+    fn with_rate<T>(&self, deployment: &str, f: impl FnOnce(&mut DeploymentRate) -> T) -> T {
+        let mut map = self.rates.lock().expect("rates poisoned");
+        if !map.contains_key(deployment) {
+            let quota = self.config.quotas.get(deployment).filter(|q| !q.is_unlimited());
+            let concurrency =
+                self.config.limits.deployments.get(deployment).filter(|_| self.config.adaptive_concurrency);
+            let rate = DeploymentRate {
+                limiter: quota.map(RateLimiter::new),
+                adaptive: concurrency.map(|n| AdaptiveLimit::new(*n)),
+            };
+            map.insert(deployment.to_owned(), rate);
+        }
+        f(map.get_mut(deployment).expect("inserted"))
+    }
+
+    /// Before a claim: when the deployment can take a call (`None`: now).
+    pub(super) fn rate_gate(&self, deployment: &str, now: Millis) -> Option<Millis> {
+        self.with_rate(deployment, |r| {
+            let held = r.adaptive.as_ref().and_then(|a| a.held_until(now));
+            let minimal = Ask { input_tokens: 1, output_tokens: 0 };
+            let window = r.limiter.as_mut().map(|l| l.earliest(minimal, now)).filter(|at| *at > now);
+            held.max(window)
+        })
+    }
+
+    /// The deployment's adaptive concurrency limit, where it has one.
+    pub(super) fn adaptive_limit(&self, deployment: &str) -> Option<u32> {
+        self.with_rate(deployment, |r| r.adaptive.as_ref().map(AdaptiveLimit::current))
+    }
+
+    /// After the claim: reserve the call's estimated tokens (`Ok(None)`: no quota), or say when
+    /// they fit.
+    pub(super) fn reserve_rate(&self, record: &TaskRecord, now: Millis) -> Result<Option<Reservation>, Millis> {
+        let max_tokens = record.task.parameters.max_tokens.map_or(self.config.default_max_tokens, u64::from);
+        let ask = Ask::estimate(record.task.prompt.chars().count(), max_tokens);
+        self.with_rate(&record.task.provider_id, |r| match r.limiter.as_mut() {
+            Some(limiter) => limiter.try_reserve(ask, now).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    /// After the call: reconcile the reservation, learn from the provider's headers, adapt the
+    /// concurrency limit. A change of the limit is a metric and an audit event on the task whose
+    /// answer caused it.
+    pub(super) async fn settle_rate(
+        &self,
+        record: &TaskRecord,
+        reservation: Option<Reservation>,
+        end: &CallEnd,
+        now: Millis,
+    ) {
+        let deployment = record.task.provider_id.as_str();
+        let changed = self.with_rate(deployment, |r| {
+            let (used, limits, throttled, ok) = match end {
+                CallEnd::Answered(response) => (
+                    Some((response.usage.input_tokens, response.usage.output_tokens)),
+                    Some(&response.limits),
+                    None,
+                    true,
+                ),
+                CallEnd::Failed(error, _) => {
+                    let throttled = error.class() == ErrorClass::RateLimited || error.status() == Some(OVERLOADED);
+                    // A refused call used no tokens; its request still counts.
+                    let used = throttled.then_some((0, 0));
+                    (used, Some(error.limits()), throttled.then(|| error.retry_after()), false)
+                }
+                // Timed out or dropped: the provider may have counted everything reserved.
+                CallEnd::TimedOut(_) | CallEnd::Cancelled | CallEnd::LeaseLost => (None, None, None, false),
+            };
+            if let Some(limiter) = r.limiter.as_mut() {
+                if let (Some(reservation), Some(used)) = (reservation, used) {
+                    limiter.reconcile(reservation, Some(used));
+                }
+                if let Some(limits) = limits {
+                    limiter.observe(limits, now);
+                }
+            }
+            let adaptive = r.adaptive.as_mut()?;
+            let previous = adaptive.current();
+            let limit = match throttled {
+                Some(retry_after) => adaptive.on_throttled(now, retry_after),
+                None if ok => adaptive.on_success(),
+                None => None,
+            }?;
+            Some((previous, limit))
+        });
+        let Some((previous, limit)) = changed else { return };
+        let metric = Metric::ConcurrencyChanged { deployment: deployment.to_owned(), previous, limit };
+        self.ports.metrics.record(metric);
+        let event = AuditEvent {
+            task_id: record.task.id.clone(),
+            at: now,
+            kind: "concurrencyChanged".into(),
+            epoch: record.epoch,
+            detail: Some(format!("{deployment}: at most {limit} calls at once (was {previous})")),
+        };
+        if let Err(error) = self.ports.store.note(event).await {
+            tracing::warn!(task_id = %record.task.id, %error, "could not audit a concurrency change");
+        }
+    }
+}
