@@ -72,9 +72,10 @@ pub fn build(
         clock: SystemClock,
     };
     let engine = Arc::new(Engine::new(ports, engine_config));
-    let queue = Arc::new(MemoryQueue::new(Duration::from_millis(config.engine.aging_ms), SystemClock));
+    let aging = Duration::from_millis(config.engine.aging_ms);
+    let queue = Arc::new(MemoryQueue::new(aging, SystemClock));
     let concurrency = concurrency.unwrap_or(config.engine.concurrency).max(1);
-    let runner_config = RunnerConfig { concurrency, keep_running, ..RunnerConfig::default() };
+    let runner_config = RunnerConfig { concurrency, keep_running, aging, ..RunnerConfig::default() };
     let runner = Runner::new(engine, queue.clone(), runner_config);
     Embedded { runner, queue, sink }
 }

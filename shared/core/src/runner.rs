@@ -3,10 +3,11 @@
 //!
 //! Deliveries that cannot start are parked instead of spinning: those of a paused run (or of
 //! everything, under a global pause) until a resume is seen; those blocked by a full
-//! concurrency limit until a permit of that key is free. A maintenance tick (every `poll`)
+//! concurrency limit until a permit of that key is free, and then by priority with the queue's
+//! aging (so high goes first when a deployment's capacity is short, and low never starves). A maintenance tick (every `poll`)
 //! looks for resumes, frees limit-parked work and aborts calls of tasks cancelled elsewhere.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use crate::ports::{
     WorkQueue,
 };
 use crate::provider::Provider;
+use crate::schedule::Scheduler;
 use crate::time::Clock;
 
 /// Runner settings.
@@ -33,11 +35,14 @@ pub struct RunnerConfig {
     pub poll: Duration,
     /// Keep waiting for new work when everything is done (a server), instead of returning.
     pub keep_running: bool,
+    /// Deliveries waiting for a limit are promoted one priority class per this long (the
+    /// queue's aging).
+    pub aging: Duration,
 }
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { concurrency: 64, poll: Duration::from_millis(200), keep_running: false }
+        Self { concurrency: 64, poll: Duration::from_millis(200), keep_running: false, aging: Duration::from_secs(10) }
     }
 }
 
@@ -50,12 +55,13 @@ const RECEIVE_BATCH: usize = 256;
 #[derive(Debug, Default)]
 struct Parking {
     paused: Vec<Delivery>,
-    limited: HashMap<LimitKey, VecDeque<Delivery>>,
+    /// Per limit key, by aged priority (due at their `ready_at`).
+    limited: HashMap<LimitKey, Scheduler>,
 }
 
 impl Parking {
     fn is_empty(&self) -> bool {
-        self.paused.is_empty() && self.limited.values().all(VecDeque::is_empty)
+        self.paused.is_empty() && self.limited.values().all(Scheduler::is_empty)
     }
 }
 
@@ -116,7 +122,7 @@ where
     /// Deliveries waiting in the queue or parked.
     pub fn waiting(&self) -> usize {
         let parking = self.lock_parking();
-        self.queue.len() + parking.paused.len() + parking.limited.values().map(VecDeque::len).sum::<usize>()
+        self.queue.len() + parking.paused.len() + parking.limited.values().map(Scheduler::len).sum::<usize>()
     }
 
     /// What the runner has done so far.
@@ -236,7 +242,11 @@ where
             }
             Decision::Defer { reason: DeferReason::LimitReached(key), .. } => {
                 self.queue.ack(&d.receipt).await?;
-                self.lock_parking().limited.entry(key).or_default().push_back(d);
+                let now = self.engine.ports().clock.now();
+                let mut parking = self.lock_parking();
+                let waiting = parking.limited.entry(key).or_insert_with(|| Scheduler::new(self.config.aging));
+                let ready_at = d.ready_at.min(now);
+                waiting.push(d, ready_at, now);
                 return Ok(());
             }
             Decision::Defer { delay, .. } => self.queue.retry_after(&d, delay).await?,
@@ -252,11 +262,11 @@ where
         let free = limit.saturating_sub(self.engine.ports().limiter.in_use(key).await?) as usize;
         let ready: Vec<_> = {
             let mut parking = self.lock_parking();
-            let Some(list) = parking.limited.get_mut(key) else {
+            let Some(waiting) = parking.limited.get_mut(key) else {
                 return Ok(());
             };
-            let n = free.min(list.len());
-            list.drain(..n).map(|d| (d, Duration::ZERO)).collect()
+            let now = self.engine.ports().clock.now();
+            std::iter::from_fn(|| waiting.pop(now)).take(free).map(|d| (d, Duration::ZERO)).collect()
         };
         if !ready.is_empty() {
             self.queue.send(ready).await?;

@@ -132,7 +132,7 @@ async fn run(quota: Option<Quota>) -> Outcome {
     }
     let engine = Arc::new(Engine::new(ports, config));
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(10), clock.clone()));
-    let runner_config = RunnerConfig { concurrency: 16, poll: Duration::from_millis(50), keep_running: false };
+    let runner_config = RunnerConfig { concurrency: 16, poll: Duration::from_millis(50), ..RunnerConfig::default() };
     let runner = Runner::new(engine, queue, runner_config);
     let prompt = "x".repeat(400);
     let records: Vec<_> = (0..400)

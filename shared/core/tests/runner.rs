@@ -11,7 +11,9 @@ use std::time::Duration;
 use common::{Scripted, permanent, rate_limited, transient};
 use taskexec_core::engine::{Engine, EngineConfig, Limits, Ports};
 use taskexec_core::memory::{CountingSink, MemoryLimiter, MemoryQueue, MemoryStore};
-use taskexec_core::ports::{ClaimOutcome, ClaimRequest, ControlStore, PauseScope, TaskStore};
+use taskexec_core::ports::{
+    ClaimOutcome, ClaimRequest, ControlStore, DeliveryBuilder, PauseScope, TaskStore, WorkQueue,
+};
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::runner::{Runner, RunnerConfig};
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
@@ -29,6 +31,15 @@ type TestRunner = Runner<
 >;
 
 fn runner(limits: Limits, concurrency: usize) -> (Arc<TestRunner>, Arc<Scripted>) {
+    let (runner, provider, _) = runner_and_queue(limits, concurrency);
+    (runner, provider)
+}
+
+/// [`runner`], with the queue it pulls from (to send work while it runs).
+fn runner_and_queue(
+    limits: Limits,
+    concurrency: usize,
+) -> (Arc<TestRunner>, Arc<Scripted>, Arc<MemoryQueue<TokioClock>>) {
     let provider = Arc::new(Scripted::default());
     let clock = TokioClock::starting_at(1_000_000);
     let ports = Ports {
@@ -47,8 +58,8 @@ fn runner(limits: Limits, concurrency: usize) -> (Arc<TestRunner>, Arc<Scripted>
     };
     let engine = Arc::new(Engine::new(ports, config));
     let queue = Arc::new(MemoryQueue::new(Duration::from_secs(10), clock));
-    let config = RunnerConfig { concurrency, poll: Duration::from_millis(50), keep_running: false };
-    (Runner::new(engine, queue, config), provider)
+    let config = RunnerConfig { concurrency, poll: Duration::from_millis(50), ..RunnerConfig::default() };
+    (Runner::new(engine, queue.clone(), config), provider, queue)
 }
 
 async fn submit(r: &TestRunner, ids: impl IntoIterator<Item = String>, run: &str) {
@@ -164,4 +175,41 @@ async fn shutdown_stops_pulling_and_leaves_the_rest_queued() {
     assert!(finished < 50, "stopped early ({finished})");
     assert_eq!(r.progress().active, 0, "attempts in flight were let finish");
     assert_eq!(provider.calls.load(Ordering::SeqCst) as u64, finished);
+}
+
+/// A deployment limited to two calls at once with a backlog of normal tasks parked behind it:
+/// high tasks that arrive later start first when capacity frees (the backlog keeps its place by
+/// aging: a task waiting longer than the aging outranks newer ones by a class).
+#[tokio::test(start_paused = true)]
+async fn priority_survives_a_full_limit() {
+    let mut limits = Limits::default();
+    limits.deployments.insert("dep".into(), 2);
+    let (r, provider, queue) = runner_and_queue(limits, 16);
+    submit(&r, (0..20).map(|i| format!("backlog{i}")), "run").await;
+    r.recover(|_| true).await.unwrap();
+    let runner = tokio::spawn({
+        let r = r.clone();
+        async move { r.run(CancellationToken::new()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(provider.started.lock().unwrap().len(), 2, "two calls at once");
+    let highs: Vec<TaskRecord> = (0..5)
+        .map(|i| {
+            let task: BenchmarkTask = serde_json::from_str(&format!(
+                r#"{{"id":"high{i}","providerId":"dep","modelId":"m","prompt":"p","runId":"run","priority":"high"}}"#
+            ))
+            .unwrap();
+            TaskRecord::new(task, 1_000_005)
+        })
+        .collect();
+    let deliveries: Vec<_> =
+        highs.iter().map(|t| (DeliveryBuilder::default().of_task(&t.task, "run", 1_000_005), Duration::ZERO)).collect();
+    r.engine().ports().store.submit(highs).await.unwrap();
+    queue.send(deliveries).await.unwrap();
+    runner.await.unwrap().unwrap();
+    let started = provider.started.lock().unwrap().clone();
+    assert_eq!(started.len(), 25);
+    let positions: Vec<usize> =
+        started.iter().enumerate().filter(|(_, id)| id.starts_with("high")).map(|(i, _)| i).collect();
+    assert!(positions.iter().all(|p| *p < 8), "the highs start right after the calls in flight: {started:?}");
 }

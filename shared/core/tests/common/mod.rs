@@ -25,6 +25,8 @@ pub struct Scripted {
     pub in_flight: AtomicUsize,
     pub peak: AtomicUsize,
     pub dropped: AtomicUsize,
+    /// Task ids in the order their calls started.
+    pub started: Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -46,6 +48,7 @@ impl Drop for InFlight<'_> {
 impl Provider for Scripted {
     async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.started.lock().unwrap().push(request.task_id.clone());
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         let mut guard = InFlight(self, false);
