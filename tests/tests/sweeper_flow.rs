@@ -1,7 +1,9 @@
-//! The sweeper's newer parts against the local AWS emulator (moto server, pinned; started by
-//! `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT` is unset): the re-send rule (a backlog
-//! is never re-sent, a lost send is re-sent once), rebalancing written to real event source
-//! mappings (moto keeps and returns `ScalingConfig`, though it never delivers), breakers moved to
+//! The sweeper's newer parts against the local AWS emulator (LocalStack unless
+//! `TASKEXEC_TEST_EMULATOR=moto`; started by `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT`
+//! is unset): the re-send rule (a backlog is never re-sent, a lost send is re-sent once),
+//! rebalancing written to real event source mappings (on moto whatever the switch: it keeps and
+//! returns `ScalingConfig`, though it never delivers; LocalStack's Lambda needs Docker and a real
+//! package, and its mappings need the queues on the same emulator), breakers moved to
 //! half-open with a conditional write, and stuck runs found from the open index and confirmed
 //! from the tasks' states.
 
@@ -30,7 +32,7 @@ fn lambda_client() -> aws_sdk_lambda::Client {
     let config = aws_sdk_lambda::Config::builder()
         .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
         .region(aws_sdk_lambda::config::Region::new("us-east-1"))
-        .endpoint_url(common::endpoint())
+        .endpoint_url(common::moto_endpoint())
         .credentials_provider(aws_sdk_lambda::config::Credentials::new("testing", "testing", None, None, "tests"))
         .build();
     aws_sdk_lambda::Client::from_conf(config)
@@ -40,7 +42,7 @@ fn lambda_client() -> aws_sdk_lambda::Client {
 /// workspace, so the role is created with one raw query-protocol request (moto does not check
 /// signatures; the credential scope routes it to IAM).
 async fn create_role(name: &str) -> String {
-    let endpoint = common::endpoint();
+    let endpoint = common::moto_endpoint();
     let host = endpoint.trim_start_matches("http://");
     let body = format!("Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument=%7B%7D");
     let request = format!(
@@ -77,7 +79,7 @@ async fn mappings(lambda: &aws_sdk_lambda::Client, topology: &Topology, start: [
         .send()
         .await
         .unwrap();
-    let sqs = common::sqs_client();
+    let sqs = common::moto_sqs_client();
     let mut uuids = Vec::new();
     for (pair, value) in topology.queues.iter().zip(start) {
         let attributes = sqs.get_queue_attributes().queue_url(&pair.url).attribute_names(QueueAttributeName::QueueArn);
@@ -106,7 +108,7 @@ async fn send(sqs: &aws_sdk_sqs::Client, url: &str, n: usize, delay: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalancing_writes_the_changed_mappings_maximum_concurrency() {
-    let sqs = common::sqs_client();
+    let sqs = common::moto_sqs_client();
     let lambda = lambda_client();
     let topology = common::fresh_topology(&sqs).await;
     // Backlogs: high 6 visible + 2 delayed, normal none, low 1 (and one in flight, not counted).
@@ -332,7 +334,7 @@ async fn stuck_runs_are_found_from_the_open_index_and_confirmed_from_the_states(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sweep_does_every_part() {
     use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
-    let sqs = common::sqs_client();
+    let sqs = common::moto_sqs_client();
     let lambda = lambda_client();
     let store = common::fresh_store().await;
     let topology = common::fresh_topology(&sqs).await;
@@ -370,7 +372,7 @@ async fn one_sweep_does_every_part() {
 /// does it at once, the sweeper each sweep): only mappings in the other state are written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_pause_switches_the_worker_mappings_off_and_a_resume_on() {
-    let sqs = common::sqs_client();
+    let sqs = common::moto_sqs_client();
     let lambda = lambda_client();
     let topology = common::fresh_topology(&sqs).await;
     let uuids = mappings(&lambda, &topology, [10, 10, 10]).await; // created disabled
