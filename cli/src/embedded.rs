@@ -40,6 +40,7 @@ pub struct Embedded {
 /// The configured deployments, their keys read from the environment.
 pub fn deployments(config: &Config) -> Result<Deployments, Failure> {
     Deployments::from_config(&config.deployments, |name| std::env::var(name).ok())
+        .map(|d| d.with_routes(config.routes.clone()))
         .map_err(|e| Failure::input(anyhow::Error::new(e).context("invalid deployments")))
 }
 

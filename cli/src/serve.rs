@@ -67,7 +67,7 @@ pub async fn serve(args: ServeArgs) -> Result<u8, Failure> {
     let deployments = embedded::deployments(&config)?;
     let sampler = SystemSampler::new().context("cannot sample resource use").map_err(Failure::runtime)?;
     let configs = config.deployments.clone();
-    let settings = ApiSettings::new(deployments.names(), Arc::new(sampler))
+    let settings = ApiSettings::new(deployments.targets(), Arc::new(sampler))
         .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     let (lock, store) = embedded::open_locked(&args.db)?;
     let Embedded { runner, queue, .. } = embedded::build(&config, deployments, store.clone(), args.concurrency, true);

@@ -40,7 +40,8 @@ pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
         worker: WorkerSettings::default(),
         limiter: LimiterSettings::default(),
     };
-    let names: Vec<String> = deployments.names().map(str::to_owned).collect();
+    let names: Vec<String> =
+        deployments.names().chain(env.config.routes.keys().map(String::as_str)).map(str::to_owned).collect();
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let backend = AwsBackend::new(&dynamo, &sqs, settings, deployments, CountingSink::default());

@@ -21,11 +21,14 @@ async fn main() -> Result<(), lambda_http::Error> {
     ));
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), env.topology.clone());
     let configs = env.config.deployments.clone();
-    let settings = ApiSettings::new(env.config.deployments.keys().cloned(), Arc::new(SystemSampler::new()?))
-        .with_worker_timeout(env.worker_timeout)
-        .with_run_counter(store.clone())
-        .without_global_metrics()
-        .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
+    let settings = ApiSettings::new(
+        env.config.deployments.keys().chain(env.config.routes.keys()).cloned(),
+        Arc::new(SystemSampler::new()?),
+    )
+    .with_worker_timeout(env.worker_timeout)
+    .with_run_counter(store.clone())
+    .without_global_metrics()
+    .with_task_check(Arc::new(move |task| taskexec_providers::check_parameters(&configs, task)));
     // A global pause disables the worker's event source mappings, a resume enables them.
     let settings = match SweeperEnv::from_env()?.mappings {
         Some(uuids) => {

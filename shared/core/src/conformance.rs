@@ -305,6 +305,8 @@ pub(crate) fn attempt_record(attempt: u32, epoch: u64) -> AttemptRecord {
         queue_wait_ms: 3,
         outcome: "ok".to_owned(),
         provider_status: Some(200),
+        deployment: None,
+        model: None,
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ports;
 pub mod provider;
 pub mod rate;
 pub mod retry;
+pub mod routing;
 pub mod runner;
 pub mod schedule;
 pub mod task;

@@ -222,7 +222,7 @@ where
     /// Settle a delivery as the engine decided. Parked deliveries are acknowledged and sent
     /// again when they may start.
     async fn act(&self, d: Delivery, decision: Decision) -> Result<(), StoreError> {
-        let keys = self.engine.config().limits.keys_for(d.provider_id(), d.model_id());
+        let keys = self.engine.limit_keys_for(&d);
         match decision {
             Decision::Ack | Decision::DeadLetter { .. } => {
                 if matches!(decision, Decision::DeadLetter { .. }) {

@@ -258,6 +258,12 @@ pub struct AttemptRecord {
     /// Provider HTTP status, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_status: Option<u16>,
+    /// The deployment that served the call (a route's choice, or the task's deployment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The model id the call asked that deployment for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// What a completed task produced.

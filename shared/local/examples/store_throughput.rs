@@ -36,6 +36,8 @@ fn completion(claimed: &TaskRecord) -> FinishRequest {
         queue_wait_ms: 0,
         outcome: "ok".into(),
         provider_status: Some(200),
+        deployment: None,
+        model: None,
     };
     let result = TaskResult {
         text: "A mutex admits one holder; a semaphore admits up to N.".into(),

@@ -163,6 +163,8 @@ pub enum DeploymentsError {
 pub struct Deployments {
     adapters: BTreeMap<String, Adapter>,
     configs: BTreeMap<String, DeploymentConfig>,
+    /// Routes tasks may name instead of a deployment (the engine picks the deployment).
+    routes: BTreeMap<String, taskexec_core::routing::RouteSpec>,
 }
 
 impl Deployments {
@@ -189,7 +191,7 @@ impl Deployments {
             let key = api_key(name, config, &env, secrets)?;
             adapters.insert(name.clone(), build_adapter(name, config, key, &env)?);
         }
-        Ok(Self { adapters, configs: configs.clone() })
+        Ok(Self { adapters, configs: configs.clone(), routes: BTreeMap::new() })
     }
 
     /// The secret references `configs` use (validated ones only).
@@ -215,12 +217,37 @@ impl Deployments {
         self.configs.get(name)
     }
 
-    /// Check a task against its deployment before it is accepted: the deployment exists, and
-    /// (unless the deployment drops them) every parameter it sets is accepted by its model.
+    /// The same deployments, and `routes` (checked by `RunConfig`: every target exists).
+    #[must_use]
+    pub fn with_routes(mut self, routes: BTreeMap<String, taskexec_core::routing::RouteSpec>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// The names a task may give as its `providerId`: deployments, then routes.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.names().chain(self.routes.keys().map(String::as_str))
+    }
+
+    /// Check a task against its deployment (or every deployment of its route) before it is
+    /// accepted: the name exists, and (unless a deployment drops them) every parameter it sets
+    /// is accepted by the model it would be asked for.
     #[must_use]
     pub fn check(&self, task: &BenchmarkTask) -> Vec<FieldError> {
+        if let Some(route) = self.routes.get(&task.provider_id) {
+            let mut errors = Vec::new();
+            for target in &route.targets {
+                let mut routed = task.clone();
+                routed.provider_id.clone_from(&target.deployment);
+                if let Some(model) = &target.model {
+                    routed.model_id.clone_from(model);
+                }
+                errors.extend(check_parameters(&self.configs, &routed));
+            }
+            return errors;
+        }
         if !self.configs.contains_key(&task.provider_id) {
-            let known = self.names().collect::<Vec<_>>().join(", ");
+            let known = self.targets().collect::<Vec<_>>().join(", ");
             let message = format!("unknown deployment `{}` (configured: {known})", task.provider_id);
             return vec![FieldError { field: "providerId".into(), message }];
         }

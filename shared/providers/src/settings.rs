@@ -10,6 +10,7 @@ use serde::Deserialize;
 use taskexec_core::breaker::BreakerPolicy;
 use taskexec_core::engine::{EngineConfig, Limits};
 use taskexec_core::retry::RetryPolicy;
+use taskexec_core::routing::RouteSpec;
 
 use crate::config::DeploymentConfig;
 
@@ -25,6 +26,8 @@ pub struct RunConfig {
     pub breaker: BreakerPolicy,
     /// `[deployments.NAME]`.
     pub deployments: BTreeMap<String, DeploymentConfig>,
+    /// `[routes.NAME]`: names tasks may use as `providerId`, spread over deployments.
+    pub routes: BTreeMap<String, RouteSpec>,
 }
 
 /// `[engine]`.
@@ -102,6 +105,25 @@ impl RunConfig {
         if self.deployments.is_empty() {
             return invalid("no deployments: add at least one [deployments.NAME] table");
         }
+        for (name, route) in &self.routes {
+            if self.deployments.contains_key(name) {
+                return invalid(&format!("routes.{name}: a deployment has this name already"));
+            }
+            if route.targets.is_empty() {
+                return invalid(&format!("routes.{name}: no targets"));
+            }
+            for target in &route.targets {
+                if !self.deployments.contains_key(&target.deployment) {
+                    return invalid(&format!("routes.{name}: no deployment named `{}`", target.deployment));
+                }
+                if target.weight == 0 {
+                    return invalid(&format!(
+                        "routes.{name}: the weight of `{}` must be at least 1",
+                        target.deployment
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -140,6 +162,7 @@ impl RunConfig {
             quotas: self.deployments.iter().map(|(name, d)| (name.clone(), d.quota())).collect(),
             default_max_tokens: self.engine.default_max_tokens,
             adaptive_concurrency: self.engine.adaptive_concurrency,
+            routes: self.routes.clone(),
             ..EngineConfig::default()
         }
     }
@@ -148,6 +171,33 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_and_quotas_reach_the_engine_and_bad_routes_are_named() {
+        let base = "[deployments.a]\nkind = \"sim\"\nrpm = 60\ntpm = 1000\n[deployments.a.sim]\n\
+                    [deployments.b]\nkind = \"sim\"\n[deployments.b.sim]\n";
+        let good = format!(
+            "{base}[routes.r]\ntargets = [{{ deployment = \"a\", weight = 3 }}, {{ deployment = \"b\", model = \"m2\" }}]\n"
+        );
+        let engine = RunConfig::parse(&good).unwrap().engine_config("w".into());
+        let route = &engine.routes["r"];
+        assert_eq!((route.targets[0].weight, route.targets[1].weight), (3, 1));
+        assert_eq!(route.targets[1].model.as_deref(), Some("m2"));
+        assert_eq!((engine.quotas["a"].rpm, engine.quotas["a"].tpm), (Some(60), Some(1000)));
+        assert!(engine.quotas["b"].is_unlimited());
+        for (route, problem) in [
+            ("[routes.r]\ntargets = [{ deployment = \"nowhere\" }]", "routes.r: no deployment named `nowhere`"),
+            ("[routes.a]\ntargets = [{ deployment = \"b\" }]", "routes.a: a deployment has this name already"),
+            ("[routes.r]\ntargets = []", "routes.r: no targets"),
+            (
+                "[routes.r]\ntargets = [{ deployment = \"a\", weight = 0 }]",
+                "routes.r: the weight of `a` must be at least 1",
+            ),
+        ] {
+            let error = RunConfig::parse(&format!("{base}{route}\n")).unwrap_err().to_string();
+            assert_eq!(error, problem);
+        }
+    }
 
     #[test]
     fn the_example_configs_are_valid() {

@@ -86,6 +86,8 @@ pub fn attempt(record: &TaskRecord) -> AttemptRecord {
         queue_wait_ms: 35,
         outcome: "ok".into(),
         provider_status: Some(200),
+        deployment: None,
+        model: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::breaker::{Admission, Breaker, CallResult};
 use crate::error::StoreError;
-use crate::ports::{BreakerStore, ControlStore, Delivery, LimitKey, LimiterStore, Metric, MetricsSink, TaskStore};
+use crate::ports::{BreakerStore, ControlStore, LimitKey, LimiterStore, Metric, MetricsSink, TaskStore};
 use crate::provider::Provider;
 use crate::time::{Clock, Millis};
 
@@ -18,9 +18,15 @@ where
     P: Provider,
     C: Clock,
 {
-    pub(super) async fn acquire(&self, d: &Delivery) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
+    /// Take a permit of every limit key of `deployment`/`model`, or none (`Err`: the first key
+    /// that is full).
+    pub(super) async fn acquire(
+        &self,
+        deployment: &str,
+        model: &str,
+    ) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
         let mut held = Vec::new();
-        for (key, limit) in self.config.limits.keys_for(d.provider_id(), d.model_id()) {
+        for (key, limit) in self.config.limits.keys_for(deployment, model) {
             // A deployment's limit may have adapted down to its provider's rate-limit answers.
             let limit = match &key {
                 LimitKey::Deployment(deployment) => self.adaptive_limit(deployment).map_or(limit, |n| n.min(limit)),

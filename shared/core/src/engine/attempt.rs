@@ -18,7 +18,7 @@ use crate::provider::{Provider, ProviderRequest, ProviderResponse};
 use crate::task::{AttemptRecord, TaskRecord, TaskResult, TaskState};
 use crate::time::{Clock, Millis, duration_ms, format_rfc3339, until};
 
-use super::{Decision, Engine};
+use super::{Chosen, Decision, Engine};
 
 impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
 where
@@ -33,34 +33,35 @@ where
         &self,
         record: TaskRecord,
         d: &Delivery,
-        probe: bool,
+        c: &Chosen,
         cap: Option<Duration>,
     ) -> Result<Decision, StoreError> {
+        let (deployment, probe) = (c.deployment.as_str(), c.probe);
         let started = self.ports.clock.now();
         let deadline = record.deadline_at();
         if deadline.is_some_and(|at| at <= started) {
-            self.forget_probe(d.provider_id(), probe);
+            self.forget_probe(deployment, probe);
             let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed before the attempt");
             return self.fail(&record, error, None, record.attempt, record.throttles, None).await;
         }
         if let Some(reason) = self.crash_budget_spent(&record) {
-            self.forget_probe(d.provider_id(), probe);
+            self.forget_probe(deployment, probe);
             let error = TaskError::new(ErrorClass::Transient, reason.clone());
             let attempt = record.attempt.saturating_sub(1);
             return self.fail(&record, error, Some(reason), attempt, record.throttles, None).await;
         }
-        let reservation = match self.reserve_rate(&record, started) {
+        let reservation = match self.reserve_rate(deployment, &record, started) {
             Ok(reservation) => reservation,
             Err(at) => {
-                self.forget_probe(d.provider_id(), probe);
-                return self.release_for_rate(&record, d, at).await;
+                self.forget_probe(deployment, probe);
+                return self.release_for_rate(&record, d, deployment, at).await;
             }
         };
         let timeout = self.attempt_timeout(&record, started, cap);
         self.ports.metrics.record(Metric::AttemptStarted);
-        let end = self.call(&record, timeout).await;
+        let end = self.call(&record, c, timeout).await;
         let finished = self.ports.clock.now();
-        self.settle_rate(&record, reservation, &end, finished).await;
+        self.settle_rate(deployment, &record, reservation, &end, finished).await;
         let mut entry = AttemptRecord {
             attempt: record.attempt,
             epoch: record.epoch,
@@ -70,21 +71,23 @@ where
             queue_wait_ms: u64::try_from(started - d.ready_at).unwrap_or(0),
             outcome: "ok".into(),
             provider_status: None,
+            deployment: Some(c.deployment.clone()),
+            model: Some(c.model.clone()),
         };
         let error = match end {
             CallEnd::Answered(response) => {
-                self.record_breaker(d.provider_id(), CallResult::Healthy, probe, finished).await?;
-                return self.complete(&record, d, response, entry).await;
+                self.record_breaker(deployment, CallResult::Healthy, probe, finished).await?;
+                return self.complete(&record, deployment, response, entry).await;
             }
             CallEnd::Cancelled | CallEnd::LeaseLost => {
-                self.forget_probe(d.provider_id(), probe);
+                self.forget_probe(deployment, probe);
                 self.ports.metrics.record(Metric::Cancelled);
                 return Ok(Decision::Ack);
             }
             CallEnd::TimedOut(elapsed) if deadline.is_some_and(|at| at <= finished) => {
                 entry.latency_ms = ms_f64(elapsed);
                 entry.outcome = ErrorClass::DeadlineExceeded.as_str().into();
-                self.forget_probe(d.provider_id(), probe);
+                self.forget_probe(deployment, probe);
                 let error = TaskError::new(ErrorClass::DeadlineExceeded, "overall deadline passed during the attempt");
                 return self.fail(&record, error, None, record.attempt, record.throttles, Some(entry)).await;
             }
@@ -99,16 +102,22 @@ where
             }
         };
         entry.outcome = error.class().as_str().into();
-        self.failed_attempt(&record, d, probe, error, entry).await
+        self.failed_attempt(&record, c, error, entry).await
     }
 
     /// The task's tokens do not fit its deployment's rate window until `at`: the claim is given
     /// back with its attempt (the task is queued as before) and the delivery waits until then.
-    async fn release_for_rate(&self, record: &TaskRecord, d: &Delivery, at: Millis) -> Result<Decision, StoreError> {
+    async fn release_for_rate(
+        &self,
+        record: &TaskRecord,
+        d: &Delivery,
+        deployment: &str,
+        at: Millis,
+    ) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
         let attempt = record.attempt.saturating_sub(1);
         self.finish(record, Outcome::Released, attempt, record.throttles, None).await?;
-        let reason = DeferReason::RateLimited(d.provider_id().to_owned());
+        let reason = DeferReason::RateLimited(deployment.to_owned());
         Ok(self.defer(d, until(at, now), reason).await)
     }
 
@@ -145,19 +154,21 @@ where
     }
 
     /// One provider call, raced against the timeout, the cancellation token and the lease.
-    pub(super) async fn call(&self, record: &TaskRecord, timeout: Duration) -> CallEnd {
+    pub(super) async fn call(&self, record: &TaskRecord, c: &Chosen, timeout: Duration) -> CallEnd {
         let id = record.task.id.clone();
         let token = CancellationToken::new();
         self.lock_in_flight().insert(id.clone(), (record.epoch, token.clone()));
         // Removed however the call ends, a panic included.
         let _in_flight = InFlightEntry { map: &self.in_flight, id: &id };
-        let request = ProviderRequest::for_task(&record.task, &record.task.provider_id, record.attempt);
+        let mut request = ProviderRequest::for_task(&record.task, &c.deployment, record.attempt);
+        request.model.clone_from(&c.model);
+        let _calls = DeploymentCall::start(&self.calls_by_deployment, &c.deployment);
         // One span per provider call: its time, deployment and outcome (the Lambda functions
         // send it to X-Ray as a subsegment, `taskexec_aws::xray`).
         let span = tracing::info_span!(
             "provider_call",
-            deployment = %record.task.provider_id,
-            model = %record.task.model_id,
+            deployment = %c.deployment,
+            model = %c.model,
             task_id = %id,
             attempt = record.attempt,
             outcome = tracing::field::Empty,
@@ -196,7 +207,7 @@ where
     pub(super) async fn complete(
         &self,
         record: &TaskRecord,
-        d: &Delivery,
+        deployment: &str,
         response: ProviderResponse,
         mut entry: AttemptRecord,
     ) -> Result<Decision, StoreError> {
@@ -208,7 +219,7 @@ where
             text: response.text,
             finish_reason: response.finish_reason,
             usage: response.usage,
-            deployment: d.provider_id().to_owned(),
+            deployment: deployment.to_owned(),
             model: response.model,
             request_id: response.request_id,
             latency_ms: entry.latency_ms,
@@ -229,11 +240,11 @@ where
     pub(super) async fn failed_attempt(
         &self,
         record: &TaskRecord,
-        d: &Delivery,
-        probe: bool,
+        c: &Chosen,
         error: ProviderError,
         entry: AttemptRecord,
     ) -> Result<Decision, StoreError> {
+        let (deployment, probe) = (c.deployment.as_str(), c.probe);
         let now = self.ports.clock.now();
         let class = error.class();
         let task_error = error.to_task_error();
@@ -244,9 +255,9 @@ where
             _ => (record.attempt, record.throttles),
         };
         match class {
-            ErrorClass::Transient => self.record_breaker(d.provider_id(), CallResult::Failure, probe, now).await?,
-            ErrorClass::Permanent => self.record_breaker(d.provider_id(), CallResult::Healthy, probe, now).await?,
-            _ => self.forget_probe(d.provider_id(), probe),
+            ErrorClass::Transient => self.record_breaker(deployment, CallResult::Failure, probe, now).await?,
+            ErrorClass::Permanent => self.record_breaker(deployment, CallResult::Healthy, probe, now).await?,
+            _ => self.forget_probe(deployment, probe),
         }
         let exhausted = match class {
             ErrorClass::Permanent => {
@@ -371,4 +382,31 @@ impl CallEnd {
 
 fn ms_f64(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// One call counted in flight on its deployment while it lives (a panic included).
+struct DeploymentCall<'a> {
+    map: &'a CallsByDeployment,
+    deployment: &'a str,
+}
+
+/// Per deployment: calls in flight, calls started.
+type CallsByDeployment = std::sync::Mutex<std::collections::HashMap<String, (u32, u64)>>;
+
+impl<'a> DeploymentCall<'a> {
+    fn start(map: &'a CallsByDeployment, deployment: &'a str) -> Self {
+        let mut calls = map.lock().expect("calls poisoned");
+        let (in_flight, started) = calls.entry(deployment.to_owned()).or_default();
+        *in_flight += 1;
+        *started += 1;
+        Self { map, deployment }
+    }
+}
+
+impl Drop for DeploymentCall<'_> {
+    fn drop(&mut self) {
+        if let Some((in_flight, _)) = self.map.lock().expect("calls poisoned").get_mut(self.deployment) {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
 }

@@ -30,7 +30,7 @@ use crate::provider::Provider;
 use crate::rate::Quota;
 use crate::retry::RetryPolicy;
 use crate::task::TaskState;
-use crate::time::{Clock, duration_ms, until};
+use crate::time::{Clock, Millis, duration_ms, until};
 
 tokio::task_local! {
     /// The terminal state the current `process_reporting` call wrote, if any.
@@ -105,6 +105,18 @@ impl Limits {
     }
 }
 
+/// The deployment a delivery goes to, the model id it asks for, and whether the call is a
+/// half-open breaker's probe.
+#[derive(Debug, Clone)]
+pub(super) struct Chosen {
+    pub(super) deployment: String,
+    pub(super) model: String,
+    pub(super) probe: bool,
+}
+
+/// How long a delivery waits, and why.
+type Wait = (Duration, DeferReason);
+
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -134,6 +146,8 @@ pub struct EngineConfig {
     /// Whether a deployment's concurrency limit adapts to rate-limit answers (halved on a 429,
     /// grown back on successes, never above the configured limit).
     pub adaptive_concurrency: bool,
+    /// Routes: names a task may use as its `providerId`, each spreading over deployments.
+    pub routes: BTreeMap<String, crate::routing::RouteSpec>,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +165,7 @@ impl Default for EngineConfig {
             quotas: BTreeMap::new(),
             default_max_tokens: 1_024,
             adaptive_concurrency: true,
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -178,6 +193,8 @@ pub struct Engine<S, B, L, M, P, C> {
     rng: Mutex<StdRng>,
     breakers: Mutex<HashMap<String, Breaker>>,
     rates: Mutex<HashMap<String, rates::DeploymentRate>>,
+    /// Per deployment in this process: calls in flight and calls started (routes' choice).
+    calls_by_deployment: Mutex<HashMap<String, (u32, u64)>>,
     in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
     seen_cancel_seq: Mutex<u64>,
 }
@@ -200,6 +217,7 @@ where
             rng: Mutex::new(rng),
             breakers: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            calls_by_deployment: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen_cancel_seq: Mutex::new(0),
         }
@@ -252,37 +270,20 @@ where
             return Ok(self.defer(d, self.config.pause_recheck, DeferReason::Paused).await);
         }
         let now = self.ports.clock.now();
-        let probe = match self.admit(d.provider_id(), now).await? {
-            Admission::Allowed { probe } => probe,
-            Admission::Rejected { retry_at } => {
-                let reason = DeferReason::BreakerOpen(d.provider_id().to_owned());
-                return Ok(self.defer(d, until(retry_at, now), reason).await);
-            }
-        };
-        // A deployment whose rate window is full, or whose provider said to wait, is waited for
-        // before the claim: no attempt, no store traffic.
-        if let Some(at) = self.rate_gate(d.provider_id(), now) {
-            self.forget_probe(d.provider_id(), probe);
-            let reason = DeferReason::RateLimited(d.provider_id().to_owned());
-            return Ok(self.defer(d, until(at, now), reason).await);
-        }
-        let held = match self.acquire(d).await? {
-            Ok(held) => held,
-            Err(key) => {
-                self.forget_probe(d.provider_id(), probe);
-                return Ok(self.defer(d, self.config.limit_recheck, DeferReason::LimitReached(key)).await);
-            }
+        let (chosen, held) = match self.choose(d, now).await? {
+            Ok(chosen) => chosen,
+            Err((delay, reason)) => return Ok(self.defer(d, delay, reason).await),
         };
         // A panic in the attempt (a handler bug) must not leak the permits: they are given back,
         // then the panic goes on to the caller (the Lambda worker isolates it per message).
-        let decision = std::panic::AssertUnwindSafe(self.claim_and_call(d, probe, cap)).catch_unwind().await;
+        let decision = std::panic::AssertUnwindSafe(self.claim_and_call(d, &chosen, cap)).catch_unwind().await;
         for key in held.iter().rev() {
             self.ports.limiter.release(key).await?;
         }
         decision.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
-    async fn claim_and_call(&self, d: &Delivery, probe: bool, cap: Option<Duration>) -> Result<Decision, StoreError> {
+    async fn claim_and_call(&self, d: &Delivery, c: &Chosen, cap: Option<Duration>) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
         let request = ClaimRequest {
             task_id: d.task_id.clone(),
@@ -292,10 +293,10 @@ where
         };
         let claimed = self.ports.store.claim(request).await;
         if let Ok(ClaimOutcome::Claimed(record)) = claimed {
-            return self.attempt(*record, d, probe, cap).await;
+            return self.attempt(*record, d, c, cap).await;
         }
         // No attempt is made: an admitted probe gives its slot back.
-        self.forget_probe(d.provider_id(), probe);
+        self.forget_probe(&c.deployment, c.probe);
         let (delay, reason) = match claimed? {
             ClaimOutcome::Claimed(_) => unreachable!("handled above"),
             ClaimOutcome::Terminal(_) => return Ok(Decision::Ack),
@@ -307,6 +308,74 @@ where
             ClaimOutcome::Paused => (self.config.pause_recheck, DeferReason::Paused),
         };
         Ok(self.defer(d, delay, reason).await)
+    }
+
+    /// The deployments a delivery may go to, in the order to try: its route's by weighted least
+    /// in flight ([`crate::routing`]), or its own deployment, each with the model id to ask for.
+    fn targets(&self, d: &Delivery) -> Vec<(String, String)> {
+        let Some(route) = self.config.routes.get(d.provider_id()) else {
+            return vec![(d.provider_id().to_owned(), d.model_id().to_owned())];
+        };
+        let calls = self.calls_by_deployment.lock().expect("calls poisoned");
+        let busy = |deployment: &str| calls.get(deployment).copied().unwrap_or_default();
+        let model = |t: &crate::routing::RouteTarget| t.model.clone().unwrap_or_else(|| d.model_id().to_owned());
+        route.order(busy).into_iter().map(|t| (t.deployment.clone(), model(t))).collect()
+    }
+
+    /// Every limit key a delivery may take, with its limit (all of its route's deployments).
+    #[must_use]
+    pub fn limit_keys_for(&self, d: &Delivery) -> Vec<(LimitKey, u32)> {
+        let mut keys: Vec<(LimitKey, u32)> = Vec::new();
+        for (deployment, model) in self.targets(d) {
+            for key in self.config.limits.keys_for(&deployment, &model) {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// The first target that admits the call (breaker, quota, concurrency), with the permits it
+    /// took; else how long to wait and why: a full concurrency limit if any (the runner parks
+    /// the delivery on that key), else the earliest end of an open breaker or a spent quota.
+    async fn choose(&self, d: &Delivery, now: Millis) -> Result<Result<(Chosen, Vec<LimitKey>), Wait>, StoreError> {
+        let (mut limit, mut earliest): (Option<LimitKey>, Option<(Millis, DeferReason)>) = (None, None);
+        let mut later = |at: Millis, reason: DeferReason| {
+            if earliest.as_ref().is_none_or(|(t, _)| at < *t) {
+                earliest = Some((at, reason));
+            }
+        };
+        for (deployment, model) in self.targets(d) {
+            let probe = match self.admit(&deployment, now).await? {
+                Admission::Allowed { probe } => probe,
+                Admission::Rejected { retry_at } => {
+                    later(retry_at, DeferReason::BreakerOpen(deployment));
+                    continue;
+                }
+            };
+            // A deployment whose rate window is full, or whose provider said to wait, is waited
+            // for before the claim: no attempt, no store traffic.
+            if let Some(at) = self.rate_gate(&deployment, now) {
+                self.forget_probe(&deployment, probe);
+                later(at, DeferReason::RateLimited(deployment));
+                continue;
+            }
+            match self.acquire(&deployment, &model).await? {
+                Ok(held) => return Ok(Ok((Chosen { deployment, model, probe }, held))),
+                Err(key) => {
+                    self.forget_probe(&deployment, probe);
+                    if limit.is_none() {
+                        limit = Some(key);
+                    }
+                }
+            }
+        }
+        Ok(Err(match (limit, earliest) {
+            (Some(key), _) => (self.config.limit_recheck, DeferReason::LimitReached(key)),
+            (None, Some((at, reason))) => (until(at, now), reason),
+            (None, None) => unreachable!("every delivery has at least one target"),
+        }))
     }
 
     async fn defer(&self, d: &Delivery, delay: Duration, reason: DeferReason) -> Decision {

@@ -67,10 +67,15 @@ where
 
     /// After the claim: reserve the call's estimated tokens (`Ok(None)`: no quota), or say when
     /// they fit.
-    pub(super) fn reserve_rate(&self, record: &TaskRecord, now: Millis) -> Result<Option<Reservation>, Millis> {
+    pub(super) fn reserve_rate(
+        &self,
+        deployment: &str,
+        record: &TaskRecord,
+        now: Millis,
+    ) -> Result<Option<Reservation>, Millis> {
         let max_tokens = record.task.parameters.max_tokens.map_or(self.config.default_max_tokens, u64::from);
         let ask = Ask::estimate(record.task.prompt.chars().count(), max_tokens);
-        self.with_rate(&record.task.provider_id, |r| match r.limiter.as_mut() {
+        self.with_rate(deployment, |r| match r.limiter.as_mut() {
             Some(limiter) => limiter.try_reserve(ask, now).map(Some),
             None => Ok(None),
         })
@@ -81,12 +86,12 @@ where
     /// answer caused it.
     pub(super) async fn settle_rate(
         &self,
+        deployment: &str,
         record: &TaskRecord,
         reservation: Option<Reservation>,
         end: &CallEnd,
         now: Millis,
     ) {
-        let deployment = record.task.provider_id.as_str();
         let changed = self.with_rate(deployment, |r| {
             let (used, limits, throttled, ok) = match end {
                 CallEnd::Answered(response) => (
