@@ -1,5 +1,6 @@
 //! The serverless shape end to end against the local AWS emulator (LocalStack, or moto with
-//! TASKEXEC_TEST_EMULATOR=moto; started by `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT` is unset): the API router over
+//! `TASKEXEC_TEST_EMULATOR=moto`; started by `scripts/emulators` when `TASKEXEC_TEST_AWS_ENDPOINT`
+//! is unset): the API router over
 //! DynamoDB and SQS takes submissions, the local event-source poller feeds the queues' batches to
 //! the worker handler exactly as Lambda would, the DLQ handler and the sweeper do their parts.
 //! The provider is the built-in `sim` (no network).
