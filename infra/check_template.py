@@ -642,6 +642,8 @@ def emitted_metrics() -> dict[str, set[tuple[str, ...]]]:
         "TasksCancelled": {()},
         "BreakerState": {("Deployment",)},
         "BreakerOpened": {("Deployment",)},
+        # a deployment's adaptive concurrency limit (no alarm: the dashboard's to show)
+        "ConcurrencyLimit": {("Deployment",)},
         # printed as a raw EMF line by shared/lambda/src/sweeper/stuck.rs (see raw_emf_metrics)
         "StuckRuns": {()},
     }
