@@ -20,7 +20,8 @@ use crate::time::{Millis, format_rfc3339};
 pub struct BenchmarkTask {
     /// Caller-chosen id, also the idempotency key (see [`crate::validate::ID_PATTERN`]).
     pub id: String,
-    /// A deployment name from the config, or (later) a route listing several deployments.
+    /// A deployment name from the config, or a route spreading over several deployments
+    /// ([`crate::routing`]).
     pub provider_id: String,
     /// The model to ask, as the provider names it.
     pub model_id: String,
