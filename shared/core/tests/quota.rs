@@ -86,6 +86,7 @@ impl Provider for QuotaServer {
         };
         self.accepted.fetch_add(1, Ordering::SeqCst);
         self.tokens.fetch_add(input + output, Ordering::SeqCst);
+        // The provider's latency, on tokio's paused clock (virtual time: the test does not wait).
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok(ProviderResponse {
             text: "ok".into(),

@@ -191,8 +191,11 @@ async fn priority_survives_a_full_limit() {
         let r = r.clone();
         async move { r.run(CancellationToken::new()).await }
     });
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(provider.started.lock().unwrap().len(), 2, "two calls at once");
+    // The backlog has taken the limit's two slots (and the rest is parked) before the highs come.
+    while provider.started.lock().unwrap().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(provider.in_flight.load(Ordering::SeqCst), 2, "two calls at once");
     let highs: Vec<TaskRecord> = (0..5)
         .map(|i| {
             let task: BenchmarkTask = serde_json::from_str(&format!(
