@@ -152,6 +152,7 @@ macro_rules! __conformance_cases {
             summary_without_run_covers_all_runs,
             run_tasks_in_submission_order,
             control_pause_and_resume,
+            control_limits_set_replace_and_remove,
             breaker_snapshot_round_trips
         }
     };

@@ -14,8 +14,8 @@ use crate::error::{ErrorClass, TaskError};
 use crate::lifecycle::{TaskEvent, transition};
 use crate::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeadLetter,
-    Delivery, DeliveryBuilder, FinishRequest, GroupSummary, LimitKey, LimiterStore, Metric, MetricsSink, Outcome,
-    PauseScope, Receipt, Route, StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
+    Delivery, DeliveryBuilder, FinishRequest, GroupSummary, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink,
+    Outcome, PauseScope, Receipt, Route, StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
 };
 use crate::schedule::Scheduler;
 use crate::task::{Lease, TaskRecord, TaskState};
@@ -291,6 +291,14 @@ impl ControlStore for MemoryStore {
             PauseScope::Run(run) => {
                 t.control.paused_runs.remove(&run);
             }
+        });
+        Ok(())
+    }
+
+    async fn set_limits(&self, deployment: &str, limits: Option<LimitOverride>) -> StoreResult<()> {
+        self.with(|t| match limits.filter(|l| !l.is_empty()) {
+            Some(limits) => t.control.limits.insert(deployment.to_owned(), limits),
+            None => t.control.limits.remove(deployment),
         });
         Ok(())
     }

@@ -5,7 +5,7 @@
 //!
 //! Methods return `impl Future + Send` (no `async_trait`); the engine is generic over them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,6 +344,99 @@ pub struct ControlState {
     pub paused_runs: BTreeSet<String>,
     /// Bumped on every cancel, so a runner re-checks its in-flight tasks only when it moved.
     pub cancel_seq: u64,
+    /// Limits set at run time (`taskexec limits set`, `PUT /control/limits/{deployment}`), by
+    /// deployment, over the configured ones.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, LimitOverride>,
+}
+
+/// Limits of one deployment set at run time, over the configuration: each field set replaces the
+/// configured value, each field absent keeps it. Every engine reading the control state applies
+/// them (the embedded runner within a second, a Lambda worker at its next invocation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LimitOverride {
+    /// Calls at once (the ceiling of the adaptive limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute, input and output together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Input tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tpm: Option<u64>,
+    /// Output tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tpm: Option<u64>,
+    /// Requests per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
+}
+
+impl LimitOverride {
+    /// The configured quota with this override's budgets in place of the configured ones.
+    #[must_use]
+    pub fn over_quota(&self, configured: crate::rate::Quota) -> crate::rate::Quota {
+        crate::rate::Quota {
+            rpm: self.rpm.or(configured.rpm),
+            tpm: self.tpm.or(configured.tpm),
+            input_tpm: self.input_tpm.or(configured.input_tpm),
+            output_tpm: self.output_tpm.or(configured.output_tpm),
+            rpd: self.rpd.or(configured.rpd),
+        }
+    }
+
+    /// The fields of `other` that are set replace these.
+    #[must_use]
+    pub fn merged(self, other: Self) -> Self {
+        Self {
+            concurrency: other.concurrency.or(self.concurrency),
+            rpm: other.rpm.or(self.rpm),
+            tpm: other.tpm.or(self.tpm),
+            input_tpm: other.input_tpm.or(self.input_tpm),
+            output_tpm: other.output_tpm.or(self.output_tpm),
+            rpd: other.rpd.or(self.rpd),
+        }
+    }
+
+    /// Whether nothing is overridden.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Each field by its JSON name.
+    #[must_use]
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 6] {
+        [
+            ("concurrency", self.concurrency.map(u64::from)),
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("inputTpm", self.input_tpm),
+            ("outputTpm", self.output_tpm),
+            ("rpd", self.rpd),
+        ]
+    }
+
+    /// What is wrong with it, if anything: a zero limit would stop the deployment for good (pause
+    /// it instead).
+    #[must_use]
+    pub fn problem(&self) -> Option<String> {
+        let zero: Vec<&str> = self.fields().into_iter().filter(|(_, v)| *v == Some(0)).map(|(name, _)| name).collect();
+        (!zero.is_empty()).then(|| format!("{} must be at least 1 (pause the run to stop it)", zero.join(", ")))
+    }
+}
+
+impl std::fmt::Display for LimitOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<String> =
+            self.fields().into_iter().filter_map(|(name, v)| v.map(|v| format!("{name}={v}"))).collect();
+        if set.is_empty() { f.write_str("as configured") } else { f.write_str(&set.join(" ")) }
+    }
 }
 
 impl ControlState {
@@ -361,6 +454,13 @@ pub trait ControlStore: Send + Sync + 'static {
     /// Pause or resume, globally or for one run. Idempotent. Claims check it atomically (see
     /// [`TaskStore::claim`]); attempts already running are not affected.
     fn set_paused(&self, scope: PauseScope, paused: bool) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Set (`Some`) or remove (`None`: back to the configuration) the run-time limits of a
+    /// deployment, for every engine reading this control state. The whole override is replaced.
+    fn set_limits(
+        &self,
+        deployment: &str,
+        limits: Option<LimitOverride>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// A recent control state this process already holds, if the store keeps one (DynamoDB:
     /// read at most once per interval), for the engine to defer a paused task before it takes
     /// limiter permits or reads the task. `None` (the default) where the claim's own check is

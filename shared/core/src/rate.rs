@@ -194,6 +194,15 @@ impl RateLimiter {
     /// A limiter for `quota` (one window per budget set).
     #[must_use]
     pub fn new(quota: &Quota) -> Self {
+        let mut limiter = Self { windows: Vec::new(), next_id: 1 };
+        limiter.set_quota(quota);
+        limiter
+    }
+
+    /// Change the budgets (limits set at run time): a budget kept keeps what its window already
+    /// holds, so a change never opens a burst past the new budget; a budget removed stops
+    /// counting, a budget added starts empty.
+    pub fn set_quota(&mut self, quota: &Quota) {
         let budgets = [
             (Budget::RequestsPerMinute, quota.rpm),
             (Budget::TokensPerMinute, quota.tpm),
@@ -201,8 +210,15 @@ impl RateLimiter {
             (Budget::OutputTokensPerMinute, quota.output_tpm),
             (Budget::RequestsPerDay, quota.rpd),
         ];
-        let windows = budgets.into_iter().filter_map(|(kind, n)| n.map(|n| Window::new(kind, n))).collect();
-        Self { windows, next_id: 1 }
+        let mut old = std::mem::take(&mut self.windows);
+        for (kind, budget) in budgets {
+            let Some(budget) = budget else { continue };
+            let window = match old.iter().position(|w| w.budget_kind == kind) {
+                Some(i) => Window { budget: budget.max(1), ..old.swap_remove(i) },
+                None => Window::new(kind, budget),
+            };
+            self.windows.push(window);
+        }
     }
 
     /// When a call of `ask` would fit, from `now` on (`now` if it fits now); reserves nothing.
@@ -285,6 +301,13 @@ impl AdaptiveLimit {
         Self { limit: ceiling, floor: 1.0, ceiling, hold_until: 0, last_decrease: None, cool_down: 1_000 }
     }
 
+    /// Change the ceiling (the concurrency set at run time): the limit never stays above it, and
+    /// grows back towards a raised one additively.
+    pub fn set_ceiling(&mut self, ceiling: u32) {
+        self.ceiling = f64::from(ceiling.max(1));
+        self.limit = self.limit.min(self.ceiling);
+    }
+
     /// The calls allowed at once now.
     #[must_use]
     pub fn current(&self) -> u32 {
@@ -333,6 +356,47 @@ mod tests {
             .map(|(start, _)| log.iter().filter(|(at, _)| *at >= *start && *at < start + span).map(|(_, n)| n).sum())
             .max()
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_quota_changed_at_run_time_keeps_what_the_window_holds() {
+        let mut limiter = RateLimiter::new(&Quota { rpm: Some(10), ..Quota::default() });
+        let one = Ask { input_tokens: 10, output_tokens: 0 };
+        for _ in 0..6 {
+            limiter.try_reserve(one, T0).unwrap();
+        }
+        // Lowered below what the last minute already used: nothing more until it has passed.
+        limiter.set_quota(&Quota { rpm: Some(5), tpm: Some(1_000), ..Quota::default() });
+        assert_eq!(limiter.try_reserve(one, T0 + 1), Err(T0 + MINUTE));
+        assert_eq!(limiter.usage(), vec![(5, 6), (1_000, 0)]);
+        // Raised: the same minute's calls still count against the new budget.
+        limiter.set_quota(&Quota { rpm: Some(8), ..Quota::default() });
+        assert!(limiter.try_reserve(one, T0 + 2).is_ok());
+        assert!(limiter.try_reserve(one, T0 + 3).is_ok());
+        assert_eq!(limiter.try_reserve(one, T0 + 4), Err(T0 + MINUTE));
+        // Removed: no budget left to count.
+        limiter.set_quota(&Quota::default());
+        assert!(limiter.try_reserve(one, T0 + 5).is_ok());
+        assert!(limiter.usage().is_empty());
+    }
+
+    #[test]
+    fn a_lowered_ceiling_caps_the_adaptive_limit_and_a_raised_one_is_grown_to() {
+        let mut limit = AdaptiveLimit::new(8);
+        limit.set_ceiling(3);
+        assert_eq!(limit.current(), 3);
+        limit.set_ceiling(5);
+        assert_eq!(limit.current(), 3, "raised: grown back to, not jumped to");
+        let mut successes = 0;
+        while limit.current() < 5 {
+            limit.on_success();
+            successes += 1;
+        }
+        assert!(successes > 2, "additive growth, {successes} successes");
+        for _ in 0..100 {
+            limit.on_success();
+        }
+        assert_eq!(limit.current(), 5);
     }
 
     #[test]

@@ -286,7 +286,7 @@ where
     }
 
     async fn maintain_once(&self) -> Result<(), StoreError> {
-        self.engine.check_cancellations().await?;
+        self.engine.check_control().await?;
         let control = self.engine.ports().store.control().await?;
         let resumed: Vec<_> = {
             let mut parking = self.lock_parking();

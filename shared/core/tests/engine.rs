@@ -296,7 +296,7 @@ async fn cancelling_a_running_task_drops_its_call_and_discards_nothing_twice() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_cancel_from_elsewhere_is_noticed_by_check_cancellations() {
+async fn a_cancel_from_elsewhere_is_noticed_by_check_control() {
     let h = harness(config());
     let d = h.submit("t1", "").await;
     h.provider.script("t1", [Step::Hang]);
@@ -305,10 +305,10 @@ async fn a_cancel_from_elsewhere_is_noticed_by_check_cancellations() {
     while h.engine.in_flight() == 0 {
         tokio::task::yield_now().await;
     }
-    assert_eq!(h.engine.check_cancellations().await.unwrap(), 0);
+    assert_eq!(h.engine.check_control().await.unwrap(), 0);
     // Another process cancels through the store directly.
     h.store().cancel("t1", 5).await.unwrap();
-    assert_eq!(h.engine.check_cancellations().await.unwrap(), 1);
+    assert_eq!(h.engine.check_control().await.unwrap(), 1);
     assert_eq!(running.await.unwrap(), Decision::Ack);
     assert_eq!(h.provider.dropped.load(Ordering::SeqCst), 1);
 }
@@ -653,4 +653,29 @@ async fn a_429_halves_the_concurrency_and_holds_calls_for_its_retry_after() {
     }
     let blocked = h.submit("t3", "").await;
     assert!(matches!(h.engine.process(&blocked).await, Decision::Defer { reason: DeferReason::LimitReached(_), .. }));
+}
+
+/// Limits set at run time reach the engine through the control state: a lowered RPM defers
+/// the next call at once (the minute's calls count against it), a concurrency set for a
+/// deployment without one is enforced, and removing the override restores the configuration.
+#[tokio::test(start_paused = true)]
+async fn limits_set_at_run_time_apply_at_the_next_control_check_and_can_be_removed() {
+    use taskexec_core::ports::{ControlStore, LimitOverride};
+    let h = harness(with_quota(taskexec_core::rate::Quota { rpm: Some(10), ..Default::default() }));
+    let (a, b) = (h.submit("a", "").await, h.submit("b", "").await);
+    assert_eq!(h.engine.process(&a).await, Decision::Ack);
+    let lowered = LimitOverride { rpm: Some(1), concurrency: Some(2), ..LimitOverride::default() };
+    h.store().set_limits("dep", Some(lowered)).await.unwrap();
+    // Not applied before the engine reads the control state.
+    assert_eq!(h.engine.limits().deployments.get("dep"), None);
+    h.engine.check_control().await.unwrap();
+    assert_eq!(h.engine.limits().deployments.get("dep"), Some(&2));
+    let Decision::Defer { reason, delay } = h.engine.process(&b).await else { panic!("deferred by the new RPM") };
+    assert_eq!((reason, delay), (DeferReason::RateLimited("dep".into()), Duration::from_secs(60)));
+    let key = LimitKey::Deployment("dep".into());
+    assert_eq!(h.engine.limit_keys_for(&b), [(key, 2)]);
+    h.store().set_limits("dep", None).await.unwrap();
+    h.engine.check_control().await.unwrap();
+    assert!(h.engine.limit_keys_for(&b).is_empty(), "back to the configuration: no concurrency limit");
+    assert_eq!(h.engine.process(&b).await, Decision::Ack, "10 per minute again");
 }

@@ -41,7 +41,7 @@ pub trait Executor: Send + Sync {
     /// Store a raw task idempotently and return its delivery.
     fn accept(&self, task: BenchmarkTask) -> impl Future<Output = Result<Accepted, StoreError>> + Send;
     /// Abort in-flight calls of tasks cancelled elsewhere.
-    fn check_cancellations(&self) -> impl Future<Output = ()> + Send;
+    fn check_control(&self) -> impl Future<Output = ()> + Send;
     /// The lease a claim takes: how long a task whose worker vanished stays claimed.
     fn lease(&self) -> Duration;
     /// Adopt what other workers shared since the last batch (breaker states).
@@ -87,8 +87,8 @@ where
         self.config().lease
     }
 
-    async fn check_cancellations(&self) {
-        if let Err(error) = Engine::check_cancellations(self).await {
+    async fn check_control(&self) {
+        if let Err(error) = Engine::check_control(self).await {
             tracing::warn!(%error, "cancellation check failed");
         }
     }

@@ -189,7 +189,7 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
     async fn watch_cancellations(&self) {
         loop {
             tokio::time::sleep(self.settings.cancel_check_every).await;
-            self.executor.check_cancellations().await;
+            self.executor.check_control().await;
         }
     }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use taskexec_core::breaker::BreakerSnapshot;
-use taskexec_core::ports::{ControlState, PauseScope, StoreResult};
+use taskexec_core::ports::{ControlState, LimitOverride, PauseScope, StoreResult};
 
 use crate::error::sql;
 use crate::row::to_json;
@@ -32,7 +32,31 @@ pub(crate) fn control(conn: &Connection) -> StoreResult<ControlState> {
         .map_err(sql)?;
     let mut runs = conn.prepare_cached("SELECT run_id FROM paused_runs ORDER BY run_id").map_err(sql)?;
     let paused_runs = runs.query_map([], |r| r.get(0)).and_then(Iterator::collect).map_err(sql)?;
-    Ok(ControlState { paused, paused_runs, cancel_seq })
+    let mut overrides =
+        conn.prepare_cached("SELECT deployment, limits_json FROM limit_overrides ORDER BY deployment").map_err(sql)?;
+    let rows: Vec<(String, String)> =
+        overrides.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(Iterator::collect).map_err(sql)?;
+    let mut limits = std::collections::BTreeMap::new();
+    for (deployment, json) in rows {
+        let parsed = serde_json::from_str(&json).map_err(taskexec_core::error::StoreError::backend)?;
+        limits.insert(deployment, parsed);
+    }
+    Ok(ControlState { paused, paused_runs, cancel_seq, limits })
+}
+
+/// Set or remove a deployment's run-time limits.
+pub(crate) fn set_limits(conn: &Connection, deployment: &str, limits: Option<&LimitOverride>) -> StoreResult<()> {
+    let done = match limits.filter(|l| !l.is_empty()) {
+        Some(limits) => {
+            let json = to_json(limits)?;
+            conn.prepare_cached("INSERT OR REPLACE INTO limit_overrides (deployment, limits_json) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![deployment, json]))
+        }
+        None => conn
+            .prepare_cached("DELETE FROM limit_overrides WHERE deployment = ?1")
+            .and_then(|mut s| s.execute([deployment])),
+    };
+    done.map(drop).map_err(sql)
 }
 
 /// Store a deployment's breaker snapshot, replacing the previous one.

@@ -14,7 +14,7 @@ use taskexec_core::ports::StoreResult;
 use crate::error::{SqliteStoreError, sql};
 
 /// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another connection's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +79,14 @@ CREATE TABLE breakers (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: limits set at run time (`taskexec limits set`), one JSON object per deployment.
+const SCHEMA_V2: &str = "
+CREATE TABLE limit_overrides (
+    deployment  TEXT PRIMARY KEY,
+    limits_json TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Open the read-write connection, creating the file and the schema if missing.
 pub(crate) fn open_writer(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path).map_err(sql)?;
@@ -111,13 +119,17 @@ fn configure(conn: &Connection) -> StoreResult<()> {
 fn migrate(conn: &Connection) -> StoreResult<()> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate).map_err(sql)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(sql)?;
-    match found {
-        0 => {
-            tx.execute_batch(SCHEMA_V1).map_err(sql)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
+    if found > SCHEMA_VERSION {
+        return Err(SqliteStoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }.into());
+    }
+    // Each step brings a file of the version before it one version up; a new file takes them all.
+    for (version, step) in [(1, SCHEMA_V1), (2, SCHEMA_V2)] {
+        if found < version {
+            tx.execute_batch(step).map_err(sql)?;
         }
-        SCHEMA_VERSION => {}
-        _ => return Err(SqliteStoreError::SchemaTooNew { found, supported: SCHEMA_VERSION }.into()),
+    }
+    if found < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sql)?;
     }
     tx.commit().map_err(sql)
 }
@@ -137,6 +149,22 @@ mod tests {
         assert_eq!((version, mode.as_str()), (SCHEMA_VERSION, "wal"));
         let rows: i64 = conn.query_row("SELECT count(*) FROM control", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 1);
+    }
+
+    #[test]
+    fn a_version_1_file_is_brought_to_version_2_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.execute("UPDATE control SET paused = 1", []).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let conn = open_writer(&path).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let paused: bool = conn.query_row("SELECT paused FROM control", [], |r| r.get(0)).unwrap();
+        let overrides: i64 = conn.query_row("SELECT count(*) FROM limit_overrides", [], |r| r.get(0)).unwrap();
+        assert_eq!((version, paused, overrides), (2, true, 0));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
-    FinishRequest, GroupSummary, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
+    FinishRequest, GroupSummary, LimitOverride, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
 };
 use taskexec_core::task::TaskRecord;
 use taskexec_core::time::Millis;
@@ -152,6 +152,11 @@ impl ControlStore for SqliteStore {
 
     async fn set_paused(&self, scope: PauseScope, paused: bool) -> StoreResult<()> {
         self.write(move |c| control::set_paused(c, &scope, paused)).await
+    }
+
+    async fn set_limits(&self, deployment: &str, limits: Option<LimitOverride>) -> StoreResult<()> {
+        let deployment = deployment.to_owned();
+        self.write(move |c| control::set_limits(c, &deployment, limits.as_ref())).await
     }
 }
 

@@ -5,7 +5,7 @@
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::{Deserialize, Serialize};
 use taskexec_core::breaker::BreakerSnapshot;
-use taskexec_core::ports::{ControlState, PauseScope};
+use taskexec_core::ports::{ControlState, LimitOverride, PauseScope};
 
 use super::DynamoStore;
 use super::item::{Item, key, n};
@@ -59,7 +59,7 @@ pub async fn read(store: &DynamoStore) -> Result<ControlState, AwsError> {
         .send()
         .await
         .map_err(|e| AwsError::dynamo("GetItem", e))?;
-    Ok(out.item.map(|item| control_of(&item)).unwrap_or_default())
+    out.item.map_or_else(|| Ok(ControlState::default()), |item| control_of(&item))
 }
 
 /// The control state a claim checks: the one this process read less than
@@ -93,12 +93,48 @@ fn forget(store: &DynamoStore) {
     *store.control_cache.lock().expect("control cache poisoned") = None;
 }
 
-fn control_of(item: &Item) -> ControlState {
-    ControlState {
+/// Prefix of the control item's attributes holding a deployment's run-time limits (JSON).
+const LIMITS_PREFIX: &str = "limits#";
+
+fn control_of(item: &Item) -> Result<ControlState, AwsError> {
+    let mut limits = std::collections::BTreeMap::new();
+    for (name, value) in item {
+        let Some(deployment) = name.strip_prefix(LIMITS_PREFIX) else { continue };
+        let json = value.as_s().map_err(|_| AwsError::Corrupt { key: name.clone(), problem: "limits not a string" })?;
+        let parsed: LimitOverride =
+            serde_json::from_str(json).map_err(|e| AwsError::mapping(format!("control item, {name}"), e))?;
+        limits.insert(deployment.to_owned(), parsed);
+    }
+    Ok(ControlState {
         paused: item.get("paused").and_then(|v| v.as_bool().ok()).copied().unwrap_or(false),
         paused_runs: item.get("pausedRuns").and_then(|v| v.as_ss().ok()).into_iter().flatten().cloned().collect(),
         cancel_seq: item.get("cancelSeq").and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok()).unwrap_or(0),
-    }
+        limits,
+    })
+}
+
+/// Set or remove a deployment's run-time limits: one attribute of the control item (1 WCU).
+pub async fn set_limits(store: &DynamoStore, deployment: &str, limits: Option<&LimitOverride>) -> Result<(), AwsError> {
+    forget(store);
+    let request = store
+        .client
+        .update_item()
+        .table_name(store.table())
+        .set_key(Some(control_key()))
+        .expression_attribute_names("#limits", format!("{LIMITS_PREFIX}{deployment}"));
+    let request = match limits.filter(|l| !l.is_empty()) {
+        Some(limits) => {
+            let json = serde_json::to_string(limits).map_err(|e| AwsError::mapping("run-time limits", e))?;
+            request
+                .update_expression("SET #limits = :limits")
+                .expression_attribute_values(":limits", AttributeValue::S(json))
+        }
+        None => request.update_expression("REMOVE #limits"),
+    };
+    let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
+    forget(store);
+    store.meter.record(out.map_err(|e| AwsError::dynamo("UpdateItem", e))?.consumed_capacity());
+    Ok(())
 }
 
 /// Pause or resume; no write when nothing would change.

@@ -31,7 +31,7 @@ use aws_sdk_dynamodb::Client;
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, Delivery,
-    FinishRequest, GroupSummary, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
+    FinishRequest, GroupSummary, LimitOverride, PauseScope, StoreResult, SubmitOutcome, TaskStore, WriteOutcome,
 };
 use taskexec_core::task::{TaskRecord, TaskState};
 use taskexec_core::time::Millis;
@@ -287,6 +287,10 @@ impl ControlStore for DynamoStore {
 
     async fn set_paused(&self, scope: PauseScope, paused: bool) -> StoreResult<()> {
         Ok(control::set_paused(self, scope, paused).await?)
+    }
+
+    async fn set_limits(&self, deployment: &str, limits: Option<LimitOverride>) -> StoreResult<()> {
+        Ok(control::set_limits(self, deployment, limits.as_ref()).await?)
     }
 
     /// The control state claims check ([`DynamoConfig::control_max_age`] old at most).

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Store, T0, claimed, completed, error, failed, finish_of, get, submit_new, task, task_for};
 use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::ErrorClass;
-use crate::ports::{AuditEvent, ControlState, Delivery, GroupSummary, Outcome, PauseScope, Route};
+use crate::ports::{AuditEvent, ControlState, Delivery, GroupSummary, LimitOverride, Outcome, PauseScope, Route};
 use crate::task::{TaskPriority, TaskRecord};
 use crate::time::Millis;
 
@@ -221,6 +221,34 @@ pub async fn control_pause_and_resume<S: Store>(store: S) {
     assert!(!resumed.paused);
     assert_eq!(resumed.paused_runs, BTreeSet::from(["r2".to_owned()]));
     assert!(resumed.is_paused("r2") && !resumed.is_paused("r1"));
+}
+
+/// Limits set at run time round-trip per deployment, a set replaces the whole override, an
+/// empty or removed override leaves no trace, and pause flags are untouched.
+pub async fn control_limits_set_replace_and_remove<S: Store>(store: S) {
+    let a = LimitOverride { rpm: Some(60), tpm: Some(90_000), ..LimitOverride::default() };
+    let b = LimitOverride {
+        concurrency: Some(4),
+        input_tpm: Some(1_000),
+        output_tpm: Some(500),
+        rpd: Some(10_000),
+        ..LimitOverride::default()
+    };
+    store.set_paused(PauseScope::Run("r1".into()), true).await.unwrap();
+    store.set_limits("d1", Some(a)).await.unwrap();
+    store.set_limits("d2", Some(b)).await.unwrap();
+    let control = store.control().await.unwrap();
+    assert_eq!(control.limits, BTreeMap::from([("d1".to_owned(), a), ("d2".to_owned(), b)]));
+    assert!(control.is_paused("r1"));
+
+    let replaced = LimitOverride { concurrency: Some(2), ..LimitOverride::default() };
+    store.set_limits("d1", Some(replaced)).await.unwrap();
+    store.set_limits("d2", None).await.unwrap();
+    store.set_limits("d3", Some(LimitOverride::default())).await.unwrap();
+    store.set_limits("never-set", None).await.unwrap();
+    let control = store.control().await.unwrap();
+    assert_eq!(control.limits, BTreeMap::from([("d1".to_owned(), replaced)]));
+    assert!(control.is_paused("r1"));
 }
 
 /// Breaker snapshots round-trip per deployment; a save replaces the previous one.

@@ -26,7 +26,7 @@ where
         model: &str,
     ) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
         let mut held = Vec::new();
-        for (key, limit) in self.config.limits.keys_for(deployment, model) {
+        for (key, limit) in self.limits().keys_for(deployment, model) {
             // A deployment's limit may have adapted down to its provider's rate-limit answers.
             let limit = match &key {
                 LimitKey::Deployment(deployment) => self.adaptive_limit(deployment).map_or(limit, |n| n.min(limit)),

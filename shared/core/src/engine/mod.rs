@@ -11,7 +11,7 @@ mod attempt;
 mod rates;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -24,7 +24,7 @@ use crate::breaker::{Admission, Breaker, BreakerPolicy};
 use crate::error::StoreError;
 use crate::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey,
-    LimiterStore, Metric, MetricsSink, TaskStore,
+    LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
 };
 use crate::provider::Provider;
 use crate::rate::Quota;
@@ -197,6 +197,9 @@ pub struct Engine<S, B, L, M, P, C> {
     calls_by_deployment: Mutex<HashMap<String, (u32, u64)>>,
     in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
     seen_cancel_seq: Mutex<u64>,
+    /// The limits set at run time last applied, and the concurrency limits they make
+    /// ([`Engine::check_control`]).
+    overrides: Mutex<(BTreeMap<String, LimitOverride>, Arc<Limits>)>,
 }
 
 impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
@@ -213,13 +216,14 @@ where
         let rng = config.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
         Self {
             ports,
-            config,
             rng: Mutex::new(rng),
             breakers: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             calls_by_deployment: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen_cancel_seq: Mutex::new(0),
+            overrides: Mutex::new((BTreeMap::new(), Arc::new(config.limits.clone()))),
+            config,
         }
     }
 
@@ -327,7 +331,7 @@ where
     pub fn limit_keys_for(&self, d: &Delivery) -> Vec<(LimitKey, u32)> {
         let mut keys: Vec<(LimitKey, u32)> = Vec::new();
         for (deployment, model) in self.targets(d) {
-            for key in self.config.limits.keys_for(&deployment, &model) {
+            for key in self.limits().keys_for(&deployment, &model) {
                 if !keys.contains(&key) {
                     keys.push(key);
                 }
@@ -410,10 +414,14 @@ where
         Ok(outcome)
     }
 
-    /// Abort in-flight calls of tasks cancelled elsewhere (another process, another worker).
+    /// Follow the control state set elsewhere (another process, the API, `taskexec limits`):
+    /// apply the limits set at run time, and abort in-flight calls of tasks cancelled elsewhere.
     /// Reads the control state once; looks at the tasks only when the cancel counter moved.
-    pub async fn check_cancellations(&self) -> Result<usize, StoreError> {
-        let seq = self.ports.store.control().await?.cancel_seq;
+    /// Returns the calls aborted.
+    pub async fn check_control(&self) -> Result<usize, StoreError> {
+        let control = self.ports.store.control().await?;
+        self.apply_limits(&control.limits);
+        let seq = control.cancel_seq;
         {
             let mut seen = self.seen_cancel_seq.lock().expect("poisoned");
             if *seen == seq {

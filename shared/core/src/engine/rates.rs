@@ -5,16 +5,24 @@
 //!
 //! In process: the embedded shape's whole fleet is this process. In the AWS shape each Lambda
 //! container keeps its own view (a deployment's quota is not yet shared through DynamoDB).
+//!
+//! Limits set at run time (`taskexec limits set`, `PUT /control/limits/{deployment}`) come with
+//! the control state ([`Engine::check_control`]) and replace the configured ones field by field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::error::ErrorClass;
-use crate::ports::{AuditEvent, BreakerStore, ControlStore, LimiterStore, Metric, MetricsSink, TaskStore};
+use crate::ports::{
+    AuditEvent, BreakerStore, ControlStore, LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
+};
 use crate::provider::Provider;
-use crate::rate::{AdaptiveLimit, Ask, RateLimiter, Reservation};
+use crate::rate::{AdaptiveLimit, Ask, Quota, RateLimiter, Reservation};
 use crate::task::TaskRecord;
 use crate::time::{Clock, Millis};
 
-use super::Engine;
 use super::attempt::CallEnd;
+use super::{Engine, Limits};
 
 /// Status of Anthropic's "overloaded" answer: treated as a 429 for the adaptive limit.
 const OVERLOADED: u16 = 529;
@@ -36,18 +44,74 @@ where
     C: Clock,
 {
     fn with_rate<T>(&self, deployment: &str, f: impl FnOnce(&mut DeploymentRate) -> T) -> T {
+        let (quota, concurrency) = self.rate_settings(deployment);
         let mut map = self.rates.lock().expect("rates poisoned");
-        if !map.contains_key(deployment) {
-            let quota = self.config.quotas.get(deployment).filter(|q| !q.is_unlimited());
-            let concurrency =
-                self.config.limits.deployments.get(deployment).filter(|_| self.config.adaptive_concurrency);
-            let rate = DeploymentRate {
-                limiter: quota.map(RateLimiter::new),
-                adaptive: concurrency.map(|n| AdaptiveLimit::new(*n)),
+        let rate = map.entry(deployment.to_owned()).or_insert_with(|| DeploymentRate {
+            limiter: quota.as_ref().map(RateLimiter::new),
+            adaptive: concurrency.map(AdaptiveLimit::new),
+        });
+        f(rate)
+    }
+
+    /// A deployment's quota (`None`: not limited) and adaptive ceiling (`None`: no adaptive
+    /// limit) in force: the configured ones, with the limits set at run time over them.
+    fn rate_settings(&self, deployment: &str) -> (Option<Quota>, Option<u32>) {
+        let (overrides, limits) = &*self.overrides.lock().expect("overrides poisoned");
+        let configured = self.config.quotas.get(deployment).copied().unwrap_or_default();
+        let quota = overrides.get(deployment).map_or(configured, |o| o.over_quota(configured));
+        let concurrency = limits.deployments.get(deployment).copied().filter(|_| self.config.adaptive_concurrency);
+        ((!quota.is_unlimited()).then_some(quota), concurrency)
+    }
+
+    /// The concurrency limits in force: the configured ones, with the limits set at run time.
+    pub fn limits(&self) -> Arc<Limits> {
+        Arc::clone(&self.overrides.lock().expect("overrides poisoned").1)
+    }
+
+    /// Apply the limits set at run time (from the control state): the concurrency limits, each
+    /// changed deployment's quota (what its windows hold is kept) and adaptive ceiling. Each
+    /// change is an audit log line.
+    pub(super) fn apply_limits(&self, overrides: &BTreeMap<String, LimitOverride>) {
+        let changed: Vec<String> = {
+            let mut applied = self.overrides.lock().expect("overrides poisoned");
+            if applied.0 == *overrides {
+                return;
+            }
+            let mut limits = self.config.limits.clone();
+            for (deployment, o) in overrides {
+                if let Some(n) = o.concurrency {
+                    limits.deployments.insert(deployment.clone(), n);
+                }
+            }
+            let keys: BTreeSet<&String> = applied.0.keys().chain(overrides.keys()).collect();
+            let changed = keys.into_iter().filter(|d| applied.0.get(*d) != overrides.get(*d)).cloned().collect();
+            *applied = (overrides.clone(), Arc::new(limits));
+            changed
+        };
+        for deployment in changed {
+            let (quota, concurrency) = self.rate_settings(&deployment);
+            let now = overrides.get(&deployment).copied().unwrap_or_default();
+            tracing::info!(target: "taskexec::audit", kind = "limitsApplied", deployment = %deployment, limits = %now,
+                "run-time limits applied");
+            let mut map = self.rates.lock().expect("rates poisoned");
+            let Some(rate) = map.get_mut(&deployment) else { continue };
+            rate.limiter = match (rate.limiter.take(), quota) {
+                (Some(mut limiter), Some(quota)) => {
+                    limiter.set_quota(&quota);
+                    Some(limiter)
+                }
+                (None, Some(quota)) => Some(RateLimiter::new(&quota)),
+                (_, None) => None,
             };
-            map.insert(deployment.to_owned(), rate);
+            rate.adaptive = match (rate.adaptive.take(), concurrency) {
+                (Some(mut adaptive), Some(n)) => {
+                    adaptive.set_ceiling(n);
+                    Some(adaptive)
+                }
+                (None, Some(n)) => Some(AdaptiveLimit::new(n)),
+                (_, None) => None,
+            };
         }
-        f(map.get_mut(deployment).expect("inserted"))
     }
 
     /// Before a claim: when the deployment can take a call (`None`: now).
