@@ -34,14 +34,14 @@ pub enum Format {
     Csv,
 }
 
-fn open(db: &Path) -> Result<SqliteStore, Failure> {
+pub(crate) fn open(db: &Path) -> Result<SqliteStore, Failure> {
     if !db.exists() {
         return Err(Failure::input(anyhow!("no database at {} (pass --db PATH)", db.display())));
     }
     SqliteStore::open(db).with_context(|| format!("cannot open database {}", db.display())).map_err(Failure::runtime)
 }
 
-fn store_err(e: taskexec_core::error::StoreError) -> Failure {
+pub(crate) fn store_err(e: taskexec_core::error::StoreError) -> Failure {
     Failure::runtime(e.into())
 }
 

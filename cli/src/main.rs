@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod embedded;
 mod exit;
+mod limits;
 mod progress;
 mod providers;
 mod run;
@@ -85,6 +86,12 @@ enum Command {
     /// the environment `serve --backend aws` reads (builds with `--features aws` only).
     #[cfg(feature = "aws")]
     AwsBootstrap(serve_aws::BootstrapArgs),
+    /// Show or change the deployments' limits (concurrency, RPM, TPM, RPD) at run time: a running
+    /// `taskexec run` applies a change within a second.
+    Limits {
+        #[command(subcommand)]
+        command: limits::LimitsCommand,
+    },
     /// Inspect the configured provider deployments and the models they serve.
     Providers {
         #[command(subcommand)]
@@ -141,6 +148,7 @@ async fn dispatch(command: Command) -> Result<u8, exit::Failure> {
         Command::Resume { run, db } => admin::set_paused(&db.db, run, false).await,
         Command::Redrive { tasks, db } => admin::redrive(&db.db, &tasks).await,
         Command::Export { run, format, output, db } => admin::export(&db.db, &run, format, output.as_deref()).await,
+        Command::Limits { command } => limits::limits(command).await,
         Command::Providers { command } => providers::providers(command).await,
     }
 }

@@ -41,6 +41,9 @@ async fn every_api_event_is_answered_by_the_router() {
         (include_str!("../../../events/api-openapi.json"), [200, 200]),
         (include_str!("../../../events/api-pause.json"), [200, 200]),
         (include_str!("../../../events/api-resume.json"), [200, 200]),
+        (include_str!("../../../events/api-get-control.json"), [200, 200]),
+        (include_str!("../../../events/api-set-limits.json"), [200, 200]),
+        (include_str!("../../../events/api-reset-limits.json"), [200, 200]),
         (include_str!("../../../events/api-delete-task.json"), [200, 409]),
         (include_str!("../../../events/api-redrive.json"), [200, 409]),
     ] {

@@ -23,6 +23,8 @@ use crate::routes::{control, observe, tasks};
         control::get_control,
         control::pause,
         control::resume,
+        control::set_limits,
+        control::reset_limits,
         observe::get_metrics,
         observe::get_run,
         observe::get_resources,
@@ -32,7 +34,7 @@ use crate::routes::{control, observe, tasks};
     security(("bearerAuth" = [])),
     tags(
         (name = "tasks", description = "Submit, read, cancel and redrive tasks"),
-        (name = "control", description = "Pause and resume execution"),
+        (name = "control", description = "Pause and resume execution, set limits at run time"),
         (name = "observe", description = "Metrics, run progress and resource use"),
     )
 )]

@@ -41,6 +41,37 @@ async fn control_rejects_a_bad_body() {
     assert!(!api.store.control().await.unwrap().paused);
 }
 
+/// Limits set at run time: a PUT replaces a deployment's override (shown in the control state
+/// and stored for every engine), a DELETE removes it; unknown deployments, zero limits, unknown
+/// fields and malformed bodies are refused with what is wrong, and change nothing.
+#[tokio::test]
+async fn limits_are_set_replaced_and_removed_per_deployment_and_bad_requests_change_nothing() {
+    let api = api();
+    let (status, body) = api.call("PUT", "/control/limits/sim", Some(json!({"rpm": 60, "concurrency": 4}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["limits"], json!({"sim": {"rpm": 60, "concurrency": 4}}));
+    let (_, body) = api.call("PUT", "/control/limits/sim", Some(json!({"tpm": 90000}))).await;
+    assert_eq!(body["limits"]["sim"], json!({"tpm": 90000}), "a PUT replaces the whole override");
+    let stored = api.store.control().await.unwrap().limits;
+    assert_eq!(stored["sim"].tpm, Some(90_000));
+
+    let (status, body) = api.call("PUT", "/control/limits/nope", Some(json!({"rpm": 1}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown deployment `nope`"), "{body}");
+    let (status, body) = api.call("PUT", "/control/limits/mock", Some(json!({"rpm": 0, "tpm": 0}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("rpm, tpm must be at least 1"), "{body}");
+    let (status, _) = api.call("PUT", "/control/limits/mock", Some(json!({"rpmm": 5}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    let (status, _) = api.call("PUT", "/control/limits/mock", Some(json!({"rpm": -5}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.store.control().await.unwrap().limits.len(), 1, "nothing changed by the refused requests");
+
+    let (status, body) = api.call("DELETE", "/control/limits/sim", None).await;
+    assert_eq!((status, body.get("limits")), (StatusCode::OK, None), "{body}");
+    assert!(api.store.control().await.unwrap().limits.is_empty());
+}
+
 #[tokio::test]
 async fn metrics_globally_and_per_run() {
     let api = api();
@@ -129,6 +160,8 @@ async fn openapi_lists_every_route_and_the_contract_types() {
         ("/control", "get"),
         ("/control/pause", "post"),
         ("/control/resume", "post"),
+        ("/control/limits/{deployment}", "put"),
+        ("/control/limits/{deployment}", "delete"),
         ("/metrics", "get"),
         ("/runs/{id}", "get"),
         ("/resources", "get"),

@@ -286,8 +286,8 @@ where
     }
 
     async fn maintain_once(&self) -> Result<(), StoreError> {
-        self.engine.check_control().await?;
         let control = self.engine.ports().store.control().await?;
+        self.engine.follow_control(&control).await?;
         let resumed: Vec<_> = {
             let mut parking = self.lock_parking();
             let (still, resumed): (Vec<_>, Vec<_>) =
@@ -300,15 +300,16 @@ where
         }
         let keys: Vec<LimitKey> = self.lock_parking().limited.keys().cloned().collect();
         for key in keys {
-            if let Some(limit) = self.limit_of(&key) {
-                self.unpark_limited(&key, limit).await?;
-            }
+            // A key whose limit was removed at run time lets everything parked on it go.
+            let limit = self.limit_of(&key).unwrap_or(u32::MAX);
+            self.unpark_limited(&key, limit).await?;
         }
         Ok(())
     }
 
+    /// A key's limit in force (the configuration, or what was set at run time).
     fn limit_of(&self, key: &LimitKey) -> Option<u32> {
-        let limits = &self.engine.config().limits;
+        let limits = self.engine.limits();
         match key {
             LimitKey::Global => limits.global,
             LimitKey::Deployment(d) => limits.deployments.get(d).copied(),

@@ -102,6 +102,11 @@ pub struct Stats {
     pub calls: HashMap<String, u64>,
     /// Hanging calls whose client closed the connection, with how long after the call began (ms).
     pub closed: Vec<(String, u64)>,
+    /// Answering calls in progress now (hanging ones left out).
+    pub in_flight: u64,
+    /// The most answering calls in progress at once since the start or the last
+    /// [`MockServer::restart_max_in_flight`].
+    pub max_in_flight: u64,
 }
 
 struct Shared {
@@ -146,6 +151,12 @@ impl MockServer {
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().expect("poisoned").clone()
     }
+
+    /// Start counting `max_in_flight` again from the calls in progress now.
+    pub fn restart_max_in_flight(&self) {
+        let mut stats = self.shared.stats.lock().expect("poisoned");
+        stats.max_in_flight = stats.in_flight;
+    }
 }
 
 /// The models the mock says it serves (it answers any model id).
@@ -163,6 +174,24 @@ async fn models() -> Response {
         serde_json::json!({"object": "list", "data": data}).to_string(),
     )
         .into_response()
+}
+
+/// Counts an answering call in progress while it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> Self {
+        let mut stats = shared.stats.lock().expect("poisoned");
+        stats.in_flight += 1;
+        stats.max_in_flight = stats.max_in_flight.max(stats.in_flight);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.stats.lock().expect("poisoned").in_flight -= 1;
+    }
 }
 
 /// Records a hanging call's end; if it is dropped before the hang ended, the client closed it.
@@ -192,6 +221,7 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
     if shared.config.hang.contains(&task_id) {
         return hang(shared.clone(), task_id);
     }
+    let _in_flight = shared.config.record.then(|| InFlight::enter(&shared));
     let latency = shared.config.latency.for_task(&task_id, shared.config.seed);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

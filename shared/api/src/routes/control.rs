@@ -1,12 +1,14 @@
 //! Control routes: the story's `pauseExecution` / `resumeExecution` (`POST /control/pause`,
-//! `POST /control/resume`, globally or for one run) and the control state (`GET /control`).
+//! `POST /control/resume`, globally or for one run), the control state (`GET /control`), and the
+//! limits set at run time (`PUT` / `DELETE /control/limits/{deployment}`), which every engine
+//! reading the control state applies without a redeploy.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
-use taskexec_core::ports::{ControlState, ControlStore, PauseScope, TaskStore, WorkQueue};
+use taskexec_core::ports::{ControlState, ControlStore, LimitOverride, PauseScope, TaskStore, WorkQueue};
 use taskexec_core::validate::{ID_PATTERN, is_valid_id};
 use utoipa::ToSchema;
 
@@ -111,5 +113,82 @@ where
     S: TaskStore + ControlStore,
     Q: WorkQueue,
 {
+    Ok(Json(state.store.control().await?))
+}
+
+/// Set a deployment's limits at run time, replacing any set before: each field given replaces the
+/// configured value, each field left out keeps it. Every engine applies it at its next control
+/// check (embedded: within a second; AWS: a worker's next invocation). Audited as a log line
+/// (`taskexec::audit`, kind `limitsSet`).
+#[utoipa::path(
+    put, path = "/control/limits/{deployment}", tag = "control",
+    params(("deployment" = String, Path, description = "A configured deployment")),
+    request_body(content = LimitOverride, description = "The limits: any of concurrency, rpm, tpm, inputTpm, outputTpm, rpd (each at least 1)"),
+    responses(
+        (status = 200, description = "The control state now", body = ControlState),
+        (status = 400, description = "Invalid body", body = ErrorBody),
+        (status = 404, description = "Unknown deployment", body = ErrorBody),
+    )
+)]
+pub(crate) async fn set_limits<S, Q>(
+    State(state): State<ApiState<S, Q>>,
+    Path(deployment): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+    Q: WorkQueue,
+{
+    known_deployment(&state, &deployment)?;
+    let body = body.map_err(body_error)?;
+    let limits: LimitOverride = serde_json::from_slice(&body).map_err(|e| ApiError::invalid("", e.to_string()))?;
+    if let Some(problem) = limits.problem() {
+        return Err(ApiError::invalid("", problem));
+    }
+    change_limits(&state, &deployment, Some(limits)).await
+}
+
+/// Remove a deployment's run-time limits: back to the configured ones.
+#[utoipa::path(
+    delete, path = "/control/limits/{deployment}", tag = "control",
+    params(("deployment" = String, Path, description = "A configured deployment")),
+    responses(
+        (status = 200, description = "The control state now", body = ControlState),
+        (status = 404, description = "Unknown deployment", body = ErrorBody),
+    )
+)]
+pub(crate) async fn reset_limits<S, Q>(
+    State(state): State<ApiState<S, Q>>,
+    Path(deployment): Path<String>,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+    Q: WorkQueue,
+{
+    known_deployment(&state, &deployment)?;
+    change_limits(&state, &deployment, None).await
+}
+
+fn known_deployment<S, Q>(state: &ApiState<S, Q>, deployment: &str) -> Result<(), ApiError> {
+    if state.settings.deployments.contains(deployment) {
+        return Ok(());
+    }
+    let known = state.settings.deployments.iter().cloned().collect::<Vec<_>>().join(", ");
+    Err(ApiError::NotFound(format!("unknown deployment `{deployment}` (configured: {known})")))
+}
+
+async fn change_limits<S, Q>(
+    state: &ApiState<S, Q>,
+    deployment: &str,
+    limits: Option<LimitOverride>,
+) -> Result<Json<ControlState>, ApiError>
+where
+    S: TaskStore + ControlStore,
+{
+    let before = state.store.control().await?.limits.get(deployment).copied().unwrap_or_default();
+    state.store.set_limits(deployment, limits).await?;
+    let now = limits.unwrap_or_default();
+    tracing::info!(target: "taskexec::audit", kind = "limitsSet", deployment, limits = %now, previous = %before,
+        "run-time limits set");
     Ok(Json(state.store.control().await?))
 }

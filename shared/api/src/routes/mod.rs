@@ -30,6 +30,10 @@ where
         .route("/control", get(control::get_control::<S, Q>))
         .route("/control/pause", post(control::pause::<S, Q>))
         .route("/control/resume", post(control::resume::<S, Q>))
+        .route(
+            "/control/limits/{deployment}",
+            axum::routing::put(control::set_limits::<S, Q>).delete(control::reset_limits::<S, Q>),
+        )
         .route("/metrics", get(observe::get_metrics::<S, Q>))
         .route("/runs/{id}", get(observe::get_run::<S, Q>))
         .route("/resources", get(observe::get_resources::<S, Q>))

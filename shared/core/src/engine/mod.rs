@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::{Admission, Breaker, BreakerPolicy};
 use crate::error::StoreError;
 use crate::ports::{
-    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey,
-    LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
+    AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeferReason,
+    Delivery, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
 };
 use crate::provider::Provider;
 use crate::rate::Quota;
@@ -420,6 +420,11 @@ where
     /// Returns the calls aborted.
     pub async fn check_control(&self) -> Result<usize, StoreError> {
         let control = self.ports.store.control().await?;
+        self.follow_control(&control).await
+    }
+
+    /// [`Engine::check_control`] on a control state the caller already read.
+    pub async fn follow_control(&self, control: &ControlState) -> Result<usize, StoreError> {
         self.apply_limits(&control.limits);
         let seq = control.cancel_seq;
         {
