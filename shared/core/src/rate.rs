@@ -52,6 +52,14 @@ impl Quota {
     pub fn is_unlimited(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The name of a budget set to zero (it would never admit a call), if any.
+    #[must_use]
+    pub fn zero_budget(&self) -> Option<&'static str> {
+        let budgets = [("rpm", self.rpm), ("tpm", self.tpm), ("input_tpm", self.input_tpm)];
+        let budgets = budgets.into_iter().chain([("output_tpm", self.output_tpm), ("rpd", self.rpd)]);
+        budgets.into_iter().find(|(_, n)| *n == Some(0)).map(|(name, _)| name)
+    }
 }
 
 /// What one call asks for: one request and its estimated tokens.

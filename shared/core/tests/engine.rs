@@ -679,3 +679,33 @@ async fn limits_set_at_run_time_apply_at_the_next_control_check_and_can_be_remov
     assert!(h.engine.limit_keys_for(&b).is_empty(), "back to the configuration: no concurrency limit");
     assert_eq!(h.engine.process(&b).await, Decision::Ack, "10 per minute again");
 }
+
+/// A quota the provider counts per model holds that model to it on top of the deployment's
+/// quota, and leaves the deployment's other models alone; a refusal by the model's window gives
+/// the deployment's reservation back.
+#[tokio::test(start_paused = true)]
+async fn a_models_own_quota_holds_that_model_only_and_gives_the_deployments_reservation_back() {
+    use taskexec_core::rate::Quota;
+    let mut config = with_quota(Quota { rpm: Some(3), ..Default::default() });
+    config.model_quotas.insert(("dep".into(), "m".into()), Quota { tpm: Some(1_000), ..Default::default() });
+    let h = harness(config);
+    let a = h.submit("a", "").await;
+    let b = h.submit("b", r#","parameters":{"maxTokens":995}"#).await;
+    assert_eq!(h.engine.process(&a).await, Decision::Ack, "8 of the model's 1,000 tokens used");
+    // `b` passes the gate (a token is free), is claimed, and its 996 tokens do not fit.
+    let Decision::Defer { reason, delay } = h.engine.process(&b).await else { panic!("deferred by the model's TPM") };
+    assert_eq!(reason, DeferReason::RateLimited("dep".into()));
+    assert!(delay <= Duration::from_secs(60), "{delay:?}");
+    assert_eq!(h.event_kinds("b").await, ["submitted", "claimed", "released"]);
+    // Two calls of another model fit the deployment's 3 per minute: `b` gave its request back.
+    for id in ["x1", "x2"] {
+        let task: BenchmarkTask =
+            serde_json::from_str(&format!(r#"{{"id":"{id}","providerId":"dep","modelId":"other","prompt":"p"}}"#))
+                .unwrap();
+        h.store().submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
+        let route = Route { provider_id: "dep".into(), model_id: "other".into(), run_id: "run".into() };
+        let d = Delivery::new(id, std::sync::Arc::new(route), Default::default(), 0);
+        assert_eq!(h.engine.process(&d).await, Decision::Ack, "{id}");
+    }
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 3);
+}

@@ -142,6 +142,11 @@ pub struct DeploymentConfig {
     /// Requests per day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpd: Option<u64>,
+    /// Quotas the provider counts per model on this key (OpenAI, Gemini, Bedrock), as
+    /// `model_quotas = { "gpt-4o" = { rpm = 500, tpm = 30000 } }`: held on top of the
+    /// deployment's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_quotas: BTreeMap<String, taskexec_core::rate::Quota>,
     /// Behaviour of a `sim` deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sim: Option<SimConfig>,
@@ -361,11 +366,13 @@ impl DeploymentConfig {
         if self.concurrency == Some(0) {
             return Err(ConfigProblem::ZeroConcurrency("concurrency".into()));
         }
-        let quota = self.quota();
-        let budgets = [("rpm", quota.rpm), ("tpm", quota.tpm), ("input_tpm", quota.input_tpm)];
-        let budgets = budgets.into_iter().chain([("output_tpm", quota.output_tpm), ("rpd", quota.rpd)]);
-        if let Some((name, _)) = budgets.into_iter().find(|(_, n)| *n == Some(0)) {
+        if let Some(name) = self.quota().zero_budget() {
             return Err(ConfigProblem::ZeroConcurrency(name.into()));
+        }
+        for (model, quota) in &self.model_quotas {
+            if let Some(name) = quota.zero_budget() {
+                return Err(ConfigProblem::ZeroConcurrency(format!("model_quotas.{model}.{name}")));
+            }
         }
         match self.model_concurrency.iter().find(|(_, n)| **n == 0) {
             Some((model, _)) => Err(ConfigProblem::ZeroConcurrency(format!("model_concurrency.{model}"))),

@@ -160,6 +160,11 @@ impl RunConfig {
             owner,
             seed: self.engine.seed,
             quotas: self.deployments.iter().map(|(name, d)| (name.clone(), d.quota())).collect(),
+            model_quotas: self
+                .deployments
+                .iter()
+                .flat_map(|(name, d)| d.model_quotas.iter().map(|(model, q)| ((name.clone(), model.clone()), *q)))
+                .collect(),
             default_max_tokens: self.engine.default_max_tokens,
             adaptive_concurrency: self.engine.adaptive_concurrency,
             routes: self.routes.clone(),
@@ -197,6 +202,24 @@ mod tests {
             let error = RunConfig::parse(&format!("{base}{route}\n")).unwrap_err().to_string();
             assert_eq!(error, problem);
         }
+    }
+
+    #[test]
+    fn model_quotas_reach_the_engine_and_a_zero_budget_is_named() {
+        let text = "[deployments.a]\nkind = \"sim\"\nrpm = 60\n\
+                    model_quotas = { \"m1\" = { rpm = 5, tpm = 900 } }\n[deployments.a.sim]\n";
+        let engine = RunConfig::parse(text).unwrap().engine_config("w".into());
+        let quota = engine.model_quotas[&("a".to_owned(), "m1".to_owned())];
+        assert_eq!((quota.rpm, quota.tpm, quota.rpd), (Some(5), Some(900), None));
+        let zero = text.replace("tpm = 900", "tpm = 0");
+        let config = RunConfig::parse(&zero).map(|c| c.deployments["a"].validate("a").map_err(|e| e.to_string()));
+        let error = match config {
+            Ok(checked) => checked.unwrap_err(),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains("model_quotas.m1.tpm"), "{error}");
+        let typo = text.replace("tpm = 900", "tmp = 900");
+        assert!(RunConfig::parse(&typo).is_err(), "an unknown budget name is refused");
     }
 
     #[test]

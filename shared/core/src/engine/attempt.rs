@@ -50,8 +50,8 @@ where
             let attempt = record.attempt.saturating_sub(1);
             return self.fail(&record, error, Some(reason), attempt, record.throttles, None).await;
         }
-        let reservation = match self.reserve_rate(deployment, &record, started) {
-            Ok(reservation) => reservation,
+        let reserved = match self.reserve_rate(c, &record, started) {
+            Ok(reserved) => reserved,
             Err(at) => {
                 self.forget_probe(deployment, probe);
                 return self.release_for_rate(&record, d, deployment, at).await;
@@ -61,7 +61,7 @@ where
         self.ports.metrics.record(Metric::AttemptStarted);
         let end = self.call(&record, c, timeout).await;
         let finished = self.ports.clock.now();
-        self.settle_rate(deployment, &record, reservation, &end, finished).await;
+        self.settle_rate(c, &record, reserved, &end, finished).await;
         let mut entry = AttemptRecord {
             attempt: record.attempt,
             epoch: record.epoch,

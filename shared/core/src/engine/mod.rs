@@ -141,6 +141,8 @@ pub struct EngineConfig {
     /// Provider quotas per deployment (requests and tokens per minute or day; see
     /// [`crate::rate`]). Deployments without one are not rate-limited here.
     pub quotas: BTreeMap<String, Quota>,
+    /// Provider quotas per (deployment, model), held on top of the deployment's.
+    pub model_quotas: BTreeMap<(String, String), Quota>,
     /// Output tokens reserved for a task that sets no `maxTokens`.
     pub default_max_tokens: u64,
     /// Whether a deployment's concurrency limit adapts to rate-limit answers (halved on a 429,
@@ -163,6 +165,7 @@ impl Default for EngineConfig {
             pause_recheck: Duration::from_secs(1),
             limit_recheck: Duration::from_millis(50),
             quotas: BTreeMap::new(),
+            model_quotas: BTreeMap::new(),
             default_max_tokens: 1_024,
             adaptive_concurrency: true,
             routes: BTreeMap::new(),
@@ -193,6 +196,8 @@ pub struct Engine<S, B, L, M, P, C> {
     rng: Mutex<StdRng>,
     breakers: Mutex<HashMap<String, Breaker>>,
     rates: Mutex<HashMap<String, rates::DeploymentRate>>,
+    /// Per (deployment, model) with a quota of its own: its windows.
+    model_rates: Mutex<HashMap<(String, String), crate::rate::RateLimiter>>,
     /// Per deployment in this process: calls in flight and calls started (routes' choice).
     calls_by_deployment: Mutex<HashMap<String, (u32, u64)>>,
     in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
@@ -219,6 +224,7 @@ where
             rng: Mutex::new(rng),
             breakers: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
+            model_rates: Mutex::new(HashMap::new()),
             calls_by_deployment: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen_cancel_seq: Mutex::new(0),
@@ -360,7 +366,7 @@ where
             };
             // A deployment whose rate window is full, or whose provider said to wait, is waited
             // for before the claim: no attempt, no store traffic.
-            if let Some(at) = self.rate_gate(&deployment, now) {
+            if let Some(at) = self.rate_gate(&deployment, &model, now) {
                 self.forget_probe(&deployment, probe);
                 later(at, DeferReason::RateLimited(deployment));
                 continue;

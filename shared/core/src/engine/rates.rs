@@ -11,18 +11,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::ErrorClass;
 use crate::ports::{
     AuditEvent, BreakerStore, ControlStore, LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
 };
-use crate::provider::Provider;
+use crate::provider::{Provider, RateLimits};
 use crate::rate::{AdaptiveLimit, Ask, Quota, RateLimiter, Reservation};
 use crate::task::TaskRecord;
 use crate::time::{Clock, Millis};
 
 use super::attempt::CallEnd;
-use super::{Engine, Limits};
+use super::{Chosen, Engine, Limits};
 
 /// Status of Anthropic's "overloaded" answer: treated as a 429 for the adaptive limit.
 const OVERLOADED: u16 = 529;
@@ -114,14 +115,25 @@ where
         }
     }
 
-    /// Before a claim: when the deployment can take a call (`None`: now).
-    pub(super) fn rate_gate(&self, deployment: &str, now: Millis) -> Option<Millis> {
-        self.with_rate(deployment, |r| {
+    /// The windows of a (deployment, model) with a quota of its own, if it has one.
+    fn with_model_rate<T>(&self, deployment: &str, model: &str, f: impl FnOnce(&mut RateLimiter) -> T) -> Option<T> {
+        let key = (deployment.to_owned(), model.to_owned());
+        let quota = self.config.model_quotas.get(&key).filter(|q| !q.is_unlimited())?;
+        let mut map = self.model_rates.lock().expect("model rates poisoned");
+        Some(f(map.entry(key).or_insert_with(|| RateLimiter::new(quota))))
+    }
+
+    /// Before a claim: when the deployment (and the model's own quota there) can take a call
+    /// (`None`: now).
+    pub(super) fn rate_gate(&self, deployment: &str, model: &str, now: Millis) -> Option<Millis> {
+        let minimal = Ask { input_tokens: 1, output_tokens: 0 };
+        let own = self.with_rate(deployment, |r| {
             let held = r.adaptive.as_ref().and_then(|a| a.held_until(now));
-            let minimal = Ask { input_tokens: 1, output_tokens: 0 };
-            let window = r.limiter.as_mut().map(|l| l.earliest(minimal, now)).filter(|at| *at > now);
+            let window = r.limiter.as_mut().map(|l| l.earliest(minimal, now));
             held.max(window)
-        })
+        });
+        let model = self.with_model_rate(deployment, model, |l| l.earliest(minimal, now));
+        own.max(model).filter(|at| *at > now)
     }
 
     /// The deployment's adaptive concurrency limit, where it has one.
@@ -129,20 +141,23 @@ where
         self.with_rate(deployment, |r| r.adaptive.as_ref().map(AdaptiveLimit::current))
     }
 
-    /// After the claim: reserve the call's estimated tokens (`Ok(None)`: no quota), or say when
-    /// they fit.
-    pub(super) fn reserve_rate(
-        &self,
-        deployment: &str,
-        record: &TaskRecord,
-        now: Millis,
-    ) -> Result<Option<Reservation>, Millis> {
+    /// After the claim: reserve the call's estimated tokens in the deployment's windows and the
+    /// model's (none where there is no quota), or say when they fit (nothing is then held).
+    pub(super) fn reserve_rate(&self, c: &Chosen, record: &TaskRecord, now: Millis) -> Result<Reserved, Millis> {
         let max_tokens = record.task.parameters.max_tokens.map_or(self.config.default_max_tokens, u64::from);
         let ask = Ask::estimate(record.task.prompt.chars().count(), max_tokens);
-        self.with_rate(deployment, |r| match r.limiter.as_mut() {
-            Some(limiter) => limiter.try_reserve(ask, now).map(Some),
-            None => Ok(None),
-        })
+        let own = self.with_rate(&c.deployment, |r| r.limiter.as_mut().map(|l| l.try_reserve(ask, now)).transpose())?;
+        let model = self.with_model_rate(&c.deployment, &c.model, |l| l.try_reserve(ask, now)).transpose();
+        match model {
+            Ok(model) => Ok(Reserved { own, model }),
+            Err(at) => {
+                // The model's window is full: the deployment's reservation is given back.
+                if let Some(own) = own {
+                    self.with_rate(&c.deployment, |r| r.limiter.as_mut().map(|l| l.reconcile(own, None)));
+                }
+                Err(at)
+            }
+        }
     }
 
     /// After the call: reconcile the reservation, learn from the provider's headers, adapt the
@@ -150,34 +165,32 @@ where
     /// answer caused it.
     pub(super) async fn settle_rate(
         &self,
-        deployment: &str,
+        c: &Chosen,
         record: &TaskRecord,
-        reservation: Option<Reservation>,
+        reserved: Reserved,
         end: &CallEnd,
         now: Millis,
     ) {
-        let changed = self.with_rate(deployment, |r| {
-            let (used, limits, throttled, ok) = match end {
-                CallEnd::Answered(response) => (
-                    Some((response.usage.input_tokens, response.usage.output_tokens)),
-                    Some(&response.limits),
-                    None,
-                    true,
-                ),
-                CallEnd::Failed(error, _) => {
-                    let throttled = error.class() == ErrorClass::RateLimited || error.status() == Some(OVERLOADED);
-                    // A refused call used no tokens; its request still counts.
-                    let used = throttled.then_some((0, 0));
-                    (used, Some(error.limits()), throttled.then(|| error.retry_after()), false)
-                }
-                // Timed out or dropped: the provider may have counted everything reserved.
-                CallEnd::TimedOut(_) | CallEnd::Cancelled | CallEnd::LeaseLost => (None, None, None, false),
-            };
-            if let Some(limiter) = r.limiter.as_mut() {
-                if let (Some(reservation), Some(used)) = (reservation, used) {
+        let deployment = c.deployment.as_str();
+        // The provider's headers describe the model's quota where the config says it counts
+        // per model, else the deployment's.
+        let CallUsage { used, limits, throttled, ok } = call_usage(end);
+        let model_counted = self
+            .with_model_rate(deployment, &c.model, |limiter| {
+                if let (Some(reservation), Some(used)) = (reserved.model, used) {
                     limiter.reconcile(reservation, Some(used));
                 }
                 if let Some(limits) = limits {
+                    limiter.observe(limits, now);
+                }
+            })
+            .is_some();
+        let changed = self.with_rate(deployment, |r| {
+            if let Some(limiter) = r.limiter.as_mut() {
+                if let (Some(reservation), Some(used)) = (reserved.own, used) {
+                    limiter.reconcile(reservation, Some(used));
+                }
+                if let Some(limits) = limits.filter(|_| !model_counted) {
                     limiter.observe(limits, now);
                 }
             }
@@ -204,4 +217,48 @@ where
             tracing::warn!(task_id = %record.task.id, %error, "could not audit a concurrency change");
         }
     }
+}
+
+/// What a call's end tells the rate state.
+struct CallUsage<'a> {
+    /// The tokens it used (`None`: unknown, the reservation stands).
+    used: Option<(u64, u64)>,
+    /// The provider's rate-limit headers.
+    limits: Option<&'a RateLimits>,
+    /// Throttled, with its Retry-After.
+    throttled: Option<Option<Duration>>,
+    /// Answered.
+    ok: bool,
+}
+
+fn call_usage(end: &CallEnd) -> CallUsage<'_> {
+    match end {
+        CallEnd::Answered(response) => CallUsage {
+            used: Some((response.usage.input_tokens, response.usage.output_tokens)),
+            limits: Some(&response.limits),
+            throttled: None,
+            ok: true,
+        },
+        CallEnd::Failed(error, _) => {
+            let throttled = error.class() == ErrorClass::RateLimited || error.status() == Some(OVERLOADED);
+            // A refused call used no tokens; its request still counts.
+            CallUsage {
+                used: throttled.then_some((0, 0)),
+                limits: Some(error.limits()),
+                throttled: throttled.then(|| error.retry_after()),
+                ok: false,
+            }
+        }
+        // Timed out or dropped: the provider may have counted everything reserved.
+        CallEnd::TimedOut(_) | CallEnd::Cancelled | CallEnd::LeaseLost => {
+            CallUsage { used: None, limits: None, throttled: None, ok: false }
+        }
+    }
+}
+
+/// The reservations a call holds: in its deployment's windows and its model's.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reserved {
+    own: Option<Reservation>,
+    model: Option<Reservation>,
 }
