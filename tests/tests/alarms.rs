@@ -227,15 +227,13 @@ fn dimensions(dims: &[(String, String)]) -> Vec<Dimension> {
     dims.iter().map(|(n, v)| Dimension::builder().name(n).value(v).build()).collect()
 }
 
-async fn publish(cw: &aws_sdk_cloudwatch::Client, points: &[(Series, f64)]) {
-    let now = DateTime::from(SystemTime::now());
+/// Publishes `points`, stamped `at`.
+async fn publish(cw: &aws_sdk_cloudwatch::Client, points: &[(Series, f64)], at: SystemTime) {
+    let at = DateTime::from(at);
     let mut by_namespace: BTreeMap<&str, Vec<MetricDatum>> = BTreeMap::new();
     for ((namespace, name, dims), value) in points {
-        let datum = MetricDatum::builder()
-            .metric_name(name)
-            .set_dimensions(Some(dimensions(dims)))
-            .value(*value)
-            .timestamp(now);
+        let datum =
+            MetricDatum::builder().metric_name(name).set_dimensions(Some(dimensions(dims))).value(*value).timestamp(at);
         by_namespace.entry(namespace).or_default().push(datum.build());
     }
     for (namespace, data) in by_namespace {
@@ -408,33 +406,61 @@ fn finished_tasks(failed: f64) -> Vec<(Series, f64)> {
 /// numbers. Any other alarm must be a single-metric alarm with a scenario.
 const NOT_EVALUATED: &[(&str, f64)] = &[("DynamoThrottlesAlarm", 1.0)];
 
-/// Waits until `name` is in `want` (publishing `level` every tick if `continuous`), at most
-/// `limit`.
+/// How far back LocalStack reads when it evaluates an alarm: EvaluationPeriods periods and
+/// max(EvaluationPeriods / 3, 2) more (`collect_metric_data` of its alarm scheduler).
+fn lookback(alarm: &AlarmDef) -> Duration {
+    let periods = alarm.evaluation_periods + (alarm.evaluation_periods / 3).max(2);
+    Duration::from_secs(u64::try_from(periods * PERIOD).unwrap())
+}
+
+/// Puts the level that must not alarm in place before the alarm exists, so that the alarm's
+/// first evaluation (LocalStack runs it as the alarm is created) reads nothing else and decides:
+/// a gauge's value every [`TICK`] back over the whole lookback (each evaluated period holds
+/// it), events once, a period and a second back (inside the lookback, never in one period with
+/// the events of the level that must alarm, published later at the time they happen: an
+/// `Average` must not mix the two).
+async fn publish_below(cw: &aws_sdk_cloudwatch::Client, alarm: &AlarmDef, scenario: &Scenario) {
+    let now = SystemTime::now();
+    if scenario.continuous {
+        let mut back = Duration::ZERO;
+        while back <= lookback(alarm) {
+            publish(cw, &(scenario.points)(scenario.below), now - back).await;
+            back += TICK;
+        }
+    } else if scenario.below > 0.0 {
+        let back = Duration::from_secs(u64::try_from(PERIOD).unwrap() + 1);
+        publish(cw, &(scenario.points)(scenario.below), now - back).await;
+    }
+}
+
+/// Waits until the state of `name` satisfies `done` (publishing `level` every tick if
+/// `continuous`), at most `limit`; the time it took and the state. A state lasts one evaluation
+/// cycle (at least [`PERIOD`]), so polling every [`TICK`] sees each one.
 async fn until(
     cw: &aws_sdk_cloudwatch::Client,
     name: &str,
-    want: &StateValue,
+    done: impl Fn(&StateValue) -> bool,
     scenario: &Scenario,
     level: Option<f64>,
     limit: Duration,
-) -> Result<Duration, String> {
+) -> Result<(Duration, StateValue), String> {
     let started = Instant::now();
     loop {
         if let (true, Some(level)) = (scenario.continuous, level) {
-            publish(cw, &(scenario.points)(level)).await;
+            publish(cw, &(scenario.points)(level), SystemTime::now()).await;
         }
         let now = state(cw, name).await;
-        if &now == want {
-            return Ok(started.elapsed());
+        if done(&now) {
+            return Ok((started.elapsed(), now));
         }
         if started.elapsed() > limit {
-            return Err(format!("{name}: still {now:?} after {limit:?}, expected {want:?}"));
+            return Err(format!("{name}: still {now:?} after {limit:?}"));
         }
         tokio::time::sleep(TICK).await;
     }
 }
 
-/// One single-metric alarm through its scenario: below → OK (at the first evaluation), at →
+/// One single-metric alarm through its scenario: below → OK (the first evaluation), at →
 /// ALARM, cleared → OK.
 async fn drive(
     cw: aws_sdk_cloudwatch::Client,
@@ -442,34 +468,30 @@ async fn drive(
     alarm: AlarmDef,
     scenario: Scenario,
 ) -> Result<String, String> {
-    // LocalStack evaluates an alarm every EvaluationPeriods × Period over that many periods and
-    // a few more: allow two evaluations and a margin for each step.
+    // LocalStack evaluates an alarm when it is created, then every EvaluationPeriods × Period
+    // (one scheduler thread for every alarm: late under load): allow two evaluations and a
+    // margin for each step.
     let cycle = Duration::from_secs(u64::try_from(alarm.evaluation_periods * PERIOD).unwrap());
     let limit = cycle * 3 + Duration::from_secs(3 * u64::try_from(PERIOD).unwrap());
-    if scenario.continuous {
-        publish(&cw, &(scenario.points)(scenario.below)).await;
-    }
+    publish_below(&cw, &alarm, &scenario).await;
     create(&cw, &name, &alarm).await;
-    if !scenario.continuous && scenario.below > 0.0 {
-        publish(&cw, &(scenario.points)(scenario.below)).await;
-    }
-    // Below the intended threshold: the first evaluations say OK (a lowered threshold: ALARM).
-    until(&cw, &name, &StateValue::Ok, &scenario, Some(scenario.below), limit).await?;
-    if !scenario.continuous {
-        // The count stays in the evaluated periods for a while: one more evaluation must say OK.
-        tokio::time::sleep(cycle + TICK).await;
-        let now = state(&cw, &name).await;
-        if now != StateValue::Ok {
-            return Err(format!("{name}: {now:?} at {} (below the intended threshold)", scenario.below));
-        }
-    }
-    if !scenario.continuous {
-        publish(&cw, &(scenario.points)(scenario.at)).await;
-    }
-    let alarmed = until(&cw, &name, &StateValue::Alarm, &scenario, Some(scenario.at), limit)
+    // Below the intended threshold: the first evaluation says OK (a lowered threshold: ALARM).
+    let evaluated = |s: &StateValue| *s != StateValue::InsufficientData;
+    let (_, first) = until(&cw, &name, evaluated, &scenario, Some(scenario.below), limit)
         .await
-        .map_err(|e| format!("{e} (the condition holds: {} published)", scenario.at))?;
-    let cleared = until(&cw, &name, &StateValue::Ok, &scenario, Some(scenario.below), limit + cycle * 2).await?;
+        .map_err(|e| format!("{e}: never evaluated"))?;
+    if first != StateValue::Ok {
+        return Err(format!("{name}: {first:?} at {} (below the intended threshold)", scenario.below));
+    }
+    if !scenario.continuous {
+        publish(&cw, &(scenario.points)(scenario.at), SystemTime::now()).await;
+    }
+    let (alarmed, _) = until(&cw, &name, |s| *s == StateValue::Alarm, &scenario, Some(scenario.at), limit)
+        .await
+        .map_err(|e| format!("{e}, expected Alarm (the condition holds: {} published)", scenario.at))?;
+    let (cleared, _) = until(&cw, &name, |s| *s == StateValue::Ok, &scenario, Some(scenario.below), limit + cycle * 2)
+        .await
+        .map_err(|e| format!("{e}, expected Ok (the condition cleared)"))?;
     Ok(format!("{}: OK → ALARM in {alarmed:.0?}, back to OK in {cleared:.0?}", alarm.logical_id))
 }
 
