@@ -13,7 +13,9 @@ cfn-lint knows CloudFormation; it does not know taskexec's rules. This script ch
 - task retention: TaskRetentionDays reaches the api, worker and dlq functions as
   TASK_RETENTION_DAYS; X-Ray tracing is active on every function; the alarms on DynamoDB throttles
   (table and every index), API 5xx and DLQ depth exist, and the StuckRuns alarm treats missing data
-  as breaching with a period longer than the sweeper's schedule;
+  as breaching with a period longer than the sweeper's schedule; every alarm but those of
+  MATH_ALARMS reads one series (what LocalStack evaluates), with one alarm per DLQ (depth, age) and
+  per function (Errors), and alarms on the total breaker openings and on the error rate;
 - events/env.json (for `sam local invoke --env-vars`) names only functions of the template and only
   variables their Environment declares, gives each what FunctionEnv needs, and its queue URLs end
   with the queue names of the SQS events' eventSourceARNs;
@@ -360,6 +362,40 @@ def check_alarms(c: Checker, t: dict, code: dict) -> None:
         c.check(int(p.get("Period", 0)) > every, f"{n}: period {p.get('Period')} s is not longer than the sweeper's rate {every} s")
 
 
+# Alarms that may read several series (`Metrics`: metric math). LocalStack, which evaluates the
+# alarms in tests/tests/alarms.rs, evaluates single-metric alarms only, so every other alarm reads
+# one series.
+MATH_ALARMS = {"DynamoThrottlesAlarm"}
+
+
+def check_single_metric_alarms(c: Checker, t: dict) -> None:
+    """Every alarm but MATH_ALARMS is a single-metric alarm, and the totals the metric-math alarms
+    used to build are covered: one alarm per DLQ (depth and age) and per function (Errors), the
+    breaker openings of every deployment, and the error rate of every finished task."""
+    res = t["Resources"]
+    alarms = {n: r["Properties"] for n, r in res.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for n, p in alarms.items():
+        if n in MATH_ALARMS:
+            continue
+        c.check("Metrics" not in p and "MetricName" in p,
+                f"{n} is not a single-metric alarm (LocalStack evaluates only those; see MATH_ALARMS)")
+    single = {(p.get("Namespace"), p.get("MetricName"), json.dumps(p.get("Dimensions", []), sort_keys=True), p.get("Statistic"))
+              for n, p in alarms.items() if n not in MATH_ALARMS}
+
+    def reads(namespace: str, metric: str, dims: list, stat: str, what: str) -> None:
+        c.check((namespace, metric, json.dumps(dims, sort_keys=True), stat) in single,
+                f"no single-metric alarm reads {what} ({namespace} {metric} {dims}, {stat})")
+
+    for q in QUEUES:
+        dims = [{"Name": "QueueName", "Value": {"Fn::GetAtt": [f"{q}DeadLetterQueue", "QueueName"]}}]
+        reads("AWS/SQS", "ApproximateNumberOfMessagesVisible", dims, "Maximum", f"the depth of {q}DeadLetterQueue")
+        reads("AWS/SQS", "ApproximateAgeOfOldestMessage", dims, "Maximum", f"the oldest message of {q}DeadLetterQueue")
+    for fn in FUNCTIONS:
+        reads("AWS/Lambda", "Errors", [{"Name": "FunctionName", "Value": {"Ref": fn}}], "Sum", f"the errors of {fn}")
+    reads("taskexec", "BreakerOpened", [], "Sum", "the breaker openings of every deployment")
+    reads("taskexec", "TasksFailedPercent", [], "Average", "the error rate (100 per failed, 0 per completed task)")
+
+
 def check_env_json(c: Checker, t: dict) -> None:
     """events/env.json works with `sam local invoke FUNCTION -e events/X.json --env-vars events/env.json`."""
     path = ROOT / "events" / "env.json"
@@ -644,7 +680,10 @@ def emitted_metrics() -> dict[str, set[tuple[str, ...]]]:
         "TasksDeadLettered": {()},
         "TasksCancelled": {()},
         "BreakerState": {("Deployment",)},
-        "BreakerOpened": {("Deployment",)},
+        # per deployment, and the total over deployments (BreakerOpenAlarm's)
+        "BreakerOpened": {("Deployment",), ()},
+        # 100 per failed task (TasksFailed line), 0 per completed one (TasksCompleted line)
+        "TasksFailedPercent": {()},
         # a deployment's adaptive concurrency limit (no alarm: the dashboard's to show)
         "ConcurrencyLimit": {("Deployment",)},
         # printed as a raw EMF line by shared/lambda/src/sweeper/stuck.rs (see raw_emf_metrics)
@@ -687,7 +726,7 @@ def check_metrics(c: Checker, t: dict) -> None:
     emf = rust("shared/aws/src/emf.rs").split("#[cfg(test)]")[0]
     ns = re.search(r'pub const NAMESPACE: &str = "([^"]+)";', emf)
     c.check(ns is not None and ns.group(1) == "taskexec", "emf.rs NAMESPACE is not taskexec")
-    names = set(re.findall(r'(?:Line::count|Line::metric|\.and)\("(\w+)"', emf))
+    names = set(re.findall(r'(?:Line::count|Line::metric|\.and\w*)\("(\w+)"', emf))
     dims = set(re.findall(r'\.dimension\("(\w+)"', emf))
     sets = emitted_metrics()
     raw = raw_emf_metrics(c)
@@ -859,6 +898,7 @@ def main() -> int:
     check_retention(c, t)
     check_tracing(c, t)
     check_alarms(c, t, code)
+    check_single_metric_alarms(c, t)
     check_env_json(c, t)
     check_iam(c, t, code)
     check_provider_keys(c, t)

@@ -5,19 +5,18 @@
 //! data) and created in LocalStack's CloudWatch with each period shortened to [`PERIOD`] seconds.
 //! Metrics of the `taskexec` namespace are published exactly as the code prints them: the EMF
 //! lines of `taskexec_aws::emf_line` and of the sweeper's `stuck_runs_emf` are turned into
-//! `PutMetricData` calls (namespace, name, dimension names and values, value taken from the
-//! line), so a template that names a metric or a dimension the code does not print never sees
-//! data. Metrics of the `AWS/*` namespaces (SQS, Lambda) are AWS's own: they are published under
-//! the template's names.
+//! `PutMetricData` calls (namespace, name, every dimension set of every directive, value taken
+//! from the line), so a template that names a metric or a dimension the code does not print
+//! never sees data. Metrics of the `AWS/*` namespaces (SQS, Lambda, API Gateway) are AWS's own:
+//! they are published under the template's names.
 //!
 //! LocalStack 2026.3.0 evaluates single-metric alarms only (its alarm scheduler skips alarms
-//! defined by `Metrics` queries). Each single-metric alarm is driven through a scenario whose
-//! values are this file's statement of what must alarm: a value just below the intended
-//! threshold keeps the alarm OK, the intended value sends it to ALARM, and it returns to OK when
-//! the condition clears. So a threshold moved in the template (either way) fails the test. The
-//! metric-math alarms are created in LocalStack too (it stores them), their `taskexec` metrics
-//! are checked against what the code prints, and their thresholds against the intended values;
-//! their expressions are not evaluated (no local emulator does).
+//! defined by `Metrics` queries), and every alarm of the template is one, except those of
+//! [`NOT_EVALUATED`]. Each is driven through a scenario whose values are this file's statement of
+//! what must alarm: a value just below the intended threshold keeps the alarm OK, the intended
+//! value sends it to ALARM, and it returns to OK when the condition clears. So a threshold moved
+//! in the template (either way) fails the test. A metric-math alarm outside [`NOT_EVALUATED`]
+//! fails the test: it would not be evaluated.
 //!
 //! Needs LocalStack (`TASKEXEC_TEST_EMULATOR` other than `moto`): moto stores alarms but never
 //! evaluates them, and this test fails on it rather than pass vacuously.
@@ -228,15 +227,13 @@ fn dimensions(dims: &[(String, String)]) -> Vec<Dimension> {
     dims.iter().map(|(n, v)| Dimension::builder().name(n).value(v).build()).collect()
 }
 
-async fn publish(cw: &aws_sdk_cloudwatch::Client, points: &[(Series, f64)]) {
-    let now = DateTime::from(SystemTime::now());
+/// Publishes `points`, stamped `at`.
+async fn publish(cw: &aws_sdk_cloudwatch::Client, points: &[(Series, f64)], at: SystemTime) {
+    let at = DateTime::from(at);
     let mut by_namespace: BTreeMap<&str, Vec<MetricDatum>> = BTreeMap::new();
     for ((namespace, name, dims), value) in points {
-        let datum = MetricDatum::builder()
-            .metric_name(name)
-            .set_dimensions(Some(dimensions(dims)))
-            .value(*value)
-            .timestamp(now);
+        let datum =
+            MetricDatum::builder().metric_name(name).set_dimensions(Some(dimensions(dims))).value(*value).timestamp(at);
         by_namespace.entry(namespace).or_default().push(datum.build());
     }
     for (namespace, data) in by_namespace {
@@ -290,8 +287,8 @@ async fn create(cw: &aws_sdk_cloudwatch::Client, name: &str, alarm: &AlarmDef) {
 type Points = Box<dyn Fn(f64) -> Vec<(Series, f64)> + Send + Sync>;
 
 /// How a single-metric alarm is driven: the points for a level, whether the level is published
-/// every [`TICK`] (gauges) or once (counts summed over a period), the level that must not alarm,
-/// and the level that must.
+/// every [`TICK`] (gauges) or once (events: counts summed over a period, or the finished tasks
+/// whose values are averaged), the level that must not alarm, and the level that must.
 struct Scenario {
     points: Points,
     continuous: bool,
@@ -352,46 +349,118 @@ fn scenarios(alarms: &[AlarmDef]) -> BTreeMap<String, Scenario> {
         "WorkerThrottlesAlarm".into(),
         Scenario { points: gauge("WorkerThrottlesAlarm"), continuous: false, below: 0.0, at: 1.0 },
     );
+    // Each dead-letter queue: ten visible messages alarm, nine do not; its oldest message 15
+    // minutes old, three periods in a row, alarms.
+    for queue in ["High", "Normal", "Low"] {
+        let depth = format!("{queue}DeadLetterQueueDepthAlarm");
+        out.insert(depth.clone(), Scenario { points: gauge(&depth), continuous: true, below: 9.0, at: 10.0 });
+        let age = format!("{queue}DeadLetterQueueAgeAlarm");
+        out.insert(age.clone(), Scenario { points: gauge(&age), continuous: true, below: 899.0, at: 900.0 });
+    }
+    // Each function: five crashed invocations in a period alarm, four do not.
+    for function in ["Api", "Worker", "Dlq", "Sweeper"] {
+        let id = format!("{function}FunctionErrorsAlarm");
+        out.insert(id.clone(), Scenario { points: gauge(&id), continuous: false, below: 4.0, at: 5.0 });
+    }
+    // One breaker opening alarms, whichever deployment it is (the code names them, not the
+    // template): each opening below is another deployment's.
+    let openings: Points = Box::new(|n| {
+        (0..n as usize)
+            .flat_map(|i| {
+                let open = Metric::BreakerChanged { deployment: format!("deployment-{i}"), state: BreakerState::Open };
+                emf_points(&taskexec_aws::emf_line(&open, 0))
+            })
+            .collect()
+    });
+    out.insert("BreakerOpenAlarm".into(), Scenario { points: openings, continuous: false, below: 0.0, at: 1.0 });
+    // Twenty failed tasks in a hundred finished (20 %) alarm, nineteen do not; the failures are
+    // spread over every error class.
+    out.insert(
+        "ErrorRateAlarm".into(),
+        Scenario { points: Box::new(finished_tasks), continuous: false, below: 19.0, at: 20.0 },
+    );
     out
 }
 
-/// The intended thresholds of the metric-math alarms (not evaluated locally: checked as numbers).
-const MATH_THRESHOLDS: &[(&str, f64)] = &[
-    ("ErrorRateAlarm", 20.0),
-    ("DeadLetterQueueAgeAlarm", 900.0),
-    ("DeadLetterQueueDepthAlarm", 10.0),
-    ("BreakerOpenAlarm", 1.0),
-    ("FunctionErrorsAlarm", 5.0),
-    ("DynamoThrottlesAlarm", 1.0),
-];
+/// The lines of a hundred finished tasks, `failed` of them failed (every error class in turn)
+/// and the others completed: an error rate of `failed` percent.
+fn finished_tasks(failed: f64) -> Vec<(Series, f64)> {
+    let classes = [
+        ErrorClass::RateLimited,
+        ErrorClass::Transient,
+        ErrorClass::Permanent,
+        ErrorClass::Cancelled,
+        ErrorClass::DeadlineExceeded,
+    ];
+    let failed = failed as usize;
+    (0..100)
+        .map(|i| {
+            if i < failed { Metric::Failed(classes[i % classes.len()]) } else { Metric::Completed { latency_ms: 1.0 } }
+        })
+        .flat_map(|metric| emf_points(&taskexec_aws::emf_line(&metric, 0)))
+        .collect()
+}
 
-/// Waits until `name` is in `want` (publishing `level` every tick if `continuous`), at most
-/// `limit`.
+/// The metric-math alarms LocalStack cannot evaluate, with their intended thresholds: created in
+/// LocalStack, their `taskexec` series checked against the code and their thresholds as
+/// numbers. Any other alarm must be a single-metric alarm with a scenario.
+const NOT_EVALUATED: &[(&str, f64)] = &[("DynamoThrottlesAlarm", 1.0)];
+
+/// How far back LocalStack reads when it evaluates an alarm: EvaluationPeriods periods and
+/// max(EvaluationPeriods / 3, 2) more (`collect_metric_data` of its alarm scheduler).
+fn lookback(alarm: &AlarmDef) -> Duration {
+    let periods = alarm.evaluation_periods + (alarm.evaluation_periods / 3).max(2);
+    Duration::from_secs(u64::try_from(periods * PERIOD).unwrap())
+}
+
+/// Puts the level that must not alarm in place before the alarm exists, so that the alarm's
+/// first evaluation (LocalStack runs it as the alarm is created) reads nothing else and decides:
+/// a gauge's value every [`TICK`] back over the whole lookback (each evaluated period holds
+/// it), events once, a period and a second back (inside the lookback, never in one period with
+/// the events of the level that must alarm, published later at the time they happen: an
+/// `Average` must not mix the two).
+async fn publish_below(cw: &aws_sdk_cloudwatch::Client, alarm: &AlarmDef, scenario: &Scenario) {
+    let now = SystemTime::now();
+    if scenario.continuous {
+        let mut back = Duration::ZERO;
+        while back <= lookback(alarm) {
+            publish(cw, &(scenario.points)(scenario.below), now - back).await;
+            back += TICK;
+        }
+    } else if scenario.below > 0.0 {
+        let back = Duration::from_secs(u64::try_from(PERIOD).unwrap() + 1);
+        publish(cw, &(scenario.points)(scenario.below), now - back).await;
+    }
+}
+
+/// Waits until the state of `name` satisfies `done` (publishing `level` every tick if
+/// `continuous`), at most `limit`; the time it took and the state. A state lasts one evaluation
+/// cycle (at least [`PERIOD`]), so polling every [`TICK`] sees each one.
 async fn until(
     cw: &aws_sdk_cloudwatch::Client,
     name: &str,
-    want: &StateValue,
+    done: impl Fn(&StateValue) -> bool,
     scenario: &Scenario,
     level: Option<f64>,
     limit: Duration,
-) -> Result<Duration, String> {
+) -> Result<(Duration, StateValue), String> {
     let started = Instant::now();
     loop {
         if let (true, Some(level)) = (scenario.continuous, level) {
-            publish(cw, &(scenario.points)(level)).await;
+            publish(cw, &(scenario.points)(level), SystemTime::now()).await;
         }
         let now = state(cw, name).await;
-        if &now == want {
-            return Ok(started.elapsed());
+        if done(&now) {
+            return Ok((started.elapsed(), now));
         }
         if started.elapsed() > limit {
-            return Err(format!("{name}: still {now:?} after {limit:?}, expected {want:?}"));
+            return Err(format!("{name}: still {now:?} after {limit:?}"));
         }
         tokio::time::sleep(TICK).await;
     }
 }
 
-/// One single-metric alarm through its scenario: below → OK (at the first evaluation), at →
+/// One single-metric alarm through its scenario: below → OK (the first evaluation), at →
 /// ALARM, cleared → OK.
 async fn drive(
     cw: aws_sdk_cloudwatch::Client,
@@ -399,34 +468,30 @@ async fn drive(
     alarm: AlarmDef,
     scenario: Scenario,
 ) -> Result<String, String> {
-    // LocalStack evaluates an alarm every EvaluationPeriods × Period over that many periods and
-    // a few more: allow two evaluations and a margin for each step.
+    // LocalStack evaluates an alarm when it is created, then every EvaluationPeriods × Period
+    // (one scheduler thread for every alarm: late under load): allow two evaluations and a
+    // margin for each step.
     let cycle = Duration::from_secs(u64::try_from(alarm.evaluation_periods * PERIOD).unwrap());
     let limit = cycle * 3 + Duration::from_secs(3 * u64::try_from(PERIOD).unwrap());
-    if scenario.continuous {
-        publish(&cw, &(scenario.points)(scenario.below)).await;
-    }
+    publish_below(&cw, &alarm, &scenario).await;
     create(&cw, &name, &alarm).await;
-    if !scenario.continuous && scenario.below > 0.0 {
-        publish(&cw, &(scenario.points)(scenario.below)).await;
-    }
-    // Below the intended threshold: the first evaluations say OK (a lowered threshold: ALARM).
-    until(&cw, &name, &StateValue::Ok, &scenario, Some(scenario.below), limit).await?;
-    if !scenario.continuous {
-        // The count stays in the evaluated periods for a while: one more evaluation must say OK.
-        tokio::time::sleep(cycle + TICK).await;
-        let now = state(&cw, &name).await;
-        if now != StateValue::Ok {
-            return Err(format!("{name}: {now:?} at {} (below the intended threshold)", scenario.below));
-        }
-    }
-    if !scenario.continuous {
-        publish(&cw, &(scenario.points)(scenario.at)).await;
-    }
-    let alarmed = until(&cw, &name, &StateValue::Alarm, &scenario, Some(scenario.at), limit)
+    // Below the intended threshold: the first evaluation says OK (a lowered threshold: ALARM).
+    let evaluated = |s: &StateValue| *s != StateValue::InsufficientData;
+    let (_, first) = until(&cw, &name, evaluated, &scenario, Some(scenario.below), limit)
         .await
-        .map_err(|e| format!("{e} (the condition holds: {} published)", scenario.at))?;
-    let cleared = until(&cw, &name, &StateValue::Ok, &scenario, Some(scenario.below), limit + cycle * 2).await?;
+        .map_err(|e| format!("{e}: never evaluated"))?;
+    if first != StateValue::Ok {
+        return Err(format!("{name}: {first:?} at {} (below the intended threshold)", scenario.below));
+    }
+    if !scenario.continuous {
+        publish(&cw, &(scenario.points)(scenario.at), SystemTime::now()).await;
+    }
+    let (alarmed, _) = until(&cw, &name, |s| *s == StateValue::Alarm, &scenario, Some(scenario.at), limit)
+        .await
+        .map_err(|e| format!("{e}, expected Alarm (the condition holds: {} published)", scenario.at))?;
+    let (cleared, _) = until(&cw, &name, |s| *s == StateValue::Ok, &scenario, Some(scenario.below), limit + cycle * 2)
+        .await
+        .map_err(|e| format!("{e}, expected Ok (the condition cleared)"))?;
     Ok(format!("{}: OK → ALARM in {alarmed:.0?}, back to OK in {cleared:.0?}", alarm.logical_id))
 }
 
@@ -457,35 +522,16 @@ async fn the_templates_alarms_go_to_alarm_when_their_condition_holds_and_back_to
                     .unwrap_or_else(|| panic!("{}: a new alarm needs its scenario here", alarm.logical_id));
                 tasks.push(tokio::spawn(drive(cw.clone(), name, alarm.clone(), scenario)));
             }
-            Kind::Math { stats, expressions } => {
+            Kind::Math { stats, .. } => {
+                let intended = NOT_EVALUATED.iter().find(|(id, _)| *id == alarm.logical_id);
+                let (_, intended) = intended.unwrap_or_else(|| {
+                    panic!("{}: a metric-math alarm, which LocalStack does not evaluate", alarm.logical_id)
+                });
                 for (id, series, _) in stats {
                     if series.0 == taskexec_aws::NAMESPACE {
                         assert!(printed(series, &emitted), "{}/{id}: the code prints no {series:?}", alarm.logical_id);
                     }
                 }
-                // Metrics Insights: SELECT SUM(M) FROM SCHEMA(taskexec, D1, ...) reads the series
-                // of M whose dimensions are exactly D1, ...
-                for (id, expression) in expressions {
-                    if let Some(rest) = expression.strip_prefix("SELECT ") {
-                        let metric = rest.split(['(', ')']).nth(1).unwrap_or_default().to_owned();
-                        let schema = rest.split("SCHEMA(").nth(1).unwrap_or_default().trim_end_matches(')');
-                        let mut parts = schema.split(',').map(str::trim);
-                        let namespace = parts.next().unwrap_or_default().to_owned();
-                        let dims = parts.map(|d| (d.to_owned(), "any".to_owned())).collect();
-                        let series = (namespace, metric, dims);
-                        let shape = |s: &Series| {
-                            (s.0.clone(), s.1.clone(), s.2.iter().map(|d| d.0.clone()).collect::<Vec<_>>())
-                        };
-                        assert!(
-                            emitted.iter().any(|e| shape(e) == shape(&series)),
-                            "{}/{id}: the code prints no {series:?}",
-                            alarm.logical_id
-                        );
-                    }
-                }
-                let intended = MATH_THRESHOLDS.iter().find(|(id, _)| *id == alarm.logical_id);
-                let (_, intended) = intended
-                    .unwrap_or_else(|| panic!("{}: a new alarm needs its intended threshold here", alarm.logical_id));
                 assert_eq!(alarm.threshold, *intended, "{}: threshold", alarm.logical_id);
                 create(&cw, &name, alarm).await;
             }

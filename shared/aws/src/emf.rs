@@ -3,6 +3,13 @@
 //! the hot path. Namespace `taskexec`; dimensions `ErrorClass`, `Reason` and `Deployment` where
 //! they apply; high-cardinality facts (a task id) are plain properties, searchable in Logs
 //! Insights but not dimensions.
+//!
+//! Alarms read one series each (no metric math: LocalStack evaluates only those, and a total
+//! over deployments would need Metrics Insights), so where an alarm needs a total over a
+//! dimension the line also publishes the series without dimensions: `BreakerOpened` per
+//! `Deployment` and in total, and `TasksFailedPercent`, one value per finished task (100 failed,
+//! 0 completed, without dimensions) whose `Average` over a period is the error rate in percent
+//! and whose `SampleCount` is the number of tasks finished.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -15,17 +22,28 @@ use taskexec_core::time::{Clock, Millis, SystemClock};
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "taskexec";
 
+/// The dimension sets a metric of a line is published under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rollup {
+    /// The line's dimensions.
+    Line,
+    /// The line's dimensions, and none: the total over every value of them.
+    LineAndTotal,
+    /// No dimensions: the total only.
+    Total,
+}
+
 /// One metric line under construction.
 #[derive(Debug, Default)]
 struct Line {
     dimensions: Vec<(&'static str, String)>,
-    metrics: Vec<(&'static str, &'static str, f64)>,
+    metrics: Vec<(&'static str, &'static str, f64, Rollup)>,
     properties: Vec<(&'static str, String)>,
 }
 
 impl Line {
     fn metric(name: &'static str, unit: &'static str, value: f64) -> Self {
-        Self { metrics: vec![(name, unit, value)], ..Self::default() }
+        Self { metrics: vec![(name, unit, value, Rollup::Line)], ..Self::default() }
     }
 
     fn count(name: &'static str) -> Self {
@@ -33,7 +51,17 @@ impl Line {
     }
 
     fn and(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
-        self.metrics.push((name, unit, value));
+        self.metrics.push((name, unit, value, Rollup::Line));
+        self
+    }
+
+    fn and_with_total(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
+        self.metrics.push((name, unit, value, Rollup::LineAndTotal));
+        self
+    }
+
+    fn and_total(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
+        self.metrics.push((name, unit, value, Rollup::Total));
         self
     }
 
@@ -47,17 +75,41 @@ impl Line {
         self
     }
 
+    /// The dimension sets of `rollup` on this line (no set twice: a line without dimensions
+    /// has one set, the empty one).
+    fn dimension_sets(&self, rollup: Rollup) -> Vec<Vec<&'static str>> {
+        let names: Vec<&'static str> = self.dimensions.iter().map(|(name, _)| *name).collect();
+        match rollup {
+            Rollup::Line => vec![names],
+            Rollup::LineAndTotal if !names.is_empty() => vec![names, Vec::new()],
+            Rollup::LineAndTotal | Rollup::Total => vec![Vec::new()],
+        }
+    }
+
+    /// One directive per distinct list of dimension sets, in the order the metrics were added.
+    fn directives(&self) -> Vec<Value> {
+        let mut directives: Vec<(Vec<Vec<&str>>, Vec<Value>)> = Vec::new();
+        for (name, unit, _, rollup) in &self.metrics {
+            let sets = self.dimension_sets(*rollup);
+            let metric = json!({"Name": name, "Unit": unit});
+            match directives.iter_mut().find(|(known, _)| *known == sets) {
+                Some((_, metrics)) => metrics.push(metric),
+                None => directives.push((sets, vec![metric])),
+            }
+        }
+        directives
+            .into_iter()
+            .map(|(sets, metrics)| json!({"Namespace": NAMESPACE, "Dimensions": sets, "Metrics": metrics}))
+            .collect()
+    }
+
     fn to_json(&self, timestamp: Millis) -> String {
-        let names: Vec<&str> = self.dimensions.iter().map(|(name, _)| *name).collect();
-        let metrics: Vec<Value> =
-            self.metrics.iter().map(|(name, unit, _)| json!({"Name": name, "Unit": unit})).collect();
-        let directive = json!({"Namespace": NAMESPACE, "Dimensions": [names], "Metrics": metrics});
         let mut root = Map::new();
-        root.insert("_aws".into(), json!({"Timestamp": timestamp, "CloudWatchMetrics": [directive]}));
+        root.insert("_aws".into(), json!({"Timestamp": timestamp, "CloudWatchMetrics": self.directives()}));
         for (name, value) in self.dimensions.iter().chain(&self.properties) {
             root.insert((*name).into(), json!(value));
         }
-        for (name, _, value) in &self.metrics {
+        for (name, _, value, _) in &self.metrics {
             root.insert((*name).into(), json!(value));
         }
         Value::Object(root).to_string()
@@ -73,10 +125,14 @@ pub fn emf_line(metric: &Metric, timestamp: Millis) -> String {
 fn line_of(metric: &Metric) -> Line {
     match metric {
         Metric::AttemptStarted => Line::count("AttemptsStarted"),
-        Metric::Completed { latency_ms } => {
-            Line::count("TasksCompleted").and("AttemptLatency", "Milliseconds", *latency_ms)
-        }
-        Metric::Failed(class) => Line::count("TasksFailed").dimension("ErrorClass", class.as_str()),
+        Metric::Completed { latency_ms } => Line::count("TasksCompleted")
+            .and("AttemptLatency", "Milliseconds", *latency_ms)
+            .and_total("TasksFailedPercent", "Percent", 0.0),
+        Metric::Failed(class) => Line::count("TasksFailed").dimension("ErrorClass", class.as_str()).and_total(
+            "TasksFailedPercent",
+            "Percent",
+            100.0,
+        ),
         Metric::RetryScheduled(class) => Line::count("RetriesScheduled").dimension("ErrorClass", class.as_str()),
         Metric::Deferred(reason) => deferral(reason),
         Metric::DeadLettered { task_id, reason } => {
@@ -108,7 +164,9 @@ fn deferral(reason: &DeferReason) -> Line {
     }
 }
 
-/// `BreakerState` is 0 closed, 1 half-open, 2 open (alarm on ≥ 2); `BreakerOpened` counts opens.
+/// `BreakerState` is 0 closed, 1 half-open, 2 open, per deployment; `BreakerOpened` counts
+/// opens per deployment and in total (the total is what `BreakerOpenAlarm` reads: the
+/// deployments are named in the run config, not in the template).
 fn breaker(deployment: &str, state: BreakerState) -> Line {
     let level = match state {
         BreakerState::Closed => 0.0,
@@ -116,7 +174,7 @@ fn breaker(deployment: &str, state: BreakerState) -> Line {
         BreakerState::Open => 2.0,
     };
     let line = Line::metric("BreakerState", "None", level);
-    let line = if state == BreakerState::Open { line.and("BreakerOpened", "Count", 1.0) } else { line };
+    let line = if state == BreakerState::Open { line.and_with_total("BreakerOpened", "Count", 1.0) } else { line };
     line.dimension("Deployment", deployment)
 }
 

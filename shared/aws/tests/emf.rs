@@ -34,17 +34,20 @@ fn lines(metrics: Vec<Metric>) -> Vec<Value> {
     text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
 }
 
-/// Every metric named in the directive is a number field of the line, and every dimension a
-/// string field.
+/// Every metric named in a directive is a number field of the line, and every dimension of
+/// every dimension set a string field.
 fn assert_well_formed(line: &Value) {
-    let directive = &line["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(line["_aws"]["Timestamp"], 1_700_000_000_000_i64);
-    assert_eq!(directive["Namespace"], "taskexec");
-    for metric in directive["Metrics"].as_array().unwrap() {
-        assert!(line[metric["Name"].as_str().unwrap()].is_number(), "{line}");
-    }
-    for dimension in directive["Dimensions"][0].as_array().unwrap() {
-        assert!(line[dimension.as_str().unwrap()].is_string(), "{line}");
+    for directive in line["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+        assert_eq!(directive["Namespace"], "taskexec");
+        for metric in directive["Metrics"].as_array().unwrap() {
+            assert!(line[metric["Name"].as_str().unwrap()].is_number(), "{line}");
+        }
+        for set in directive["Dimensions"].as_array().unwrap() {
+            for dimension in set.as_array().unwrap() {
+                assert!(line[dimension.as_str().unwrap()].is_string(), "{line}");
+            }
+        }
     }
 }
 
@@ -80,4 +83,43 @@ fn one_well_formed_line_per_metric() {
     assert_eq!(lines[6]["taskId"], "t1", "a task id is a property, not a dimension");
     assert_eq!(lines[6]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
     assert_eq!((lines[8]["BreakerState"].as_f64(), lines[8]["BreakerOpened"].as_f64()), (Some(2.0), Some(1.0)));
+}
+
+/// The totals alarms read without metric math: openings over every deployment, and the error
+/// rate as the average of one value per finished task.
+#[test]
+fn totals_for_the_alarms_are_published_without_dimensions() {
+    let lines = lines(vec![
+        Metric::BreakerChanged { deployment: "openai-east".into(), state: BreakerState::Open },
+        Metric::BreakerChanged { deployment: "openai-east".into(), state: BreakerState::Closed },
+        Metric::Completed { latency_ms: 1.0 },
+        Metric::Failed(ErrorClass::Transient),
+    ]);
+    lines.iter().for_each(assert_well_formed);
+    let directives = |i: usize| lines[i]["_aws"]["CloudWatchMetrics"].clone();
+    assert_eq!(
+        directives(0),
+        json!([
+            {"Namespace": "taskexec", "Dimensions": [["Deployment"]], "Metrics": [{"Name": "BreakerState", "Unit": "None"}]},
+            {"Namespace": "taskexec", "Dimensions": [["Deployment"], []], "Metrics": [{"Name": "BreakerOpened", "Unit": "Count"}]},
+        ])
+    );
+    assert_eq!(directives(1).as_array().unwrap().len(), 1, "no opening, no total: {}", lines[1]);
+    assert_eq!(lines[2]["TasksFailedPercent"], 0.0);
+    assert_eq!(
+        directives(2),
+        json!([{"Namespace": "taskexec", "Dimensions": [[]], "Metrics": [
+            {"Name": "TasksCompleted", "Unit": "Count"},
+            {"Name": "AttemptLatency", "Unit": "Milliseconds"},
+            {"Name": "TasksFailedPercent", "Unit": "Percent"},
+        ]}])
+    );
+    assert_eq!(lines[3]["TasksFailedPercent"], 100.0);
+    assert_eq!(
+        directives(3),
+        json!([
+            {"Namespace": "taskexec", "Dimensions": [["ErrorClass"]], "Metrics": [{"Name": "TasksFailed", "Unit": "Count"}]},
+            {"Namespace": "taskexec", "Dimensions": [[]], "Metrics": [{"Name": "TasksFailedPercent", "Unit": "Percent"}]},
+        ])
+    );
 }
