@@ -209,7 +209,7 @@ mod tests {
         let sink = CliSink::default();
         sink.record(Metric::BreakerChanged { deployment: "d".into(), state: BreakerState::Open });
         sink.record(Metric::DeadLettered { task_id: "t".into(), reason: "attempts exhausted".into() });
-        sink.record(Metric::AttemptStarted);
+        sink.record(Metric::AttemptStarted { deployment: "d".into() });
         let notes = sink.take_notes();
         assert_eq!(notes.len(), 2);
         assert!(notes[0].starts_with("breaker d: OPEN"));

@@ -186,8 +186,8 @@ fn emitted_series() -> Vec<Series> {
         ErrorClass::DeadlineExceeded,
     ];
     let mut metrics = vec![
-        Metric::AttemptStarted,
-        Metric::Completed { latency_ms: 1.0 },
+        Metric::AttemptStarted { deployment: "d".into() },
+        Metric::Completed { deployment: "d".into(), latency_ms: 1.0 },
         Metric::DeadLettered { task_id: "t".into(), reason: "r".into() },
         Metric::Cancelled,
         Metric::Deferred(DeferReason::Paused),
@@ -395,7 +395,11 @@ fn finished_tasks(failed: f64) -> Vec<(Series, f64)> {
     let failed = failed as usize;
     (0..100)
         .map(|i| {
-            if i < failed { Metric::Failed(classes[i % classes.len()]) } else { Metric::Completed { latency_ms: 1.0 } }
+            if i < failed {
+                Metric::Failed(classes[i % classes.len()])
+            } else {
+                Metric::Completed { deployment: "d".into(), latency_ms: 1.0 }
+            }
         })
         .flat_map(|metric| emf_points(&taskexec_aws::emf_line(&metric, 0)))
         .collect()

@@ -50,11 +50,6 @@ impl Line {
         Self::metric(name, "Count", 1.0)
     }
 
-    fn and(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
-        self.metrics.push((name, unit, value, Rollup::Line));
-        self
-    }
-
     fn and_with_total(mut self, name: &'static str, unit: &'static str, value: f64) -> Self {
         self.metrics.push((name, unit, value, Rollup::LineAndTotal));
         self
@@ -124,9 +119,15 @@ pub fn emf_line(metric: &Metric, timestamp: Millis) -> String {
 
 fn line_of(metric: &Metric) -> Line {
     match metric {
-        Metric::AttemptStarted => Line::count("AttemptsStarted"),
-        Metric::Completed { latency_ms } => Line::count("TasksCompleted")
-            .and("AttemptLatency", "Milliseconds", *latency_ms)
+        // Per deployment (a route's split) and in total (what the alarms and the dashboard's
+        // totals read).
+        Metric::AttemptStarted { deployment } => {
+            Line::default().and_with_total("AttemptsStarted", "Count", 1.0).dimension("Deployment", deployment)
+        }
+        Metric::Completed { deployment, latency_ms } => Line::default()
+            .and_with_total("TasksCompleted", "Count", 1.0)
+            .and_with_total("AttemptLatency", "Milliseconds", *latency_ms)
+            .dimension("Deployment", deployment)
             .and_total("TasksFailedPercent", "Percent", 0.0),
         Metric::Failed(class) => Line::count("TasksFailed").dimension("ErrorClass", class.as_str()).and_total(
             "TasksFailedPercent",
@@ -185,7 +186,7 @@ fn breaker(deployment: &str, state: BreakerState) -> Line {
 /// use taskexec_core::ports::{Metric, MetricsSink};
 /// use taskexec_core::time::FakeClock;
 /// let sink = EmfSink::new(Vec::new(), FakeClock::at(1_700_000_000_000));
-/// sink.record(Metric::AttemptStarted);
+/// sink.record(Metric::AttemptStarted { deployment: "openai".into() });
 /// let line = String::from_utf8(sink.into_inner()).unwrap();
 /// assert!(line.starts_with(r#"{"AttemptsStarted":1.0,"_aws":{"#), "{line}");
 /// ```

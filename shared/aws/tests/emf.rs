@@ -54,8 +54,8 @@ fn assert_well_formed(line: &Value) {
 #[test]
 fn one_well_formed_line_per_metric() {
     let metrics = vec![
-        Metric::AttemptStarted,
-        Metric::Completed { latency_ms: 812.5 },
+        Metric::AttemptStarted { deployment: "openai-east".into() },
+        Metric::Completed { deployment: "openai-east".into(), latency_ms: 812.5 },
         Metric::Failed(ErrorClass::Permanent),
         Metric::RetryScheduled(ErrorClass::RateLimited),
         Metric::Deferred(DeferReason::BreakerOpen("openai-east".into())),
@@ -69,6 +69,8 @@ fn one_well_formed_line_per_metric() {
     assert_eq!(lines.len(), 9);
     lines.iter().for_each(assert_well_formed);
     assert_eq!(lines[1]["AttemptLatency"], 812.5);
+    assert_eq!(lines[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Deployment"], []]));
+    assert_eq!(lines[0]["Deployment"], "openai-east", "attempts per deployment and in total");
     assert_eq!(
         lines[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"][1],
         json!({"Name": "AttemptLatency", "Unit": "Milliseconds"})
@@ -92,7 +94,7 @@ fn totals_for_the_alarms_are_published_without_dimensions() {
     let lines = lines(vec![
         Metric::BreakerChanged { deployment: "openai-east".into(), state: BreakerState::Open },
         Metric::BreakerChanged { deployment: "openai-east".into(), state: BreakerState::Closed },
-        Metric::Completed { latency_ms: 1.0 },
+        Metric::Completed { deployment: "openai-east".into(), latency_ms: 1.0 },
         Metric::Failed(ErrorClass::Transient),
     ]);
     lines.iter().for_each(assert_well_formed);
@@ -108,12 +110,15 @@ fn totals_for_the_alarms_are_published_without_dimensions() {
     assert_eq!(lines[2]["TasksFailedPercent"], 0.0);
     assert_eq!(
         directives(2),
-        json!([{"Namespace": "taskexec", "Dimensions": [[]], "Metrics": [
-            {"Name": "TasksCompleted", "Unit": "Count"},
-            {"Name": "AttemptLatency", "Unit": "Milliseconds"},
-            {"Name": "TasksFailedPercent", "Unit": "Percent"},
-        ]}])
+        json!([
+            {"Namespace": "taskexec", "Dimensions": [["Deployment"], []], "Metrics": [
+                {"Name": "TasksCompleted", "Unit": "Count"},
+                {"Name": "AttemptLatency", "Unit": "Milliseconds"},
+            ]},
+            {"Namespace": "taskexec", "Dimensions": [[]], "Metrics": [{"Name": "TasksFailedPercent", "Unit": "Percent"}]},
+        ])
     );
+    assert_eq!(lines[2]["Deployment"], "openai-east", "a route's split: completions per deployment");
     assert_eq!(lines[3]["TasksFailedPercent"], 100.0);
     assert_eq!(
         directives(3),

@@ -487,7 +487,7 @@ impl MetricsSink for CountingSink {
         let c = &self.counters;
         let bump = |a: &AtomicU64| a.fetch_add(1, Ordering::Relaxed);
         match metric {
-            Metric::AttemptStarted => bump(&c.attempts),
+            Metric::AttemptStarted { .. } => bump(&c.attempts),
             Metric::Completed { .. } => bump(&c.completed),
             Metric::Failed(_) => bump(&c.failed),
             Metric::RetryScheduled(class) => {

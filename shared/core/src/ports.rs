@@ -502,10 +502,16 @@ pub trait LimiterStore: Send + Sync + 'static {
 /// A metric the engine emits; names are fixed here, once.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
-    /// A task was claimed and an attempt started.
-    AttemptStarted,
-    /// A task completed; its attempt latency in ms.
+    /// A task was claimed and an attempt started on a deployment (a route's choice, or the
+    /// task's own).
+    AttemptStarted {
+        /// The deployment called.
+        deployment: String,
+    },
+    /// A task completed; the deployment that served it and its attempt latency in ms.
     Completed {
+        /// The deployment that served it.
+        deployment: String,
         /// Latency of the successful attempt.
         latency_ms: f64,
     },

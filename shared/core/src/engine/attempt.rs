@@ -58,7 +58,7 @@ where
             }
         };
         let timeout = self.attempt_timeout(&record, started, cap);
-        self.ports.metrics.record(Metric::AttemptStarted);
+        self.ports.metrics.record(Metric::AttemptStarted { deployment: c.deployment.clone() });
         let end = self.call(&record, c, timeout).await;
         let finished = self.ports.clock.now();
         self.settle_rate(c, &record, reserved, &end, finished).await;
@@ -231,7 +231,7 @@ where
         let written =
             self.finish(record, Outcome::Completed(result), record.attempt, record.throttles, Some(entry)).await?;
         if written == WriteOutcome::Applied {
-            self.ports.metrics.record(Metric::Completed { latency_ms });
+            self.ports.metrics.record(Metric::Completed { deployment: deployment.to_owned(), latency_ms });
             super::report_finished(TaskState::Completed);
         }
         Ok(Decision::Ack)
