@@ -4,11 +4,13 @@
 //! pure function of the task id (sent by taskexec in `x-taskexec-task-id`) so that a benchmark
 //! can compute the zero-overhead makespan of the same latencies. It can record how often each
 //! task was called, hang for chosen tasks (and record when the client closed the connection),
+//! enforce a requests/tokens-per-minute quota as OpenAI does (429 `rate_limit_exceeded` with
+//! `retry-after` and the `x-ratelimit-*` headers beyond it, the same headers on every answer),
 //! and reports all of it on `GET /_stats`. It binds 127.0.0.1 only.
 
 pub mod timed;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,13 +87,29 @@ pub struct MockConfig {
     pub record: bool,
     /// Tasks whose calls hang (until the client goes away, or an hour).
     pub hang: HashSet<String>,
+    /// A quota enforced over a sliding minute, as OpenAI counts it.
+    pub quota: Option<MockQuota>,
 }
 
 impl Default for MockConfig {
     fn default() -> Self {
-        Self { latency: Latency::Zero, seed: 1, record: true, hang: HashSet::new() }
+        Self { latency: Latency::Zero, seed: 1, record: true, hang: HashSet::new(), quota: None }
     }
 }
+
+/// Requests and tokens per minute. Every answer uses [`TOKENS_PER_CALL`] tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockQuota {
+    /// Requests per minute.
+    pub rpm: u64,
+    /// Tokens per minute.
+    pub tpm: u64,
+}
+
+/// Tokens an answer reports using (12 prompt + 4 completion).
+pub const TOKENS_PER_CALL: u64 = 16;
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// What the server saw.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -107,11 +125,68 @@ pub struct Stats {
     /// The most answering calls in progress at once since the start or the last
     /// [`MockServer::restart_max_in_flight`].
     pub max_in_flight: u64,
+    /// Calls refused with a 429 by the quota.
+    pub refused: u64,
+    /// When each call the quota admitted was answered, in ms since the server started.
+    pub admitted_at_ms: Vec<u64>,
 }
 
 struct Shared {
     config: MockConfig,
     stats: Mutex<Stats>,
+    started: Instant,
+    /// When the calls of the last minute were admitted.
+    window: Mutex<VecDeque<Instant>>,
+}
+
+/// The quota's verdict on a call: admitted (with the headers to send) or refused.
+enum Admission {
+    Admitted(Vec<(&'static str, String)>),
+    Refused(Response),
+}
+
+impl Shared {
+    fn admit(&self) -> Admission {
+        let Some(quota) = self.config.quota else { return Admission::Admitted(Vec::new()) };
+        let now = Instant::now();
+        let mut window = self.window.lock().expect("poisoned");
+        while window.front().is_some_and(|at| now.duration_since(*at) >= MINUTE) {
+            window.pop_front();
+        }
+        let used = window.len() as u64;
+        let reset = window.front().map_or(Duration::ZERO, |at| MINUTE.saturating_sub(now.duration_since(*at)));
+        let fits = used < quota.rpm && (used + 1) * TOKENS_PER_CALL <= quota.tpm;
+        if fits {
+            window.push_back(now);
+        }
+        let used = window.len() as u64;
+        let headers = vec![
+            ("x-ratelimit-limit-requests", quota.rpm.to_string()),
+            ("x-ratelimit-remaining-requests", quota.rpm.saturating_sub(used).to_string()),
+            ("x-ratelimit-reset-requests", format!("{}ms", reset.as_millis())),
+            ("x-ratelimit-limit-tokens", quota.tpm.to_string()),
+            ("x-ratelimit-remaining-tokens", quota.tpm.saturating_sub(used * TOKENS_PER_CALL).to_string()),
+            ("x-ratelimit-reset-tokens", format!("{}ms", reset.as_millis())),
+        ];
+        drop(window);
+        let mut stats = self.stats.lock().expect("poisoned");
+        if fits {
+            let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            stats.admitted_at_ms.push(at);
+            return Admission::Admitted(headers);
+        }
+        stats.refused += 1;
+        let body = serde_json::json!({"error": {
+            "message": format!("Rate limit reached: limit {} requests and {} tokens per minute", quota.rpm, quota.tpm),
+            "type": "requests", "param": null, "code": "rate_limit_exceeded"}});
+        let mut response =
+            (StatusCode::TOO_MANY_REQUESTS, [("content-type", "application/json")], body.to_string()).into_response();
+        let retry_after = reset.as_secs() + 1;
+        for (name, value) in headers.into_iter().chain([("retry-after", retry_after.to_string())]) {
+            response.headers_mut().insert(name, value.parse().expect("a header value"));
+        }
+        Admission::Refused(response)
+    }
 }
 
 /// A running server.
@@ -126,7 +201,8 @@ impl MockServer {
     pub async fn start(config: MockConfig, port: u16) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { config, stats: Mutex::default() });
+        let shared =
+            Arc::new(Shared { config, stats: Mutex::default(), started: Instant::now(), window: Mutex::default() });
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
             .route("/chat/completions", post(complete))
@@ -221,6 +297,10 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
     if shared.config.hang.contains(&task_id) {
         return hang(shared.clone(), task_id);
     }
+    let quota_headers = match shared.admit() {
+        Admission::Admitted(headers) => headers,
+        Admission::Refused(response) => return response,
+    };
     let _in_flight = shared.config.record.then(|| InFlight::enter(&shared));
     let latency = shared.config.latency.for_task(&task_id, shared.config.seed);
     if !latency.is_zero() {
@@ -238,8 +318,13 @@ async fn complete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: S
         "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("answer to {task_id}")}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 12, "completion_tokens": 4, "total_tokens": 16}
     });
-    (StatusCode::OK, [("content-type", "application/json"), ("x-request-id", "req-mock")], answer.to_string())
-        .into_response()
+    let mut response =
+        (StatusCode::OK, [("content-type", "application/json"), ("x-request-id", "req-mock")], answer.to_string())
+            .into_response();
+    for (name, value) in quota_headers {
+        response.headers_mut().insert(name, value.parse().expect("a header value"));
+    }
+    response
 }
 
 /// A hanging answer: headers at once, then a space every 100 ms for an hour (valid JSON
