@@ -248,6 +248,7 @@ pub(crate) fn task_for(id: &str, run: &str, provider: &str, model: &str, at: Mil
         deadline: None,
         metadata: BTreeMap::new(),
         run_id: Some(run.to_owned()),
+        fail_fast: false,
     };
     TaskRecord::new(task, at)
 }

@@ -15,7 +15,7 @@ use crate::lifecycle::{TaskEvent, transition};
 use crate::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeadLetter,
     Delivery, DeliveryBuilder, FinishRequest, GroupSummary, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink,
-    Outcome, PauseScope, Receipt, Route, StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
+    Outcome, PauseScope, Receipt, StoreResult, SubmitOutcome, TaskStore, WorkQueue, WriteOutcome,
 };
 use crate::schedule::Scheduler;
 use crate::task::{Lease, TaskRecord, TaskState};
@@ -252,13 +252,7 @@ impl TaskStore for MemoryStore {
                 }
                 let r = &t.tasks[id];
                 if !r.state.is_terminal() {
-                    let route = Route {
-                        provider_id: r.task.provider_id.clone(),
-                        model_id: r.task.model_id.clone(),
-                        run_id: r.run_id().to_owned(),
-                    };
-                    let ready_at = r.next_attempt_at.unwrap_or(r.submitted_at);
-                    page.push(builder.build(r.task.id.clone(), route, r.task.priority, ready_at));
+                    page.push(builder.of_task(&r.task, r.run_id(), r.next_attempt_at.unwrap_or(r.submitted_at)));
                 }
             }
             (page, None)

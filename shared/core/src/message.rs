@@ -42,6 +42,9 @@ struct Envelope {
     /// Deferrals of earlier copies of this message (see [`Delivery::deferrals`]); absent when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub deferrals: u32,
+    /// The task fails instead of waiting for capacity; absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -59,6 +62,7 @@ impl Envelope {
             priority: d.priority,
             ready_at: d.ready_at,
             deferrals: d.deferrals,
+            fail_fast: d.fail_fast,
         }
     }
 
@@ -66,6 +70,7 @@ impl Envelope {
         let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
         let mut d = Delivery::new(self.task_id, Arc::new(route), self.priority, self.ready_at);
         d.deferrals = self.deferrals;
+        d.fail_fast = self.fail_fast;
         d
     }
 }
@@ -160,6 +165,8 @@ mod tests {
         assert_eq!(d.to_body(), body, "no deferrals: the field is left out");
         let mut deferred = d.fresh_copy();
         deferred.deferrals = 4;
+        deferred.fail_fast = true;
+        assert!(deferred.to_body().contains(r#""failFast":true"#));
         assert_eq!(decode(&deferred.to_body()).unwrap(), QueueMessage::Task(deferred));
     }
 

@@ -633,13 +633,25 @@ pub struct Delivery {
     pub ready_at: Millis,
     /// The queue's handle on the copy received.
     pub receipt: Receipt,
+    /// The task fails instead of waiting when no deployment has capacity
+    /// ([`crate::task::BenchmarkTask::fail_fast`]).
+    pub fail_fast: bool,
 }
 
 impl Delivery {
     /// A first delivery.
     pub fn new(task_id: impl Into<String>, route: Arc<Route>, priority: TaskPriority, ready_at: Millis) -> Self {
         let receipt = Receipt::default();
-        Self { task_id: task_id.into(), route, priority, receive_count: 0, deferrals: 0, ready_at, receipt }
+        Self {
+            task_id: task_id.into(),
+            route,
+            priority,
+            receive_count: 0,
+            deferrals: 0,
+            ready_at,
+            receipt,
+            fail_fast: false,
+        }
     }
 
     /// The deployment (or route) asked for.
@@ -703,7 +715,9 @@ impl DeliveryBuilder {
     pub fn of_task(&mut self, task: &crate::task::BenchmarkTask, run_id: &str, ready_at: Millis) -> Delivery {
         let route =
             Route { provider_id: task.provider_id.clone(), model_id: task.model_id.clone(), run_id: run_id.to_owned() };
-        self.build(task.id.clone(), route, task.priority, ready_at)
+        let mut d = self.build(task.id.clone(), route, task.priority, ready_at);
+        d.fail_fast = task.fail_fast;
+        d
     }
 }
 

@@ -45,6 +45,11 @@ pub struct BenchmarkTask {
     /// The run (benchmark execution) this task belongs to. `None` takes the runner's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// Fail at once (`rateLimited`, or `transient` for an open breaker) instead of waiting when
+    /// every deployment it may go to is out of quota or cooling down. Default: wait, without
+    /// using attempts, until capacity returns.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
 }
 
 impl BenchmarkTask {

@@ -709,3 +709,40 @@ async fn a_models_own_quota_holds_that_model_only_and_gives_the_deployments_rese
     }
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 3);
 }
+
+/// A task that opts into fail-fast fails at once, without a provider call and without using an
+/// attempt, when its deployment's quota is spent (`rateLimited`) or its breaker open
+/// (`transient`); a task that does not waits, deferred.
+#[tokio::test(start_paused = true)]
+async fn a_fail_fast_task_fails_without_a_call_when_no_deployment_has_capacity() {
+    let h = harness(with_quota(taskexec_core::rate::Quota { rpm: Some(1), ..Default::default() }));
+    let first = h.submit("first", "").await;
+    assert_eq!(h.engine.process(&first).await, Decision::Ack);
+    let waits = h.submit("waits", "").await;
+    assert!(matches!(h.engine.process(&waits).await, Decision::Defer { reason: DeferReason::RateLimited(_), .. }));
+    let mut fast = h.submit("fast", r#","failFast":true"#).await;
+    fast.fail_fast = true;
+    assert_eq!(h.engine.process(&fast).await, Decision::Ack);
+    let r = h.record("fast").await;
+    let error = r.error.as_ref().expect("failed with an error");
+    assert_eq!((r.state, r.attempt, r.throttles), (TaskState::Failed, 0, 0), "no attempt used");
+    assert_eq!(error.class, ErrorClass::RateLimited);
+    assert!(error.message.contains("fail-fast: no deployment has capacity (the quota of dep is spent)"), "{error:?}");
+    assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1, "only the first task called the provider");
+    assert_eq!(h.record("waits").await.state, TaskState::Queued);
+
+    // An open breaker: transient.
+    let h = harness(config());
+    for i in 0..3 {
+        let id = format!("f{i}");
+        let f = h.submit(&id, "").await;
+        h.provider.script(&id, [transient()]);
+        h.engine.process(&f).await;
+    }
+    let mut fast = h.submit("fast", r#","failFast":true"#).await;
+    fast.fail_fast = true;
+    assert_eq!(h.engine.process(&fast).await, Decision::Ack);
+    let r = h.record("fast").await;
+    assert_eq!((r.state, r.attempt), (TaskState::Failed, 0));
+    assert_eq!(r.error.as_ref().unwrap().class, ErrorClass::Transient);
+}

@@ -40,7 +40,8 @@ pub(crate) fn events(conn: &Connection, task_id: &str) -> StoreResult<Vec<AuditE
 pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, priority, run_id, provider_id, model_id, COALESCE(next_attempt_at, submitted_at), seq \
+            "SELECT id, priority, run_id, provider_id, model_id, COALESCE(next_attempt_at, submitted_at), seq, \
+             fail_fast \
              FROM tasks WHERE seq > ?1 AND state IN ('queued', 'running') ORDER BY seq LIMIT ?2",
         )
         .map_err(sql)?;
@@ -63,7 +64,9 @@ pub(crate) fn pending(conn: &Connection, cursor: u64, limit: usize) -> StoreResu
             return Err(SqliteStoreError::BadValue { task_id, column: "priority", value: priority }.into());
         };
         last = r.get(6).map_err(sql)?;
-        page.push(builder.build(task_id, route, priority, ready_at));
+        let mut d = builder.build(task_id, route, priority, ready_at);
+        d.fail_fast = r.get(7).map_err(sql)?;
+        page.push(d);
     }
     let full = i64::try_from(page.len()).unwrap_or(i64::MAX) == limit;
     Ok((page, full.then(|| u64::try_from(last).unwrap_or(0))))

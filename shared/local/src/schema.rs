@@ -79,8 +79,10 @@ CREATE TABLE breakers (
 ) WITHOUT ROWID;
 ";
 
-/// Version 2: limits set at run time (`taskexec limits set`), one JSON object per deployment.
+/// Version 2: limits set at run time (`taskexec limits set`), one JSON object per deployment;
+/// a task's `failFast` as a column (recovery builds deliveries from columns only).
 const SCHEMA_V2: &str = "
+ALTER TABLE tasks ADD COLUMN fail_fast INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE limit_overrides (
     deployment  TEXT PRIMARY KEY,
     limits_json TEXT NOT NULL

@@ -26,9 +26,10 @@ fn submit_one(conn: &Connection, r: &TaskRecord) -> StoreResult<SubmitOutcome> {
         .prepare_cached(
             "INSERT INTO tasks (id, run_id, provider_id, model_id, priority, state, epoch, attempt, throttles, \
              next_attempt_at, lease_owner, lease_until, submitted_at, started_at, ended_at, content_hash, \
-             error_class, latency_ms, dead_letter_reason, task_json, result_json, error_json, history_json) \
+             error_class, latency_ms, dead_letter_reason, task_json, result_json, error_json, history_json, \
+             fail_fast) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-             ?21, ?22, ?23) ON CONFLICT (id) DO NOTHING",
+             ?21, ?22, ?23, ?24) ON CONFLICT (id) DO NOTHING",
         )
         .map_err(sql)?;
     let inserted = insert
@@ -56,6 +57,7 @@ fn submit_one(conn: &Connection, r: &TaskRecord) -> StoreResult<SubmitOutcome> {
             r.result.as_ref().map(to_json).transpose()?,
             r.error.as_ref().map(to_json).transpose()?,
             to_json(&r.history)?,
+            r.task.fail_fast,
         ])
         .map_err(sql)?;
     if inserted == 1 {

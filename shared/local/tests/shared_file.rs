@@ -49,3 +49,18 @@ async fn committed_writes_survive_reopening() {
     assert_eq!(reopened.release_all_leases(3_000).await.unwrap(), 1);
     assert_eq!(reopened.path(), path);
 }
+
+/// The deliveries recovery builds from the file (columns only, no task JSON) keep a task's
+/// fail-fast choice, also after reopening.
+#[tokio::test]
+async fn recovered_deliveries_keep_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let mut task = record("fast").task;
+    task.fail_fast = true;
+    let fast = TaskRecord::new(task, 1_000);
+    SqliteStore::open(&path).unwrap().submit(vec![record("waits"), fast]).await.unwrap();
+    let (pending, _) = SqliteStore::open(&path).unwrap().pending(0, 10).await.unwrap();
+    let flags: Vec<(&str, bool)> = pending.iter().map(|d| (d.task_id.as_str(), d.fail_fast)).collect();
+    assert_eq!(flags, [("waits", false), ("fast", true)]);
+}

@@ -205,6 +205,7 @@ impl StateItem {
             deadline: None,
             metadata: Default::default(),
             run_id: Some(self.run_id.clone()),
+            fail_fast: false,
         };
         self.into_record(task)
     }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::{Admission, Breaker, BreakerPolicy};
-use crate::error::StoreError;
+use crate::error::{ErrorClass, StoreError, TaskError};
 use crate::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeferReason,
     Delivery, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
@@ -282,6 +282,9 @@ where
         let now = self.ports.clock.now();
         let (chosen, held) = match self.choose(d, now).await? {
             Ok(chosen) => chosen,
+            Err((_, reason @ (DeferReason::RateLimited(_) | DeferReason::BreakerOpen(_)))) if d.fail_fast => {
+                return self.fail_fast(d, &reason).await;
+            }
             Err((delay, reason)) => return Ok(self.defer(d, delay, reason).await),
         };
         // A panic in the attempt (a handler bug) must not leak the permits: they are given back,
@@ -307,17 +310,51 @@ where
         }
         // No attempt is made: an admitted probe gives its slot back.
         self.forget_probe(&c.deployment, c.probe);
-        let (delay, reason) = match claimed? {
-            ClaimOutcome::Claimed(_) => unreachable!("handled above"),
-            ClaimOutcome::Terminal(_) => return Ok(Decision::Ack),
+        Ok(self.unclaimed(d, claimed?, now).await)
+    }
+
+    /// A fail-fast task when no deployment it may go to has capacity: claimed, then failed
+    /// without a provider call and without using an attempt (`rateLimited` for a spent quota,
+    /// `transient` for an open breaker).
+    async fn fail_fast(&self, d: &Delivery, reason: &DeferReason) -> Result<Decision, StoreError> {
+        let now = self.ports.clock.now();
+        let request = ClaimRequest {
+            task_id: d.task_id.clone(),
+            owner: self.config.owner.clone(),
+            now,
+            lease_until: now + duration_ms(self.config.lease),
+        };
+        let record = match self.ports.store.claim(request).await? {
+            ClaimOutcome::Claimed(record) => record,
+            other => return Ok(self.unclaimed(d, other, now).await),
+        };
+        let (class, why) = match reason {
+            DeferReason::BreakerOpen(deployment) => {
+                (ErrorClass::Transient, format!("the breaker of {deployment} is open"))
+            }
+            DeferReason::RateLimited(deployment) => {
+                (ErrorClass::RateLimited, format!("the quota of {deployment} is spent"))
+            }
+            _ => unreachable!("only capacity deferrals fail fast"),
+        };
+        let error = TaskError::new(class, format!("fail-fast: no deployment has capacity ({why})"));
+        let attempt = record.attempt.saturating_sub(1);
+        self.fail(&record, error, None, attempt, record.throttles, None).await
+    }
+
+    /// What becomes of a delivery whose claim did not succeed.
+    async fn unclaimed(&self, d: &Delivery, outcome: ClaimOutcome, now: Millis) -> Decision {
+        let (delay, reason) = match outcome {
+            ClaimOutcome::Claimed(_) => unreachable!("a claimed task is attempted"),
+            ClaimOutcome::Terminal(_) => return Decision::Ack,
             ClaimOutcome::NotFound => {
-                return Ok(Decision::DeadLetter { reason: format!("no task with id {}", d.task_id) });
+                return Decision::DeadLetter { reason: format!("no task with id {}", d.task_id) };
             }
             ClaimOutcome::NotDue { at } => (until(at, now), DeferReason::NotDue),
             ClaimOutcome::LeaseHeld { until: at } => (until(at, now), DeferReason::LeaseHeld),
             ClaimOutcome::Paused => (self.config.pause_recheck, DeferReason::Paused),
         };
-        Ok(self.defer(d, delay, reason).await)
+        self.defer(d, delay, reason).await
     }
 
     /// The deployments a delivery may go to, in the order to try: its route's by weighted least
