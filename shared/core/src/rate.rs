@@ -179,8 +179,12 @@ impl Window {
         self.used += entry.amount;
     }
 
-    fn set_amount(&mut self, id: u64, amount: u64) {
-        if let Some(e) = self.log.iter_mut().find(|e| e.id == id) {
+    /// Change the amount of the entry `id` made at `at`: found by its time (the log is in time
+    /// order), so a full window costs a binary search, not a scan.
+    fn set_amount(&mut self, id: u64, at: Millis, amount: u64) {
+        let first = self.log.partition_point(|e| e.at < at);
+        let same_time = self.log.range_mut(first..).take_while(|e| e.at == at);
+        if let Some(e) = same_time.into_iter().find(|e| e.id == id) {
             self.used = self.used - e.amount + amount;
             e.amount = amount;
         }
@@ -195,6 +199,7 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
     id: u64,
+    at: Millis,
     ask: Ask,
 }
 
@@ -254,7 +259,7 @@ impl RateLimiter {
             let amount = w.budget_kind.cost(ask.input_tokens, ask.output_tokens).min(w.budget);
             w.insert(Entry { at: now, amount, id });
         }
-        Ok(Reservation { id, ask })
+        Ok(Reservation { id, at: now, ask })
     }
 
     /// Replace a reservation's estimate by what the call used (`None`: the call never reached
@@ -266,7 +271,7 @@ impl RateLimiter {
                 Some((input, output)) => w.budget_kind.cost(input, output),
                 None => 0,
             };
-            w.set_amount(reservation.id, amount);
+            w.set_amount(reservation.id, reservation.at, amount);
         }
     }
 
