@@ -20,18 +20,17 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), AwsError> 
     let key = |name: &str, ty| {
         KeySchemaElement::builder().attribute_name(name).key_type(ty).build().map_err(|e| build("table", e))
     };
-    let keys_only = || Projection::builder().projection_type(ProjectionType::KeysOnly).build();
     let unsent = GlobalSecondaryIndex::builder()
         .index_name(keys::UNSENT_INDEX)
         .key_schema(key(keys::UNSENT, KeyType::Hash)?)
         .key_schema(key(keys::SK, KeyType::Range)?)
-        .projection(keys_only())
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| build("unsent index", e))?;
     let active = GlobalSecondaryIndex::builder()
         .index_name(keys::ACTIVE_INDEX)
         .key_schema(key(keys::ACTIVE_SHARD, KeyType::Hash)?)
-        .projection(keys_only())
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
         .map_err(|e| build("active index", e))?;
     client
