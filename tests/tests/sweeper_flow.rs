@@ -294,6 +294,51 @@ async fn a_lost_send_behind_a_backlog_is_resent_once_and_a_claimed_one_never() {
     assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "{events:?}");
 }
 
+/// A redriven task whose send was lost (redriven, never sent) is re-sent once; one redriven and
+/// sent (settled by `mark_sent`) never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_whose_send_was_lost_is_resent_once() {
+    use taskexec_core::error::{ErrorClass, TaskError};
+    use taskexec_core::ports::{ClaimOutcome, ClaimRequest, FinishRequest, Outcome};
+    let sqs = common::sqs_client();
+    let store = common::fresh_store().await;
+    let topology = common::fresh_topology(&sqs).await;
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
+    let at = SystemClock.now() - 30 * MIN;
+    let records = (0..2).map(|i| TaskRecord::new(task("redriven", i), at)).collect();
+    submit_and_send(&store, &queue, records).await;
+    let normal = &topology.queues[1].url;
+    for i in 0..2 {
+        let id = format!("redriven-{i}");
+        let claim = ClaimRequest { task_id: id.clone(), owner: "w".into(), now: at + 10, lease_until: at + 60_000 };
+        let ClaimOutcome::Claimed(running) = store.claim(claim).await.unwrap() else { panic!("not claimed") };
+        let error = TaskError::new(ErrorClass::Permanent, "bad request");
+        let finish = FinishRequest {
+            task_id: id.clone(),
+            epoch: running.epoch,
+            outcome: Outcome::Failed { error, dead_letter_reason: None },
+            attempt: 1,
+            throttles: 0,
+            record: None,
+            now: at + 20,
+        };
+        store.finish(finish).await.unwrap();
+        store.redrive(&id, at + 30).await.unwrap();
+    }
+    // The first one's message goes out and its entry is settled, as the API does; the second's
+    // send is lost.
+    let sent = store.get("redriven-0").await.unwrap().unwrap();
+    let delivery = DeliveryBuilder::default().of_task(&sent.task, sent.run_id(), at + 30);
+    WorkQueue::send(&queue, vec![(delivery.clone(), Duration::ZERO)]).await.unwrap();
+    store.mark_sent(&[delivery]).await.unwrap();
+    let sweep = || resend_missing(&store, &queue, &SystemClock, ResendSettings::default());
+    assert_eq!(sweep().await.unwrap().resent, 1);
+    assert_eq!(sweep().await.unwrap().resent, 0, "once");
+    let events = store.events("redriven-1").await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "{events:?}");
+    assert_eq!(messages(&sqs, normal).await, 4, "2 at submission, the sent redrive, the re-sent one");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_runs_are_found_from_the_active_runs_and_confirmed_from_the_states() {
     let store = common::fresh_store().await;

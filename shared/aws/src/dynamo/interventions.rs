@@ -14,7 +14,7 @@ use super::item::{StateItem, n, s, trail_entry, value};
 use super::keys;
 use super::transitions::{MAX_RACES, log_event};
 use super::update::{Update, Updated};
-use super::{control, queries, read};
+use super::{control, journal, queries, read};
 use crate::error::AwsError;
 
 /// An update fenced on the status and epoch that were read.
@@ -59,7 +59,8 @@ pub async fn cancel(store: &DynamoStore, task_id: &str, now: Millis) -> Result<C
     Err(AwsError::Contended { key: keys::task_pk(task_id), attempts: MAX_RACES })
 }
 
-/// Give a failed task a fresh attempt budget.
+/// Give a failed task a fresh attempt budget. A journal entry of the task, marked unsent, is
+/// written first (the caller sends its message, then `mark_sent` settles the entry).
 pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<WriteOutcome, AwsError> {
     let Some(state) = read::state(store, task_id).await? else {
         return Ok(WriteOutcome::Stale);
@@ -67,6 +68,8 @@ pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<
     let Ok(to) = transition(state.status, TaskEvent::Redrive) else {
         return Ok(WriteOutcome::Stale);
     };
+    // Before the task is queued again: if its sender's send is lost, the sweeper re-sends it.
+    journal::write_requeued(store, &state, now).await?;
     let epoch = state.epoch + 1;
     let update = fenced(&state)
         .set("status", s(to.as_str()))

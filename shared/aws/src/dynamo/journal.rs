@@ -10,8 +10,9 @@
 //! - **missing messages**: an entry is written *before* its tasks' items, carrying the sparse
 //!   [`keys::UNSENT`] attribute ("these tasks' messages may not have been sent"), which the
 //!   sender removes once its send succeeded ([`mark_sent`], through `TaskStore::mark_sent`). An
-//!   entry still unsent after the grace is the sweeper's: its never-claimed queued tasks are
-//!   re-sent, then the attribute removed.
+//!   entry still unsent after the grace is the sweeper's: its queued tasks not claimed since the
+//!   entry's time are re-sent, then the attribute removed. A redrive (failed → queued, then a
+//!   send) writes an entry of its task the same way.
 //!
 //! The keys of an entry depend only on the run, the submission time and the ids listed, so
 //! [`mark_sent`] finds the entries of a submission from the deliveries built for it, and a
@@ -153,7 +154,26 @@ fn of_deliveries(deliveries: &[Delivery]) -> impl Iterator<Item = (String, Milli
 /// Write the journal entries of records about to be submitted, marked unsent (one `PutItem`
 /// each; the same entry written again is the same item).
 pub async fn write(store: &DynamoStore, records: &[TaskRecord]) -> Result<(), AwsError> {
-    let puts = entries(of_records(records), store.config.run_shards).into_iter().map(|mut entry| async move {
+    write_tasks(store, of_records(records)).await
+}
+
+/// Write the journal entry of a task about to be queued again (a redrive), marked unsent until
+/// its sender's `mark_sent` with the delivery due `at`.
+pub async fn write_requeued(store: &DynamoStore, state: &StateItem, at: Millis) -> Result<(), AwsError> {
+    let task = JournalTask {
+        id: state.task_id().to_owned(),
+        provider_id: state.provider_id.clone(),
+        model_id: state.model_id.clone(),
+        priority: state.priority,
+    };
+    write_tasks(store, [(state.run_id.clone(), at, task)]).await
+}
+
+async fn write_tasks(
+    store: &DynamoStore,
+    tasks: impl IntoIterator<Item = (String, Millis, JournalTask)>,
+) -> Result<(), AwsError> {
+    let puts = entries(tasks, store.config.run_shards).into_iter().map(|mut entry| async move {
         entry.unsent = Some(keys::unsent_shard(&entry.sk, store.config.unsent_shards));
         entry.expires_at = store.payload_expiry(entry.submitted_at);
         let item = serde_dynamo::to_item(&entry).map_err(|e| AwsError::mapping(format!("journal {}", entry.pk), e))?;

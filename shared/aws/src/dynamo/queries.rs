@@ -116,9 +116,9 @@ pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<V
         .collect())
 }
 
-/// Up to `limit` tasks whose message may never have been sent: the never-claimed queued tasks
-/// of journal entries still marked unsent at `rule.now - rule.grace` (the sender settles its
-/// entries right after its send), which were not re-sent already. Reads at most `scan_limit`
+/// Up to `limit` tasks whose message may never have been sent: the queued tasks of journal
+/// entries still marked unsent at `rule.now - rule.grace` (the sender settles its entries right
+/// after its send) that were neither claimed nor re-sent since the entry's time. Reads at most `scan_limit`
 /// entries. An entry with no such task left is settled here (and its run marked active, in case
 /// its submission died before counting it).
 pub async fn missing(
@@ -139,7 +139,7 @@ pub async fn missing(
         let mut candidates = Vec::new();
         for task in &entry.tasks {
             let Some(state) = states.remove(&task.id).filter(|st| st.run_id == entry.run_id) else { continue };
-            if never_sent(&state) {
+            if not_sent_since(&state, entry.submitted_at) {
                 candidates.push(candidate(&entry, task, &state));
             } else if !state.status.is_terminal() {
                 states.insert(task.id.clone(), state);
@@ -161,9 +161,11 @@ pub async fn missing(
     Ok(found)
 }
 
-/// Queued, never claimed (epoch 0: no message of it was ever received) and not re-sent yet.
-fn never_sent(state: &StateItem) -> bool {
-    state.status == TaskState::Queued && state.epoch == 0 && !state.trail.iter().any(|e| e.starts_with("resent@"))
+/// Queued, and neither claimed (no message of it received) nor re-sent since `since` (the
+/// entry's time: its submission, or its redrive).
+fn not_sent_since(state: &StateItem, since: Millis) -> bool {
+    let after = |kinds: &[&str]| state.events().iter().any(|e| e.at >= since && kinds.contains(&e.kind.as_str()));
+    state.status == TaskState::Queued && !after(&["claimed", "reclaimed", "resent"])
 }
 
 fn candidate(entry: &JournalItem, task: &journal::JournalTask, state: &StateItem) -> Candidate {
