@@ -298,7 +298,7 @@ mod failure_tests {
         let text = error.to_string();
         for expected in [
             "4 sweeper part(s) failed",
-            "re-send: cannot read the open index",
+            "re-send: cannot read the store's unsent submissions",
             "rebalance: cannot read event source mappings: ResourceNotFoundException",
             "breakers: 2 of 2 breaker reads or writes failed",
             "limiter reclaim: store backend failed",

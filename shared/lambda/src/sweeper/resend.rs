@@ -75,7 +75,7 @@ pub trait QueueDepths: Send + Sync {
 /// An unfinished task as the rule sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// Route and priority; `ready_at` is its due time in the open index (submission, or the
+    /// Route and priority; `ready_at` is its due time (submission, redrive, or the
     /// retry's time).
     pub task: Delivery,
     /// `Queued` or `Running`.
@@ -113,7 +113,8 @@ impl ResendRule {
         self.now.saturating_sub(millis(wait))
     }
 
-    /// The latest due time the open index must be read to: no task due later can be missing.
+    /// The latest due time a store listing unfinished tasks must read to: no task due later can be
+    /// missing.
     #[must_use]
     pub fn scan_to(&self) -> Millis {
         [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low]
@@ -194,8 +195,8 @@ pub enum ResendError {
     /// The queues' depths could not be read.
     #[error("cannot read the queues' depths: {0}")]
     Depths(#[source] ActionError),
-    /// The open index could not be read.
-    #[error("cannot read the open index: {0}")]
+    /// The store's record of unsent messages could not be read.
+    #[error("cannot read the store's unsent submissions: {0}")]
     Index(#[source] StoreError),
 }
 
