@@ -339,6 +339,38 @@ async fn a_redrive_whose_send_was_lost_is_resent_once() {
     assert_eq!(messages(&sqs, normal).await, 4, "2 at submission, the sent redrive, the re-sent one");
 }
 
+/// Messages lost after they were sent (here: the queue purged) are not in any unsent journal
+/// entry: the run stops finishing, the stuck-run check reports it, and its tasks go through the
+/// queue rule (their queue is empty): re-sent once, by the same sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_stuck_run_whose_messages_were_purged_are_resent_once() {
+    use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
+    let sqs = common::sqs_client();
+    let store = common::fresh_store().await;
+    let topology = common::fresh_topology(&sqs).await;
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
+    let records = (0..3).map(|i| TaskRecord::new(task("purged", i), SystemClock.now() - 20 * MIN)).collect();
+    submit_and_send(&store, &queue, records).await;
+    let normal = &topology.queues[1].url;
+    sqs.purge_queue().queue_url(normal).send().await.unwrap();
+    assert_eq!(messages(&sqs, normal).await, 0);
+    let sink = CountingSink::default();
+    let ports = SweeperPorts {
+        index: &store,
+        queue: &queue,
+        breakers: &store,
+        weights: None::<(&SqsQueue, &EventSourceMappings)>,
+        runs: &store,
+        metrics: &sink,
+    };
+    let summary = ports.run(&SystemClock, &SweeperSettings::default()).await;
+    assert_eq!(summary.stuck.as_ref().map(Vec::len), Some(1), "{summary}");
+    assert_eq!(summary.resend.as_ref().map(|r| r.resent), Some(3), "{summary}");
+    let again = ports.run(&SystemClock, &SweeperSettings::default()).await;
+    assert_eq!(again.resend.as_ref().map(|r| r.resent), Some(0), "once: {again}");
+    assert_eq!(messages(&sqs, normal).await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stuck_runs_are_found_from_the_active_runs_and_confirmed_from_the_states() {
     let store = common::fresh_store().await;

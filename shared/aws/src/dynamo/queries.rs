@@ -169,14 +169,7 @@ fn not_sent_since(state: &StateItem, since: Millis) -> bool {
 }
 
 fn candidate(entry: &JournalItem, task: &journal::JournalTask, state: &StateItem) -> Candidate {
-    let last_change = state.events().iter().map(|e| e.at).max().unwrap_or(state.submitted_at);
-    Candidate {
-        status: state.status,
-        epoch: state.epoch,
-        lease_until: state.lease_until,
-        last_change: last_change.max(state.submitted_at),
-        task: entry.delivery(task),
-    }
+    Candidate { task: entry.delivery(task), ..state_candidate(state) }
 }
 
 /// Record a re-send on the task: a `resent` trail entry, only if status and epoch are still the
@@ -203,6 +196,25 @@ impl ResendIndex for DynamoStore {
 
     async fn mark_resent(&self, task: &Candidate, at: Millis) -> Result<bool, StoreError> {
         Ok(mark_resent(self, task, at).await?)
+    }
+
+    /// The run's journal, then its unfinished tasks' states (eventually consistent: a re-send is
+    /// recorded conditionally on the status and epoch read).
+    async fn unfinished_of_run(&self, run_id: &str) -> Result<Vec<Candidate>, StoreError> {
+        let states = journal::run_states(self, run_id, false).await?;
+        Ok(states.into_iter().filter(|s| !s.status.is_terminal()).map(|s| state_candidate(&s)).collect())
+    }
+}
+
+/// A task as the re-send rule sees it, from its state.
+fn state_candidate(state: &StateItem) -> Candidate {
+    let last_change = state.events().iter().map(|e| e.at).max().unwrap_or(state.submitted_at);
+    Candidate {
+        status: state.status,
+        epoch: state.epoch,
+        lease_until: state.lease_until,
+        last_change: last_change.max(state.submitted_at),
+        task: state.delivery(),
     }
 }
 

@@ -20,10 +20,11 @@
 //! whatever the queues hold, so a lost send is re-sent at the first sweep past the grace, also
 //! behind a backlog. A backlog of any size is never re-sent: its entries were settled by their
 //! senders. Messages lost otherwise (purged, expired) are not found this way: a run with such a
-//! task stops finishing and is reported by the stuck-run check ([`super::stuck`]).
+//! task stops finishing and is reported by the stuck-run check ([`super::stuck`]); the unfinished
+//! tasks of each stuck run are then judged by the rule below ([`resend_in_stuck_runs`]).
 //!
-//! **The rule** ([`ResendRule::is_missing`]) is what a store that can list its unfinished tasks
-//! applies instead (and the in-memory index of the tests): a queued task, or a running one whose
+//! **The rule** ([`ResendRule::is_missing`]) is applied to the unfinished tasks of stuck runs
+//! (and by the in-memory index of the tests to every task): a queued task, or a running one whose
 //! lease ran out more than the grace ago, is re-sent when its state item has not changed for
 //! longer than the grace and either its priority's queue holds no message at all (visible +
 //! delayed + in flight, one `GetQueueAttributes` per queue), or its state has not changed for
@@ -159,6 +160,12 @@ pub trait ResendIndex: Send + Sync {
     /// Record that the task's message was re-sent at `at`, only if its status and epoch are
     /// still the ones read; `false` when the task changed meanwhile.
     fn mark_resent(&self, task: &Candidate, at: Millis) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Every unfinished task of a run, for [`resend_in_stuck_runs`] (the default: none, for an
+    /// index whose `missing` already applies [`ResendRule::is_missing`] to every task).
+    fn unfinished_of_run(&self, run_id: &str) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send {
+        let _ = run_id;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// How the re-sending runs.
@@ -218,9 +225,50 @@ where
     let depths = queue.depths().await.map_err(ResendError::Depths)?;
     let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
     let missing = index.missing(&rule, settings.limit, settings.scan_limit).await.map_err(ResendError::Index)?;
+    Ok(resend(index, queue, clock, &rule, missing).await)
+}
+
+/// Re-send the unfinished tasks of stuck runs that [`ResendRule::is_missing`] finds missing (a
+/// message lost after it was sent: purged, or older than its queue's retention), at most
+/// `settings.limit`. The stuck-run check found these runs not finishing anything, so their
+/// tasks are read once more ([`ResendIndex::unfinished_of_run`]); a run's tasks that wait in a
+/// queue holding messages are left alone, as the rule says.
+pub async fn resend_in_stuck_runs<I, Q, C>(
+    index: &I,
+    queue: &Q,
+    clock: &C,
+    settings: ResendSettings,
+    runs: &[String],
+) -> Result<SweepReport, ResendError>
+where
+    I: ResendIndex,
+    Q: WorkQueue + QueueDepths,
+    C: Clock,
+{
+    if runs.is_empty() {
+        return Ok(SweepReport::default());
+    }
+    let depths = queue.depths().await.map_err(ResendError::Depths)?;
+    let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
+    let mut missing = Vec::new();
+    for run in runs {
+        let tasks = index.unfinished_of_run(run).await.map_err(ResendError::Index)?;
+        missing.extend(tasks.into_iter().filter(|t| rule.is_missing(t)));
+    }
+    missing.truncate(settings.limit);
+    Ok(resend(index, queue, clock, &rule, missing).await)
+}
+
+/// Send `missing` and record each re-send.
+async fn resend<I, Q, C>(index: &I, queue: &Q, clock: &C, rule: &ResendRule, missing: Vec<Candidate>) -> SweepReport
+where
+    I: ResendIndex,
+    Q: WorkQueue,
+    C: Clock,
+{
     let mut report = SweepReport::default();
     if missing.is_empty() {
-        return Ok(report);
+        return report;
     }
     let deliveries = missing.iter().map(|c| (c.task.clone(), Duration::ZERO)).collect();
     if let Err(error) = queue.send(deliveries).await {
@@ -249,7 +297,7 @@ where
             "sweep re-sent tasks whose message was missing"
         );
     }
-    Ok(report)
+    report
 }
 
 #[cfg(test)]
