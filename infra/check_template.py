@@ -198,13 +198,13 @@ def code_table() -> dict:
         else:
             projection = {"ProjectionType": "?"}
         indexes[name] = {"keys": ks, "projection": projection}
-    return {"attrs": attrs, "keys": base, "indexes": indexes, "open": keys["OPEN_INDEX"], "run": keys["RUN_INDEX"]}
+    return {"attrs": attrs, "keys": base, "indexes": indexes, "unsent": keys["UNSENT_INDEX"], "active": keys["ACTIVE_INDEX"]}
 
 
 def check_table(c: Checker, t: dict) -> dict:
     p = t["Resources"]["TasksTable"]["Properties"]
     code = code_table()
-    c.check(len(code["indexes"]) == 2 and len(code["attrs"]) == 6, f"could not read the table from the Rust code: {code}")
+    c.check(len(code["indexes"]) == 2 and len(code["attrs"]) == 4, f"could not read the table from the Rust code: {code}")
     c.check(p.get("BillingMode") == "PAY_PER_REQUEST", "table is not PAY_PER_REQUEST")
     keys = {k["AttributeName"]: k["KeyType"] for k in p["KeySchema"]}
     c.check(keys == code["keys"], f"table keys {keys} != code {code['keys']}")
@@ -526,10 +526,10 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
     send = lambda queues: {("sqs:SendMessage", q) for q in queues}  # noqa: E731
     consume = lambda queues: {(a, q) for a in CONSUME for q in queues}  # noqa: E731
     return {
-        # submit, reads, cancel/redrive/pause, runs and per-run metrics (run index, BatchGetItem);
-        # no Scan: GET /metrics without a runId is refused on AWS (ApiSettings::without_global_metrics)
-        "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query")
-        | {("dynamodb:Query", f"index/{code['run']}")} | send(MAIN)
+        # submit (journal entry, payload, state, counters; the entry settled after the send), reads,
+        # cancel/redrive/pause, runs and per-run metrics (the run's journal partitions, BatchGetItem);
+        # no index, no Scan: GET /metrics without a runId is refused on AWS (without_global_metrics)
+        "ApiFunction": table("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "Query") | send(MAIN)
         # global pause/resume switch the worker's mappings (shared/aws/src/mappings.rs, set_enabled)
         | {(f"lambda:{a}EventSourceMapping", f"mapping/Worker{q}QueueMapping") for a in ("Get", "Update") for q in QUEUES},
         # claim/finish, raw task submission, breakers and control; retries, fresh copies, dead letters;
@@ -539,14 +539,15 @@ def needed(code: dict) -> dict[str, set[tuple[str, str]]]:
         # task read, finalisation, poison notes; re-queue to the main queues
         "DlqFunction": table("GetItem", "Query", "PutItem", "UpdateItem") | consume(DLQS) | send(MAIN),
         # shared/lambda/src/sweeper via shared/aws/src/lambda.rs:
-        # re-send: overdue tasks from the open index, their states (BatchGetItem), SendMessage;
+        # re-send: journal entries from the unsent index, their tasks' states (BatchGetItem), SendMessage;
         # rebalance: backlogs (GetQueueAttributes), the worker's mappings (Get/UpdateEventSourceMapping);
         # breakers: GetItem, conditional PutItem (replace_breaker_if);
-        # stuck runs: candidates from the open index, the run's tasks from the run index, their states;
+        # stuck runs: candidates from the active index and the runs' counters, the run's tasks from its
+        # journal partitions, their states;
         # limiter leases (shared/aws/src/dynamo/limiter.rs, reclaim_expired): Query the lease items,
         # TransactWriteItems = conditional DeleteItem of the lease + UpdateItem of the counter
         "SweeperFunction": table("BatchGetItem", "GetItem", "PutItem", "Query", "UpdateItem", "DeleteItem")
-        | {("dynamodb:Query", f"index/{code['open']}"), ("dynamodb:Query", f"index/{code['run']}")}
+        | {("dynamodb:Query", f"index/{code['unsent']}"), ("dynamodb:Query", f"index/{code['active']}")}
         | send(MAIN) | {("sqs:GetQueueAttributes", q) for q in MAIN}
         | {(f"lambda:{a}EventSourceMapping", f"mapping/Worker{q}QueueMapping") for a in ("Get", "Update") for q in QUEUES},
     }

@@ -65,7 +65,7 @@ struct Stack<P = Deployments> {
 }
 
 fn store(stack_dynamo: &aws_sdk_dynamodb::Client, table: &str) -> DynamoStore {
-    DynamoStore::new(stack_dynamo.clone(), DynamoConfig::new(table).with_open_shards(4))
+    DynamoStore::new(stack_dynamo.clone(), DynamoConfig::new(table).with_unsent_shards(4))
 }
 
 async fn stack() -> Stack {
@@ -102,7 +102,7 @@ async fn stack_on<P: Provider>(
     let mut engine = config.engine_config("worker-e2e".into());
     engine.lease = lease.unwrap_or(engine.lease);
     let settings = BackendSettings {
-        table: DynamoConfig::new(table.clone()).with_open_shards(4),
+        table: DynamoConfig::new(table.clone()).with_unsent_shards(4),
         topology: topology.clone(),
         engine,
         worker,

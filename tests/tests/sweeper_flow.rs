@@ -4,7 +4,7 @@
 //! rebalancing written to real event source mappings (on moto whatever the switch: it keeps and
 //! returns `ScalingConfig`, though it never delivers; LocalStack's Lambda needs Docker and a real
 //! package, and its mappings need the queues on the same emulator), breakers moved to
-//! half-open with a conditional write, and stuck runs found from the open index and confirmed
+//! half-open with a conditional write, and stuck runs found from the active runs and confirmed
 //! from the tasks' states.
 
 #[path = "../../shared/aws/tests/common/mod.rs"]
@@ -186,13 +186,13 @@ fn task_at(run: &str, i: usize, priority: &str) -> BenchmarkTask {
 }
 
 /// Store `records` and send their messages, as the API does (`store.submit`, then one
-/// `SendMessageBatch` per ten deliveries through the work queue).
+/// `SendMessageBatch` per ten deliveries through the work queue, then `store.mark_sent`).
 async fn submit_and_send(store: &taskexec_aws::DynamoStore, queue: &SqsQueue, records: Vec<TaskRecord>) {
     let mut builder = DeliveryBuilder::default();
-    let deliveries =
-        records.iter().map(|r| (builder.of_task(&r.task, r.run_id(), r.submitted_at), Duration::ZERO)).collect();
+    let deliveries: Vec<_> = records.iter().map(|r| builder.of_task(&r.task, r.run_id(), r.submitted_at)).collect();
     store.submit(records).await.unwrap();
-    WorkQueue::send(queue, deliveries).await.unwrap();
+    WorkQueue::send(queue, deliveries.iter().map(|d| (d.clone(), Duration::ZERO)).collect()).await.unwrap();
+    store.mark_sent(&deliveries).await.unwrap();
 }
 
 /// Messages in a queue: visible, delayed and in flight, as SQS counts them.
@@ -207,10 +207,10 @@ async fn messages(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
 }
 
 /// Issue 8, point 2: a backlog of 5,000 queued tasks (stored and sent normally, submitted half an
-/// hour ago: 2,500 normal, 2,500 low) and several sweeps: no message is sent for them. A high
-/// task whose send was lost (stored, never sent) is re-sent exactly once over the same sweeps,
-/// whether its new message is waiting or in flight. A lost normal task waits behind its backlog
-/// (its queue is not empty).
+/// hour ago: 2,500 normal, 2,500 low) and several sweeps: no message is sent for them. Two tasks
+/// whose send was lost (stored, never sent: their journal entry stays unsent), a high one and a
+/// normal one behind the backlog, are re-sent exactly once over the same sweeps, whether their new
+/// message is waiting or in flight.
 ///
 /// The backlog is split over two queues because moto 5.2.5 recomputes a queue's attributes,
 /// walking all its messages, on every send: sending n messages to one queue takes time in n²
@@ -245,8 +245,8 @@ async fn a_backlog_is_never_resent_and_a_lost_send_is_resent_once() {
     let started = std::time::Instant::now();
     let first = sweep().await.unwrap();
     eprintln!("first sweep over {} tasks: {:.2} s", BACKLOG + 2, started.elapsed().as_secs_f64());
-    assert_eq!((first.resent, first.failed, first.unrecorded), (1, 0, 0), "only the lost high task: {first:?}");
-    assert_eq!(depths().await, [1, 2_500, 2_500]);
+    assert_eq!((first.resent, first.failed, first.unrecorded), (2, 0, 0), "only the two lost tasks: {first:?}");
+    assert_eq!(depths().await, [1, 2_501, 2_500]);
     for _ in 0..3 {
         assert_eq!(sweep().await.unwrap().resent, 0, "its new message is waiting");
     }
@@ -258,14 +258,17 @@ async fn a_backlog_is_never_resent_and_a_lost_send_is_resent_once() {
     for _ in 0..2 {
         assert_eq!(sweep().await.unwrap().resent, 0, "its new message is in flight");
     }
-    assert_eq!(depths().await, [1, 2_500, 2_500], "no message sent for the backlog, none twice");
-    let events = store.events("lost-0").await.unwrap();
-    assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "the re-send is on its trail: {events:?}");
+    assert_eq!(depths().await, [1, 2_501, 2_500], "no message sent for the backlog, none twice");
+    for id in ["lost-0", "lost-1"] {
+        let events = store.events(id).await.unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "the re-send is on its trail: {events:?}");
+    }
 }
 
-/// A lost send behind a backlog is re-sent once the backlog has drained (its queue is empty).
+/// A lost send behind a backlog is re-sent at the first sweep past the grace, once, and a task
+/// claimed or finished before the sweep is never re-sent (its message was received).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_send_behind_a_backlog_is_resent_once_the_queue_is_empty() {
+async fn a_lost_send_behind_a_backlog_is_resent_once_and_a_claimed_one_never() {
     let sqs = common::sqs_client();
     let store = common::fresh_store().await;
     let topology = common::fresh_topology(&sqs).await;
@@ -274,25 +277,102 @@ async fn a_lost_send_behind_a_backlog_is_resent_once_the_queue_is_empty() {
     let records = (0..3).map(|i| TaskRecord::new(task("drained", i), submitted)).collect();
     submit_and_send(&store, &queue, records).await;
     store.submit(vec![TaskRecord::new(task("drained", 3), submitted)]).await.unwrap();
+    // Lost too, but cancelled before the sweep: nothing to send.
+    store.submit(vec![TaskRecord::new(task("drained", 4), submitted)]).await.unwrap();
+    store.cancel("drained-4", SystemClock.now()).await.unwrap();
+    // Submitted within the grace and not settled yet: the API may still be sending it.
+    store.submit(vec![TaskRecord::new(task("drained", 5), SystemClock.now())]).await.unwrap();
     let sweep = || resend_missing(&store, &queue, &SystemClock, ResendSettings::default());
-    assert_eq!(sweep().await.unwrap().resent, 0, "three messages wait in its queue");
-    // The backlog runs: each message received, its task finished, the message deleted.
-    let normal = &topology.queues[1].url;
-    let out = sqs.receive_message().queue_url(normal).max_number_of_messages(10).send().await.unwrap();
-    let received = out.messages.unwrap_or_default();
-    assert_eq!(received.len(), 3);
-    for (i, message) in received.iter().enumerate() {
-        store.cancel(&format!("drained-{i}"), SystemClock.now()).await.unwrap();
-        sqs.delete_message().queue_url(normal).receipt_handle(message.receipt_handle().unwrap()).send().await.unwrap();
-    }
     let report = sweep().await.unwrap();
     assert_eq!(report.resent, 1, "{report:?}");
+    for _ in 0..2 {
+        assert_eq!(sweep().await.unwrap().resent, 0, "once");
+    }
+    let normal = &topology.queues[1].url;
+    assert_eq!(messages(&sqs, normal).await, 4, "three sent by the submission, one by the sweeper");
+    let events = store.events("drained-3").await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "{events:?}");
+}
+
+/// A redriven task whose send was lost (redriven, never sent) is re-sent once; one redriven and
+/// sent (settled by `mark_sent`) never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_whose_send_was_lost_is_resent_once() {
+    use taskexec_core::error::{ErrorClass, TaskError};
+    use taskexec_core::ports::{ClaimOutcome, ClaimRequest, FinishRequest, Outcome};
+    let sqs = common::sqs_client();
+    let store = common::fresh_store().await;
+    let topology = common::fresh_topology(&sqs).await;
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
+    let at = SystemClock.now() - 30 * MIN;
+    let records = (0..2).map(|i| TaskRecord::new(task("redriven", i), at)).collect();
+    submit_and_send(&store, &queue, records).await;
+    let normal = &topology.queues[1].url;
+    for i in 0..2 {
+        let id = format!("redriven-{i}");
+        let claim = ClaimRequest { task_id: id.clone(), owner: "w".into(), now: at + 10, lease_until: at + 60_000 };
+        let ClaimOutcome::Claimed(running) = store.claim(claim).await.unwrap() else { panic!("not claimed") };
+        let error = TaskError::new(ErrorClass::Permanent, "bad request");
+        let finish = FinishRequest {
+            task_id: id.clone(),
+            epoch: running.epoch,
+            outcome: Outcome::Failed { error, dead_letter_reason: None },
+            attempt: 1,
+            throttles: 0,
+            record: None,
+            now: at + 20,
+        };
+        store.finish(finish).await.unwrap();
+        store.redrive(&id, at + 30).await.unwrap();
+    }
+    // The first one's message goes out and its entry is settled, as the API does; the second's
+    // send is lost.
+    let sent = store.get("redriven-0").await.unwrap().unwrap();
+    let delivery = DeliveryBuilder::default().of_task(&sent.task, sent.run_id(), at + 30);
+    WorkQueue::send(&queue, vec![(delivery.clone(), Duration::ZERO)]).await.unwrap();
+    store.mark_sent(&[delivery]).await.unwrap();
+    let sweep = || resend_missing(&store, &queue, &SystemClock, ResendSettings::default());
+    assert_eq!(sweep().await.unwrap().resent, 1);
     assert_eq!(sweep().await.unwrap().resent, 0, "once");
-    assert_eq!(messages(&sqs, normal).await, 1);
+    let events = store.events("redriven-1").await.unwrap();
+    assert_eq!(events.iter().filter(|e| e.kind == "resent").count(), 1, "{events:?}");
+    assert_eq!(messages(&sqs, normal).await, 4, "2 at submission, the sent redrive, the re-sent one");
+}
+
+/// Messages lost after they were sent (here: the queue purged) are not in any unsent journal
+/// entry: the run stops finishing, the stuck-run check reports it, and its tasks go through the
+/// queue rule (their queue is empty): re-sent once, by the same sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_of_a_stuck_run_whose_messages_were_purged_are_resent_once() {
+    use taskexec_lambda::sweeper::{SweeperPorts, SweeperSettings};
+    let sqs = common::sqs_client();
+    let store = common::fresh_store().await;
+    let topology = common::fresh_topology(&sqs).await;
+    let queue = SqsQueue::new(sqs.clone(), topology.clone());
+    let records = (0..3).map(|i| TaskRecord::new(task("purged", i), SystemClock.now() - 20 * MIN)).collect();
+    submit_and_send(&store, &queue, records).await;
+    let normal = &topology.queues[1].url;
+    sqs.purge_queue().queue_url(normal).send().await.unwrap();
+    assert_eq!(messages(&sqs, normal).await, 0);
+    let sink = CountingSink::default();
+    let ports = SweeperPorts {
+        index: &store,
+        queue: &queue,
+        breakers: &store,
+        weights: None::<(&SqsQueue, &EventSourceMappings)>,
+        runs: &store,
+        metrics: &sink,
+    };
+    let summary = ports.run(&SystemClock, &SweeperSettings::default()).await;
+    assert_eq!(summary.stuck.as_ref().map(Vec::len), Some(1), "{summary}");
+    assert_eq!(summary.resend.as_ref().map(|r| r.resent), Some(3), "{summary}");
+    let again = ports.run(&SystemClock, &SweeperSettings::default()).await;
+    assert_eq!(again.resend.as_ref().map(|r| r.resent), Some(0), "once: {again}");
+    assert_eq!(messages(&sqs, normal).await, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stuck_runs_are_found_from_the_open_index_and_confirmed_from_the_states() {
+async fn stuck_runs_are_found_from_the_active_runs_and_confirmed_from_the_states() {
     let store = common::fresh_store().await;
     let now = SystemClock.now();
     let submit = |run: &'static str, n: usize, at: Millis| {
@@ -312,9 +392,10 @@ async fn stuck_runs_are_found_from_the_open_index_and_confirmed_from_the_states(
     store.cancel("moving-0", now - MIN).await.unwrap();
     // Submitted a minute ago: not a candidate yet.
     submit("fresh", 2, now - MIN).await;
-    // Everything finished: not a candidate (no open index entry).
+    // Everything finished: a candidate by its counters, not stuck, and then no candidate at all.
     submit("done", 1, now - 40 * MIN).await;
     store.cancel("done-0", now - 39 * MIN).await.unwrap();
+    assert!(store.waiting_runs(now - 15 * MIN, 20).await.unwrap().iter().any(|(run, _)| run == "done"));
 
     let mut stuck = stuck_runs(&store, &SystemClock, DEFAULT_STUCK_AFTER, 20).await.unwrap();
     stuck.sort_by(|a, b| a.run_id.cmp(&b.run_id));
@@ -329,6 +410,12 @@ async fn stuck_runs_are_found_from_the_open_index_and_confirmed_from_the_states(
     assert!(!short.iter().any(|s| s.run_id == "done"), "{short:?}");
     // The candidate limit bounds the confirmations.
     assert_eq!(stuck_runs(&store, &SystemClock, DEFAULT_STUCK_AFTER, 1).await.unwrap().len(), 1);
+    let waiting = store.waiting_runs(now, 20).await.unwrap();
+    assert!(!waiting.iter().any(|(run, _)| run == "done"), "a finished run leaves the active index: {waiting:?}");
+    // New work for it marks it active again.
+    submit("done", 2, now - 20 * MIN).await;
+    let stuck = stuck_runs(&store, &SystemClock, DEFAULT_STUCK_AFTER, 20).await.unwrap();
+    assert!(stuck.iter().any(|s| s.run_id == "done" && s.unfinished == 1), "{stuck:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! Submission: parse and validate a body of one task or an array of tasks, store them
-//! idempotently, then queue them. Created tasks are queued, and so are duplicates that are still
+//! idempotently, queue them, then tell the store they are sent (`TaskStore::mark_sent`). Created tasks are queued, and so are duplicates that are still
 //! unfinished: a client retrying after a failed send (answered 503) re-sends their messages.
 
 use std::collections::HashMap;
@@ -159,7 +159,7 @@ where
     let records = tasks.into_iter().map(|t| TaskRecord::new(t, now)).collect();
     let outcomes = state.store.submit(records).await?;
     let (mut deliveries, mut answered, mut conflicts) = (Vec::new(), Vec::new(), Vec::new());
-    for (index, (route, outcome)) in routes.into_iter().zip(outcomes).enumerate() {
+    for (index, (route, outcome)) in routes.iter().cloned().zip(outcomes).enumerate() {
         let (outcome, status) = match outcome {
             SubmitOutcome::Created => (SubmitKind::Created, TaskState::Queued),
             SubmitOutcome::Duplicate(state) => (SubmitKind::Duplicate, state),
@@ -181,6 +181,11 @@ where
     }
     if !deliveries.is_empty() {
         state.queue.send(deliveries).await.map_err(ApiError::Queue)?;
+    }
+    // Every task of the request now has its message (or needs none). If this write is lost, the
+    // store's backstop (DynamoDB: the sweeper) re-sends the never-claimed ones: a duplicate.
+    if let Err(error) = state.store.mark_sent(&routes).await {
+        tracing::warn!(%error, tasks = routes.len(), "submission sent but not settled; the sweeper may send it again");
     }
     let mut created: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for t in answered.iter().filter(|t| t.outcome == SubmitKind::Created) {

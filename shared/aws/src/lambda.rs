@@ -131,11 +131,17 @@ impl taskexec_core::ports::RunCounter for DynamoStore {
         delta: taskexec_core::ports::RunDelta,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + '_>> {
         Box::pin(async move {
+            let finished = delta.completed + delta.failed + delta.cancelled > 0;
             let counts = crate::dynamo::RunCounts {
-                submitted: delta.submitted,
+                // The store counts submissions itself, in the write that marks the run active
+                // (`DynamoStore::submit`): the caller's count would be a second one.
+                submitted: 0,
                 completed: delta.completed,
                 failed: delta.failed,
                 cancelled: delta.cancelled,
+                // A hint for the stuck-run check's candidates (it decides from the states'
+                // `endedAt`), so the reporting process's clock is good enough.
+                last_finished_at: finished.then(|| taskexec_core::time::Clock::now(&taskexec_core::time::SystemClock)),
             };
             self.add_run_counts(&run_id, &counts).await
         })
@@ -180,8 +186,8 @@ impl RunWatch for DynamoStore {
     }
 
     async fn activity(&self, run_id: &str) -> Result<RunActivity, StoreError> {
-        let (unfinished, last_finished_at) = self.run_activity(run_id).await?;
-        Ok(RunActivity { unfinished, last_finished_at })
+        let (unfinished, last_finished_at, oldest_due_at) = self.run_activity(run_id).await?;
+        Ok(RunActivity { unfinished, last_finished_at, oldest_due_at })
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`DynamoStore`] beyond the shared suite, on the local AWS emulator: the write budget of a
-//! successful task measured on the items really written, the sparse open index and the
-//! sweeper's `overdue`, run counters, and a submission that died between its two puts.
+//! successful task measured on the items really written, the submission journal and its unsent
+//! mark, `overdue`, run counters, and a submission that died between its two puts.
 
 mod common;
 
@@ -11,6 +11,7 @@ use common::workload::{T0, answer, attempt, claim, noise, task, text};
 use taskexec_aws::{DynamoStore, RunCounts, item_size, write_units};
 use taskexec_core::error::{ErrorClass, TaskError};
 use taskexec_core::ports::{FinishRequest, Outcome, SubmitOutcome, TaskStore};
+
 use taskexec_core::task::TaskState;
 
 type Item = HashMap<String, AttributeValue>;
@@ -22,14 +23,6 @@ async fn raw(store: &DynamoStore, id: &str, sk: &str) -> Item {
     ]);
     let out = store.client().get_item().table_name(&store.config().table).set_key(Some(key)).send().await.unwrap();
     out.item.unwrap_or_default()
-}
-
-fn index_entry(state: &Item, attributes: &[&str]) -> usize {
-    state
-        .iter()
-        .filter(|(name, _)| attributes.contains(&name.as_str()))
-        .map(|(k, v)| item_size(&HashMap::from([(k.clone(), v.clone())])))
-        .sum()
 }
 
 /// Table and index write units of one successful task, measured on the items written.
@@ -60,13 +53,9 @@ async fn write_budget(prompt: String) -> (usize, usize, Vec<(&'static str, usize
         ("finish: state update with result", write_units(size(&claimed).max(size(&completed)))),
     ];
     let table: usize = steps.iter().map(|(_, w)| w).sum();
-    let open = write_units(index_entry(
-        &submitted,
-        &["pk", "sk", "openShard", "dueKey", "runId", "providerId", "modelId", "priority"],
-    ));
-    let run = write_units(index_entry(&submitted, &["pk", "sk", "runShard", "runSeq"]));
-    assert_eq!(submitted.get("dueKey"), claimed.get("dueKey"), "a first claim leaves the open index alone");
-    assert!(!completed.contains_key("openShard") && !completed.contains_key("dueKey"), "sparse: gone when finished");
+    for item in [&payload, &submitted, &claimed, &completed] {
+        assert!(!item.contains_key("unsent") && !item.contains_key("activeShard"), "no task item is indexed");
+    }
     println!(
         "sizes: payload {} B, state {} B submitted, {} B claimed, {} B completed",
         size(&payload),
@@ -74,7 +63,7 @@ async fn write_budget(prompt: String) -> (usize, usize, Vec<(&'static str, usize
         size(&claimed),
         size(&completed)
     );
-    (table, open * 2 + run, steps)
+    (table, 0, steps)
 }
 
 #[tokio::test]
@@ -82,7 +71,7 @@ async fn a_successful_task_costs_at_most_five_table_write_units() {
     let (table, indexes, steps) = write_budget(text(1024, 1)).await;
     println!("1 KB English-like prompt and answer: {steps:?} → table {table} WCU + index {indexes} WCU");
     assert!(table <= 5, "{steps:?}");
-    assert_eq!(indexes, 3, "open index insert and delete, run index insert");
+    assert_eq!(indexes, 0, "no per-task index: the journal is per request");
 
     let (table, indexes, steps) = write_budget(noise(1024)).await;
     println!("1 KB random-letter prompt: {steps:?} → table {table} WCU + index {indexes} WCU");
@@ -131,7 +120,49 @@ async fn overdue_finds_expired_leases_and_due_retries_only() {
     assert_eq!(overdue, expected.map(|(id, state)| (id.to_owned(), state)));
     assert_eq!(store.overdue(T0 + 1_000, 2).await.unwrap().len(), 2, "limit");
     let (pending, _) = store.pending(0, 100).await.unwrap();
-    assert_eq!(pending.len(), 5, "the cancelled task left the open index");
+    assert_eq!(pending.len(), 5, "the cancelled task is not pending");
+}
+
+/// The journal entries of the table, by `pk/sk`.
+async fn journal(store: &DynamoStore) -> Vec<Item> {
+    let out = store
+        .client()
+        .scan()
+        .table_name(&store.config().table)
+        .filter_expression("begins_with(pk, :j)")
+        .expression_attribute_values(":j", AttributeValue::S("JOURNAL#".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    out.items.unwrap_or_default()
+}
+
+/// A request of ten tasks (UUID ids) is one journal entry of one write unit, marked unsent until
+/// `mark_sent` is given the request's deliveries; a request of 250 is three entries.
+#[tokio::test]
+async fn a_request_is_journaled_in_one_write_and_settled_by_mark_sent() {
+    use taskexec_core::ports::DeliveryBuilder;
+    let store = common::fresh_store().await;
+    let ids: Vec<String> = (0..10).map(|i| format!("3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c{i:02}")).collect();
+    let records: Vec<_> = ids.iter().map(|id| task(id, "7c1e4b2a-9d3f-4a8e-b6c5-1f2e3d4c5b6a", text(100, 1))).collect();
+    let mut builder = DeliveryBuilder::default();
+    let deliveries: Vec<_> = records.iter().map(|r| builder.of_task(&r.task, r.run_id(), r.submitted_at)).collect();
+    store.submit(records).await.unwrap();
+    let entries = journal(&store).await;
+    assert_eq!(entries.len(), 1);
+    println!("journal entry of 10 tasks: {} B", item_size(&entries[0]));
+    assert_eq!(write_units(item_size(&entries[0])), 1);
+    assert!(entries[0].contains_key("unsent"));
+    store.mark_sent(&deliveries).await.unwrap();
+    assert!(!journal(&store).await[0].contains_key("unsent"), "settled");
+
+    let many: Vec<_> = (0..250).map(|i| task(&format!("m-{i}"), "run-many", format!("p{i}"))).collect();
+    store.submit(many).await.unwrap();
+    let runs = store.run_tasks("run-many").await.unwrap();
+    assert_eq!(runs.len(), 250);
+    assert!(runs.iter().enumerate().all(|(i, r)| r.task.id == format!("m-{i}")), "submission order");
+    assert_eq!(journal(&store).await.len(), 4);
 }
 
 #[tokio::test]
@@ -219,10 +250,11 @@ async fn claims_check_the_control_state_at_most_max_age_old() {
     let hour = std::time::Duration::from_secs(3600);
     let cached = common::fresh_store_with(|c| c.with_control_max_age(hour)).await;
     let table = cached.config().table.clone();
-    let other = DynamoStore::new(cached.client().clone(), taskexec_aws::DynamoConfig::new(&table).with_open_shards(4));
+    let other =
+        DynamoStore::new(cached.client().clone(), taskexec_aws::DynamoConfig::new(&table).with_unsent_shards(4));
     let fresh = DynamoStore::new(
         cached.client().clone(),
-        taskexec_aws::DynamoConfig::new(&table).with_open_shards(4).with_control_max_age(std::time::Duration::ZERO),
+        taskexec_aws::DynamoConfig::new(&table).with_unsent_shards(4).with_control_max_age(std::time::Duration::ZERO),
     );
     let ids = ["c-1", "c-2", "c-3", "c-4"];
     cached.submit(ids.iter().map(|id| task(id, "run-c", text(100, 3))).collect()).await.unwrap();

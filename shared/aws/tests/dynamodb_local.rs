@@ -42,8 +42,13 @@ async fn all_cases(endpoint: &str) -> usize {
     ran + raced + run_cases!(endpoint; transition_events_are_per_task_in_order)
 }
 
-/// Write units DynamoDB Local bills for one successful task, step by step.
+/// The writes of 10 successful tasks submitted in one request, step by step as DynamoDB Local
+/// bills them: the request (journal entry, payloads, states, the run counters' ADD), its settle
+/// after the send (`mark_sent`), the claims and the finishes; then a second request of the same
+/// run, whose counter ADDs leave the index of active runs alone once the run's counter items
+/// are marked (`SET activeShard` to the value it has writes no index entry).
 async fn successful_task_writes(endpoint: &str, prompt: String) -> Vec<(&'static str, ConsumedWrites)> {
+    use taskexec_core::ports::DeliveryBuilder;
     let store = common::fresh_store_on(common::dynamo_client_at(endpoint)).await;
     let mut steps = Vec::new();
     let mut before = store.consumed_writes();
@@ -56,22 +61,43 @@ async fn successful_task_writes(endpoint: &str, prompt: String) -> Vec<(&'static
         steps.push((name, delta));
         before = now;
     };
-    let id = "3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c6a";
-    store.submit(vec![task(id, "7c1e4b2a-9d3f-4a8e-b6c5-1f2e3d4c5b6a", prompt)]).await.unwrap();
-    step("submit", store.consumed_writes());
-    let running = claim(&store, id, T0 + 40, 300_000).await;
-    step("claim", store.consumed_writes());
-    let finish = FinishRequest {
-        task_id: id.into(),
-        epoch: running.epoch,
-        outcome: Outcome::Completed(answer(&running)),
-        attempt: 1,
-        throttles: 0,
-        record: Some(attempt(&running)),
-        now: T0 + 900,
-    };
-    store.finish(finish).await.unwrap();
-    step("finish", store.consumed_writes());
+    let run = "7c1e4b2a-9d3f-4a8e-b6c5-1f2e3d4c5b6a";
+    let ids: Vec<String> = (0..10).map(|i| format!("3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c{i:02}")).collect();
+    let records: Vec<_> = ids.iter().map(|id| task(id, run, prompt.clone())).collect();
+    let mut builder = DeliveryBuilder::default();
+    let deliveries: Vec<_> = records.iter().map(|r| builder.of_task(&r.task, r.run_id(), r.submitted_at)).collect();
+    store.submit(records).await.unwrap();
+    step("submit 10", store.consumed_writes());
+    store.mark_sent(&deliveries).await.unwrap();
+    step("settle 10", store.consumed_writes());
+    let mut running = Vec::new();
+    for id in &ids {
+        running.push(claim(&store, id, T0 + 40, 300_000).await);
+    }
+    step("claim 10", store.consumed_writes());
+    for (id, running) in ids.iter().zip(running) {
+        let finish = FinishRequest {
+            task_id: id.clone(),
+            epoch: running.epoch,
+            outcome: Outcome::Completed(answer(&running)),
+            attempt: 1,
+            throttles: 0,
+            record: Some(attempt(&running)),
+            now: T0 + 900,
+        };
+        store.finish(finish).await.unwrap();
+    }
+    step("finish 10", store.consumed_writes());
+    // The counter ADD of a request goes to one of the run's 4 counter items, each of which joins
+    // the active index at its first ADD: after these 8 requests every one has.
+    for i in 0..8 {
+        store.submit(vec![task(&format!("more-{i}"), run, "hi".into())]).await.unwrap();
+    }
+    step("submit 8 more", store.consumed_writes());
+    for i in 0..4 {
+        store.submit(vec![task(&format!("again-{i}"), run, "hi".into())]).await.unwrap();
+    }
+    step("submit 4 more", store.consumed_writes());
     steps
 }
 
@@ -140,12 +166,23 @@ async fn inside(endpoint: &str) {
     assert_eq!(w.rejected, 0);
     assert!(w.table <= 6.0 * 3.0 * 2.0, "{w:?}");
     assert_eq!(all_cases(endpoint).await, 38);
-    for (name, prompt, table_budget) in [("English-like", text(1024, 1), 5.0), ("random-letter", noise(1024), 6.0)] {
+    for (name, prompt, budget) in [("English-like", text(1024, 1), 5.0), ("random-letter", noise(1024), 6.0)] {
         let steps = successful_task_writes(endpoint, prompt).await;
-        let table: f64 = steps.iter().map(|(_, w)| w.table).sum();
-        let indexes: f64 = steps.iter().map(|(_, w)| w.indexes).sum();
-        println!("DynamoDB Local, 1 KB {name} prompt and answer: {steps:?} → table {table} WCU, indexes {indexes} WCU");
-        assert!(table <= table_budget, "{steps:?}");
+        let (ten, more) = steps.split_at(4);
+        let table: f64 = ten.iter().map(|(_, w)| w.table).sum::<f64>() / 10.0;
+        let indexes: f64 = ten.iter().map(|(_, w)| w.indexes).sum::<f64>() / 10.0;
+        println!(
+            "DynamoDB Local, 1 KB {name} prompt and answer, a request of 10: {steps:?} → per task table {table} WCU, \
+             indexes {indexes} WCU"
+        );
+        // Per task: payload, state, claim 1 each, the completion with a 1 KB answer 2 (the
+        // table's 5, or 6 for an incompressible prompt); per request: journal put 1 + unsent
+        // insert 1, counters' ADD 1 + active insert 1 (a counter item's first ADD only), settle
+        // 1 + unsent delete 1. The small tasks of the issue's goal are measured by tests/cost.rs.
+        assert!(table <= budget + 0.3, "{steps:?}");
+        assert!(indexes <= 0.3, "{steps:?}");
+        assert!(more[0].1.indexes <= 8.0 + 3.0, "{more:?}");
+        assert_eq!(more[1].1.indexes, 4.0, "only the unsent inserts: the active run costs no index write");
         assert!(steps.iter().all(|(_, w)| w.rejected == 0));
     }
 }

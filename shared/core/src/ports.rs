@@ -288,6 +288,17 @@ pub trait TaskStore: Send + Sync + 'static {
     fn summary(&self, run_id: Option<&str>) -> impl Future<Output = StoreResult<Vec<GroupSummary>>> + Send;
     /// Records of a run, whole and in submission order (for export).
     fn run_tasks(&self, run_id: &str) -> impl Future<Output = StoreResult<Vec<TaskRecord>>> + Send;
+    /// The messages of a submission are sent: `deliveries` are all those built for one
+    /// [`TaskStore::submit`] call, in its order, each due at its record's `submitted_at` (the
+    /// tasks that needed no message included), or the one of a task redriven at `now`
+    /// ([`TaskStore::redrive`]), due at `now`. Called by whoever sends after submitting or
+    /// redriving (the API, the worker for a raw task it stored), once the send succeeded. A store that keeps a
+    /// record of possibly unsent messages for a backstop (DynamoDB's submission journal, read by
+    /// the sweeper) settles it here; the default does nothing.
+    fn mark_sent(&self, deliveries: &[Delivery]) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = deliveries;
+        async { Ok(()) }
+    }
 }
 
 /// A change to a run's counters.

@@ -77,6 +77,11 @@ where
         };
         let delivery = Delivery::new(task.id.clone(), Arc::new(route), task.priority, now);
         let outcome = self.ports().store.submit(vec![TaskRecord::new(task, now)]).await?;
+        // Its message is the one being handled: nothing to re-send (a lost settle only costs the
+        // sweeper a duplicate message for a task still unclaimed).
+        if let Err(error) = self.ports().store.mark_sent(std::slice::from_ref(&delivery)).await {
+            tracing::warn!(task_id = %delivery.task_id, %error, "raw task stored but not settled");
+        }
         Ok(match outcome.first() {
             Some(SubmitOutcome::Conflict) => Accepted::Conflict,
             _ => Accepted::Deliver(delivery),

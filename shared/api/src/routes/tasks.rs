@@ -141,6 +141,10 @@ where
     }
     let record = load(&state, &id).await?;
     let delivery = submit::delivery_of(&record, now);
-    state.queue.send(vec![(delivery, Duration::ZERO)]).await.map_err(ApiError::Queue)?;
+    state.queue.send(vec![(delivery.clone(), Duration::ZERO)]).await.map_err(ApiError::Queue)?;
+    // As for a submission: the store's backstop forgets the re-queued task's message.
+    if let Err(error) = state.store.mark_sent(std::slice::from_ref(&delivery)).await {
+        tracing::warn!(task_id = %id, %error, "redrive sent but not settled; the sweeper may send it again");
+    }
     Ok(Json(record.status()))
 }

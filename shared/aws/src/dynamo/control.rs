@@ -1,14 +1,18 @@
 //! Single items written only on change: the control item (pause flags, the cancel signal), one
 //! breaker snapshot per deployment, and a run's sharded progress counters (`ADD`, once per
-//! invocation).
+//! invocation). The counter items also carry the run's place in the sparse index of active runs
+//! ([`keys::ACTIVE_INDEX`]): set by the `ADD submitted` of a submission (no index write while it
+//! stays set), removed by the sweeper once every task of the run is finished ([`retire`]), and
+//! the hints the stuck-run check selects candidates by (`firstSubmittedAt`, `lastFinishedAt`).
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use serde::{Deserialize, Serialize};
 use taskexec_core::breaker::BreakerSnapshot;
 use taskexec_core::ports::{ControlState, LimitOverride, PauseScope};
+use taskexec_core::time::Millis;
 
 use super::DynamoStore;
-use super::item::{Item, key, n};
+use super::item::{Item, key, n, s};
 use super::keys;
 use crate::error::AwsError;
 
@@ -24,6 +28,9 @@ pub struct RunCounts {
     pub failed: u64,
     /// Tasks cancelled.
     pub cancelled: u64,
+    /// When the latest counted finish was reported (a hint for the stuck-run check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_finished_at: Option<Millis>,
 }
 
 impl RunCounts {
@@ -41,6 +48,7 @@ impl RunCounts {
         self.completed += other.completed;
         self.failed += other.failed;
         self.cancelled += other.cancelled;
+        self.last_finished_at = self.last_finished_at.max(other.last_finished_at);
     }
 }
 
@@ -232,27 +240,120 @@ pub async fn replace_breaker_if(
     super::submit::put_conditionally(store, request).await
 }
 
-/// `ADD` the non-zero counts to one of the run's counter shards.
+/// `ADD` the non-zero counts to one of the run's counter shards (and `SET lastFinishedAt` when
+/// given). A non-zero `submitted` also marks the run active (see [`add_submitted`]).
 pub async fn add_run_counts(store: &DynamoStore, run_id: &str, counts: &RunCounts) -> Result<(), AwsError> {
     let fields: Vec<_> = counts.fields().into_iter().filter(|(_, v)| *v > 0).collect();
-    if fields.is_empty() {
+    if fields.is_empty() && counts.last_finished_at.is_none() {
         return Ok(());
     }
+    let mut sets = Vec::new();
+    let mut values = Vec::new();
+    if let Some(at) = counts.last_finished_at {
+        sets.push("#lastFinishedAt = :lastFinishedAt".to_owned());
+        values.push(("lastFinishedAt", n(at)));
+    }
+    if counts.submitted > 0 {
+        sets.push(format!("#{0} = :{0}", keys::ACTIVE_SHARD));
+        values.push((keys::ACTIVE_SHARD, s(keys::active_shard(run_id))));
+    }
+    counter_update(store, run_id, &fields, (sets, values)).await
+}
+
+/// `ADD submitted` to one of the run's counter shards, in the same write marking the run active
+/// (`activeShard`; an index write only when it was not set) and keeping the earliest submission
+/// time seen since it became active (`firstSubmittedAt`).
+pub async fn add_submitted(store: &DynamoStore, run_id: &str, submitted: u64, first: Millis) -> Result<(), AwsError> {
+    let sets = vec![
+        format!("#{0} = :{0}", keys::ACTIVE_SHARD),
+        "#firstSubmittedAt = if_not_exists(#firstSubmittedAt, :firstSubmittedAt)".to_owned(),
+    ];
+    let values = vec![(keys::ACTIVE_SHARD, s(keys::active_shard(run_id))), ("firstSubmittedAt", n(first))];
+    counter_update(store, run_id, &[("submitted", submitted)], (sets, values)).await
+}
+
+/// Mark a run active without counting (the sweeper, for tasks whose submission died before its
+/// `ADD submitted`).
+pub async fn mark_active(store: &DynamoStore, run_id: &str, first: Millis) -> Result<(), AwsError> {
+    add_submitted(store, run_id, 0, first).await
+}
+
+/// One `UpdateItem` of a counter shard: `ADD` the fields, `SET` the expressions.
+async fn counter_update(
+    store: &DynamoStore,
+    run_id: &str,
+    fields: &[(&'static str, u64)],
+    (sets, values): (Vec<String>, Vec<(&'static str, AttributeValue)>),
+) -> Result<(), AwsError> {
     let shard = store.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % u64::from(store.config.counter_shards);
-    let expression = fields.iter().map(|(name, _)| format!("#{name} :{name}")).collect::<Vec<_>>().join(", ");
+    let adds = fields.iter().map(|(name, _)| format!("#{name} :{name}")).collect::<Vec<_>>().join(", ");
+    let mut expression = String::new();
+    if !adds.is_empty() {
+        expression = format!("ADD {adds}");
+    }
+    if !sets.is_empty() {
+        expression = format!("{expression} SET {}", sets.join(", ")).trim().to_owned();
+    }
     let mut request = store
         .client
         .update_item()
         .table_name(store.table())
         .set_key(Some(key(keys::run_pk(run_id), keys::counter_sk(shard as u16))))
-        .update_expression(format!("ADD {expression}"));
+        .update_expression(expression);
     for (name, v) in fields {
         request = request
-            .expression_attribute_names(format!("#{name}"), name)
+            .expression_attribute_names(format!("#{name}"), *name)
             .expression_attribute_values(format!(":{name}"), n(v));
+    }
+    for (name, v) in values {
+        request = request
+            .expression_attribute_names(format!("#{name}"), name)
+            .expression_attribute_values(format!(":{name}"), v);
     }
     let out = request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await;
     store.meter.record(out.map_err(|e| AwsError::dynamo("UpdateItem", e))?.consumed_capacity());
+    Ok(())
+}
+
+/// A run's counter item as the stuck-run check reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CounterItem {
+    /// `COUNTERS#<n>`.
+    pub sk: String,
+    /// Tasks counted as submitted on this shard (the retirement's condition).
+    pub submitted: Option<u64>,
+    /// Set while the run is in the active index.
+    pub active_shard: Option<String>,
+    /// Earliest submission since the run became active.
+    pub first_submitted_at: Option<Millis>,
+    /// Latest finish reported.
+    pub last_finished_at: Option<Millis>,
+}
+
+/// A run's counter items (strongly consistent).
+pub async fn counter_items(store: &DynamoStore, run_id: &str) -> Result<Vec<CounterItem>, AwsError> {
+    let items = super::read::partition(store, keys::run_pk(run_id)).await?;
+    items
+        .into_iter()
+        .map(|item| {
+            serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("counters of run {run_id}"), e))
+        })
+        .collect()
+}
+
+/// Take a run whose tasks are all finished out of the active index: on each counter item read,
+/// only if its `submitted` is still the one read (a submission counted meanwhile keeps the run
+/// active; one counted later marks it again).
+pub async fn retire(store: &DynamoStore, run_id: &str, read: &[CounterItem]) -> Result<(), AwsError> {
+    for item in read.iter().filter(|i| i.active_shard.is_some()) {
+        let update = super::update::Update::new().expect_item().remove(keys::ACTIVE_SHARD).remove("firstSubmittedAt");
+        let update = match item.submitted {
+            Some(seen) => update.expect("submitted", n(seen)),
+            None => update.expect_absent("submitted"),
+        };
+        update.send(store, (keys::run_pk(run_id), &item.sk), false).await?;
+    }
     Ok(())
 }
 

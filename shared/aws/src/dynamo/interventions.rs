@@ -12,9 +12,9 @@ use taskexec_core::time::Millis;
 use super::DynamoStore;
 use super::item::{StateItem, n, s, trail_entry, value};
 use super::keys;
-use super::transitions::{MAX_RACES, leave_open_index, log_event};
+use super::transitions::{MAX_RACES, log_event};
 use super::update::{Update, Updated};
-use super::{control, queries, read};
+use super::{control, journal, queries, read};
 use crate::error::AwsError;
 
 /// An update fenced on the status and epoch that were read.
@@ -51,7 +51,7 @@ pub async fn cancel(store: &DynamoStore, task_id: &str, now: Millis) -> Result<C
             .remove("leaseOwner")
             .remove("leaseUntil")
             .append("trail", vec![s(trail_entry("cancelled", now, epoch))]);
-        if let Updated::Applied(_) = send(store, task_id, leave_open_index(update)).await? {
+        if let Updated::Applied(_) = send(store, task_id, update).await? {
             log_event(task_id, "cancelled", epoch, Some(&format!("was {}", state.status.as_str())));
             return Ok(CancelOutcome::Cancelled { was: state.status });
         }
@@ -59,7 +59,8 @@ pub async fn cancel(store: &DynamoStore, task_id: &str, now: Millis) -> Result<C
     Err(AwsError::Contended { key: keys::task_pk(task_id), attempts: MAX_RACES })
 }
 
-/// Give a failed task a fresh attempt budget.
+/// Give a failed task a fresh attempt budget. A journal entry of the task, marked unsent, is
+/// written first (the caller sends its message, then `mark_sent` settles the entry).
 pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<WriteOutcome, AwsError> {
     let Some(state) = read::state(store, task_id).await? else {
         return Ok(WriteOutcome::Stale);
@@ -67,14 +68,14 @@ pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<
     let Ok(to) = transition(state.status, TaskEvent::Redrive) else {
         return Ok(WriteOutcome::Stale);
     };
+    // Before the task is queued again: if its sender's send is lost, the sweeper re-sends it.
+    journal::write_requeued(store, &state, now).await?;
     let epoch = state.epoch + 1;
     let update = fenced(&state)
         .set("status", s(to.as_str()))
         .set("epoch", n(epoch))
         .set("attempt", n(0))
         .set("throttles", n(0))
-        .set(keys::OPEN_SHARD, s(keys::open_shard(task_id, store.config.open_shards)))
-        .copy(keys::DUE_KEY, "submitDue")
         .remove("nextAttemptAt")
         .remove("endedAt")
         .remove(keys::EXPIRES_AT)
@@ -87,12 +88,12 @@ pub async fn redrive(store: &DynamoStore, task_id: &str, now: Millis) -> Result<
     Ok(outcome)
 }
 
-/// Release every lease: running tasks (found through the open index) go back to queued.
+/// Release every lease: running tasks (found by a scan of the state items: only the embedded
+/// runner calls this, never the AWS shape) go back to queued.
 pub async fn release_all_leases(store: &DynamoStore, now: Millis) -> Result<u64, AwsError> {
-    let ids: Vec<String> = queries::open_entries(store, 0, u64::MAX).await?.into_iter().map(|e| e.task_id).collect();
-    let states = read::states(store, &ids, true).await?;
+    let states = queries::unfinished_states(store).await?;
     let mut released = 0;
-    for state in states.values().filter(|s| s.status == TaskState::Running) {
+    for state in states.iter().filter(|s| s.status == TaskState::Running) {
         let update = fenced(state)
             .set("status", s(TaskState::Queued.as_str()))
             .remove("leaseOwner")

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{Deserialize, Serialize};
 use taskexec_core::error::TaskError;
-use taskexec_core::ports::AuditEvent;
+use taskexec_core::ports::{AuditEvent, Delivery, Route};
 use taskexec_core::task::{AttemptRecord, BenchmarkTask, Lease, TaskPriority, TaskRecord, TaskResult, TaskState};
 use taskexec_core::time::Millis;
 
@@ -82,36 +82,13 @@ pub struct StateItem {
     /// Transition events, `kind@at#epoch` each (see [`trail_entry`]).
     #[serde(default)]
     pub trail: Vec<String>,
-    /// Open-index partition, only while queued or running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_shard: Option<String>,
-    /// Open-index sort key, only while queued or running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub due_key: Option<u64>,
-    /// The due key at submission, restored when a claim or a release clears the retry time.
-    pub submit_due: u64,
-    /// Run-index partition.
-    pub run_shard: String,
-    /// Run-index sort key.
-    pub run_seq: String,
-}
-
-/// Sharding of a new task's index keys.
-#[derive(Debug, Clone, Copy)]
-pub struct Shards {
-    /// Open-index partitions.
-    pub open: u16,
-    /// Run-index partitions per run.
-    pub run: u16,
 }
 
 impl StateItem {
-    /// The state item of a record being submitted; `seq` orders it within its run.
+    /// The state item of a record being submitted.
     #[must_use]
-    pub fn of_record(r: &TaskRecord, shards: Shards, seq: u64) -> Self {
+    pub fn of_record(r: &TaskRecord) -> Self {
         let id = &r.task.id;
-        let submit_due = keys::due_key(r.submitted_at, id);
-        let open = !r.state.is_terminal();
         Self {
             pk: keys::task_pk(id),
             sk: keys::STATE.to_owned(),
@@ -135,12 +112,24 @@ impl StateItem {
             result: r.result.clone(),
             history: r.history.clone(),
             trail: vec![trail_entry("submitted", r.submitted_at, r.epoch)],
-            open_shard: open.then(|| keys::open_shard(id, shards.open)),
-            due_key: open.then(|| keys::due_key(r.next_attempt_at.unwrap_or(r.submitted_at), id)),
-            submit_due,
-            run_shard: keys::run_shard(r.run_id(), id, shards.run),
-            run_seq: keys::run_seq(r.submitted_at, seq),
         }
+    }
+
+    /// When the task is due: its retry time, else its submission (`pending`'s `ready_at`).
+    #[must_use]
+    pub fn ready_at(&self) -> Millis {
+        self.next_attempt_at.unwrap_or(self.submitted_at)
+    }
+
+    /// A first delivery of the task, due at [`Self::ready_at`] (route and priority from the state).
+    #[must_use]
+    pub fn delivery(&self) -> Delivery {
+        let route = Route {
+            provider_id: self.provider_id.clone(),
+            model_id: self.model_id.clone(),
+            run_id: self.run_id.clone(),
+        };
+        Delivery::new(self.task_id(), std::sync::Arc::new(route), self.priority, self.ready_at())
     }
 
     /// The task id.
@@ -320,12 +309,11 @@ mod tests {
     #[test]
     fn state_round_trips_through_an_item() {
         let r = record("hi");
-        let state = StateItem::of_record(&r, Shards { open: 4, run: 2 }, 7);
+        let state = StateItem::of_record(&r);
         let back = StateItem::from_item(state.to_item().unwrap()).unwrap();
         assert_eq!(back, state);
         assert_eq!(back.clone().into_record(r.task.clone()), r);
         assert_eq!(back.events()[0].kind, "submitted");
-        assert!(state.open_shard.is_some());
     }
 
     #[test]

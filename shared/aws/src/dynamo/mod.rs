@@ -5,14 +5,16 @@
 //! state item in the completing write. Every transition is a conditional `UpdateItem` on
 //! `status` and `epoch`, decided by [`taskexec_core::lifecycle::transition`]. The audit trail
 //! is a compact list of transition events on the state item plus one JSON log line per event
-//! (target `taskexec::audit`); deferral notes are log lines only. Two indexes: a sparse,
-//! sharded one of unfinished tasks ordered by due time (`pending`, [`DynamoStore::overdue`])
-//! and a keys-only one per run (`summary`, `run_tasks`). See `docs/aws-dynamodb.md` for the
-//! layout and its write cost.
+//! (target `taskexec::audit`); deferral notes are log lines only. No per-task index: each
+//! submission request writes one journal entry per run listing its tasks (`run_tasks`,
+//! `summary`, stuck-run confirmation), marked unsent until the sender's `mark_sent` (the
+//! sweeper's re-send); run counter items carry a sparse index of active runs (stuck-run
+//! candidates). See `docs/aws-dynamodb.md` for the layout, its write cost and its crash points.
 
 mod control;
 mod interventions;
 mod item;
+mod journal;
 mod keys;
 mod limiter;
 mod meter;
@@ -49,9 +51,9 @@ pub use table::create_table;
 pub struct DynamoConfig {
     /// Table name.
     pub table: String,
-    /// Partitions of the open-task index (spreads the writes of busy submissions).
-    pub open_shards: u16,
-    /// Partitions per run in the run index.
+    /// Partitions of the index of unsent journal entries (spreads the writes of busy submissions).
+    pub unsent_shards: u16,
+    /// Journal partitions per run.
     pub run_shards: u16,
     /// Counter items per run.
     pub counter_shards: u16,
@@ -72,12 +74,12 @@ pub const DEFAULT_CONTROL_MAX_AGE: std::time::Duration = std::time::Duration::fr
 pub const DEFAULT_TASK_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 impl DynamoConfig {
-    /// The defaults for `table`: 8 open shards, 4 run shards, 4 counter shards.
+    /// The defaults for `table`: 4 unsent-index shards, 4 journal shards per run, 4 counter shards.
     #[must_use]
     pub fn new(table: impl Into<String>) -> Self {
         Self {
             table: table.into(),
-            open_shards: 8,
+            unsent_shards: 4,
             run_shards: 4,
             counter_shards: 4,
             control_max_age: DEFAULT_CONTROL_MAX_AGE,
@@ -99,14 +101,14 @@ impl DynamoConfig {
         self
     }
 
-    /// With `n` open-index partitions.
+    /// With `n` unsent-index partitions.
     #[must_use]
-    pub fn with_open_shards(mut self, n: u16) -> Self {
-        self.open_shards = n.max(1);
+    pub fn with_unsent_shards(mut self, n: u16) -> Self {
+        self.unsent_shards = n.max(1);
         self
     }
 
-    /// With `n` run-index partitions per run.
+    /// With `n` journal partitions per run.
     #[must_use]
     pub fn with_run_shards(mut self, n: u16) -> Self {
         self.run_shards = n.max(1);
@@ -139,7 +141,7 @@ pub struct OverdueTask {
 /// use taskexec_aws::{DynamoConfig, DynamoStore};
 /// use taskexec_core::ports::TaskStore;
 /// # async fn demo(client: aws_sdk_dynamodb::Client) -> Result<(), taskexec_core::error::StoreError> {
-/// let store = DynamoStore::new(client, DynamoConfig::new("taskexec-tasks").with_open_shards(16));
+/// let store = DynamoStore::new(client, DynamoConfig::new("taskexec-tasks").with_unsent_shards(8));
 /// let overdue = store.overdue(1_700_000_000_000, 100).await?;
 /// let record = store.get("t1").await?;
 /// # Ok(()) }
@@ -148,10 +150,8 @@ pub struct OverdueTask {
 pub struct DynamoStore {
     client: Client,
     config: DynamoConfig,
-    /// Orders submissions of this process within a millisecond (run index sort key).
+    /// Picks the counter shard of each counter write.
     seq: AtomicU64,
-    /// Rotates the shard the sweeper starts at, so no shard starves.
-    sweep_start: AtomicU64,
     /// Write capacity consumed, as DynamoDB reports it.
     meter: meter::WriteMeter,
     /// The control state claims check, and when it was read ([`DynamoConfig::control_max_age`]).
@@ -168,7 +168,6 @@ impl DynamoStore {
             client,
             config,
             seq: AtomicU64::new(0),
-            sweep_start: AtomicU64::new(0),
             meter: meter::WriteMeter::default(),
             control_cache: std::sync::Mutex::new(None),
             control_read: tokio::sync::Mutex::new(()),
@@ -266,7 +265,8 @@ impl TaskStore for DynamoStore {
     }
 
     /// Unfinished tasks in due order (`ready_at`, then a hash of the id) rather than submission
-    /// order; for tasks never retried the two agree. The cursor is the open-index sort key.
+    /// order; for tasks never retried the two agree. The cursor is that due key. Each page is a
+    /// `Scan` of the table: for operators and tests (no caller in the AWS shape).
     async fn pending(&self, cursor: u64, limit: usize) -> StoreResult<(Vec<Delivery>, Option<u64>)> {
         Ok(queries::pending(self, cursor, limit).await?)
     }
@@ -277,6 +277,12 @@ impl TaskStore for DynamoStore {
 
     async fn run_tasks(&self, run_id: &str) -> StoreResult<Vec<TaskRecord>> {
         Ok(queries::run_tasks(self, run_id).await?)
+    }
+
+    /// Settles the submission's journal entries: they leave the index of unsent entries, which
+    /// the sweeper re-sends from after a grace.
+    async fn mark_sent(&self, deliveries: &[Delivery]) -> StoreResult<()> {
+        Ok(journal::mark_sent(self, deliveries).await?)
     }
 }
 
@@ -310,22 +316,23 @@ impl BreakerStore for DynamoStore {
 }
 
 impl DynamoStore {
-    /// Unfinished tasks the sweeper should look at, at most `limit`: running ones whose lease
-    /// ran out by `now`, queued ones due by `now`. Reads the open index up to `now` and the
-    /// state of each candidate (eventually consistent: the sweeper re-checks by claiming).
+    /// Unfinished tasks due by their own timing, at most `limit`: running ones whose lease ran
+    /// out by `now`, queued ones due by `now`. A `Scan` of the table: for operators and tests.
     pub async fn overdue(&self, now: Millis, limit: usize) -> StoreResult<Vec<OverdueTask>> {
         Ok(queries::overdue(self, now, limit).await?)
     }
 
-    /// Runs with an unfinished task due at or before `due_by` (oldest first, each once, at most
-    /// `limit`), with that task's due time: read from the open index only.
+    /// Runs that may be stuck at `due_by` (active, submitted to at or before it, no finish
+    /// reported after it), oldest first, at most `limit`, with their earliest submission since
+    /// they became active: the index of active runs and their counter items.
     pub async fn waiting_runs(&self, due_by: Millis, limit: usize) -> StoreResult<Vec<(String, Millis)>> {
         Ok(queries::waiting_runs(self, due_by, limit).await?)
     }
 
-    /// A run's unfinished task count and when one of its tasks last reached a final state (reads
-    /// every task's state item of the run).
-    pub async fn run_activity(&self, run_id: &str) -> StoreResult<(u64, Option<Millis>)> {
+    /// A run's unfinished task count, when one of its tasks last reached a final state and the
+    /// earliest due time of its unfinished tasks (its journal and every task's state item). A run
+    /// with nothing unfinished leaves the index of active runs.
+    pub async fn run_activity(&self, run_id: &str) -> StoreResult<(u64, Option<Millis>, Option<Millis>)> {
         Ok(queries::run_activity(self, run_id).await?)
     }
 

@@ -1,24 +1,22 @@
-//! Queries over the two indexes: pending and overdue tasks from the sparse open index (one
-//! query per shard, merged by due key), and a run's tasks from the run index (merged by
-//! submission order), whose summaries come from the tasks' state items read strongly consistent.
-//! Also the sweeper's side of its re-send rule: the tasks whose message is missing, the record of
-//! a re-send ([`ResendIndex`] for the store) and the queues' depths ([`QueueDepths`] for
-//! [`SqsQueue`]).
+//! Queries without per-task indexes. A run's tasks come from its submission journal
+//! ([`journal`]) and their state items; the sweeper's missing messages from the journal entries
+//! still marked unsent; its stuck-run candidates from the sparse index of active runs on the run
+//! counter items. `pending` and `overdue` scan the state items: no production caller of the AWS
+//! shape uses them (the embedded runner's recovery runs on SQLite; operators and tests do).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use futures::future::try_join_all;
-use serde::Deserialize;
 use taskexec_core::error::StoreError;
 use taskexec_core::metrics::summarise;
-use taskexec_core::ports::{Delivery, GroupSummary, Route};
-use taskexec_core::task::{TaskPriority, TaskRecord, TaskState};
+use taskexec_core::ports::{Delivery, GroupSummary};
+use taskexec_core::task::{TaskRecord, TaskState};
 use taskexec_core::time::Millis;
 use taskexec_lambda::sweeper::resend::{Candidate, ResendIndex, ResendRule};
 
-use super::item::{Item, StateItem, n, s, trail_entry};
+use super::control::{self, CounterItem};
+use super::item::{StateItem, n, s, trail_entry};
+use super::journal::{self, JournalItem};
 use super::keys;
 use super::read;
 use super::transitions::log_event;
@@ -26,112 +24,74 @@ use super::update::{Update, Updated};
 use super::{DynamoStore, OverdueTask};
 use crate::error::AwsError;
 
-/// An entry of the open index.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OpenEntry {
-    #[serde(rename = "pk", deserialize_with = "task_id_from_pk")]
-    pub task_id: String,
-    pub due_key: u64,
-    pub run_id: String,
-    pub provider_id: String,
-    pub model_id: String,
-    pub priority: TaskPriority,
+/// Every queued or running task's state item: a paged `Scan` of the table (strongly
+/// consistent), for operators, tests and the embedded runner's recovery, never on a hot path.
+pub async fn unfinished_states(store: &DynamoStore) -> Result<Vec<StateItem>, AwsError> {
+    scan_states(store, true).await
 }
 
-fn task_id_from_pk<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let pk = String::deserialize(d)?;
-    keys::task_id_of(&pk).map(str::to_owned).ok_or_else(|| serde::de::Error::custom(format!("not a task key: {pk}")))
-}
-
-impl OpenEntry {
-    fn pending(self) -> Delivery {
-        let route = Route { provider_id: self.provider_id, model_id: self.model_id, run_id: self.run_id };
-        Delivery::new(self.task_id, Arc::new(route), self.priority, keys::ready_at_of(self.due_key))
-    }
-}
-
-/// One page of an open-index shard between two due keys.
-async fn open_page(
-    store: &DynamoStore,
-    shard: u16,
-    (from, to): (u64, u64),
-    limit: i32,
-    start: Option<Item>,
-) -> Result<(Vec<OpenEntry>, Option<Item>), AwsError> {
-    let out = store
-        .client
-        .query()
-        .table_name(store.table())
-        .index_name(keys::OPEN_INDEX)
-        .key_condition_expression("#shard = :shard AND #due BETWEEN :from AND :to")
-        .expression_attribute_names("#shard", keys::OPEN_SHARD)
-        .expression_attribute_names("#due", keys::DUE_KEY)
-        .expression_attribute_values(":shard", s(keys::open_shard_n(shard)))
-        .expression_attribute_values(":from", n(from))
-        .expression_attribute_values(":to", n(to))
-        .limit(limit)
-        .set_exclusive_start_key(start)
-        .send()
-        .await
-        .map_err(|e| AwsError::dynamo("Query", e))?;
-    let entries = out.items.unwrap_or_default().into_iter().map(open_entry).collect::<Result<_, _>>()?;
-    Ok((entries, out.last_evaluated_key))
-}
-
-fn open_entry(item: Item) -> Result<OpenEntry, AwsError> {
-    let what = super::item::item_key(&item);
-    serde_dynamo::from_item(item).map_err(|e| AwsError::mapping(format!("open index entry {what}"), e))
-}
-
-/// Up to `want` entries of one shard from `from` to `to`, in due order.
-async fn shard_entries(
-    store: &DynamoStore,
-    shard: u16,
-    range: (u64, u64),
-    want: usize,
-) -> Result<Vec<OpenEntry>, AwsError> {
-    let (mut entries, mut start) = (Vec::new(), None);
+/// The state items of the table (only the unfinished ones if asked): a paged `Scan`.
+async fn scan_states(store: &DynamoStore, unfinished: bool) -> Result<Vec<StateItem>, AwsError> {
+    let (mut states, mut start) = (Vec::new(), None);
     loop {
-        let limit = i32::try_from(want - entries.len()).unwrap_or(i32::MAX);
-        let (page, next) = open_page(store, shard, range, limit, start).await?;
-        entries.extend(page);
-        match next {
-            Some(key) if entries.len() < want => start = Some(key),
-            _ => return Ok(entries),
+        let mut request = store
+            .client
+            .scan()
+            .table_name(store.table())
+            .expression_attribute_names("#sk", keys::SK)
+            .expression_attribute_values(":state", s(keys::STATE))
+            .consistent_read(true)
+            .set_exclusive_start_key(start);
+        request = if unfinished {
+            request
+                .filter_expression("#sk = :state AND (#status = :queued OR #status = :running)")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":queued", s(TaskState::Queued.as_str()))
+                .expression_attribute_values(":running", s(TaskState::Running.as_str()))
+        } else {
+            request.filter_expression("#sk = :state")
+        };
+        let out = request.send().await.map_err(|e| AwsError::dynamo("Scan", e))?;
+        for item in out.items.unwrap_or_default() {
+            states.push(StateItem::from_item(item)?);
+        }
+        match out.last_evaluated_key.filter(|k| !k.is_empty()) {
+            Some(key) => start = Some(key),
+            None => return Ok(states),
         }
     }
 }
 
-/// Every open-index entry between two due keys (all shards), in due order.
-pub async fn open_entries(store: &DynamoStore, from: u64, to: u64) -> Result<Vec<OpenEntry>, AwsError> {
-    merged(store, (from, to), usize::MAX).await
-}
-
-async fn merged(store: &DynamoStore, range: (u64, u64), want: usize) -> Result<Vec<OpenEntry>, AwsError> {
-    let shards = (0..store.config.open_shards).map(|shard| shard_entries(store, shard, range, want));
-    let mut all: Vec<OpenEntry> = try_join_all(shards).await?.into_iter().flatten().collect();
-    all.sort_by(|a, b| (a.due_key, &a.task_id).cmp(&(b.due_key, &b.task_id)));
+/// Unfinished tasks with their due keys, in due order.
+async fn due_order(store: &DynamoStore) -> Result<Vec<(u64, StateItem)>, AwsError> {
+    let mut all: Vec<(u64, StateItem)> = unfinished_states(store)
+        .await?
+        .into_iter()
+        .map(|st| (keys::due_key(st.ready_at(), st.task_id()), st))
+        .collect();
+    all.sort_by(|a, b| (a.0, a.1.task_id()).cmp(&(b.0, b.1.task_id())));
     Ok(all)
 }
 
-/// A page of unfinished tasks from due key `cursor` on. A page never ends inside a group of
-/// equal due keys (so the next page, starting at that key, repeats nothing and skips nothing),
-/// unless one group alone is larger than `limit`.
+/// A page of unfinished tasks from due key `cursor` on (one scan of the table per page). A page
+/// never ends inside a group of equal due keys (so the next page, starting at that key, repeats
+/// nothing and skips nothing), unless one group alone is larger than `limit`.
 pub async fn pending(store: &DynamoStore, cursor: u64, limit: usize) -> Result<(Vec<Delivery>, Option<u64>), AwsError> {
     let limit = limit.max(1);
-    let mut all = merged(store, (cursor, u64::MAX), limit + 1).await?;
+    let mut all: Vec<(u64, StateItem)> =
+        due_order(store).await?.into_iter().filter(|(due, _)| *due >= cursor).collect();
+    all.truncate(limit + 1);
     if all.len() <= limit {
-        return Ok((all.into_iter().map(OpenEntry::pending).collect(), None));
+        return Ok((all.into_iter().map(|(_, st)| st.delivery()).collect(), None));
     }
-    let next_key = all[limit].due_key;
+    let next_key = all[limit].0;
     let mut end = limit;
-    while end > 0 && all[end - 1].due_key == next_key {
+    while end > 0 && all[end - 1].0 == next_key {
         end -= 1;
     }
     let (end, next) = if end == 0 { (limit, next_key.saturating_add(1)) } else { (end, next_key) };
     all.truncate(end);
-    Ok((all.into_iter().map(OpenEntry::pending).collect(), Some(next)))
+    Ok((all.into_iter().map(|(_, st)| st.delivery()).collect(), Some(next)))
 }
 
 /// Whether a task in this state is due by its own timing: a lease that ran out, a retry whose
@@ -145,45 +105,75 @@ fn is_overdue(state: &StateItem, now: Millis) -> bool {
     }
 }
 
-/// Up to `limit` tasks due by their own timing at `now` ([`is_overdue`]).
+/// Up to `limit` tasks due by their own timing at `now` ([`is_overdue`]), in due order: a scan.
 pub async fn overdue(store: &DynamoStore, now: Millis, limit: usize) -> Result<Vec<OverdueTask>, AwsError> {
-    let pick = |entry: OpenEntry, state: StateItem| {
-        is_overdue(&state, now).then(|| OverdueTask { state: state.status, epoch: state.epoch, task: entry.pending() })
-    };
-    sweep_open(store, now, (limit, usize::MAX), |_| true, pick).await
+    Ok(due_order(store)
+        .await?
+        .into_iter()
+        .filter(|(_, st)| is_overdue(st, now))
+        .take(limit)
+        .map(|(_, st)| OverdueTask { state: st.status, epoch: st.epoch, task: st.delivery() })
+        .collect())
 }
 
-/// Up to `limit` unfinished tasks whose message `rule` finds missing (see
-/// `taskexec_lambda::sweeper::resend`), reading at most `scan_limit` index entries: only the
-/// entries up to [`ResendRule::scan_to`], and the states of those whose priority and due time
-/// leave them possibly missing.
+/// Up to `limit` tasks whose message may never have been sent: the queued tasks of journal
+/// entries still marked unsent at `rule.now - rule.grace` (the sender settles its entries right
+/// after its send) that were neither claimed nor re-sent since the entry's time. Reads at most `scan_limit`
+/// entries. An entry with no such task left is settled here (and its run marked active, in case
+/// its submission died before counting it).
 pub async fn missing(
     store: &DynamoStore,
     rule: &ResendRule,
     limit: usize,
     scan_limit: usize,
 ) -> Result<Vec<Candidate>, AwsError> {
-    let keep = |entry: &OpenEntry| rule.may_be_missing(entry.priority, keys::ready_at_of(entry.due_key));
-    let pick = |entry: OpenEntry, state: StateItem| {
-        let candidate = candidate(entry, &state);
-        rule.is_missing(&candidate).then_some(candidate)
-    };
-    sweep_open(store, rule.scan_to(), (limit, scan_limit), keep, pick).await
+    let before = rule.now - Millis::try_from(rule.grace.as_millis()).unwrap_or(Millis::MAX / 4);
+    let keys = journal::unsent_keys(store, before, scan_limit).await?;
+    let mut found = Vec::new();
+    for entry in journal::entries_at(store, keys).await? {
+        if entry.unsent.is_none() {
+            continue;
+        }
+        let ids: Vec<String> = entry.tasks.iter().map(|t| t.id.clone()).collect();
+        let mut states = read::states(store, &ids, false).await?;
+        let mut candidates = Vec::new();
+        for task in &entry.tasks {
+            let Some(state) = states.remove(&task.id).filter(|st| st.run_id == entry.run_id) else { continue };
+            if not_sent_since(&state, entry.submitted_at) {
+                candidates.push(candidate(&entry, task, &state));
+            } else if !state.status.is_terminal() {
+                states.insert(task.id.clone(), state);
+            }
+        }
+        if candidates.is_empty() {
+            if !states.is_empty() {
+                control::mark_active(store, &entry.run_id, entry.submitted_at).await?;
+            }
+            journal::settle(store, &entry).await?;
+            continue;
+        }
+        found.extend(candidates);
+        if found.len() >= limit {
+            found.truncate(limit);
+            break;
+        }
+    }
+    Ok(found)
 }
 
-fn candidate(entry: OpenEntry, state: &StateItem) -> Candidate {
-    let last_change = state.events().iter().map(|e| e.at).max().unwrap_or(state.submitted_at);
-    Candidate {
-        status: state.status,
-        epoch: state.epoch,
-        lease_until: state.lease_until,
-        last_change: last_change.max(state.submitted_at),
-        task: entry.pending(),
-    }
+/// Queued, and neither claimed (no message of it received) nor re-sent since `since` (the
+/// entry's time: its submission, or its redrive).
+fn not_sent_since(state: &StateItem, since: Millis) -> bool {
+    let after = |kinds: &[&str]| state.events().iter().any(|e| e.at >= since && kinds.contains(&e.kind.as_str()));
+    state.status == TaskState::Queued && !after(&["claimed", "reclaimed", "resent"])
+}
+
+fn candidate(entry: &JournalItem, task: &journal::JournalTask, state: &StateItem) -> Candidate {
+    Candidate { task: entry.delivery(task), ..state_candidate(state) }
 }
 
 /// Record a re-send on the task: a `resent` trail entry, only if status and epoch are still the
-/// ones read (1 WCU; the trail is not projected, so no index write). `false`: it changed.
+/// ones read (1 WCU). `false`: it changed.
 pub async fn mark_resent(store: &DynamoStore, task: &Candidate, at: Millis) -> Result<bool, AwsError> {
     let update = Update::new()
         .expect("status", s(task.status.as_str()))
@@ -199,54 +189,6 @@ pub async fn mark_resent(store: &DynamoStore, task: &Candidate, at: Millis) -> R
     }
 }
 
-/// Open-index entries per page while sweeping.
-const SWEEP_PAGE: i32 = 500;
-
-/// Up to `limit` picks among the open-index entries due by `to`, shard after shard (starting at a
-/// rotating shard), reading at most `scan_limit` entries: the states of the entries `keep` keeps
-/// are read (eventually consistent: whoever acts re-checks with a conditional write), and
-/// `pick` decides.
-async fn sweep_open<T, K, P>(
-    store: &DynamoStore,
-    to: Millis,
-    (limit, scan_limit): (usize, usize),
-    keep: K,
-    pick: P,
-) -> Result<Vec<T>, AwsError>
-where
-    K: Fn(&OpenEntry) -> bool + Send + Sync,
-    P: Fn(OpenEntry, StateItem) -> Option<T> + Send + Sync,
-    T: Send,
-{
-    let shards = store.config.open_shards;
-    let first = store.sweep_start.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (mut found, mut scanned) = (Vec::new(), 0_usize);
-    for k in 0..shards {
-        let shard = ((first + u64::from(k)) % u64::from(shards)) as u16;
-        let mut start = None;
-        while scanned < scan_limit {
-            let page_size = i32::try_from(scan_limit - scanned).unwrap_or(i32::MAX).min(SWEEP_PAGE);
-            let (page, next) = open_page(store, shard, (0, keys::last_due_key(to)), page_size, start).await?;
-            scanned += page.len();
-            let page: Vec<OpenEntry> = page.into_iter().filter(|e| keep(e)).collect();
-            let ids: Vec<String> = page.iter().map(|e| e.task_id.clone()).collect();
-            let mut states = if ids.is_empty() { HashMap::new() } else { read::states(store, &ids, false).await? };
-            for entry in page {
-                let Some(state) = states.remove(&entry.task_id) else { continue };
-                found.extend(pick(entry, state));
-                if found.len() >= limit {
-                    return Ok(found);
-                }
-            }
-            match next {
-                Some(key) => start = Some(key),
-                None => break,
-            }
-        }
-    }
-    Ok(found)
-}
-
 impl ResendIndex for DynamoStore {
     async fn missing(&self, rule: &ResendRule, limit: usize, scan_limit: usize) -> Result<Vec<Candidate>, StoreError> {
         Ok(missing(self, rule, limit, scan_limit).await?)
@@ -255,87 +197,106 @@ impl ResendIndex for DynamoStore {
     async fn mark_resent(&self, task: &Candidate, at: Millis) -> Result<bool, StoreError> {
         Ok(mark_resent(self, task, at).await?)
     }
+
+    /// The run's journal, then its unfinished tasks' states (eventually consistent: a re-send is
+    /// recorded conditionally on the status and epoch read).
+    async fn unfinished_of_run(&self, run_id: &str) -> Result<Vec<Candidate>, StoreError> {
+        let states = journal::run_states(self, run_id, false).await?;
+        Ok(states.into_iter().filter(|s| !s.status.is_terminal()).map(|s| state_candidate(&s)).collect())
+    }
 }
 
-/// Open-index entries read per shard at most when looking for waiting runs (about 150 bytes
-/// each: a full page costs about 20 read units).
-const WAITING_PER_SHARD: usize = 1_000;
+/// A task as the re-send rule sees it, from its state.
+fn state_candidate(state: &StateItem) -> Candidate {
+    let last_change = state.events().iter().map(|e| e.at).max().unwrap_or(state.submitted_at);
+    Candidate {
+        status: state.status,
+        epoch: state.epoch,
+        lease_until: state.lease_until,
+        last_change: last_change.max(state.submitted_at),
+        task: state.delivery(),
+    }
+}
 
-/// Runs with an unfinished task due at or before `due_by`, oldest first, at most `limit`: the
-/// open index below `due_by`, at most [`WAITING_PER_SHARD`] entries per shard (so a huge old
-/// backlog of one run can hide another run's old tasks for a sweep).
+/// Runs in the active index (one `Query` per shard, keys only).
+async fn active_runs(store: &DynamoStore) -> Result<Vec<String>, AwsError> {
+    let shards = (0..keys::ACTIVE_SHARDS).map(|shard| async move {
+        let (mut runs, mut start) = (Vec::new(), None);
+        loop {
+            let out = store
+                .client
+                .query()
+                .table_name(store.table())
+                .index_name(keys::ACTIVE_INDEX)
+                .key_condition_expression("#shard = :shard")
+                .expression_attribute_names("#shard", keys::ACTIVE_SHARD)
+                .expression_attribute_values(":shard", s(keys::active_shard_n(shard)))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| AwsError::dynamo("Query", e))?;
+            let pks =
+                out.items.unwrap_or_default().into_iter().filter_map(|item| item.get(keys::PK)?.as_s().ok().cloned());
+            runs.extend(pks.filter_map(|pk| keys::run_of_pk(&pk).map(str::to_owned)));
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok::<_, AwsError>(runs),
+            }
+        }
+    });
+    let mut seen = HashSet::new();
+    Ok(try_join_all(shards).await?.into_iter().flatten().filter(|run| seen.insert(run.clone())).collect())
+}
+
+/// Runs that may be stuck at `due_by`, each with the earliest submission since it became active,
+/// oldest first, at most `limit`: the active runs whose counters show submissions at or before
+/// `due_by` and no finish reported after it. A hint: [`run_activity`] decides from the states.
 pub async fn waiting_runs(
     store: &DynamoStore,
     due_by: Millis,
     limit: usize,
 ) -> Result<Vec<(String, Millis)>, AwsError> {
-    let entries = merged(store, (0, keys::last_due_key(due_by)), WAITING_PER_SHARD).await?;
-    let mut runs: Vec<(String, Millis)> = Vec::new();
-    for entry in entries {
-        if runs.len() >= limit {
-            break;
-        }
-        if !runs.iter().any(|(run, _)| *run == entry.run_id) {
-            runs.push((entry.run_id, keys::ready_at_of(entry.due_key)));
+    let mut runs = Vec::new();
+    for run in active_runs(store).await? {
+        let items = control::counter_items(store, &run).await?;
+        let first = items.iter().filter_map(|i| i.first_submitted_at).min();
+        let last_finish = items.iter().filter_map(|i| i.last_finished_at).max();
+        match first {
+            Some(first) if first <= due_by && last_finish.is_none_or(|at| at <= due_by) => runs.push((run, first)),
+            // Active with no submission time: marked by an older writer; let the states decide.
+            None => runs.push((run, due_by)),
+            _ => {}
         }
     }
+    runs.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    runs.truncate(limit);
     Ok(runs)
 }
 
-/// A run's unfinished tasks and the last time one of them reached a final state: the run index,
-/// then every task's state item (eventually consistent, about 0.5 read unit per task).
-pub async fn run_activity(store: &DynamoStore, run_id: &str) -> Result<(u64, Option<Millis>), AwsError> {
-    let ids = run_task_ids(store, run_id).await?;
-    let states = read::states(store, &ids, false).await?;
-    let unfinished = states.values().filter(|s| !s.status.is_terminal()).count() as u64;
-    let last = states.values().filter(|s| s.status.is_terminal()).filter_map(|s| s.ended_at).max();
-    Ok((unfinished, last))
-}
-
-/// Task ids of a run in submission order (all run shards merged).
-async fn run_task_ids(store: &DynamoStore, run_id: &str) -> Result<Vec<String>, AwsError> {
-    let shards = (0..store.config.run_shards).map(|shard| run_shard_keys(store, keys::run_shard_n(run_id, shard)));
-    let mut all: Vec<(String, String)> = try_join_all(shards).await?.into_iter().flatten().collect();
-    all.sort();
-    Ok(all.into_iter().map(|(_, id)| id).collect())
-}
-
-/// (`runSeq`, task id) of every task in one run shard.
-async fn run_shard_keys(store: &DynamoStore, shard: String) -> Result<Vec<(String, String)>, AwsError> {
-    let (mut keys_found, mut start) = (Vec::new(), None);
-    loop {
-        let out = store
-            .client
-            .query()
-            .table_name(store.table())
-            .index_name(keys::RUN_INDEX)
-            .key_condition_expression("#shard = :shard")
-            .expression_attribute_names("#shard", keys::RUN_SHARD)
-            .expression_attribute_values(":shard", s(&shard))
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| AwsError::dynamo("Query", e))?;
-        keys_found.extend(out.items.unwrap_or_default().iter().filter_map(run_entry));
-        match out.last_evaluated_key {
-            Some(key) => start = Some(key),
-            None => return Ok(keys_found),
-        }
+/// A run's progress from its journal and states (about 0.5 read unit per task, eventually
+/// consistent): its unfinished tasks, the last time one of its tasks reached a final state, and
+/// the earliest due time of its unfinished tasks. A run with nothing unfinished leaves the
+/// active index ([`control::retire`], on the counters read before the states).
+pub async fn run_activity(
+    store: &DynamoStore,
+    run_id: &str,
+) -> Result<(u64, Option<Millis>, Option<Millis>), AwsError> {
+    let counters: Vec<CounterItem> = control::counter_items(store, run_id).await?;
+    let states = journal::run_states(store, run_id, false).await?;
+    let unfinished: Vec<&StateItem> = states.iter().filter(|s| !s.status.is_terminal()).collect();
+    let last = states.iter().filter(|s| s.status.is_terminal()).filter_map(|s| s.ended_at).max();
+    let oldest_due = unfinished.iter().map(|s| s.ready_at()).min();
+    if unfinished.is_empty() {
+        control::retire(store, run_id, &counters).await?;
     }
+    Ok((unfinished.len() as u64, last, oldest_due))
 }
 
-fn run_entry(item: &Item) -> Option<(String, String)> {
-    let text = |k: &str| item.get(k).and_then(|v: &AttributeValue| v.as_s().ok());
-    Some((text(keys::RUN_SEQ)?.clone(), keys::task_id_of(text(keys::PK)?)?.to_owned()))
-}
-
-/// Per deployment/model figures of a run, or of every run (a scan of the state items).
+/// Per deployment/model figures of a run (its journal, then its states read strongly
+/// consistent), or of every run (a scan of the state items).
 pub async fn summary(store: &DynamoStore, run_id: Option<&str>) -> Result<Vec<GroupSummary>, AwsError> {
     let states = match run_id {
-        Some(run) => {
-            let ids = run_task_ids(store, run).await?;
-            read::states(store, &ids, true).await?.into_values().collect()
-        }
+        Some(run) => journal::run_states(store, run, true).await?,
         None => all_states(store).await?,
     };
     let records: Vec<TaskRecord> = states.into_iter().map(StateItem::into_summary_record).collect();
@@ -343,33 +304,19 @@ pub async fn summary(store: &DynamoStore, run_id: Option<&str>) -> Result<Vec<Gr
 }
 
 async fn all_states(store: &DynamoStore) -> Result<Vec<StateItem>, AwsError> {
-    let (mut states, mut start) = (Vec::new(), None);
-    loop {
-        let out = store
-            .client
-            .scan()
-            .table_name(store.table())
-            .filter_expression("#sk = :state")
-            .expression_attribute_names("#sk", keys::SK)
-            .expression_attribute_values(":state", s(keys::STATE))
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .map_err(|e| AwsError::dynamo("Scan", e))?;
-        for item in out.items.unwrap_or_default() {
-            states.push(StateItem::from_item(item)?);
-        }
-        match out.last_evaluated_key {
-            Some(key) => start = Some(key),
-            None => return Ok(states),
-        }
-    }
+    scan_states(store, false).await
 }
 
 /// A run's records, whole and in submission order.
 pub async fn run_tasks(store: &DynamoStore, run_id: &str) -> Result<Vec<TaskRecord>, AwsError> {
-    let ids = run_task_ids(store, run_id).await?;
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = journal::run_entries(store, run_id)
+        .await?
+        .into_iter()
+        .flat_map(|e| e.tasks)
+        .filter(|t| seen.insert(t.id.clone()))
+        .map(|t| t.id)
+        .collect();
     let mut records = read::records(store, &ids).await?;
-    Ok(ids.iter().filter_map(|id| records.remove(id)).collect())
+    Ok(ids.iter().filter_map(|id| records.remove(id)).filter(|r| r.run_id() == run_id).collect())
 }

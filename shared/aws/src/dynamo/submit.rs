@@ -1,12 +1,13 @@
-//! Idempotent submission. Per record: the PAYLOAD item is put first, on condition that there
-//! is none or it has the same content hash; then the STATE item, on condition that there is
-//! none. A submission that died between the two leaves a payload only, which a retry of the
+//! Idempotent submission. First the request's submission journal entries (marked unsent;
+//! [`journal`]), then per record: the PAYLOAD item, on condition that there is none or it has
+//! the same content hash; then the STATE item, on condition that there is none; last, per run
+//! with created tasks, one `ADD submitted` to the run's counters, which also keeps the run in the
+//! index of active runs (the stuck-run check's candidates). A submission that died between the two leaves a payload only, which a retry of the
 //! same content completes; another content is a conflict. An existing state item makes the
 //! record a duplicate (same hash) or a conflict. Records of distinct ids go concurrently; the
 //! repeats of one id within a batch go in order, so each is judged against the earlier one.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder;
@@ -14,12 +15,12 @@ use aws_sdk_dynamodb::types::ReturnConsumedCapacity::Indexes;
 use futures::stream::{self, StreamExt};
 use taskexec_core::ports::SubmitOutcome;
 use taskexec_core::task::TaskRecord;
+use taskexec_core::time::Millis;
 
 use super::DynamoStore;
-use super::item::{Item, Shards, StateItem, n, payload_item, s};
-use super::keys;
-use super::read;
+use super::item::{Item, StateItem, n, payload_item, s};
 use super::transitions::log_event;
+use super::{control, journal, keys, read};
 use crate::error::AwsError;
 
 /// Distinct task ids submitted at once.
@@ -28,8 +29,8 @@ const CONCURRENCY: usize = 16;
 /// Store records idempotently; one outcome per record, in order.
 pub async fn submit(store: &DynamoStore, records: Vec<TaskRecord>) -> Result<Vec<SubmitOutcome>, AwsError> {
     let n = records.len();
-    // Sequence numbers in batch order, reserved up front: the puts run concurrently.
-    let first_seq = store.seq.fetch_add(n as u64, Ordering::Relaxed);
+    journal::write(store, &records).await?;
+    let runs: Vec<(String, Millis)> = records.iter().map(|r| (r.run_id().to_owned(), r.submitted_at)).collect();
     let mut groups: Vec<Vec<(usize, TaskRecord)>> = Vec::new();
     let mut group_of: HashMap<String, usize> = HashMap::new();
     for (i, record) in records.into_iter().enumerate() {
@@ -39,33 +40,50 @@ pub async fn submit(store: &DynamoStore, records: Vec<TaskRecord>) -> Result<Vec
         });
         groups[g].push((i, record));
     }
-    let results: Vec<Result<Vec<(usize, SubmitOutcome)>, AwsError>> = stream::iter(groups)
-        .map(|group| submit_group(store, group, first_seq))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+    let results: Vec<Result<Vec<(usize, SubmitOutcome)>, AwsError>> =
+        stream::iter(groups).map(|group| submit_group(store, group)).buffer_unordered(CONCURRENCY).collect().await;
     let mut outcomes = vec![SubmitOutcome::Conflict; n];
     for result in results {
         for (i, outcome) in result? {
             outcomes[i] = outcome;
         }
     }
+    count_created(store, &runs, &outcomes).await?;
     Ok(outcomes)
+}
+
+/// One `ADD submitted` per run that got new tasks (which also marks it active), from the
+/// earliest submission time of those tasks.
+async fn count_created(
+    store: &DynamoStore,
+    runs: &[(String, Millis)],
+    outcomes: &[SubmitOutcome],
+) -> Result<(), AwsError> {
+    let mut created: BTreeMap<&str, (u64, Millis)> = BTreeMap::new();
+    for ((run, at), outcome) in runs.iter().zip(outcomes) {
+        if *outcome == SubmitOutcome::Created {
+            let entry = created.entry(run.as_str()).or_insert((0, *at));
+            *entry = (entry.0 + 1, entry.1.min(*at));
+        }
+    }
+    for (run, (submitted, first)) in created {
+        control::add_submitted(store, run, submitted, first).await?;
+    }
+    Ok(())
 }
 
 async fn submit_group(
     store: &DynamoStore,
     group: Vec<(usize, TaskRecord)>,
-    seq_base: u64,
 ) -> Result<Vec<(usize, SubmitOutcome)>, AwsError> {
     let mut out = Vec::with_capacity(group.len());
     for (i, record) in group {
-        out.push((i, submit_one(store, &record, seq_base + i as u64).await?));
+        out.push((i, submit_one(store, &record).await?));
     }
     Ok(out)
 }
 
-async fn submit_one(store: &DynamoStore, record: &TaskRecord, seq: u64) -> Result<SubmitOutcome, AwsError> {
+async fn submit_one(store: &DynamoStore, record: &TaskRecord) -> Result<SubmitOutcome, AwsError> {
     let mut payload = payload_item(record)?;
     if let Some(at) = store.payload_expiry(record.submitted_at) {
         payload.insert(keys::EXPIRES_AT.to_owned(), n(at));
@@ -73,8 +91,7 @@ async fn submit_one(store: &DynamoStore, record: &TaskRecord, seq: u64) -> Resul
     if !put_if(store, payload, Some(&record.content_hash)).await? {
         return Ok(SubmitOutcome::Conflict);
     }
-    let shards = Shards { open: store.config.open_shards, run: store.config.run_shards };
-    let state = StateItem::of_record(record, shards, seq);
+    let state = StateItem::of_record(record);
     if put_if(store, state.to_item()?, None).await? {
         log_event(&record.task.id, "submitted", record.epoch, None);
         return Ok(SubmitOutcome::Created);

@@ -1,6 +1,6 @@
-//! The table definition: keys, the two global secondary indexes and on-demand billing. The
-//! deployment declares the same table in `template.yaml`; this function creates it for tests
-//! and for development against an emulator.
+//! The table definition: keys, the two sparse global secondary indexes (unsent journal entries,
+//! active runs) and on-demand billing. The deployment declares the same table in
+//! `template.yaml`; this function creates it for tests and for development against an emulator.
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
@@ -11,10 +11,6 @@ use aws_sdk_dynamodb::types::{
 use super::keys;
 use crate::error::AwsError;
 
-/// Attributes the open index carries besides its keys: the route of a pending task, which never
-/// changes, so no transition rewrites the index entry.
-pub const OPEN_INDEX_ATTRIBUTES: [&str; 4] = ["runId", "providerId", "modelId", "priority"];
-
 /// Create the store's table (on-demand) and wait until it is active.
 pub async fn create_table(client: &Client, table: &str) -> Result<(), AwsError> {
     let build = |what, e| AwsError::build(what, e);
@@ -24,44 +20,36 @@ pub async fn create_table(client: &Client, table: &str) -> Result<(), AwsError> 
     let key = |name: &str, ty| {
         KeySchemaElement::builder().attribute_name(name).key_type(ty).build().map_err(|e| build("table", e))
     };
-    let open_projection = Projection::builder()
-        .projection_type(ProjectionType::Include)
-        .set_non_key_attributes(Some(OPEN_INDEX_ATTRIBUTES.map(str::to_owned).to_vec()))
-        .build();
-    let open = GlobalSecondaryIndex::builder()
-        .index_name(keys::OPEN_INDEX)
-        .key_schema(key(keys::OPEN_SHARD, KeyType::Hash)?)
-        .key_schema(key(keys::DUE_KEY, KeyType::Range)?)
-        .projection(open_projection)
-        .build()
-        .map_err(|e| build("open index", e))?;
-    let run = GlobalSecondaryIndex::builder()
-        .index_name(keys::RUN_INDEX)
-        .key_schema(key(keys::RUN_SHARD, KeyType::Hash)?)
-        .key_schema(key(keys::RUN_SEQ, KeyType::Range)?)
+    let unsent = GlobalSecondaryIndex::builder()
+        .index_name(keys::UNSENT_INDEX)
+        .key_schema(key(keys::UNSENT, KeyType::Hash)?)
+        .key_schema(key(keys::SK, KeyType::Range)?)
         .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
         .build()
-        .map_err(|e| build("run index", e))?;
+        .map_err(|e| build("unsent index", e))?;
+    let active = GlobalSecondaryIndex::builder()
+        .index_name(keys::ACTIVE_INDEX)
+        .key_schema(key(keys::ACTIVE_SHARD, KeyType::Hash)?)
+        .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+        .build()
+        .map_err(|e| build("active index", e))?;
     client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(attr(keys::PK, ScalarAttributeType::S)?)
         .attribute_definitions(attr(keys::SK, ScalarAttributeType::S)?)
-        .attribute_definitions(attr(keys::OPEN_SHARD, ScalarAttributeType::S)?)
-        .attribute_definitions(attr(keys::DUE_KEY, ScalarAttributeType::N)?)
-        .attribute_definitions(attr(keys::RUN_SHARD, ScalarAttributeType::S)?)
-        .attribute_definitions(attr(keys::RUN_SEQ, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(keys::UNSENT, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(keys::ACTIVE_SHARD, ScalarAttributeType::S)?)
         .key_schema(key(keys::PK, KeyType::Hash)?)
         .key_schema(key(keys::SK, KeyType::Range)?)
-        .global_secondary_indexes(open)
-        .global_secondary_indexes(run)
+        .global_secondary_indexes(unsent)
+        .global_secondary_indexes(active)
         .send()
         .await
         .map_err(|e| AwsError::dynamo("CreateTable", e))?;
     wait_until_active(client, table).await
 }
-
 async fn wait_until_active(client: &Client, table: &str) -> Result<(), AwsError> {
     for _ in 0..600 {
         let out = client.describe_table().table_name(table).send().await;

@@ -84,7 +84,7 @@ async fn claim_update(
     let to = transition(state.status, event).expect("planned claims are legal");
     let epoch = state.epoch + 1;
     let kind = if event == TaskEvent::Claim { "claimed" } else { "reclaimed" };
-    let mut update = Update::new()
+    let update = Update::new()
         .expect("status", s(state.status.as_str()))
         .expect("epoch", n(state.epoch))
         .set("status", s(to.as_str()))
@@ -95,10 +95,6 @@ async fn claim_update(
         .set_if_absent("startedAt", n(req.now))
         .remove("nextAttemptAt")
         .append("trail", vec![s(trail_entry(kind, req.now, epoch))]);
-    if state.next_attempt_at.is_some() {
-        // The retry time is cleared, so the task is due at submission again (pending's ready_at).
-        update = update.copy(keys::DUE_KEY, "submitDue");
-    }
     update.send(store, (keys::task_pk(&req.task_id), keys::STATE), true).await
 }
 
@@ -130,7 +126,7 @@ pub async fn finish(store: &DynamoStore, req: FinishRequest) -> Result<WriteOutc
     if let Some(record) = &req.record {
         update = update.append("history", vec![value("attempt record", record)?]);
     }
-    let (mut update, events) = apply_outcome(update, &req.task_id, &req.outcome, req.now)?;
+    let (mut update, events) = apply_outcome(update, &req.outcome, req.now)?;
     if matches!(req.outcome, Outcome::Completed(_) | Outcome::Failed { .. }) {
         update = update.set_or_remove(keys::EXPIRES_AT, store.state_expiry(req.now).map(n));
     }
@@ -149,12 +145,7 @@ pub async fn finish(store: &DynamoStore, req: FinishRequest) -> Result<WriteOutc
 type Event = (&'static str, Option<String>);
 
 /// The writes and events of one outcome.
-fn apply_outcome(
-    update: Update,
-    task_id: &str,
-    outcome: &Outcome,
-    now: Millis,
-) -> Result<(Update, Vec<Event>), AwsError> {
+fn apply_outcome(update: Update, outcome: &Outcome, now: Millis) -> Result<(Update, Vec<Event>), AwsError> {
     let status = |state: TaskState| s(state.as_str());
     Ok(match outcome {
         Outcome::Completed(result) => {
@@ -163,14 +154,13 @@ fn apply_outcome(
                 .set("result", value("result", result)?)
                 .set("endedAt", n(now))
                 .remove("error");
-            (leave_open_index(update), vec![("completed", None)])
+            (update, vec![("completed", None)])
         }
         Outcome::Retry { error, next_attempt_at } => {
             let update = update
                 .set("status", status(TaskState::Queued))
                 .set("error", value("error", error)?)
-                .set("nextAttemptAt", n(next_attempt_at))
-                .set(keys::DUE_KEY, n(keys::due_key(*next_attempt_at, task_id)));
+                .set("nextAttemptAt", n(next_attempt_at));
             (update, vec![("retryScheduled", Some(error.message.clone()))])
         }
         Outcome::Failed { error, dead_letter_reason } => {
@@ -181,21 +171,13 @@ fn apply_outcome(
                 .set_or_remove("deadLetterReason", dead_letter_reason.as_ref().map(s));
             let mut events = vec![("failed", Some(error.message.clone()))];
             events.extend(dead_letter_reason.as_ref().map(|reason| ("deadLettered", Some(reason.clone()))));
-            (leave_open_index(update), events)
+            (update, events)
         }
         Outcome::Released => {
-            let update = update
-                .set("status", status(TaskState::Queued))
-                .remove("nextAttemptAt")
-                .copy(keys::DUE_KEY, "submitDue");
+            let update = update.set("status", status(TaskState::Queued)).remove("nextAttemptAt");
             (update, vec![("released", None)])
         }
     })
-}
-
-/// A finished task leaves the sparse index of unfinished tasks.
-pub(super) fn leave_open_index(update: Update) -> Update {
-    update.remove(keys::OPEN_SHARD).remove(keys::DUE_KEY)
 }
 
 /// A fenced write's outcome.

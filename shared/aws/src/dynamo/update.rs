@@ -75,14 +75,6 @@ impl Update {
         self
     }
 
-    /// `SET attr = other`: copy another attribute of the same item.
-    #[must_use]
-    pub fn copy(mut self, attr: &str, from: &str) -> Self {
-        let (n, f) = (self.name(attr), self.name(from));
-        self.set.push(format!("{n} = {f}"));
-        self
-    }
-
     /// `SET attr = list_append(attr, values)` (creating the list if needed); nothing if empty.
     #[must_use]
     pub fn append(mut self, attr: &str, values: Vec<AttributeValue>) -> Self {
@@ -109,6 +101,14 @@ impl Update {
     pub fn expect(mut self, attr: &str, v: AttributeValue) -> Self {
         let (n, v) = (self.name(attr), self.value("c", attr, v));
         self.conditions.push(format!("{n} = {v}"));
+        self
+    }
+
+    /// Condition: the item has no `attr`.
+    #[must_use]
+    pub fn expect_absent(mut self, attr: &str) -> Self {
+        let n = self.name(attr);
+        self.conditions.push(format!("attribute_not_exists({n})"));
         self
     }
 

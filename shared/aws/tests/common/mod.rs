@@ -146,7 +146,7 @@ pub async fn fresh_store_with(
     let client = dynamo_client();
     let table = unique_name("tasks");
     taskexec_aws::create_table(&client, &table).await.expect("create the table");
-    let config = configure(taskexec_aws::DynamoConfig::new(table).with_open_shards(4));
+    let config = configure(taskexec_aws::DynamoConfig::new(table).with_unsent_shards(4));
     taskexec_aws::DynamoStore::new(client, config)
 }
 
@@ -154,7 +154,7 @@ pub async fn fresh_store_with(
 pub async fn fresh_store_on(client: aws_sdk_dynamodb::Client) -> taskexec_aws::DynamoStore {
     let table = unique_name("tasks");
     taskexec_aws::create_table(&client, &table).await.expect("create the table");
-    taskexec_aws::DynamoStore::new(client, taskexec_aws::DynamoConfig::new(table).with_open_shards(4))
+    taskexec_aws::DynamoStore::new(client, taskexec_aws::DynamoConfig::new(table).with_unsent_shards(4))
 }
 
 /// Three fresh priority queues, each with its own DLQ (redrive after

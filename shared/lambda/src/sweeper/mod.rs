@@ -21,8 +21,8 @@ use taskexec_core::time::Clock;
 
 use self::breakers::{BreakerBoard, half_open_breakers};
 use self::mappings::{Backlogs, MappingWeights, rebalance_mappings};
-use self::resend::resend_missing;
 pub use self::resend::{QueueDepths, ResendError, ResendIndex, ResendSettings, SweepReport};
+use self::resend::{resend_in_stuck_runs, resend_missing};
 use self::stuck::{RunWatch, stuck_runs, stuck_runs_emf};
 pub use self::summary::{Incomplete, PartFailure, SweepError, SweepPart, SweepSummary};
 use taskexec_core::ports::WorkQueue;
@@ -117,7 +117,26 @@ where
             }
             Err(error) => summary.fail(SweepPart::StuckRuns, error),
         }
+        self.resend_in_stuck_runs(clock, settings, &mut summary).await;
         summary
+    }
+
+    /// A stuck run may hold a task whose message was lost after it was sent: its unfinished tasks
+    /// go through the re-send rule, and what is re-sent adds to the re-send report.
+    async fn resend_in_stuck_runs<C: Clock>(&self, clock: &C, settings: &SweeperSettings, summary: &mut SweepSummary) {
+        let runs: Vec<String> = summary.stuck.iter().flatten().map(|s| s.run_id.clone()).collect();
+        match Box::pin(resend_in_stuck_runs(self.index, self.queue, clock, settings.resend, &runs)).await {
+            Ok(report) if report.resent + report.failed > 0 => {
+                let failed = report.failed + report.unrecorded;
+                summary.fail_if(SweepPart::Resend, "re-sends in stuck runs", failed, report.resent + report.failed);
+                let total = summary.resend.get_or_insert_with(SweepReport::default);
+                total.resent += report.resent;
+                total.failed += report.failed;
+                total.unrecorded += report.unrecorded;
+            }
+            Ok(_) => {}
+            Err(error) => summary.fail(SweepPart::Resend, error),
+        }
     }
 }
 
@@ -298,7 +317,7 @@ mod failure_tests {
         let text = error.to_string();
         for expected in [
             "4 sweeper part(s) failed",
-            "re-send: cannot read the open index",
+            "re-send: cannot read the store's unsent submissions",
             "rebalance: cannot read event source mappings: ResourceNotFoundException",
             "breakers: 2 of 2 breaker reads or writes failed",
             "limiter reclaim: store backend failed",

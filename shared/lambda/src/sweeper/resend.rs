@@ -8,41 +8,37 @@
 //! in flight and comes back after its visibility timeout.
 //!
 //! **Why "due for a while" does not mean "missing".** A message waits in its queue as long as
-//! the backlog ahead of it, hours for a large run. Nothing on a task's state item says whether
-//! its message exists (recording each successful send would cost a write per task, against a
-//! budget of 5 WRU per task), and SQS cannot be searched for one message. So the rule uses what
-//! SQS says cheaply, per queue, with one `GetQueueAttributes` each: how many messages it holds
-//! (visible + delayed + in flight) and how long it keeps them (`MessageRetentionPeriod`).
+//! the backlog ahead of it, hours for a large run, and SQS cannot be searched for one message.
 //!
-//! **The rule** ([`ResendRule::is_missing`]). A queued task, or a running one whose lease ran
-//! out more than the grace ago, is re-sent when its state item has not changed for longer than
-//! the grace and either
-//! 1. its priority's queue holds no message at all: then no message of it exists. The grace
-//!    (default [`DEFAULT_RESEND_GRACE`], `TASKEXEC_RESEND_GRACE_SECONDS`) covers SQS's counts
-//!    lagging behind sends by up to about a minute and a submission between its write and its
-//!    send; or
-//! 2. its state has not changed for longer than the queue's retention period plus the grace:
-//!    a message sent for it then has expired.
+//! **What the store knows** ([`ResendIndex::missing`]). On DynamoDB every submission writes a
+//! journal entry of its tasks *before* storing them, marked unsent, and the sender removes the
+//! mark once its send succeeded (`TaskStore::mark_sent`): one write per request, not per task.
+//! An entry still marked unsent after the grace (default [`DEFAULT_RESEND_GRACE`],
+//! `TASKEXEC_RESEND_GRACE_SECONDS`: longer than any request takes) belongs to a submission whose
+//! send failed or whose process died; its tasks that are still queued and were never claimed
+//! (epoch 0: no message of theirs was ever received) nor re-sent are missing their message,
+//! whatever the queues hold, so a lost send is re-sent at the first sweep past the grace, also
+//! behind a backlog. A backlog of any size is never re-sent: its entries were settled by their
+//! senders. Messages lost otherwise (purged, expired) are not found this way: a run with such a
+//! task stops finishing and is reported by the stuck-run check ([`super::stuck`]); the unfinished
+//! tasks of each stuck run are then judged by the rule below ([`resend_in_stuck_runs`]).
 //!
-//! Otherwise it waits. A lost send in a queue that holds a backlog is re-sent once the queue is
-//! seen empty, which is about when its message would have been received anyway (it waits behind
-//! the same backlog), and after the retention period at the latest. A backlog of any size is
-//! never re-sent: its queue is not empty and its tasks are younger than the retention period.
+//! **The rule** ([`ResendRule::is_missing`]) is applied to the unfinished tasks of stuck runs
+//! (and by the in-memory index of the tests to every task): a queued task, or a running one whose
+//! lease ran out more than the grace ago, is re-sent when its state item has not changed for
+//! longer than the grace and either its priority's queue holds no message at all (visible +
+//! delayed + in flight, one `GetQueueAttributes` per queue), or its state has not changed for
+//! longer than the queue's retention period plus the grace.
 //!
 //! **Once.** A re-send is recorded on the task as a `resent` entry of its trail (conditional on
-//! the status and epoch read; 1 WCU, no index write: the trail is not projected), which counts
-//! as a change of state. So the next sweeps find the queue non-empty (the new message) or the
-//! change recent, and leave the task alone while its message lives.
-//!
-//! **Cost.** The open index is read only below [`ResendRule::scan_to`]: for a priority whose
-//! queue holds messages, only entries older than the retention period; states are read (one
-//! `BatchGetItem` per page) only for entries the rule could find missing; at most `scan_limit`
-//! entries per sweep.
+//! the status and epoch read; 1 WCU), which counts as a change of state; on DynamoDB a task with
+//! a `resent` entry is not re-sent from its journal entry again, and the entry is settled at the
+//! next sweep.
 //!
 //! A duplicate is harmless (claims are fenced by the epoch; the extra message is acknowledged
-//! as soon as it finds the task claimed or finished). The rule can make one in rare races: a
-//! message redriven to a dead-letter queue and not yet re-queued by the `dlq` function while
-//! its main queue is empty, or counts that lag by more than the grace.
+//! as soon as it finds the task claimed or finished). One is made when a sender sent but died
+//! before settling its entry (or its settle failed), and the task was still unclaimed after the
+//! grace.
 
 use std::future::Future;
 use std::time::Duration;
@@ -80,7 +76,7 @@ pub trait QueueDepths: Send + Sync {
 /// An unfinished task as the rule sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// Route and priority; `ready_at` is its due time in the open index (submission, or the
+    /// Route and priority; `ready_at` is its due time (submission, redrive, or the
     /// retry's time).
     pub task: Delivery,
     /// `Queued` or `Running`.
@@ -118,7 +114,8 @@ impl ResendRule {
         self.now.saturating_sub(millis(wait))
     }
 
-    /// The latest due time the open index must be read to: no task due later can be missing.
+    /// The latest due time a store listing unfinished tasks must read to: no task due later can be
+    /// missing.
     #[must_use]
     pub fn scan_to(&self) -> Millis {
         [TaskPriority::High, TaskPriority::Normal, TaskPriority::Low]
@@ -163,6 +160,12 @@ pub trait ResendIndex: Send + Sync {
     /// Record that the task's message was re-sent at `at`, only if its status and epoch are
     /// still the ones read; `false` when the task changed meanwhile.
     fn mark_resent(&self, task: &Candidate, at: Millis) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Every unfinished task of a run, for [`resend_in_stuck_runs`] (the default: none, for an
+    /// index whose `missing` already applies [`ResendRule::is_missing`] to every task).
+    fn unfinished_of_run(&self, run_id: &str) -> impl Future<Output = Result<Vec<Candidate>, StoreError>> + Send {
+        let _ = run_id;
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// How the re-sending runs.
@@ -199,8 +202,8 @@ pub enum ResendError {
     /// The queues' depths could not be read.
     #[error("cannot read the queues' depths: {0}")]
     Depths(#[source] ActionError),
-    /// The open index could not be read.
-    #[error("cannot read the open index: {0}")]
+    /// The store's record of unsent messages could not be read.
+    #[error("cannot read the store's unsent submissions: {0}")]
     Index(#[source] StoreError),
 }
 
@@ -222,9 +225,50 @@ where
     let depths = queue.depths().await.map_err(ResendError::Depths)?;
     let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
     let missing = index.missing(&rule, settings.limit, settings.scan_limit).await.map_err(ResendError::Index)?;
+    Ok(resend(index, queue, clock, &rule, missing).await)
+}
+
+/// Re-send the unfinished tasks of stuck runs that [`ResendRule::is_missing`] finds missing (a
+/// message lost after it was sent: purged, or older than its queue's retention), at most
+/// `settings.limit`. The stuck-run check found these runs not finishing anything, so their
+/// tasks are read once more ([`ResendIndex::unfinished_of_run`]); a run's tasks that wait in a
+/// queue holding messages are left alone, as the rule says.
+pub async fn resend_in_stuck_runs<I, Q, C>(
+    index: &I,
+    queue: &Q,
+    clock: &C,
+    settings: ResendSettings,
+    runs: &[String],
+) -> Result<SweepReport, ResendError>
+where
+    I: ResendIndex,
+    Q: WorkQueue + QueueDepths,
+    C: Clock,
+{
+    if runs.is_empty() {
+        return Ok(SweepReport::default());
+    }
+    let depths = queue.depths().await.map_err(ResendError::Depths)?;
+    let rule = ResendRule { now: clock.now(), grace: settings.grace, queues: depths };
+    let mut missing = Vec::new();
+    for run in runs {
+        let tasks = index.unfinished_of_run(run).await.map_err(ResendError::Index)?;
+        missing.extend(tasks.into_iter().filter(|t| rule.is_missing(t)));
+    }
+    missing.truncate(settings.limit);
+    Ok(resend(index, queue, clock, &rule, missing).await)
+}
+
+/// Send `missing` and record each re-send.
+async fn resend<I, Q, C>(index: &I, queue: &Q, clock: &C, rule: &ResendRule, missing: Vec<Candidate>) -> SweepReport
+where
+    I: ResendIndex,
+    Q: WorkQueue,
+    C: Clock,
+{
     let mut report = SweepReport::default();
     if missing.is_empty() {
-        return Ok(report);
+        return report;
     }
     let deliveries = missing.iter().map(|c| (c.task.clone(), Duration::ZERO)).collect();
     if let Err(error) = queue.send(deliveries).await {
@@ -253,7 +297,7 @@ where
             "sweep re-sent tasks whose message was missing"
         );
     }
-    Ok(report)
+    report
 }
 
 #[cfg(test)]

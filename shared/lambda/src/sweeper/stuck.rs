@@ -1,16 +1,17 @@
 //! Stuck-run alerts. A run is stuck when it has unfinished tasks but none of its tasks finished
 //! (completed, failed or cancelled) in the last `stuck_after` (default 15 minutes).
 //!
-//! **Finding candidates cheaply.** A run can only be stuck if one of its unfinished tasks has
-//! been due for at least `stuck_after` (its due time is its submission or its retry time, and is
-//! not moved by deferrals). So candidates come from the sparse index of unfinished tasks, read
-//! only below `now - stuck_after` ([`RunWatch::waiting_runs`]): small index entries, about
-//! 0.5 read unit per 4 KB of entries, bounded per shard. Only candidates are then confirmed
-//! ([`RunWatch::activity`]): that reads the state item of each task of the run (about 0.5 read
-//! unit per task, eventually consistent), at most `limit` runs per sweep. A healthy run with a
-//! deep backlog older than `stuck_after` is a candidate on every sweep and pays that read each
-//! time; a per-run `lastFinishedAt` kept by the workers would make the check one `GetItem`, at
-//! the price of a write per finishing invocation.
+//! **Finding candidates cheaply.** A run can only be stuck if it was submitted to at least
+//! `stuck_after` ago and no task of it finished since. On DynamoDB the candidates come from a
+//! sparse index of active runs kept on the run counter items ([`RunWatch::waiting_runs`]): the
+//! submission's `ADD submitted` marks a run active (no extra write), the workers' counter `ADD`
+//! sets `lastFinishedAt` (no extra write), so a run that finished something recently is not a
+//! candidate. Only candidates are then confirmed ([`RunWatch::activity`]): that reads the run's
+//! journal and the state item of each of its tasks (about 0.5 read unit per task, eventually
+//! consistent), at most `limit` runs per sweep, and decides from them alone: unfinished tasks,
+//! the earliest due time among them (submission or retry time, not moved by deferrals) at least
+//! `stuck_after` ago, and no task finished since. A run found with nothing unfinished leaves the
+//! index of active runs.
 //!
 //! Each stuck run is one `tracing::warn!` (a JSON line in Lambda, fields `runId`, `unfinished`,
 //! `lastFinishedAt`, `oldestDueAt`, `stuckForMs`), and every sweep prints one EMF line with the
@@ -25,12 +26,13 @@ use taskexec_core::time::{Clock, Millis};
 /// Default of `stuck_after`.
 pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
 
-/// A run with an unfinished task due for a while.
+/// A run that may be stuck.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitingRun {
     /// The run.
     pub run_id: String,
-    /// The earliest due time of its unfinished tasks seen.
+    /// The earliest due time of its unfinished tasks as far as the candidates' source knows
+    /// (for ordering; [`RunActivity::oldest_due_at`] decides).
     pub oldest_due_at: Millis,
 }
 
@@ -41,6 +43,8 @@ pub struct RunActivity {
     pub unfinished: u64,
     /// When one of its tasks last reached a final state (`None`: none has).
     pub last_finished_at: Option<Millis>,
+    /// The earliest due time of its unfinished tasks (`None`: none).
+    pub oldest_due_at: Option<Millis>,
 }
 
 /// A stuck run.
@@ -52,19 +56,21 @@ pub struct StuckRun {
     pub unfinished: u64,
     /// When a task of it last finished.
     pub last_finished_at: Option<Millis>,
-    /// The earliest due time of its unfinished tasks seen.
+    /// The earliest due time of its unfinished tasks.
     pub oldest_due_at: Millis,
 }
 
 /// Where runs' progress is read, as a port (the DynamoDB store in `taskexec-aws`).
 pub trait RunWatch: Send + Sync {
-    /// Runs with an unfinished task due at or before `due_by`, at most `limit`, each once.
+    /// Runs that may have an unfinished task due at or before `due_by` and no finish after it, at
+    /// most `limit`, each once (a superset is fine: [`RunWatch::activity`] decides).
     fn waiting_runs(
         &self,
         due_by: Millis,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<WaitingRun>, StoreError>> + Send;
-    /// A run's unfinished count and last finish.
+    /// A run's unfinished count, last finish and earliest due unfinished task, read exactly. A
+    /// store may forget a run found with nothing unfinished (it is no candidate any more).
     fn activity(&self, run_id: &str) -> impl Future<Output = Result<RunActivity, StoreError>> + Send;
 }
 
@@ -87,15 +93,16 @@ pub async fn stuck_runs<W: RunWatch, C: Clock>(
                 continue;
             }
         };
+        let Some(oldest_due_at) = activity.oldest_due_at.filter(|due| *due <= since) else { continue };
         if activity.unfinished == 0 || activity.last_finished_at.is_some_and(|at| at > since) {
             continue;
         }
-        let stuck_for = now - activity.last_finished_at.unwrap_or(candidate.oldest_due_at);
+        let stuck_for = now - activity.last_finished_at.unwrap_or(oldest_due_at);
         tracing::warn!(
             runId = candidate.run_id,
             unfinished = activity.unfinished,
             lastFinishedAt = activity.last_finished_at,
-            oldestDueAt = candidate.oldest_due_at,
+            oldestDueAt = oldest_due_at,
             stuckForMs = stuck_for,
             alert = "StuckRun",
             "run is stuck: unfinished tasks and none finished within the threshold"
@@ -104,7 +111,7 @@ pub async fn stuck_runs<W: RunWatch, C: Clock>(
             run_id: candidate.run_id,
             unfinished: activity.unfinished,
             last_finished_at: activity.last_finished_at,
-            oldest_due_at: candidate.oldest_due_at,
+            oldest_due_at,
         });
     }
     Ok(stuck)
@@ -159,12 +166,18 @@ mod tests {
     #[tokio::test]
     async fn a_run_is_stuck_when_nothing_finished_within_the_threshold() {
         let now = 100 * MIN;
-        let act = |unfinished, last: Option<Millis>| RunActivity { unfinished, last_finished_at: last };
+        let act = |unfinished, last: Option<Millis>, due| RunActivity {
+            unfinished,
+            last_finished_at: last,
+            oldest_due_at: (unfinished > 0).then_some(due),
+        };
         let runs = Runs(HashMap::from([
-            ("idle", (now - 30 * MIN, act(5, Some(now - 20 * MIN)))),
-            ("never", (now - 16 * MIN, act(3, None))),
-            ("busy", (now - 40 * MIN, act(500, Some(now - MIN)))),
-            ("fresh", (now - 5 * MIN, act(2, None))),
+            ("idle", (now - 30 * MIN, act(5, Some(now - 20 * MIN), now - 30 * MIN))),
+            ("never", (now - 16 * MIN, act(3, None, now - 16 * MIN))),
+            ("busy", (now - 40 * MIN, act(500, Some(now - MIN), now - 40 * MIN))),
+            ("fresh", (now - 5 * MIN, act(2, None, now - 5 * MIN))),
+            // A candidate by its hint, but its old tasks finished and its unfinished ones are new.
+            ("renewed", (now - 40 * MIN, act(2, Some(now - 30 * MIN), now - 2 * MIN))),
         ]));
         let stuck = stuck_runs(&runs, &FakeClock::at(now), DEFAULT_STUCK_AFTER, 10).await.unwrap();
         let ids: Vec<&str> = stuck.iter().map(|s| s.run_id.as_str()).collect();
