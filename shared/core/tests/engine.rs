@@ -219,12 +219,7 @@ async fn deferrals_leave_attempt_and_throttles_unchanged() {
     assert_eq!((r.state, r.attempt, r.throttles, r.epoch), (TaskState::Queued, 0, 0, 0));
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 0);
     // Breaker open: trip it with three failing tasks, then t1 is deferred.
-    for i in 0..3 {
-        let id = format!("f{i}");
-        let f = h.submit(&id, "").await;
-        h.provider.script(&id, [transient()]);
-        h.engine.process(&f).await;
-    }
+    trip_breaker(&h).await;
     let Decision::Defer { delay, reason } = h.engine.process(&d).await else { panic!("expected defer") };
     assert_eq!((delay, reason), (Duration::from_secs(5), DeferReason::BreakerOpen("dep".into())));
     let r = h.record("t1").await;
@@ -236,12 +231,7 @@ async fn deferrals_leave_attempt_and_throttles_unchanged() {
 #[tokio::test(start_paused = true)]
 async fn breaker_opens_probes_and_closes_through_the_engine() {
     let h = harness(config());
-    for i in 0..3 {
-        let id = format!("f{i}");
-        let f = h.submit(&id, "").await;
-        h.provider.script(&id, [transient()]);
-        h.engine.process(&f).await;
-    }
+    trip_breaker(&h).await;
     assert_eq!(h.breakers().load("dep").await.unwrap().unwrap().state, BreakerState::Open);
     let d = h.submit("t1", "").await;
     assert!(matches!(h.engine.process(&d).await, Decision::Defer { .. }));
@@ -583,6 +573,16 @@ async fn a_crashed_attempt_with_budget_left_is_followed_by_a_normal_attempt() {
     assert_eq!(h.provider.calls.load(Ordering::SeqCst), 1);
 }
 
+/// Open the breaker of `dep`: three tasks whose calls fail with a transient error.
+async fn trip_breaker(h: &Harness) {
+    for i in 0..3 {
+        let id = format!("f{i}");
+        let f = h.submit(&id, "").await;
+        h.provider.script(&id, [transient()]);
+        h.engine.process(&f).await;
+    }
+}
+
 fn with_quota(quota: taskexec_core::rate::Quota) -> EngineConfig {
     let mut config = config();
     config.quotas.insert("dep".into(), quota);
@@ -733,12 +733,7 @@ async fn a_fail_fast_task_fails_without_a_call_when_no_deployment_has_capacity()
 
     // An open breaker: transient.
     let h = harness(config());
-    for i in 0..3 {
-        let id = format!("f{i}");
-        let f = h.submit(&id, "").await;
-        h.provider.script(&id, [transient()]);
-        h.engine.process(&f).await;
-    }
+    trip_breaker(&h).await;
     let mut fast = h.submit("fast", r#","failFast":true"#).await;
     fast.fail_fast = true;
     assert_eq!(h.engine.process(&fast).await, Decision::Ack);

@@ -298,13 +298,7 @@ where
 
     async fn claim_and_call(&self, d: &Delivery, c: &Chosen, cap: Option<Duration>) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
-        let request = ClaimRequest {
-            task_id: d.task_id.clone(),
-            owner: self.config.owner.clone(),
-            now,
-            lease_until: now + duration_ms(self.config.lease),
-        };
-        let claimed = self.ports.store.claim(request).await;
+        let claimed = self.ports.store.claim(self.claim_request(d, now)).await;
         if let Ok(ClaimOutcome::Claimed(record)) = claimed {
             return self.attempt(*record, d, c, cap).await;
         }
@@ -318,13 +312,7 @@ where
     /// `transient` for an open breaker).
     async fn fail_fast(&self, d: &Delivery, reason: &DeferReason) -> Result<Decision, StoreError> {
         let now = self.ports.clock.now();
-        let request = ClaimRequest {
-            task_id: d.task_id.clone(),
-            owner: self.config.owner.clone(),
-            now,
-            lease_until: now + duration_ms(self.config.lease),
-        };
-        let record = match self.ports.store.claim(request).await? {
+        let record = match self.ports.store.claim(self.claim_request(d, now)).await? {
             ClaimOutcome::Claimed(record) => record,
             other => return Ok(self.unclaimed(d, other, now).await),
         };
@@ -340,6 +328,16 @@ where
         let error = TaskError::new(class, format!("fail-fast: no deployment has capacity ({why})"));
         let attempt = record.attempt.saturating_sub(1);
         self.fail(&record, error, None, attempt, record.throttles, None).await
+    }
+
+    /// This engine's claim of a delivery's task at `now`, with a lease from then.
+    fn claim_request(&self, d: &Delivery, now: Millis) -> ClaimRequest {
+        ClaimRequest {
+            task_id: d.task_id.clone(),
+            owner: self.config.owner.clone(),
+            now,
+            lease_until: now + duration_ms(self.config.lease),
+        }
     }
 
     /// What becomes of a delivery whose claim did not succeed.
