@@ -165,7 +165,7 @@ async fn inside(endpoint: &str) {
     println!("DynamoDB Local, limiter, chunk 8, 6 batches of 10 tasks: {w:?}, {} WCU per task", w.table / 60.0);
     assert_eq!(w.rejected, 0);
     assert!(w.table <= 6.0 * 3.0 * 2.0, "{w:?}");
-    assert_eq!(all_cases(endpoint).await, 38);
+    assert_eq!(all_cases(endpoint).await, 39);
     for (name, prompt, budget) in [("English-like", text(1024, 1), 5.0), ("random-letter", noise(1024), 6.0)] {
         let steps = successful_task_writes(endpoint, prompt).await;
         let (ten, more) = steps.split_at(4);
