@@ -188,7 +188,7 @@ fn breaker(deployment: &str, state: BreakerState) -> Line {
 /// let sink = EmfSink::new(Vec::new(), FakeClock::at(1_700_000_000_000));
 /// sink.record(Metric::AttemptStarted { deployment: "openai".into() });
 /// let line = String::from_utf8(sink.into_inner()).unwrap();
-/// assert!(line.starts_with(r#"{"AttemptsStarted":1.0,"_aws":{"#), "{line}");
+/// assert!(line.starts_with(r#"{"AttemptsStarted":1.0,"Deployment":"openai","_aws":{"#), "{line}");
 /// ```
 #[derive(Debug)]
 pub struct EmfSink<W = std::io::Stdout, C = SystemClock> {
