@@ -175,16 +175,19 @@ fn emf_points(line: &str) -> Vec<(Series, f64)> {
     out
 }
 
+/// Every error class the code emits (`ErrorClass::as_str`).
+const ERROR_CLASSES: [ErrorClass; 5] = [
+    ErrorClass::RateLimited,
+    ErrorClass::Transient,
+    ErrorClass::Permanent,
+    ErrorClass::Cancelled,
+    ErrorClass::DeadlineExceeded,
+];
+
 /// Every series the code prints: one sample of each metric, each error class, each deferral
 /// reason shape, each breaker state.
 fn emitted_series() -> Vec<Series> {
-    let classes = [
-        ErrorClass::RateLimited,
-        ErrorClass::Transient,
-        ErrorClass::Permanent,
-        ErrorClass::Cancelled,
-        ErrorClass::DeadlineExceeded,
-    ];
+    let classes = ERROR_CLASSES;
     let mut metrics = vec![
         Metric::AttemptStarted { deployment: "d".into() },
         Metric::Completed { deployment: "d".into(), latency_ms: 1.0 },
@@ -385,13 +388,7 @@ fn scenarios(alarms: &[AlarmDef]) -> BTreeMap<String, Scenario> {
 /// The lines of a hundred finished tasks, `failed` of them failed (every error class in turn)
 /// and the others completed: an error rate of `failed` percent.
 fn finished_tasks(failed: f64) -> Vec<(Series, f64)> {
-    let classes = [
-        ErrorClass::RateLimited,
-        ErrorClass::Transient,
-        ErrorClass::Permanent,
-        ErrorClass::Cancelled,
-        ErrorClass::DeadlineExceeded,
-    ];
+    let classes = ERROR_CLASSES;
     let failed = failed as usize;
     (0..100)
         .map(|i| {
