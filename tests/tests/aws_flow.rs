@@ -73,7 +73,7 @@ async fn stack() -> Stack {
 }
 
 async fn stack_with(worker: WorkerSettings) -> Stack {
-    stack_on(common::dynamo_client(), common::sqs_client(), worker, None, |deployments| deployments).await
+    stack_on(CONFIG, common::dynamo_client(), common::sqs_client(), worker, None, |deployments| deployments).await
 }
 
 /// A stack whose AWS calls all go through `calls`.
@@ -82,12 +82,13 @@ async fn counted_stack(worker: WorkerSettings, calls: &Calls) -> Stack {
     let dynamo = aws_sdk_dynamodb::Client::from_conf(dynamo.config().to_builder().interceptor(calls.clone()).build());
     let sqs = common::sqs_client();
     let sqs = aws_sdk_sqs::Client::from_conf(sqs.config().to_builder().interceptor(calls.clone()).build());
-    stack_on(dynamo, sqs, worker, None, |deployments| deployments).await
+    stack_on(CONFIG, dynamo, sqs, worker, None, |deployments| deployments).await
 }
 
-/// A stack whose provider is `provider(the configured deployments)`, with the engine's lease
-/// `lease` if given (else `CONFIG`'s).
+/// A stack on `config` whose provider is `provider(the configured deployments)`, with the
+/// engine's lease `lease` if given (else the config's).
 async fn stack_on<P: Provider>(
+    config: &str,
     dynamo: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
     worker: WorkerSettings,
@@ -97,25 +98,42 @@ async fn stack_on<P: Provider>(
     let table = common::unique_name("tasks");
     taskexec_aws::create_table(&dynamo, &table).await.unwrap();
     let topology = common::fresh_topology(&sqs).await;
-    let config = RunConfig::parse(CONFIG).unwrap();
     let sink = Arc::new(CountingSink::default());
-    let mut engine = config.engine_config("worker-e2e".into());
-    engine.lease = lease.unwrap_or(engine.lease);
-    let settings = BackendSettings {
-        table: DynamoConfig::new(table.clone()).with_unsent_shards(4),
-        topology: topology.clone(),
-        engine,
-        worker,
-        limiter: LimiterSettings::default(),
-    };
-    let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
-    let backend = AwsBackend::new(&dynamo, &sqs, settings, provider(deployments), sink.clone());
+    let backend = backend_on(config, "worker-e2e", (&dynamo, &sqs), &table, &topology, worker, lease, provider, &sink);
     let api = ApiSettings::new(["sim"], Arc::new(SystemSampler::new().unwrap()))
         .with_worker_timeout(Duration::from_secs(120))
         .with_run_counter(backend.store.clone())
         .without_global_metrics();
     let app = router(ApiState::new(backend.store.clone(), backend.queue.clone(), api));
     Stack { table, dynamo, backend, topology, app, sink }
+}
+
+/// One worker of a stack (a Lambda container): its own engine named `owner` over the stack's
+/// table and queues.
+#[allow(clippy::too_many_arguments)]
+fn backend_on<P: Provider>(
+    config: &str,
+    owner: &str,
+    (dynamo, sqs): (&aws_sdk_dynamodb::Client, &aws_sdk_sqs::Client),
+    table: &str,
+    topology: &Topology,
+    worker: WorkerSettings,
+    lease: Option<Duration>,
+    provider: impl FnOnce(Deployments) -> P,
+    sink: &Arc<CountingSink>,
+) -> AwsBackend<Arc<CountingSink>, P> {
+    let config = RunConfig::parse(config).unwrap();
+    let mut engine = config.engine_config(owner.into());
+    engine.lease = lease.unwrap_or(engine.lease);
+    let settings = BackendSettings {
+        table: DynamoConfig::new(table).with_unsent_shards(4),
+        topology: topology.clone(),
+        engine,
+        worker,
+        limiter: LimiterSettings::default(),
+    };
+    let deployments = Deployments::from_config(&config.deployments, |_| None).unwrap();
+    AwsBackend::new(dynamo, sqs, settings, provider(deployments), sink.clone())
 }
 
 impl<P: Provider> Stack<P> {
@@ -530,7 +548,7 @@ async fn a_task_that_crashes_its_handler_is_dead_lettered_after_its_budget_while
     let worker = WorkerSettings { cancel_check_every: Duration::from_millis(500), ..WorkerSettings::default() };
     // A 3 s lease: each crash leaves the task running until its lease lapses.
     let lease = Some(Duration::from_secs(3));
-    let s = stack_on(common::dynamo_client(), common::sqs_client(), worker, lease, PanicOn).await;
+    let s = stack_on(CONFIG, common::dynamo_client(), common::sqs_client(), worker, lease, PanicOn).await;
     let mut batch = tasks("crash", 0, 1, "normal");
     batch.as_array_mut().unwrap().extend(tasks("ok", 0, 9, "normal").as_array().unwrap().iter().cloned());
     assert_eq!(s.call("POST", "/tasks", Some(batch)).await.0, 201);
@@ -555,4 +573,95 @@ async fn a_task_that_crashes_its_handler_is_dead_lettered_after_its_budget_while
     let dead = s.backend.worker_queue.receive(&dlq, 10, Duration::from_secs(1)).await.unwrap();
     let bodies: Vec<&str> = dead.iter().filter_map(|m| m.body.as_deref()).collect();
     assert!(bodies.len() == 1 && bodies[0].contains("\"crash-0\""), "the crasher, alone, on the DLQ: {bodies:?}");
+}
+
+/// A deployment two calls wide, each call about half a second: its capacity is short whenever
+/// more than two tasks want it.
+const NARROW: &str = r#"
+[engine]
+lease_ms = 30000
+aging_ms = 60000
+[deployments.sim]
+kind = "sim"
+concurrency = 2
+[deployments.sim.sim]
+latency = { median_ms = 500, p99_ms = 600 }
+seed = 1
+"#;
+
+/// The provider of the configured deployments, noting when each task's first call started.
+struct Recording(Deployments, Arc<std::sync::Mutex<Vec<(String, Instant)>>>);
+
+impl Provider for Recording {
+    async fn call(&self, request: ProviderRequest) -> Result<ProviderResponse, ProviderError> {
+        {
+            let mut started = self.1.lock().unwrap();
+            if !started.iter().any(|(id, _)| *id == request.task_id) {
+                started.push((request.task_id.clone(), Instant::now()));
+            }
+        }
+        self.0.call(request).await
+    }
+}
+
+/// Priority survives a full limit in the AWS shape, across workers: two workers (containers)
+/// share a deployment limited to two calls at once; a backlog of low tasks fills it, then high
+/// tasks arrive. Once their tickets stand in the limit's shared waiting line, the low tasks
+/// yield: every high task starts before any low task still waiting, and every task completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn high_tasks_arriving_behind_a_low_backlog_take_a_full_limit_first_across_workers() {
+    // A short backoff cap keeps the low backlog's tail short; the line decides the order.
+    let backoff = DeferBackoff { blocked_cap: Duration::from_secs(4), ..DeferBackoff::default() };
+    let worker = WorkerSettings { backoff, ..WorkerSettings::default() };
+    let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recording = |deployments| Recording(deployments, started.clone());
+    let (dynamo, sqs) = (common::dynamo_client(), common::sqs_client());
+    let s = stack_on(NARROW, dynamo.clone(), sqs.clone(), worker.clone(), None, recording).await;
+    let other = backend_on(
+        NARROW,
+        "worker-e2e-2",
+        (&dynamo, &sqs),
+        &s.table,
+        &s.topology,
+        worker,
+        None,
+        |deployments| Recording(deployments, started.clone()),
+        &s.sink,
+    );
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("low", 0, 24, "low"))).await.0, 201);
+    let (stop, _, handle) = s.poll();
+    let settings = PollerSettings { wait: Duration::from_secs(1), concurrency: [2, 2, 2], ..PollerSettings::default() };
+    let other_handle = other.poll(settings, Arc::new(PollerStats::default()), stop.clone());
+    // The backlog is being served, and the rest of it waits.
+    s.wait_run("low", "completed", 4, Duration::from_secs(60)).await;
+    let arrived = Instant::now();
+    assert_eq!(s.call("POST", "/tasks", Some(tasks("high", 0, 6, "high"))).await.0, 201);
+    s.wait_run("high", "completed", 6, Duration::from_secs(60)).await;
+    s.wait_run("low", "completed", 24, Duration::from_secs(120)).await;
+    stop.cancel();
+    handle.await.unwrap();
+    other_handle.await.unwrap();
+
+    let started = started.lock().unwrap().clone();
+    assert_eq!(started.len(), 30, "every task called");
+    let at = |prefix: &str| -> Vec<Duration> {
+        started
+            .iter()
+            .filter(|(id, _)| id.starts_with(prefix))
+            .map(|(_, t)| t.saturating_duration_since(arrived))
+            .collect()
+    };
+    let (highs, lows) = (at("high-"), at("low-"));
+    let last_high = *highs.iter().max().unwrap();
+    // Until the first high ticket stands in the line (the high queue's receive, a refused
+    // permit) and every worker's view of the line is renewed (`line_view`, 1 s), a low task may
+    // still take a freed permit: allowed for 3 s after the arrival.
+    let settle = Duration::from_secs(3);
+    let overtaking: Vec<&Duration> = lows.iter().filter(|t| **t > settle && **t < last_high).collect();
+    assert!(
+        overtaking.is_empty(),
+        "low tasks started while high ones waited (last high started {last_high:?} after arrival): {overtaking:?}"
+    );
+    let waiting_lows = lows.iter().filter(|t| **t > Duration::ZERO).count();
+    assert!(waiting_lows >= 10, "most of the backlog was still waiting when the high tasks arrived: {waiting_lows}");
 }

@@ -151,8 +151,9 @@ fn deferral(reason: &DeferReason) -> Line {
     let (name, deployment) = match reason {
         DeferReason::Paused => ("paused", None),
         DeferReason::BreakerOpen(d) => ("breakerOpen", Some(d)),
-        DeferReason::LimitReached(LimitKey::Global) => ("limitReached", None),
-        DeferReason::LimitReached(LimitKey::Deployment(d) | LimitKey::Model(d, _)) => ("limitReached", Some(d)),
+        DeferReason::LimitReached(LimitKey::Global) | DeferReason::InLine(LimitKey::Global) => ("limitReached", None),
+        DeferReason::LimitReached(LimitKey::Deployment(d) | LimitKey::Model(d, _))
+        | DeferReason::InLine(LimitKey::Deployment(d) | LimitKey::Model(d, _)) => ("limitReached", Some(d)),
         DeferReason::LeaseHeld => ("leaseHeld", None),
         DeferReason::NotDue => ("notDue", None),
         DeferReason::StoreUnavailable => ("storeUnavailable", None),

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use taskexec_aws::{DynamoLimiter, LimiterSettings};
-use taskexec_core::ports::{LimitKey, LimiterStore};
+use taskexec_core::ports::{LimitKey, LimiterStore, Line, Ticket};
 use taskexec_core::time::{Clock, SystemClock};
 
 async fn table() -> (aws_sdk_dynamodb::Client, String) {
@@ -18,7 +18,7 @@ async fn table() -> (aws_sdk_dynamodb::Client, String) {
 }
 
 fn limiter(client: &aws_sdk_dynamodb::Client, table: &str, holder: &str, chunk: u32, lease: Duration) -> DynamoLimiter {
-    DynamoLimiter::new(client.clone(), table, holder, LimiterSettings { chunk, lease })
+    DynamoLimiter::new(client.clone(), table, holder, LimiterSettings { chunk, lease, ..LimiterSettings::default() })
 }
 
 /// Acquire alternately on `a` and `b` until both refuse; the permits each got.
@@ -151,4 +151,53 @@ async fn a_holder_whose_lease_was_reclaimed_never_drives_the_counter_negative() 
     // And it can lease again.
     assert!(a.try_acquire(&key, 4).await.unwrap());
     assert_eq!(sweeper.leased_total(&key).await.unwrap(), 2);
+}
+
+/// The waiting line of a limit key: tickets stand best first next to the counter, a holder's
+/// view shows what is free across holders, standing gives back the holder's idle permits,
+/// leaving and expiry take a ticket out (an expired one is deleted by the reader that meets it),
+/// and the view is read again only after `line_view`.
+#[tokio::test]
+async fn a_limits_waiting_line_is_shared_best_first_and_forgets_what_left_or_expired() {
+    let (client, table) = table().await;
+    let key = LimitKey::Deployment("sim".into());
+    let settings = LimiterSettings { chunk: 2, line_view: Duration::ZERO, ..LimiterSettings::default() };
+    let a = DynamoLimiter::new(client.clone(), table.clone(), "a", settings.clone());
+    let b = DynamoLimiter::new(client.clone(), table.clone(), "b", settings);
+    let ticket = |score, id: &str| Ticket { score, task_id: id.into() };
+    let now = SystemClock.now();
+
+    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap(), Some(Line { available: 3, front: vec![] }));
+    // a takes one permit and leases a chunk of two: one is idle, still its to take.
+    assert!(a.try_acquire(&key, 3).await.unwrap());
+    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 2);
+    assert_eq!(b.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 1);
+
+    b.stand_in_line(&key, &ticket(2_000, "low"), now).await.unwrap();
+    b.stand_in_line(&key, &ticket(1_000, "high"), now).await.unwrap();
+    b.stand_in_line(&key, &ticket(1_000, "high"), now).await.unwrap(); // again: renewed, not doubled
+    let line = a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap();
+    assert_eq!(line.front, vec![ticket(1_000, "high"), ticket(2_000, "low")]);
+    assert_eq!(a.waiting_front(&key, 3, 1, now).await.unwrap().unwrap().front, vec![ticket(1_000, "high")]);
+
+    // a stands in line too: its idle permit goes back for whoever is ahead.
+    a.stand_in_line(&key, &ticket(3_000, "a-task"), now).await.unwrap();
+    assert_eq!(a.leased(&key).await, 1);
+    assert_eq!(b.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 2);
+
+    b.leave_line(&key, &ticket(1_000, "high")).await.unwrap();
+    let front = a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front;
+    assert_eq!(front, vec![ticket(2_000, "low"), ticket(3_000, "a-task")]);
+    // Past their `line_ttl`, tickets are left out and deleted by the reader.
+    let later = now + 151_000;
+    assert_eq!(b.waiting_front(&key, 3, 16, later).await.unwrap().unwrap().front, vec![]);
+    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front, vec![], "deleted, not only hidden");
+
+    // A view younger than `line_view` is answered without reading.
+    let cached = DynamoLimiter::new(client.clone(), table.clone(), "c", LimiterSettings::default());
+    assert_eq!(cached.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front, vec![]);
+    a.stand_in_line(&key, &ticket(500, "new"), now).await.unwrap();
+    assert_eq!(cached.waiting_front(&key, 3, 16, now + 500).await.unwrap().unwrap().front, vec![]);
+    let read_again = cached.waiting_front(&key, 3, 16, now + 1_000).await.unwrap().unwrap();
+    assert_eq!(read_again.front, vec![ticket(500, "new")]);
 }

@@ -508,6 +508,65 @@ pub trait LimiterStore: Send + Sync + 'static {
     fn release(&self, key: &LimitKey) -> impl Future<Output = StoreResult<()>> + Send;
     /// Permits in use.
     fn in_use(&self, key: &LimitKey) -> impl Future<Output = StoreResult<u32>> + Send;
+
+    // The waiting line of a limit key, shared by every worker (the AWS shape): where deliveries
+    // blocked by the key stand, so that when its capacity is short the best-ranked go first
+    // ([`crate::schedule::line_check`]). The defaults keep no line: a single process orders its
+    // blocked deliveries itself (the embedded runner parks them by aged priority).
+
+    /// The line of `key` under `limit`: the permits a delivery here could take and the best `n`
+    /// tickets waiting, best (lowest score) first, expired ones left out; `None` (the default)
+    /// where no line is kept. A store may answer from a view a little old (DynamoDB: at most
+    /// its `line_view`).
+    fn waiting_front(
+        &self,
+        key: &LimitKey,
+        limit: u32,
+        n: usize,
+        now: Millis,
+    ) -> impl Future<Output = StoreResult<Option<Line>>> + Send {
+        let _ = (key, limit, n, now);
+        std::future::ready(Ok(None))
+    }
+
+    /// Stand in the line of `key` with `ticket` (idempotent: standing again renews it). A
+    /// store that pools permits per process gives back the idle ones of `key` here, so the
+    /// delivery ahead in line, wherever it runs, can take them.
+    fn stand_in_line(
+        &self,
+        key: &LimitKey,
+        ticket: &Ticket,
+        now: Millis,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = (key, ticket, now);
+        std::future::ready(Ok(()))
+    }
+
+    /// Leave the line of `key` (the permit was taken); nothing when not in it.
+    fn leave_line(&self, key: &LimitKey, ticket: &Ticket) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = (key, ticket);
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A limit key's waiting line as a delivery about to take a permit sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Line {
+    /// Permits a delivery here could take now: the limit less those held across the fleet,
+    /// plus those this process holds unused.
+    pub available: u32,
+    /// The best tickets waiting, best first.
+    pub front: Vec<Ticket>,
+}
+
+/// A delivery's place in the waiting line of a limit key: its aged score
+/// ([`crate::schedule::aged_score`]; lower goes first) and its task.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket {
+    /// `ready_at + rank × aging`.
+    pub score: Millis,
+    /// The task waiting.
+    pub task_id: String,
 }
 
 /// A metric the engine emits; names are fixed here, once.
@@ -572,8 +631,12 @@ pub enum DeferReason {
     Paused,
     /// The deployment's breaker is open (or half-open with its probes out).
     BreakerOpen(String),
-    /// A concurrency limit is reached.
+    /// A concurrency limit is reached (or its capacity goes to better-ranked deliveries waiting
+    /// in its line).
     LimitReached(LimitKey),
+    /// A concurrency limit is reached and this delivery is among the first in the key's shared
+    /// waiting line (AWS shape): it asks again soon, where others back off.
+    InLine(LimitKey),
     /// Another attempt holds the lease.
     LeaseHeld,
     /// The retry is scheduled later.

@@ -240,7 +240,7 @@ where
                 self.queue.ack(&d.receipt).await?;
                 self.lock_parking().paused.push(d);
             }
-            Decision::Defer { reason: DeferReason::LimitReached(key), .. } => {
+            Decision::Defer { reason: DeferReason::LimitReached(key) | DeferReason::InLine(key), .. } => {
                 self.queue.ack(&d.receipt).await?;
                 let now = self.engine.ports().clock.now();
                 let mut parking = self.lock_parking();

@@ -11,8 +11,53 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
-use crate::ports::Delivery;
+use crate::ports::{Delivery, Line};
+use crate::task::TaskPriority;
 use crate::time::{Millis, duration_ms};
+
+/// A waiting task's aged score, `ready_at + rank × aging` (rank 0 high, 1 normal, 2 low):
+/// lowest first. The one order of waiting work in both shapes: this scheduler's heap (embedded)
+/// and the shared waiting lines of full limits ([`line_check`], the AWS shape).
+#[must_use]
+pub fn aged_score(priority: TaskPriority, ready_at: Millis, aging: Millis) -> Millis {
+    ready_at.saturating_add(i64::from(priority.rank()).saturating_mul(aging))
+}
+
+/// The class a task waiting since `ready_at` ranks in at `now` (0 high, 1 normal, 2 low): its
+/// own, promoted one class per `aging` waited, as [`aged_score`] orders it.
+#[must_use]
+pub fn effective_rank(priority: TaskPriority, ready_at: Millis, now: Millis, aging: Millis) -> u8 {
+    let promoted = now.saturating_sub(ready_at).max(0) / aging.max(1);
+    priority.rank().saturating_sub(u8::try_from(promoted).unwrap_or(u8::MAX))
+}
+
+/// Tickets at the front of a limit's waiting line that ask again soon; the rest back off.
+pub const LINE_FRONT: usize = 16;
+
+/// What the front of a limit key's shared waiting line says to a delivery about to take one of
+/// its permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineCheck {
+    /// Some deliveries in line outrank this one (a lower score), at least as many as there are
+    /// permits to take: this one leaves the capacity to them and waits. Equals never wait on
+    /// each other, and since the score ages, a low task outranks high ones that arrived
+    /// `2 × aging` after it, as in the embedded scheduler.
+    pub yields: bool,
+    /// Fewer than [`LINE_FRONT`] deliveries in line outrank this one: if it has to wait, it
+    /// asks again soon.
+    pub in_front: bool,
+}
+
+/// Check a limit's `line` (its front best first, as
+/// [`crate::ports::LimiterStore::waiting_front`] returns it, at most [`LINE_FRONT`] long) for the
+/// delivery of `task_id` with score `score`.
+#[must_use]
+pub fn line_check(line: &Line, task_id: &str, score: Millis) -> LineCheck {
+    let ahead = line.front.iter().filter(|t| t.task_id != task_id).take_while(|t| t.score < score).count();
+    let available = usize::try_from(line.available).unwrap_or(usize::MAX);
+    // Nobody ahead: try (the view of what is free may be a little old).
+    LineCheck { yields: ahead > 0 && ahead >= available, in_front: ahead < LINE_FRONT }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -69,7 +114,7 @@ impl Scheduler {
     }
 
     fn score(&self, d: &Delivery) -> Millis {
-        d.ready_at + i64::from(d.priority.rank()) * self.aging
+        aged_score(d.priority, d.ready_at, self.aging)
     }
 
     /// Take the best due delivery at `now`.
@@ -108,7 +153,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::Route;
+    use crate::ports::{Route, Ticket};
     use crate::task::TaskPriority;
 
     fn d(id: &str, priority: TaskPriority) -> Delivery {
@@ -161,6 +206,55 @@ mod tests {
         }
         let t = served_at.expect("low was served");
         assert!(t <= 200 + 10, "low served at {t} ms, aging bound is 2 × 100 ms");
+    }
+
+    #[test]
+    fn a_waiting_task_is_promoted_one_class_per_aging() {
+        assert_eq!(effective_rank(TaskPriority::Low, 0, 0, 10), 2);
+        assert_eq!(effective_rank(TaskPriority::Low, 0, 10, 10), 1);
+        assert_eq!(effective_rank(TaskPriority::Low, 0, 25, 10), 0);
+        assert_eq!(effective_rank(TaskPriority::Normal, 50, 0, 10), 1, "not yet due: its own class");
+        assert_eq!(effective_rank(TaskPriority::High, 0, 1_000, 10), 0);
+    }
+
+    fn line(available: u32, tickets: &[(Millis, &str)]) -> Line {
+        let front = tickets.iter().map(|(score, id)| Ticket { score: *score, task_id: (*id).into() }).collect();
+        Line { available, front }
+    }
+
+    #[test]
+    fn a_delivery_yields_when_those_ahead_in_line_would_take_every_free_permit() {
+        let aging = 10_000;
+        let high = aged_score(TaskPriority::High, 5_000, aging);
+        let low = aged_score(TaskPriority::Low, 0, aging);
+        let waiting = line(1, &[(high, "h")]);
+        // A low task that has waited 5 s yields a single free permit to a high one that just
+        // arrived, and takes a second one.
+        assert_eq!(line_check(&waiting, "l", low), LineCheck { yields: true, in_front: true });
+        assert!(!line_check(&line(2, &[(high, "h")]), "l", low).yields);
+        // Nobody yields to itself, to an equal or to a worse ticket; with no line, nobody yields.
+        assert!(!line_check(&waiting, "h", high).yields);
+        assert!(!line_check(&waiting, "h2", high).yields);
+        assert!(!line_check(&line(1, &[(low, "l")]), "h", high).yields);
+        assert!(!line_check(&line(1, &[]), "x", 0).yields);
+        // Nobody ahead: try, whatever the (possibly old) view says is free.
+        assert!(!line_check(&line(0, &[(high, "h")]), "h", high).yields);
+        // Aging: a low task outranks high tasks arriving more than 2 × aging after it.
+        let late_high = aged_score(TaskPriority::High, 20_001, aging);
+        assert!(line_check(&line(1, &[(low, "l")]), "h", late_high).yields);
+    }
+
+    #[test]
+    fn only_the_front_of_a_line_asks_again_soon() {
+        let ids: Vec<String> = (0..LINE_FRONT).map(|i| format!("t{i}")).collect();
+        let tickets: Vec<(Millis, &str)> =
+            ids.iter().enumerate().map(|(i, id)| (i as Millis * 10, id.as_str())).collect();
+        let full = line(0, &tickets);
+        // Better than the last of the front, or one of it: in front.
+        assert!(line_check(&full, "new", 5).in_front);
+        assert!(line_check(&full, "t15", 150).in_front);
+        // Behind all of a full front: backs off.
+        assert!(!line_check(&full, "new", 1_000).in_front);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub trait Executor: Send + Sync {
     fn check_control(&self) -> impl Future<Output = ()> + Send;
     /// The lease a claim takes: how long a task whose worker vanished stays claimed.
     fn lease(&self) -> Duration;
+    /// A waiting task is promoted one priority class per this long.
+    fn aging(&self) -> Duration;
     /// Adopt what other workers shared since the last batch (breaker states).
     fn sync_shared_state(&self) -> impl Future<Output = ()> + Send;
     /// Judge every known breaker on all workers' outcomes over its window (one window read per
@@ -90,6 +92,10 @@ where
 
     fn lease(&self) -> Duration {
         self.config().lease
+    }
+
+    fn aging(&self) -> Duration {
+        self.config().aging
     }
 
     async fn check_control(&self) {

@@ -13,6 +13,9 @@
 //!   off exponentially with jitter up to a cap ([`DeferBackoff`]), counted over every copy of the
 //!   message: a paused run or a blocked deployment costs each waiting message one receive per
 //!   cap at most once the backoff has grown, not one per second.
+//! - Priority where capacity is short: a task at the front of a full limit's shared waiting line
+//!   ([`DeferReason::InLine`]) comes back within a second; a task waiting for a quota window
+//!   comes back when it frees plus a head start by class ([`DeferBackoff::rank_delay`]).
 //! - A message whose processing panics is isolated: its siblings in the batch finish normally, and
 //!   it comes back when the claim's lease has run out. Its attempt was counted at the claim, so a
 //!   task that crashes its handler on every attempt is failed at the claim after its last allowed
@@ -40,7 +43,9 @@ use taskexec_core::engine::Decision;
 use taskexec_core::error::StoreError;
 use taskexec_core::message::{PoisonNote, QueueMessage, decode};
 use taskexec_core::ports::{DeadLetter, DeferReason, Delivery, Receipt, RunCounter, RunDelta, Topology, WorkQueue};
+use taskexec_core::schedule::effective_rank;
 use taskexec_core::task::TaskState;
+use taskexec_core::time::{Clock, Millis, SystemClock, duration_ms};
 
 use crate::executor::{Accepted, Executor};
 use crate::window::OutcomeWindow;
@@ -51,7 +56,9 @@ use crate::window::OutcomeWindow;
 /// spreads out), up to a cap per reason.
 ///
 /// Deferrals with a known end keep their exact time: a held lease (its end), a retry not due
-/// (its time), an open breaker (its cool-down).
+/// (its time), an open breaker (its cool-down). A task at the front of a full limit's shared
+/// waiting line asks again within [`DeferBackoff::in_line`] whatever its deferrals so far: it
+/// is next (a limit's line holds at most [`taskexec_core::schedule::LINE_FRONT`] such tasks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeferBackoff {
     /// The ceiling of the first deferral.
@@ -62,11 +69,25 @@ pub struct DeferBackoff {
     pub pause_cap: Duration,
     /// The largest wait of a task blocked by a full concurrency limit or an unreachable store.
     pub blocked_cap: Duration,
+    /// The wait of a task at the front of a full limit's waiting line
+    /// ([`DeferReason::InLine`]): at most this, at least half of it.
+    pub in_line: Duration,
+    /// What a task waiting for a quota window ([`DeferReason::RateLimited`]) adds to its wait
+    /// per class below high it ranks in ([`taskexec_core::schedule::effective_rank`], aging
+    /// included): when the window frees, high tasks come back first and take it, normal ones
+    /// this much later, low ones twice as late.
+    pub rank_step: Duration,
 }
 
 impl Default for DeferBackoff {
     fn default() -> Self {
-        Self { base: Duration::from_secs(1), pause_cap: Duration::from_secs(300), blocked_cap: Duration::from_secs(60) }
+        Self {
+            base: Duration::from_secs(1),
+            pause_cap: Duration::from_secs(300),
+            blocked_cap: Duration::from_secs(60),
+            in_line: Duration::from_secs(1),
+            rank_step: Duration::from_millis(500),
+        }
     }
 }
 
@@ -75,6 +96,13 @@ impl DeferBackoff {
     /// `deferrals` earlier deferrals of its message. Never shorter than `asked`.
     pub fn delay_for(&self, reason: &DeferReason, asked: Duration, deferrals: u32, rng: &mut impl Rng) -> Duration {
         let cap = match reason {
+            // At the front of a full limit's shared line: back soon, spread over (in_line / 2,
+            // in_line], so that capacity freed anywhere goes to the best-ranked waiting task.
+            DeferReason::InLine(_) => {
+                let half = self.in_line / 2;
+                let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+                return (half + Duration::from_millis(rng.random_range(0..=spread))).max(asked);
+            }
             DeferReason::Paused => self.pause_cap,
             DeferReason::LimitReached(_) | DeferReason::StoreUnavailable => self.blocked_cap,
             DeferReason::LeaseHeld
@@ -88,6 +116,18 @@ impl DeferBackoff {
         let half = ceiling / 2;
         let spread = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
         (half + Duration::from_millis(rng.random_range(0..=spread))).max(asked)
+    }
+
+    /// The head start of a delivery waiting for a quota window at `now` over those ranking a
+    /// class below it: what its wait grows by ([`DeferBackoff::rank_step`] per class below high
+    /// it ranks in). Nothing for other waits.
+    #[must_use]
+    pub fn rank_delay(&self, reason: &DeferReason, d: &Delivery, now: Millis, aging: Duration) -> Duration {
+        if !matches!(reason, DeferReason::RateLimited(_)) {
+            return Duration::ZERO;
+        }
+        let rank = effective_rank(d.priority, d.ready_at, now, duration_ms(aging));
+        self.rank_step.saturating_mul(u32::from(rank))
     }
 }
 
@@ -253,6 +293,8 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
                     let mut rng = self.rng.lock().expect("rng poisoned");
                     self.settings.backoff.delay_for(&reason, delay, deferrals, &mut *rng)
                 };
+                let now = SystemClock.now();
+                let delay = delay + self.settings.backoff.rank_delay(&reason, &delivery, now, self.executor.aging());
                 self.come_back(&delivery, delay).await
             }
             Decision::DeadLetter { reason } => {
@@ -322,6 +364,26 @@ mod tests {
         for reason in [DeferReason::LeaseHeld, DeferReason::NotDue, DeferReason::BreakerOpen("d".into())] {
             assert_eq!(backoff.delay_for(&reason, asked, 9, &mut rng), asked, "{reason:?}");
         }
+    }
+
+    #[test]
+    fn quota_waits_give_high_tasks_a_head_start_and_aging_closes_it() {
+        use std::sync::Arc;
+        use taskexec_core::ports::Route;
+        use taskexec_core::task::TaskPriority;
+        let backoff = DeferBackoff::default();
+        let route = Arc::new(Route { provider_id: "d".into(), model_id: "m".into(), run_id: "r".into() });
+        let d = |priority| Delivery::new("t", route.clone(), priority, 0);
+        let quota = DeferReason::RateLimited("d".into());
+        let aging = Duration::from_secs(10);
+        let step = backoff.rank_step;
+        assert_eq!(backoff.rank_delay(&quota, &d(TaskPriority::High), 0, aging), Duration::ZERO);
+        assert_eq!(backoff.rank_delay(&quota, &d(TaskPriority::Normal), 0, aging), step);
+        assert_eq!(backoff.rank_delay(&quota, &d(TaskPriority::Low), 0, aging), step * 2);
+        assert_eq!(backoff.rank_delay(&quota, &d(TaskPriority::Low), 10_000, aging), step, "promoted once");
+        assert_eq!(backoff.rank_delay(&quota, &d(TaskPriority::Low), 20_000, aging), Duration::ZERO);
+        let limit = DeferReason::LimitReached(LimitKey::Deployment("d".into()));
+        assert_eq!(backoff.rank_delay(&limit, &d(TaskPriority::Low), 0, aging), Duration::ZERO, "the line ranks those");
     }
 
     #[test]

@@ -165,6 +165,7 @@ impl RunConfig {
                 .iter()
                 .flat_map(|(name, d)| d.model_quotas.iter().map(|(model, q)| ((name.clone(), model.clone()), *q)))
                 .collect(),
+            aging: Duration::from_millis(self.engine.aging_ms),
             default_max_tokens: self.engine.default_max_tokens,
             adaptive_concurrency: self.engine.adaptive_concurrency,
             routes: self.routes.clone(),

@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | counter of a limit key | `LIMIT#<key>` | `LIMIT` | `inUse` (N): permits leased by all holders |
 //! | lease of one holder | `LIMIT#<key>` | `HOLDER#<holder>` | `n` (N), `until` (ms); no TTL (see below) |
+//! | ticket in the key's waiting line | `LIMIT#<key>` | `LINE#<score>#<task>` | `until` (ms), `expiresAt` (TTL) |
 //!
 //! Each process keeps a local pool per key (`leased`, `used`). A permit taken from the pool costs
 //! no I/O; when the pool is empty the process leases a chunk of `min(chunk, limit)` permits (or 1
@@ -32,6 +33,18 @@
 //! default length (30 min) is at least twice Lambda's longest invocation, so a permit held by a
 //! running task is never reclaimed.
 //!
+//! **Waiting line.** Permits go to whoever asks first; priority is kept by a line per key
+//! ([`LimiterStore::waiting_front`], the policy in `taskexec_core::schedule::line_check`). A
+//! task refused a permit puts its ticket (its aged score, zero-padded in the sort key so the
+//! line sorts best first) — 1 WCU, again at each refusal, which renews its `until`; standing
+//! also gives back this process's idle permits of the key, so that a better-ranked task
+//! elsewhere can take them. A task about to take a permit reads the counter and the line's best
+//! in one eventually consistent `Query` from the counter's sort key on (`LIMIT` < `LINE#`),
+//! at most once per `line_view` per key (0.5 RCU), and yields when enough tickets outrank it.
+//! One that takes a permit after a deferral deletes its ticket (1 WCU). A task that never waits
+//! pays only the shared read. Expired tickets are skipped and deleted by the reader that meets
+//! them.
+//!
 //! Lease items carry no TTL: a TTL deletion of a lease that still holds permits would not give
 //! them back to the counter, and those permits would be lost for good. The sweeper's
 //! [`DynamoLimiter::reclaim_expired`] deletes every expired lease (holding permits or not) in
@@ -47,7 +60,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{Delete, ReturnConsumedCapacity, TransactWriteItem, Update};
-use taskexec_core::ports::{LimitKey, LimiterStore, StoreResult};
+use taskexec_core::ports::{LimitKey, LimiterStore, Line, StoreResult, Ticket};
 use taskexec_core::time::{Clock, Millis, SystemClock};
 
 use super::item::{self, Item, n, s};
@@ -67,13 +80,35 @@ pub struct LimiterSettings {
     pub chunk: u32,
     /// How long a lease lasts unless renewed; renewed at an acquire or release past half of it.
     pub lease: Duration,
+    /// How old this process's view of a waiting line may be before it is read again.
+    pub line_view: Duration,
+    /// How long a ticket stands in a line unless its task stands again (each deferral does):
+    /// more than twice the longest wait between two tries of a blocked task (the worker's
+    /// `blocked_cap`, 60 s), so a waiting task keeps its place; a ticket whose task went away
+    /// (cancelled, finished elsewhere) is ignored after it.
+    pub line_ttl: Duration,
 }
 
 impl Default for LimiterSettings {
-    /// A chunk of 8 and a 30-minute lease (twice Lambda's longest invocation).
+    /// A chunk of 8, a 30-minute lease (twice Lambda's longest invocation), lines read at most
+    /// once a second and tickets standing 150 s.
     fn default() -> Self {
-        Self { chunk: 8, lease: Duration::from_secs(30 * 60) }
+        Self {
+            chunk: 8,
+            lease: Duration::from_secs(30 * 60),
+            line_view: Duration::from_secs(1),
+            line_ttl: Duration::from_secs(150),
+        }
     }
+}
+
+/// This process's view of one waiting line: when it was read, the permits leased by all holders
+/// then, its tickets (best first) with when each expires.
+#[derive(Debug, Default)]
+struct LineView {
+    read_at: Millis,
+    leased: u32,
+    tickets: Vec<(Ticket, Millis)>,
 }
 
 /// One key's local pool.
@@ -96,6 +131,7 @@ pub struct DynamoLimiter {
     holder: String,
     settings: LimiterSettings,
     pools: Mutex<HashMap<LimitKey, Arc<tokio::sync::Mutex<Pool>>>>,
+    lines: Mutex<HashMap<LimitKey, LineView>>,
     meter: WriteMeter,
 }
 
@@ -111,6 +147,23 @@ fn key_string(key: &LimitKey) -> String {
 /// Partition key of a limit key's items.
 fn limit_pk(key: &LimitKey) -> String {
     format!("LIMIT#{}", key_string(key))
+}
+
+/// Sort-key prefix of a ticket in a limit key's waiting line. It sorts right after the
+/// counter's `LIMIT`, so one query from `LIMIT` on reads the counter and the line's best.
+const LINE: &str = "LINE#";
+
+/// Sort key of a ticket: its score zero-padded (so the line sorts best first), then its task.
+fn ticket_sk(ticket: &Ticket) -> String {
+    format!("{LINE}{:015}#{}", ticket.score.max(0), ticket.task_id)
+}
+
+/// The ticket a line item holds, with its expiry.
+fn ticket_of(item: &Item) -> Option<(Ticket, Millis)> {
+    let sk = item.get(keys::SK)?.as_s().ok()?.strip_prefix(LINE)?;
+    let (score, task_id) = sk.split_once('#')?;
+    let ticket = Ticket { score: score.parse().ok()?, task_id: task_id.to_owned() };
+    Some((ticket, number(item, "until")?))
 }
 
 fn millis(d: Duration) -> Millis {
@@ -146,6 +199,7 @@ impl DynamoLimiter {
             holder: holder.into(),
             settings,
             pools: Mutex::default(),
+            lines: Mutex::default(),
             meter: WriteMeter::default(),
         }
     }
@@ -421,6 +475,71 @@ impl DynamoLimiter {
         self.settle(request.return_consumed_capacity(ReturnConsumedCapacity::Indexes).send().await)
     }
 
+    /// Give back the permits of `key` this process holds but does not use.
+    async fn give_back_idle(&self, key: &LimitKey, now: Millis) -> Result<(), AwsError> {
+        let pool = self.pool(key);
+        let mut pool = pool.lock().await;
+        let idle = pool.leased - pool.used;
+        if idle == 0 {
+            return Ok(());
+        }
+        let until = now + self.lease_ms();
+        if self.transfer(key, -i64::from(idle), 0, until).await? {
+            pool.leased -= idle;
+            pool.until = until;
+        }
+        Ok(())
+    }
+
+    /// Read `key`'s counter and the best of its line in one query (eventually consistent,
+    /// from the counter's sort key on); expired tickets met on the way are deleted (each
+    /// conditioned on its expiry, so a ticket renewed meanwhile stays).
+    async fn read_line(&self, key: &LimitKey, front: usize, now: Millis) -> Result<LineView, AwsError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#pk = :pk AND #sk >= :from")
+            .expression_attribute_names("#pk", keys::PK)
+            .expression_attribute_names("#sk", keys::SK)
+            .expression_attribute_values(":pk", s(limit_pk(key)))
+            .expression_attribute_values(":from", s(COUNTER))
+            .limit(i32::try_from(front + 9).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("Query", e))?;
+        let counter =
+            out.items().iter().find(|i| i.get(keys::SK).and_then(|v| v.as_s().ok()).is_some_and(|sk| sk == COUNTER));
+        let leased = counter.and_then(|i| number(i, "inUse")).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let mut tickets = Vec::new();
+        for (ticket, until) in out.items().iter().filter_map(ticket_of) {
+            if until >= now {
+                tickets.push((ticket, until));
+                continue;
+            }
+            let deleted = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(item::key(limit_pk(key), ticket_sk(&ticket))))
+                .condition_expression("#until = :until")
+                .expression_attribute_names("#until", "until")
+                .expression_attribute_values(":until", n(until))
+                .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+                .send()
+                .await;
+            match deleted {
+                Ok(out) => self.meter.record(out.consumed_capacity()),
+                Err(e) => tracing::debug!(error = %AwsError::dynamo("DeleteItem", e), "expired ticket not deleted"),
+            }
+        }
+        Ok(LineView { read_at: now, leased, tickets })
+    }
+
+    fn lock_lines(&self) -> std::sync::MutexGuard<'_, HashMap<LimitKey, LineView>> {
+        self.lines.lock().expect("limiter lines poisoned")
+    }
+
     /// The permits of `key` leased by all holders together (the counter item; 0 when absent).
     pub async fn leased_total(&self, key: &LimitKey) -> StoreResult<i64> {
         let out = self
@@ -459,6 +578,73 @@ impl LimiterStore for DynamoLimiter {
     /// This process's permits in use (no I/O).
     async fn in_use(&self, key: &LimitKey) -> StoreResult<u32> {
         Ok(self.pool(key).lock().await.used)
+    }
+
+    /// The line as this process last read it (the counter and the line's best, one query),
+    /// read again when older than `line_view`.
+    async fn waiting_front(&self, key: &LimitKey, limit: u32, n: usize, now: Millis) -> StoreResult<Option<Line>> {
+        let idle = {
+            let pool = self.pool(key);
+            let pool = pool.lock().await;
+            pool.leased - pool.used
+        };
+        let line = |view: &LineView| Line {
+            available: limit.saturating_sub(view.leased) + idle,
+            front: view.tickets.iter().filter(|(_, until)| *until >= now).take(n).map(|(t, _)| t.clone()).collect(),
+        };
+        let fresh = |view: &LineView| now < view.read_at + millis(self.settings.line_view);
+        if let Some(view) = self.lock_lines().get(key).filter(|v| fresh(v)) {
+            return Ok(Some(line(view)));
+        }
+        let view = self.read_line(key, n, now).await?;
+        let answer = line(&view);
+        self.lock_lines().insert(key.clone(), view);
+        Ok(Some(answer))
+    }
+
+    /// One `PutItem` (1 WCU): the ticket with its expiry (`until`, and `expiresAt` an hour
+    /// later for DynamoDB's TTL to delete it if no reader did). Then the idle permits of `key`
+    /// this process holds go back (a transaction, only when there are some).
+    async fn stand_in_line(&self, key: &LimitKey, ticket: &Ticket, now: Millis) -> StoreResult<()> {
+        let until = now + millis(self.settings.line_ttl);
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item::key(limit_pk(key), ticket_sk(ticket))))
+            .item("until", n(until))
+            .item(keys::EXPIRES_AT, n(until / 1000 + 3_600))
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("PutItem", e))?;
+        self.meter.record(out.consumed_capacity());
+        {
+            let mut lines = self.lock_lines();
+            let view = lines.entry(key.clone()).or_default();
+            view.tickets.retain(|(t, _)| t.task_id != ticket.task_id);
+            let at = view.tickets.partition_point(|(t, _)| t < ticket);
+            view.tickets.insert(at, (ticket.clone(), until));
+        }
+        Ok(self.give_back_idle(key, now).await?)
+    }
+
+    /// One `DeleteItem` (1 WCU).
+    async fn leave_line(&self, key: &LimitKey, ticket: &Ticket) -> StoreResult<()> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(limit_pk(key), ticket_sk(ticket))))
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+            .send()
+            .await
+            .map_err(|e| AwsError::dynamo("DeleteItem", e))?;
+        self.meter.record(out.consumed_capacity());
+        if let Some(view) = self.lock_lines().get_mut(key) {
+            view.tickets.retain(|(t, _)| t.task_id != ticket.task_id);
+        }
+        Ok(())
     }
 }
 

@@ -3,9 +3,12 @@
 
 use crate::breaker::{Admission, Breaker, CallResult};
 use crate::error::StoreError;
-use crate::ports::{BreakerStore, ControlStore, LimitKey, LimiterStore, Metric, MetricsSink, TaskStore};
+use crate::ports::{
+    BreakerStore, ControlStore, Delivery, LimitKey, LimiterStore, Metric, MetricsSink, TaskStore, Ticket,
+};
 use crate::provider::Provider;
-use crate::time::{Clock, Millis};
+use crate::schedule::{LINE_FRONT, aged_score, line_check};
+use crate::time::{Clock, Millis, duration_ms};
 
 use super::Engine;
 
@@ -18,13 +21,20 @@ where
     P: Provider,
     C: Clock,
 {
-    /// Take a permit of every limit key of `deployment`/`model`, or none (`Err`: the first key
-    /// that is full).
+    /// Take a permit of every limit key of `deployment`/`model` for `d`, or none (`Err`: the
+    /// first key that is full, or whose capacity goes to better-ranked deliveries in its shared
+    /// waiting line; with whether `d` is at the front of that line). Where the limiter keeps
+    /// lines (the AWS shape), a delivery blocked by a key stands in its line, and one that takes
+    /// a permit after waiting leaves it.
     pub(super) async fn acquire(
         &self,
+        d: &Delivery,
         deployment: &str,
         model: &str,
-    ) -> Result<Result<Vec<LimitKey>, LimitKey>, StoreError> {
+        now: Millis,
+    ) -> Result<Result<Vec<LimitKey>, (LimitKey, bool)>, StoreError> {
+        let aging = duration_ms(self.config.aging);
+        let score = aged_score(d.priority, d.ready_at, aging);
         let mut held = Vec::new();
         for (key, limit) in self.limits().keys_for(deployment, model) {
             // A deployment's limit may have adapted down to its provider's rate-limit answers.
@@ -32,14 +42,24 @@ where
                 LimitKey::Deployment(deployment) => self.adaptive_limit(deployment).map_or(limit, |n| n.min(limit)),
                 _ => limit,
             };
-            if self.ports.limiter.try_acquire(&key, limit).await? {
+            let line = self.ports.limiter.waiting_front(&key, limit, LINE_FRONT, now).await?;
+            let check = line.as_ref().map(|line| line_check(line, &d.task_id, score));
+            if !check.is_some_and(|c| c.yields) && self.ports.limiter.try_acquire(&key, limit).await? {
+                // Only a delivery deferred before can have a ticket in the line.
+                if line.is_some() && d.deferrals_so_far() > 0 {
+                    let ticket = Ticket { score, task_id: d.task_id.clone() };
+                    self.ports.limiter.leave_line(&key, &ticket).await?;
+                }
                 held.push(key);
                 continue;
             }
             for k in held.iter().rev() {
                 self.ports.limiter.release(k).await?;
             }
-            return Ok(Err(key));
+            let Some(check) = check else { return Ok(Err((key, false))) };
+            let ticket = Ticket { score, task_id: d.task_id.clone() };
+            self.ports.limiter.stand_in_line(&key, &ticket, now).await?;
+            return Ok(Err((key, check.in_front)));
         }
         Ok(Ok(held))
     }

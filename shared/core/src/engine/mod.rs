@@ -138,6 +138,9 @@ pub struct EngineConfig {
     pub pause_recheck: Duration,
     /// How long a task deferred by a full limit waits before asking again.
     pub limit_recheck: Duration,
+    /// A task waiting for capacity is promoted one priority class per this long (the queue's
+    /// aging; in the AWS shape, the rank in a full limit's shared waiting line).
+    pub aging: Duration,
     /// Provider quotas per deployment (requests and tokens per minute or day; see
     /// [`crate::rate`]). Deployments without one are not rate-limited here.
     pub quotas: BTreeMap<String, Quota>,
@@ -164,6 +167,7 @@ impl Default for EngineConfig {
             seed: None,
             pause_recheck: Duration::from_secs(1),
             limit_recheck: Duration::from_millis(50),
+            aging: Duration::from_secs(10),
             quotas: BTreeMap::new(),
             model_quotas: BTreeMap::new(),
             default_max_tokens: 1_024,
@@ -385,7 +389,9 @@ where
     /// took; else how long to wait and why: a full concurrency limit if any (the runner parks
     /// the delivery on that key), else the earliest end of an open breaker or a spent quota.
     async fn choose(&self, d: &Delivery, now: Millis) -> Result<Result<(Chosen, Vec<LimitKey>), Wait>, StoreError> {
-        let (mut limit, mut earliest): (Option<LimitKey>, Option<(Millis, DeferReason)>) = (None, None);
+        // The first key found full (and whether this delivery is at the front of its line).
+        let mut limit: Option<(LimitKey, bool)> = None;
+        let mut earliest: Option<(Millis, DeferReason)> = None;
         let mut later = |at: Millis, reason: DeferReason| {
             if earliest.as_ref().is_none_or(|(t, _)| at < *t) {
                 earliest = Some((at, reason));
@@ -406,18 +412,19 @@ where
                 later(at, DeferReason::RateLimited(deployment));
                 continue;
             }
-            match self.acquire(&deployment, &model).await? {
+            match self.acquire(d, &deployment, &model, now).await? {
                 Ok(held) => return Ok(Ok((Chosen { deployment, model, probe }, held))),
-                Err(key) => {
+                Err(blocked) => {
                     self.forget_probe(&deployment, probe);
                     if limit.is_none() {
-                        limit = Some(key);
+                        limit = Some(blocked);
                     }
                 }
             }
         }
         Ok(Err(match (limit, earliest) {
-            (Some(key), _) => (self.config.limit_recheck, DeferReason::LimitReached(key)),
+            (Some((key, true)), _) => (self.config.limit_recheck, DeferReason::InLine(key)),
+            (Some((key, false)), _) => (self.config.limit_recheck, DeferReason::LimitReached(key)),
             (None, Some((at, reason))) => (until(at, now), reason),
             (None, None) => unreachable!("every delivery has at least one target"),
         }))
