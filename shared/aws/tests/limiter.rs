@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use taskexec_aws::{DynamoLimiter, LimiterSettings};
-use taskexec_core::ports::{LimitKey, LimiterStore, Line, Ticket};
+use taskexec_core::ports::{Adapted, LimitKey, LimiterStore, Line, Ticket};
 use taskexec_core::time::{Clock, SystemClock};
 
 async fn table() -> (aws_sdk_dynamodb::Client, String) {
@@ -167,37 +167,60 @@ async fn a_limits_waiting_line_is_shared_best_first_and_forgets_what_left_or_exp
     let ticket = |score, id: &str| Ticket { score, task_id: id.into() };
     let now = SystemClock.now();
 
-    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap(), Some(Line { available: 3, front: vec![] }));
+    assert_eq!(a.waiting_front(&key, 16, now).await.unwrap(), Some(Line::default()));
     // a takes one permit and leases a chunk of two: one is idle, still its to take.
     assert!(a.try_acquire(&key, 3).await.unwrap());
-    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 2);
-    assert_eq!(b.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 1);
+    assert_eq!(a.waiting_front(&key, 16, now).await.unwrap().unwrap().available(3), 2);
+    assert_eq!(b.waiting_front(&key, 16, now).await.unwrap().unwrap().available(3), 1);
 
     b.stand_in_line(&key, &ticket(2_000, "low"), now).await.unwrap();
     b.stand_in_line(&key, &ticket(1_000, "high"), now).await.unwrap();
     b.stand_in_line(&key, &ticket(1_000, "high"), now).await.unwrap(); // again: renewed, not doubled
-    let line = a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap();
+    let line = a.waiting_front(&key, 16, now).await.unwrap().unwrap();
     assert_eq!(line.front, vec![ticket(1_000, "high"), ticket(2_000, "low")]);
-    assert_eq!(a.waiting_front(&key, 3, 1, now).await.unwrap().unwrap().front, vec![ticket(1_000, "high")]);
+    assert_eq!(a.waiting_front(&key, 1, now).await.unwrap().unwrap().front, vec![ticket(1_000, "high")]);
 
     // a stands in line too: its idle permit goes back for whoever is ahead.
     a.stand_in_line(&key, &ticket(3_000, "a-task"), now).await.unwrap();
     assert_eq!(a.leased(&key).await, 1);
-    assert_eq!(b.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().available, 2);
+    assert_eq!(b.waiting_front(&key, 16, now).await.unwrap().unwrap().available(3), 2);
 
     b.leave_line(&key, &ticket(1_000, "high")).await.unwrap();
-    let front = a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front;
+    let front = a.waiting_front(&key, 16, now).await.unwrap().unwrap().front;
     assert_eq!(front, vec![ticket(2_000, "low"), ticket(3_000, "a-task")]);
     // Past their `line_ttl`, tickets are left out and deleted by the reader.
     let later = now + 151_000;
-    assert_eq!(b.waiting_front(&key, 3, 16, later).await.unwrap().unwrap().front, vec![]);
-    assert_eq!(a.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front, vec![], "deleted, not only hidden");
+    assert_eq!(b.waiting_front(&key, 16, later).await.unwrap().unwrap().front, vec![]);
+    assert_eq!(a.waiting_front(&key, 16, now).await.unwrap().unwrap().front, vec![], "deleted, not only hidden");
 
     // A view younger than `line_view` is answered without reading.
     let cached = DynamoLimiter::new(client.clone(), table.clone(), "c", LimiterSettings::default());
-    assert_eq!(cached.waiting_front(&key, 3, 16, now).await.unwrap().unwrap().front, vec![]);
+    assert_eq!(cached.waiting_front(&key, 16, now).await.unwrap().unwrap().front, vec![]);
     a.stand_in_line(&key, &ticket(500, "new"), now).await.unwrap();
-    assert_eq!(cached.waiting_front(&key, 3, 16, now + 500).await.unwrap().unwrap().front, vec![]);
-    let read_again = cached.waiting_front(&key, 3, 16, now + 1_000).await.unwrap().unwrap();
+    assert_eq!(cached.waiting_front(&key, 16, now + 500).await.unwrap().unwrap().front, vec![]);
+    let read_again = cached.waiting_front(&key, 16, now + 1_000).await.unwrap().unwrap();
     assert_eq!(read_again.front, vec![ticket(500, "new")]);
+}
+
+/// A change of a deployment's adaptive limit shared by one holder is seen by another with the
+/// line (same query); an older change arriving late is dropped.
+#[tokio::test]
+async fn an_adaptive_change_shared_by_one_holder_is_seen_by_the_others_and_the_newest_wins() {
+    let (client, table) = table().await;
+    let key = LimitKey::Deployment("sim".into());
+    let settings = LimiterSettings { line_view: Duration::ZERO, ..LimiterSettings::default() };
+    let a = DynamoLimiter::new(client.clone(), table.clone(), "a", settings.clone());
+    let b = DynamoLimiter::new(client.clone(), table.clone(), "b", settings);
+    let now = SystemClock.now();
+    assert_eq!(b.waiting_front(&key, 16, now).await.unwrap().unwrap().adapted, None);
+    let halved = Adapted { limit: 4, held_until: now + 3_000, at: now };
+    a.share_adapted(&key, halved).await.unwrap();
+    assert_eq!(b.waiting_front(&key, 16, now).await.unwrap().unwrap().adapted, Some(halved));
+    let older = Adapted { limit: 8, held_until: 0, at: now - 1 };
+    b.share_adapted(&key, older).await.unwrap();
+    assert_eq!(a.waiting_front(&key, 16, now).await.unwrap().unwrap().adapted, Some(halved));
+    // The counter item keeps counting permits beside it.
+    assert!(a.try_acquire(&key, 4).await.unwrap());
+    let line = b.waiting_front(&key, 16, now).await.unwrap().unwrap();
+    assert_eq!((line.leased, line.adapted), (4, Some(halved)), "a leased a chunk of min(8, 4)");
 }

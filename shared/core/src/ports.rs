@@ -514,18 +514,17 @@ pub trait LimiterStore: Send + Sync + 'static {
     // ([`crate::schedule::line_check`]). The defaults keep no line: a single process orders its
     // blocked deliveries itself (the embedded runner parks them by aged priority).
 
-    /// The line of `key` under `limit`: the permits a delivery here could take and the best `n`
-    /// tickets waiting, best (lowest score) first, expired ones left out; `None` (the default)
-    /// where no line is kept. A store may answer from a view a little old (DynamoDB: at most
-    /// its `line_view`).
+    /// The line of `key`: the permits held, the best `n` tickets waiting, best (lowest score)
+    /// first, expired ones left out, and the shared adaptive limit; `None` (the default) where
+    /// no line is kept. A store may answer from a view a little old (DynamoDB: at most its
+    /// `line_view`).
     fn waiting_front(
         &self,
         key: &LimitKey,
-        limit: u32,
         n: usize,
         now: Millis,
     ) -> impl Future<Output = StoreResult<Option<Line>>> + Send {
-        let _ = (key, limit, n, now);
+        let _ = (key, n, now);
         std::future::ready(Ok(None))
     }
 
@@ -547,16 +546,50 @@ pub trait LimiterStore: Send + Sync + 'static {
         let _ = (key, ticket);
         std::future::ready(Ok(()))
     }
+
+    /// Share a change of the adaptive limit of `key`'s deployment with every worker (they see
+    /// it in [`Line::adapted`]); a change older than the one stored is dropped. The default
+    /// shares nothing (one process is the whole fleet).
+    fn share_adapted(&self, key: &LimitKey, adapted: Adapted) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = (key, adapted);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A limit key's waiting line as a delivery about to take a permit sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Line {
-    /// Permits a delivery here could take now: the limit less those held across the fleet,
-    /// plus those this process holds unused.
-    pub available: u32,
+    /// Permits held across the fleet (this process's included).
+    pub leased: u32,
+    /// Of those, permits this process holds unused (its to hand out).
+    pub idle: u32,
     /// The best tickets waiting, best first.
     pub front: Vec<Ticket>,
+    /// The deployment's adaptive concurrency limit as the fleet last changed it (deployment
+    /// keys only; `None` before any change was shared).
+    pub adapted: Option<Adapted>,
+}
+
+impl Line {
+    /// Permits a delivery here could take under `limit`: those no process holds, and this
+    /// process's idle ones.
+    #[must_use]
+    pub fn available(&self, limit: u32) -> u32 {
+        limit.saturating_sub(self.leased).saturating_add(self.idle)
+    }
+}
+
+/// A change of a deployment's adaptive concurrency limit ([`crate::rate::AdaptiveLimit`]) shared
+/// with every worker: the limit, until when new calls wait (the provider's `Retry-After`) and
+/// when it was made (the newest wins).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Adapted {
+    /// Calls allowed at once.
+    pub limit: u32,
+    /// New calls wait until then (ms; 0 when not held).
+    pub held_until: Millis,
+    /// When the change was made (ms).
+    pub at: Millis,
 }
 
 /// A delivery's place in the waiting line of a limit key: its aged score

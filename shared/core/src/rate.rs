@@ -355,6 +355,18 @@ impl AdaptiveLimit {
         (self.current() != before).then(|| self.current())
     }
 
+    /// Take a change another worker made at `at` ([`crate::ports::Adapted`]): its limit (under
+    /// this ceiling) and its hold. A decrease starts the cool-down here too, so one burst of
+    /// 429s seen by several workers halves the limit once.
+    pub fn adopt(&mut self, limit: u32, held_until: Millis, at: Millis) {
+        let shared = f64::from(limit.max(1)).min(self.ceiling);
+        if shared.floor() < self.limit.floor() {
+            self.last_decrease = Some(self.last_decrease.map_or(at, |t| t.max(at)));
+        }
+        self.limit = shared;
+        self.hold_until = self.hold_until.max(held_until);
+    }
+
     /// A successful call: grow by `1 / limit`. Returns the new limit if its whole part changed.
     pub fn on_success(&mut self) -> Option<u32> {
         let before = self.current();
@@ -400,6 +412,20 @@ mod tests {
         limiter.set_quota(&Quota::default());
         assert!(limiter.try_reserve(one, T0 + 5).is_ok());
         assert!(limiter.usage().is_empty());
+    }
+
+    #[test]
+    fn a_change_adopted_from_another_worker_sets_the_limit_its_hold_and_the_cool_down() {
+        let mut limit = AdaptiveLimit::new(16);
+        limit.adopt(8, T0 + 2_000, T0);
+        assert_eq!((limit.current(), limit.held_until(T0)), (8, Some(T0 + 2_000)));
+        // The other worker's decrease counts here: a 429 within its cool-down does not halve again.
+        assert_eq!(limit.on_throttled(T0 + 500, None), None);
+        assert_eq!(limit.current(), 8);
+        assert_eq!(limit.on_throttled(T0 + 1_500, None), Some(4));
+        // An increase adopted is capped by the ceiling; an adopted hold never shortens one.
+        limit.adopt(40, T0, T0 + 3_000);
+        assert_eq!((limit.current(), limit.held_until(T0 + 2_000)), (16, Some(T0 + 2_500)));
     }
 
     #[test]

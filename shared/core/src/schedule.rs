@@ -49,12 +49,12 @@ pub struct LineCheck {
 }
 
 /// Check a limit's `line` (its front best first, as
-/// [`crate::ports::LimiterStore::waiting_front`] returns it, at most [`LINE_FRONT`] long) for the
-/// delivery of `task_id` with score `score`.
+/// [`crate::ports::LimiterStore::waiting_front`] returns it, at most [`LINE_FRONT`] long) under
+/// `limit` for the delivery of `task_id` with score `score`.
 #[must_use]
-pub fn line_check(line: &Line, task_id: &str, score: Millis) -> LineCheck {
+pub fn line_check(line: &Line, limit: u32, task_id: &str, score: Millis) -> LineCheck {
     let ahead = line.front.iter().filter(|t| t.task_id != task_id).take_while(|t| t.score < score).count();
-    let available = usize::try_from(line.available).unwrap_or(usize::MAX);
+    let available = usize::try_from(line.available(limit)).unwrap_or(usize::MAX);
     // Nobody ahead: try (the view of what is free may be a little old).
     LineCheck { yields: ahead > 0 && ahead >= available, in_front: ahead < LINE_FRONT }
 }
@@ -217,9 +217,21 @@ mod tests {
         assert_eq!(effective_rank(TaskPriority::High, 0, 1_000, 10), 0);
     }
 
+    /// A line with `available` permits free under a limit of 10.
     fn line(available: u32, tickets: &[(Millis, &str)]) -> Line {
         let front = tickets.iter().map(|(score, id)| Ticket { score: *score, task_id: (*id).into() }).collect();
-        Line { available, front }
+        Line { leased: 10 - available, front, ..Line::default() }
+    }
+
+    fn line_check(line: &Line, task_id: &str, score: Millis) -> LineCheck {
+        super::line_check(line, 10, task_id, score)
+    }
+
+    #[test]
+    fn what_is_available_counts_this_processs_idle_permits() {
+        let line = Line { leased: 8, idle: 3, ..Line::default() };
+        assert_eq!(line.available(10), 5);
+        assert_eq!(line.available(6), 3, "a limit lowered below what is leased");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use taskexec_core::engine::{Decision, Engine, EngineConfig, Limits, Ports};
 use taskexec_core::error::{ErrorClass, ProviderError};
 use taskexec_core::memory::{Counters, CountingSink, MemoryLimiter, MemoryStore};
 use taskexec_core::ports::{
-    BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey, PauseScope, Route,
-    TaskStore,
+    BreakerStore, ClaimOutcome, ClaimRequest, ControlStore, DeferReason, Delivery, LimitKey, LimiterStore as _,
+    PauseScope, Route, TaskStore,
 };
 use taskexec_core::retry::RetryPolicy;
 use taskexec_core::task::{BenchmarkTask, TaskRecord, TaskState};
@@ -740,4 +740,101 @@ async fn a_fail_fast_task_fails_without_a_call_when_no_deployment_has_capacity()
     let r = h.record("fast").await;
     assert_eq!((r.state, r.attempt), (TaskState::Failed, 0));
     assert_eq!(r.error.as_ref().unwrap().class, ErrorClass::Transient);
+}
+
+/// Permits in memory and the one newest shared change of the adaptive limit, as the DynamoDB
+/// limiter keeps them on a deployment's counter item: what two Lambda containers share.
+#[derive(Clone, Default)]
+struct SharedAdaptive {
+    permits: Arc<MemoryLimiter>,
+    adapted: Arc<std::sync::Mutex<Option<taskexec_core::ports::Adapted>>>,
+}
+
+impl taskexec_core::ports::LimiterStore for SharedAdaptive {
+    async fn try_acquire(&self, key: &LimitKey, limit: u32) -> taskexec_core::ports::StoreResult<bool> {
+        self.permits.try_acquire(key, limit).await
+    }
+    async fn release(&self, key: &LimitKey) -> taskexec_core::ports::StoreResult<()> {
+        self.permits.release(key).await
+    }
+    async fn in_use(&self, key: &LimitKey) -> taskexec_core::ports::StoreResult<u32> {
+        self.permits.in_use(key).await
+    }
+    async fn waiting_front(
+        &self,
+        _: &LimitKey,
+        _: usize,
+        _: taskexec_core::time::Millis,
+    ) -> taskexec_core::ports::StoreResult<Option<taskexec_core::ports::Line>> {
+        let adapted = *self.adapted.lock().unwrap();
+        Ok(Some(taskexec_core::ports::Line { adapted, ..Default::default() }))
+    }
+    async fn share_adapted(
+        &self,
+        _: &LimitKey,
+        adapted: taskexec_core::ports::Adapted,
+    ) -> taskexec_core::ports::StoreResult<()> {
+        let mut shared = self.adapted.lock().unwrap();
+        if shared.is_none_or(|s| s.at < adapted.at) {
+            *shared = Some(adapted);
+        }
+        Ok(())
+    }
+}
+
+/// A 429 seen by one worker halves the deployment's limit and holds its calls in every worker
+/// sharing the limiter: the other worker waits out the Retry-After before its next claim and
+/// then takes at most the halved limit.
+#[tokio::test(start_paused = true)]
+async fn a_429_seen_by_one_worker_halves_the_limit_and_holds_calls_in_every_worker() {
+    let mut config = config();
+    config.limits.deployments.insert("dep".into(), 8);
+    let shared = SharedAdaptive::default();
+    let clock = FakeClock::at(1_000_000);
+    let worker = |owner: &str| {
+        let provider = Arc::new(Scripted::default());
+        let ports = Ports {
+            store: MemoryStore::default(),
+            breakers: MemoryStore::default(),
+            limiter: shared.clone(),
+            metrics: Arc::new(CountingSink::default()),
+            provider: provider.clone(),
+            clock: clock.clone(),
+        };
+        (Arc::new(Engine::new(ports, EngineConfig { owner: owner.into(), ..config.clone() })), provider)
+    };
+    let ((a, a_provider), (b, _)) = (worker("a"), worker("b"));
+    let submit = |engine: &Arc<Engine<MemoryStore, MemoryStore, SharedAdaptive, _, _, FakeClock>>, id: &str| {
+        let task: BenchmarkTask = serde_json::from_str(&format!(
+            r#"{{"id":"{id}","providerId":"dep","modelId":"m","prompt":"p","runId":"run"}}"#
+        ))
+        .unwrap();
+        let engine = engine.clone();
+        let id = id.to_owned();
+        async move {
+            engine.ports().store.submit(vec![TaskRecord::new(task, 0)]).await.unwrap();
+            let route = Route { provider_id: "dep".into(), model_id: "m".into(), run_id: "run".into() };
+            Delivery::new(id, Arc::new(route), Default::default(), 0)
+        }
+    };
+    let t1 = submit(&a, "t1").await;
+    a_provider.script("t1", [rate_limited(3_000)]);
+    assert!(matches!(a.process(&t1).await, Decision::Retry { .. }));
+    // b never saw a 429, and holds its next call until the Retry-After all the same.
+    let u1 = submit(&b, "u1").await;
+    let Decision::Defer { reason, delay } = b.process(&u1).await else { panic!("held by the shared Retry-After") };
+    assert_eq!((reason, delay), (DeferReason::RateLimited("dep".into()), Duration::from_secs(3)));
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(b.process(&u1).await, Decision::Ack);
+    // Four permits now in b too, not eight.
+    let key = LimitKey::Deployment("dep".into());
+    for _ in 0..4 {
+        assert!(shared.permits.try_acquire(&key, 4).await.unwrap());
+    }
+    let u2 = submit(&b, "u2").await;
+    let blocked = b.process(&u2).await;
+    assert!(
+        matches!(blocked, Decision::Defer { reason: DeferReason::LimitReached(_) | DeferReason::InLine(_), .. }),
+        "{blocked:?}"
+    );
 }

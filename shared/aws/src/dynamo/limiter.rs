@@ -7,6 +7,11 @@
 //! | lease of one holder | `LIMIT#<key>` | `HOLDER#<holder>` | `n` (N), `until` (ms); no TTL (see below) |
 //! | ticket in the key's waiting line | `LIMIT#<key>` | `LINE#<score>#<task>` | `until` (ms), `expiresAt` (TTL) |
 //!
+//! The counter item of a deployment key also holds the deployment's adaptive concurrency limit
+//! as the fleet last changed it (`adaptive`, `heldUntil`, `adaptedAt`; [`LimiterStore::share_adapted`]:
+//! one conditional `UpdateItem` per change, a halving at most once per cool-down and an
+//! increase once per whole step), read with the line at no extra cost.
+//!
 //! Each process keeps a local pool per key (`leased`, `used`). A permit taken from the pool costs
 //! no I/O; when the pool is empty the process leases a chunk of `min(chunk, limit)` permits (or 1
 //! when the chunk does not fit under the limit) with one `TransactWriteItems`: the counter's
@@ -60,7 +65,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{Delete, ReturnConsumedCapacity, TransactWriteItem, Update};
-use taskexec_core::ports::{LimitKey, LimiterStore, Line, StoreResult, Ticket};
+use taskexec_core::ports::{Adapted, LimitKey, LimiterStore, Line, StoreResult, Ticket};
 use taskexec_core::time::{Clock, Millis, SystemClock};
 
 use super::item::{self, Item, n, s};
@@ -109,6 +114,7 @@ struct LineView {
     read_at: Millis,
     leased: u32,
     tickets: Vec<(Ticket, Millis)>,
+    adapted: Option<Adapted>,
 }
 
 /// One key's local pool.
@@ -511,6 +517,10 @@ impl DynamoLimiter {
         let counter =
             out.items().iter().find(|i| i.get(keys::SK).and_then(|v| v.as_s().ok()).is_some_and(|sk| sk == COUNTER));
         let leased = counter.and_then(|i| number(i, "inUse")).and_then(|n| u32::try_from(n).ok()).unwrap_or(0);
+        let adapted = counter.and_then(|i| {
+            let limit = u32::try_from(number(i, "adaptive")?).ok()?;
+            Some(Adapted { limit, held_until: number(i, "heldUntil")?, at: number(i, "adaptedAt")? })
+        });
         let mut tickets = Vec::new();
         for (ticket, until) in out.items().iter().filter_map(ticket_of) {
             if until >= now {
@@ -533,7 +543,7 @@ impl DynamoLimiter {
                 Err(e) => tracing::debug!(error = %AwsError::dynamo("DeleteItem", e), "expired ticket not deleted"),
             }
         }
-        Ok(LineView { read_at: now, leased, tickets })
+        Ok(LineView { read_at: now, leased, tickets, adapted })
     }
 
     fn lock_lines(&self) -> std::sync::MutexGuard<'_, HashMap<LimitKey, LineView>> {
@@ -582,15 +592,17 @@ impl LimiterStore for DynamoLimiter {
 
     /// The line as this process last read it (the counter and the line's best, one query),
     /// read again when older than `line_view`.
-    async fn waiting_front(&self, key: &LimitKey, limit: u32, n: usize, now: Millis) -> StoreResult<Option<Line>> {
+    async fn waiting_front(&self, key: &LimitKey, n: usize, now: Millis) -> StoreResult<Option<Line>> {
         let idle = {
             let pool = self.pool(key);
             let pool = pool.lock().await;
             pool.leased - pool.used
         };
         let line = |view: &LineView| Line {
-            available: limit.saturating_sub(view.leased) + idle,
+            leased: view.leased,
+            idle,
             front: view.tickets.iter().filter(|(_, until)| *until >= now).take(n).map(|(t, _)| t.clone()).collect(),
+            adapted: view.adapted,
         };
         let fresh = |view: &LineView| now < view.read_at + millis(self.settings.line_view);
         if let Some(view) = self.lock_lines().get(key).filter(|v| fresh(v)) {
@@ -627,6 +639,35 @@ impl LimiterStore for DynamoLimiter {
             view.tickets.insert(at, (ticket.clone(), until));
         }
         Ok(self.give_back_idle(key, now).await?)
+    }
+
+    /// One `UpdateItem` of the key's counter (1 WCU), conditioned on no newer change stored;
+    /// every worker reads it with the line.
+    async fn share_adapted(&self, key: &LimitKey, adapted: Adapted) -> StoreResult<()> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(limit_pk(key), COUNTER)))
+            .condition_expression("attribute_not_exists(adaptedAt) OR adaptedAt < :at")
+            .update_expression("SET adaptive = :limit, heldUntil = :held, adaptedAt = :at")
+            .expression_attribute_values(":limit", n(i64::from(adapted.limit)))
+            .expression_attribute_values(":held", n(adapted.held_until))
+            .expression_attribute_values(":at", n(adapted.at))
+            .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
+            .send()
+            .await;
+        match out {
+            Ok(out) => self.meter.record(out.consumed_capacity()),
+            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
+                self.meter.rejected();
+            }
+            Err(e) => return Err(AwsError::dynamo("UpdateItem", e).into()),
+        }
+        if let Some(view) = self.lock_lines().get_mut(key).filter(|v| v.adapted.is_none_or(|a| a.at < adapted.at)) {
+            view.adapted = Some(adapted);
+        }
+        Ok(())
     }
 
     /// One `DeleteItem` (1 WCU).

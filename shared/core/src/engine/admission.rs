@@ -37,13 +37,14 @@ where
         let score = aged_score(d.priority, d.ready_at, aging);
         let mut held = Vec::new();
         for (key, limit) in self.limits().keys_for(deployment, model) {
-            // A deployment's limit may have adapted down to its provider's rate-limit answers.
+            // A deployment's limit may have adapted down to its provider's rate-limit answers,
+            // here or in another worker ([`Engine::follow_adapted`]).
             let limit = match &key {
                 LimitKey::Deployment(deployment) => self.adaptive_limit(deployment).map_or(limit, |n| n.min(limit)),
                 _ => limit,
             };
-            let line = self.ports.limiter.waiting_front(&key, limit, LINE_FRONT, now).await?;
-            let check = line.as_ref().map(|line| line_check(line, &d.task_id, score));
+            let line = self.ports.limiter.waiting_front(&key, LINE_FRONT, now).await?;
+            let check = line.as_ref().map(|line| line_check(line, limit, &d.task_id, score));
             if !check.is_some_and(|c| c.yields) && self.ports.limiter.try_acquire(&key, limit).await? {
                 // Only a delivery deferred before can have a ticket in the line.
                 if line.is_some() && d.deferrals_so_far() > 0 {

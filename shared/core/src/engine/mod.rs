@@ -398,6 +398,7 @@ where
             }
         };
         for (deployment, model) in self.targets(d) {
+            self.follow_adapted(&deployment, now).await?;
             let probe = match self.admit(&deployment, now).await? {
                 Admission::Allowed { probe } => probe,
                 Admission::Rejected { retry_at } => {
@@ -405,8 +406,8 @@ where
                     continue;
                 }
             };
-            // A deployment whose rate window is full, or whose provider said to wait, is waited
-            // for before the claim: no attempt, no store traffic.
+            // A deployment whose rate window is full, or whose provider said to wait (here or,
+            // shared, to another worker), is waited for before the claim: no attempt, no claim.
             if let Some(at) = self.rate_gate(&deployment, &model, now) {
                 self.forget_probe(&deployment, probe);
                 later(at, DeferReason::RateLimited(deployment));

@@ -3,8 +3,10 @@
 //! provider said to wait), the exact reservation after it (the task's estimated tokens), and
 //! the settlement after the call (usage, the provider's rate-limit headers, 429s).
 //!
-//! In process: the embedded shape's whole fleet is this process. In the AWS shape each Lambda
-//! container keeps its own view (a deployment's quota is not yet shared through DynamoDB).
+//! In process: the embedded shape's whole fleet is this process. In the AWS shape a change of a
+//! deployment's adaptive limit (and the provider's `Retry-After` with it) is shared through the
+//! limiter ([`LimiterStore::share_adapted`]) and taken by every worker at its next look at the
+//! deployment's waiting line; each Lambda container keeps its own quota windows.
 //!
 //! Limits set at run time (`taskexec limits set`, `PUT /control/limits/{deployment}`) come with
 //! the control state ([`Engine::check_control`]) and replace the configured ones field by field.
@@ -13,12 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::ErrorClass;
+use crate::error::{ErrorClass, StoreError};
 use crate::ports::{
-    AuditEvent, BreakerStore, ControlStore, LimitOverride, LimiterStore, Metric, MetricsSink, TaskStore,
+    Adapted, AuditEvent, BreakerStore, ControlStore, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink,
+    TaskStore,
 };
 use crate::provider::{Provider, RateLimits};
 use crate::rate::{AdaptiveLimit, Ask, Quota, RateLimiter, Reservation};
+use crate::schedule::LINE_FRONT;
 use crate::task::TaskRecord;
 use crate::time::{Clock, Millis};
 
@@ -33,6 +37,8 @@ const OVERLOADED: u16 = 529;
 pub(super) struct DeploymentRate {
     limiter: Option<RateLimiter>,
     adaptive: Option<AdaptiveLimit>,
+    /// When the newest change of the adaptive limit seen (made here or shared) was made.
+    adapted_at: Millis,
 }
 
 impl<S, B, L, M, P, C> Engine<S, B, L, M, P, C>
@@ -50,6 +56,7 @@ where
         let rate = map.entry(deployment.to_owned()).or_insert_with(|| DeploymentRate {
             limiter: quota.as_ref().map(RateLimiter::new),
             adaptive: concurrency.map(AdaptiveLimit::new),
+            adapted_at: 0,
         });
         f(rate)
     }
@@ -141,6 +148,27 @@ where
         self.with_rate(deployment, |r| r.adaptive.as_ref().map(AdaptiveLimit::current))
     }
 
+    /// Before the rate gate: take the newest change of the deployment's adaptive limit another
+    /// worker shared (read with the deployment's waiting line, so at most once per `line_view`
+    /// on DynamoDB), if it has an adaptive limit and the change is newer than what this engine
+    /// knows ([`AdaptiveLimit::adopt`]).
+    pub(super) async fn follow_adapted(&self, deployment: &str, now: Millis) -> Result<(), StoreError> {
+        if self.adaptive_limit(deployment).is_none() {
+            return Ok(());
+        }
+        let key = LimitKey::Deployment(deployment.to_owned());
+        let Some(adapted) = self.ports.limiter.waiting_front(&key, LINE_FRONT, now).await?.and_then(|l| l.adapted)
+        else {
+            return Ok(());
+        };
+        self.with_rate(deployment, |r| {
+            let Some(adaptive) = r.adaptive.as_mut().filter(|_| adapted.at > r.adapted_at) else { return };
+            adaptive.adopt(adapted.limit, adapted.held_until, adapted.at);
+            r.adapted_at = adapted.at;
+        });
+        Ok(())
+    }
+
     /// After the claim: reserve the call's estimated tokens in the deployment's windows and the
     /// model's (none where there is no quota), or say when they fit (nothing is then held).
     pub(super) fn reserve_rate(&self, c: &Chosen, record: &TaskRecord, now: Millis) -> Result<Reserved, Millis> {
@@ -201,9 +229,17 @@ where
                 None if ok => adaptive.on_success(),
                 None => None,
             }?;
-            Some((previous, limit))
+            let held_until = adaptive.held_until(now).unwrap_or(0);
+            r.adapted_at = r.adapted_at.max(now);
+            Some((previous, Adapted { limit, held_until, at: r.adapted_at }))
         });
-        let Some((previous, limit)) = changed else { return };
+        let Some((previous, adapted)) = changed else { return };
+        let limit = adapted.limit;
+        // Every worker takes the change at its next look at the deployment's line.
+        let key = LimitKey::Deployment(deployment.to_owned());
+        if let Err(error) = self.ports.limiter.share_adapted(&key, adapted).await {
+            tracing::warn!(deployment, %error, "could not share a concurrency change");
+        }
         let metric = Metric::ConcurrencyChanged { deployment: deployment.to_owned(), previous, limit };
         self.ports.metrics.record(metric);
         let event = AuditEvent {
