@@ -73,6 +73,9 @@ pub struct StateItem {
     pub model_id: String,
     /// Scheduling class.
     pub priority: TaskPriority,
+    /// The task fails instead of waiting for capacity; absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
     /// The result, written with the completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskResult>,
@@ -109,6 +112,7 @@ impl StateItem {
             provider_id: r.task.provider_id.clone(),
             model_id: r.task.model_id.clone(),
             priority: r.task.priority,
+            fail_fast: r.task.fail_fast,
             result: r.result.clone(),
             history: r.history.clone(),
             trail: vec![trail_entry("submitted", r.submitted_at, r.epoch)],
@@ -129,7 +133,9 @@ impl StateItem {
             model_id: self.model_id.clone(),
             run_id: self.run_id.clone(),
         };
-        Delivery::new(self.task_id(), std::sync::Arc::new(route), self.priority, self.ready_at())
+        let mut d = Delivery::new(self.task_id(), std::sync::Arc::new(route), self.priority, self.ready_at());
+        d.fail_fast = self.fail_fast;
+        d
     }
 
     /// The task id.
@@ -194,7 +200,7 @@ impl StateItem {
             deadline: None,
             metadata: Default::default(),
             run_id: Some(self.run_id.clone()),
-            fail_fast: false,
+            fail_fast: self.fail_fast,
         };
         self.into_record(task)
     }

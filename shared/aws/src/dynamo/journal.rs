@@ -53,6 +53,9 @@ pub struct JournalTask {
     /// Scheduling class.
     #[serde(rename = "q")]
     pub priority: TaskPriority,
+    /// The task fails instead of waiting for capacity; absent when false.
+    #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_fast: bool,
 }
 
 /// A journal entry.
@@ -86,7 +89,9 @@ impl JournalItem {
             model_id: task.model_id.clone(),
             run_id: self.run_id.clone(),
         };
-        Delivery::new(task.id.clone(), std::sync::Arc::new(route), task.priority, self.submitted_at)
+        let mut d = Delivery::new(task.id.clone(), std::sync::Arc::new(route), task.priority, self.submitted_at);
+        d.fail_fast = task.fail_fast;
+        d
     }
 
     fn from_item(item: Item) -> Result<Self, AwsError> {
@@ -134,6 +139,7 @@ fn of_records(records: &[TaskRecord]) -> impl Iterator<Item = (String, Millis, J
             provider_id: r.task.provider_id.clone(),
             model_id: r.task.model_id.clone(),
             priority: r.task.priority,
+            fail_fast: r.task.fail_fast,
         };
         (r.run_id().to_owned(), r.submitted_at, task)
     })
@@ -146,6 +152,7 @@ fn of_deliveries(deliveries: &[Delivery]) -> impl Iterator<Item = (String, Milli
             provider_id: d.provider_id().to_owned(),
             model_id: d.model_id().to_owned(),
             priority: d.priority,
+            fail_fast: d.fail_fast,
         };
         (d.run_id().to_owned(), d.ready_at, task)
     })
@@ -165,6 +172,7 @@ pub async fn write_requeued(store: &DynamoStore, state: &StateItem, at: Millis) 
         provider_id: state.provider_id.clone(),
         model_id: state.model_id.clone(),
         priority: state.priority,
+        fail_fast: state.fail_fast,
     };
     write_tasks(store, [(state.run_id.clone(), at, task)]).await
 }

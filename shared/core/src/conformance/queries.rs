@@ -55,10 +55,11 @@ pub async fn transition_events_are_per_task_in_order<S: Store>(store: S) {
 }
 
 /// Pending lists queued and running tasks in submission order, due at their retry time or at
-/// submission.
+/// submission, each with its priority and fail-fast choice.
 pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {
     let mut high = task_for("a", "r1", "p1", "m1", T0);
     high.task.priority = TaskPriority::High;
+    high.task.fail_fast = true;
     let high = TaskRecord::new(high.task, T0);
     submit_new(&store, vec![high]).await;
     let later: Vec<_> = ["b", "c", "d", "e"].iter().map(|id| task_for(id, "r2", "p2", "m2", T0 + 10)).collect();
@@ -87,10 +88,14 @@ pub async fn pending_lists_unfinished_tasks<S: Store>(store: S) {
         let route = Route { provider_id: p.into(), model_id: m.into(), run_id: run.into() };
         Delivery::new(id, std::sync::Arc::new(route), priority, ready_at)
     };
+    let fail_fast = |mut d: Delivery| {
+        d.fail_fast = true;
+        d
+    };
     assert_eq!(
         pending,
         [
-            entry("a", TaskPriority::High, "r1", "p1", "m1", T0),
+            fail_fast(entry("a", TaskPriority::High, "r1", "p1", "m1", T0)),
             entry("b", TaskPriority::Normal, "r2", "p2", "m2", T0 + 10),
             entry("c", TaskPriority::Normal, "r2", "p2", "m2", T0 + 500),
         ]
