@@ -17,11 +17,11 @@
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use taskexec_aws::{DynamoConfig, DynamoLimiter, DynamoStore, EmfSink, EventSourceMappings, LimiterSettings, SqsQueue};
-use taskexec_core::ports::{ControlStore, LimitKey};
+use taskexec_core::ports::{ControlState, ControlStore};
 use taskexec_core::time::{Clock, SystemClock};
 use taskexec_lambda::env::FunctionEnv;
 use taskexec_lambda::sweeper::env::SweeperEnv;
-use taskexec_lambda::sweeper::{ResendSettings, SweepPart, SweepSummary, SweeperPorts, SweeperSettings};
+use taskexec_lambda::sweeper::{ResendSettings, SweepPart, SweepSummary, SweeperPorts, SweeperSettings, reclaim_keys};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -34,7 +34,7 @@ async fn main() -> Result<(), Error> {
     let store = DynamoStore::new(dynamo.clone(), DynamoConfig::new(env.table.clone()));
     // The sweeper never acquires: its holder id only names it.
     let limiter = DynamoLimiter::new(dynamo, env.table.clone(), "sweeper", LimiterSettings::default());
-    let limit_keys: Vec<LimitKey> = env.config.limits().keys().into_iter().map(|(key, _)| key).collect();
+    let limits = env.config.limits();
     let queue = SqsQueue::new(aws_sdk_sqs::Client::new(&aws), env.topology.clone());
     let mappings = sweeper_env.mappings.map(|uuids| EventSourceMappings::new(aws_sdk_lambda::Client::new(&aws), uuids));
     let metrics = EmfSink::stdout();
@@ -52,11 +52,16 @@ async fn main() -> Result<(), Error> {
         runs: &store,
         metrics: &metrics,
     };
-    let (ports, settings, limiter, limit_keys, store, mappings) =
-        (&ports, &settings, &limiter, &limit_keys, &store, &mappings);
+    let (ports, settings, limiter, limits, store, mappings) = (&ports, &settings, &limiter, &limits, &store, &mappings);
     lambda_runtime::run(service_fn(move |_event: LambdaEvent<EventBridgeEvent>| async move {
         let mut summary = ports.run(&SystemClock, settings).await;
-        let reclaimed = match limiter.reclaim_expired(limit_keys, SystemClock.now()).await {
+        // Concurrency limits set at run time have leases too.
+        let control = store.control().await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "control state not read: reclaiming the configured limits' leases only");
+            ControlState::default()
+        });
+        let limit_keys = reclaim_keys(limits, &control);
+        let reclaimed = match limiter.reclaim_expired(&limit_keys, SystemClock.now()).await {
             Ok(n) => format!("{n} expired limiter permit(s) reclaimed"),
             Err(error) => {
                 summary.fail(SweepPart::LimiterReclaim, error);

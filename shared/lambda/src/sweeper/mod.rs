@@ -16,7 +16,8 @@ pub mod summary;
 
 use std::time::Duration;
 
-use taskexec_core::ports::MetricsSink;
+use taskexec_core::engine::Limits;
+use taskexec_core::ports::{ControlState, LimitKey, MetricsSink};
 use taskexec_core::time::Clock;
 
 use self::breakers::{BreakerBoard, half_open_breakers};
@@ -177,9 +178,38 @@ pub fn rebalance(backlogs: [u64; 3], total: u32) -> [u32; 3] {
     out
 }
 
+/// The limit keys whose expired leases the sweeper returns: the configured limits' and those of
+/// concurrency limits set at run time (`taskexec limits set … --concurrency`, in the control
+/// state), each once.
+#[must_use]
+pub fn reclaim_keys(configured: &Limits, control: &ControlState) -> Vec<LimitKey> {
+    let mut keys: Vec<LimitKey> = configured.keys().into_iter().map(|(key, _)| key).collect();
+    for (deployment, _) in control.limits.iter().filter(|(_, o)| o.concurrency.is_some()) {
+        let key = LimitKey::Deployment(deployment.clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweeper_reclaims_configured_and_run_time_limit_keys_once() {
+        use taskexec_core::ports::LimitOverride;
+        let mut configured = Limits { global: Some(4), ..Limits::default() };
+        configured.deployments.insert("a".into(), 2);
+        let mut control = ControlState::default();
+        control.limits.insert("a".into(), LimitOverride { concurrency: Some(1), ..LimitOverride::default() });
+        control.limits.insert("b".into(), LimitOverride { concurrency: Some(3), ..LimitOverride::default() });
+        control.limits.insert("c".into(), LimitOverride { rpm: Some(5), ..LimitOverride::default() });
+        let keys = reclaim_keys(&configured, &control);
+        let want = [LimitKey::Global, LimitKey::Deployment("a".into()), LimitKey::Deployment("b".into())];
+        assert_eq!(keys, want, "c has a quota set, no concurrency limit");
+    }
 
     #[test]
     fn rebalance_follows_backlog_and_priority_with_a_floor() {
