@@ -162,6 +162,10 @@ async fn execute(
 
     let after = summaries(&store, runs).await?;
     report(args, &after);
+    if !config.routes.is_empty() && !args.json {
+        // The tables group tasks by the deployment or route they named; a route's split is here.
+        print!("{}", summary::served(&sink.counting.served()));
+    }
     let all: Vec<GroupSummary> = after.into_iter().flat_map(|(_, g)| g).collect();
     let metrics = ExecutionMetrics::from_groups(&all, None);
     Ok(if was_interrupted {

@@ -62,3 +62,29 @@ async fn rerun_is_a_no_op_conflicts_are_refused_and_results_export() {
     let kinds: Vec<&str> = status["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["submitted", "claimed", "completed"]);
 }
+
+/// A run over a route prints, after the tables (which group tasks by the route they named),
+/// what each of the route's deployments served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_summary_shows_what_each_deployment_of_a_route_served() {
+    let s = Scratch::new();
+    let config = "[engine]\nconcurrency = 8\nseed = 1\n\
+        [deployments.east]\nkind = \"sim\"\n[deployments.east.sim]\nlatency = { median_ms = 5, p99_ms = 10 }\n\
+        [deployments.west]\nkind = \"sim\"\n[deployments.west.sim]\nlatency = { median_ms = 5, p99_ms = 10 }\n\
+        [routes.both]\ntargets = [{ deployment = \"east\" }, { deployment = \"west\" }]\n";
+    s.write("tasks.toml", config);
+    let lines: Vec<String> = (0..20)
+        .map(|i| format!(r#"{{"id":"t{i}","providerId":"both","modelId":"m","prompt":"question {i}"}}"#))
+        .collect();
+    let file = s.write("tasks.jsonl", &lines.join("\n"));
+    let (code, stdout, stderr) = s.run(&["run", file.to_str().unwrap(), "--quiet"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let served = stdout.split("served by deployment").nth(1).unwrap_or_else(|| panic!("no split: {stdout}"));
+    let completed = |name: &str| -> u64 {
+        let line = served.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{served}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    let (east, west) = (completed("east"), completed("west"));
+    assert_eq!(east + west, 20, "{served}");
+    assert!(east > 0 && west > 0, "both deployments served: {served}");
+}

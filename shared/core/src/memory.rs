@@ -2,7 +2,7 @@
 //! queue, the concurrency limiter and a counting metrics sink. The queue, limiter and metrics are
 //! what the embedded runner uses in production too; the store is for tests and `--db :memory:`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -468,12 +468,38 @@ impl Counters {
     }
 }
 
+/// What one deployment served, as the metrics counted it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Attempts started on it.
+    pub attempts: u64,
+    /// Tasks it completed.
+    pub completed: u64,
+}
+
 /// A metrics sink that counts.
 #[derive(Debug, Default)]
 pub struct CountingSink {
     /// The counters.
     pub counters: Counters,
     breakers: Mutex<HashMap<String, BreakerState>>,
+    served: Mutex<BTreeMap<String, Served>>,
+}
+
+impl CountingSink {
+    /// Per deployment called (a route's choice or the task's own): attempts and completions.
+    #[must_use]
+    pub fn served(&self) -> BTreeMap<String, Served> {
+        self.served.lock().expect("sink poisoned").clone()
+    }
+
+    fn serve(&self, deployment: String, f: impl FnOnce(&mut Served)) {
+        let mut served = self.served.lock().expect("sink poisoned");
+        match served.get_mut(&deployment) {
+            Some(s) => f(s),
+            None => f(served.entry(deployment).or_default()),
+        }
+    }
 }
 
 impl MetricsSink for CountingSink {
@@ -481,8 +507,14 @@ impl MetricsSink for CountingSink {
         let c = &self.counters;
         let bump = |a: &AtomicU64| a.fetch_add(1, Ordering::Relaxed);
         match metric {
-            Metric::AttemptStarted { .. } => bump(&c.attempts),
-            Metric::Completed { .. } => bump(&c.completed),
+            Metric::AttemptStarted { deployment } => {
+                self.serve(deployment, |s| s.attempts += 1);
+                bump(&c.attempts)
+            }
+            Metric::Completed { deployment, .. } => {
+                self.serve(deployment, |s| s.completed += 1);
+                bump(&c.completed)
+            }
             Metric::Failed(_) => bump(&c.failed),
             Metric::RetryScheduled(class) => {
                 if class == ErrorClass::RateLimited {
