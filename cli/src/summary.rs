@@ -61,6 +61,18 @@ pub fn table(run_id: &str, groups: &[GroupSummary]) -> String {
     out
 }
 
+/// What each deployment served in this process (routes spread tasks over deployments; the
+/// tables above group them by the name they were submitted under).
+pub fn served(served: &std::collections::BTreeMap<String, taskexec_core::memory::Served>) -> String {
+    let mut out = String::from("served by deployment (this run's process):\n");
+    let width = served.keys().map(String::len).max().unwrap_or(0).max("deployment".len());
+    out.push_str(&format!("  {:<width$}  {:>8}  {:>9}\n", "deployment", "attempts", "completed"));
+    for (deployment, s) in served {
+        out.push_str(&format!("  {deployment:<width$}  {:>8}  {:>9}\n", s.attempts, s.completed));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,16 +99,4 @@ mod tests {
         assert!(row.contains("permanent 1, transient 2"), "{row}");
         assert!(row.trim_end().ends_with("7      3     20.0     40.0     40.0"), "{row}");
     }
-}
-
-/// What each deployment served in this process (routes spread tasks over deployments; the
-/// tables above group them by the name they were submitted under).
-pub fn served(served: &std::collections::BTreeMap<String, taskexec_core::memory::Served>) -> String {
-    let mut out = String::from("served by deployment (this run's process):\n");
-    let width = served.keys().map(String::len).max().unwrap_or(0).max("deployment".len());
-    out.push_str(&format!("  {:<width$}  {:>8}  {:>9}\n", "deployment", "attempts", "completed"));
-    for (deployment, s) in served {
-        out.push_str(&format!("  {deployment:<width$}  {:>8}  {:>9}\n", s.attempts, s.completed));
-    }
-    out
 }
