@@ -30,7 +30,7 @@ use crate::routes::{control, observe, tasks};
         observe::get_resources,
         openapi_json,
     ),
-    modifiers(&BearerSecurity),
+    modifiers(&BearerSecurity, &Unauthorized, &BatchBounds),
     security(("bearerAuth" = [])),
     tags(
         (name = "tasks", description = "Submit, read, cancel and redrive tasks"),
@@ -49,6 +49,46 @@ impl Modify for BearerSecurity {
             "bearerAuth",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every operation may answer 401 (the bearer token is checked before any route): said once
+/// here for all of them.
+struct Unauthorized;
+
+impl Modify for Unauthorized {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let body = ContentBuilder::new().schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))));
+        let response = ResponseBuilder::new()
+            .description("Missing or wrong bearer token (`taskexec serve`; on AWS, IAM answers 403 instead)")
+            .content("application/json", body.build())
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                operation.responses.responses.entry("401".to_owned()).or_insert_with(|| response.clone().into());
+            }
+        }
+    }
+}
+
+/// The array form of a submission holds 1 to [`crate::submit::MAX_BATCH`] tasks, as
+/// `parse_body` enforces (utoipa has no attribute for an enum variant's array bounds).
+struct BatchBounds;
+
+impl Modify for BatchBounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::{Array, RefOr};
+        let Some(components) = openapi.components.as_mut() else { return };
+        let Some(RefOr::T(Schema::OneOf(body))) = components.schemas.get_mut("SubmitBody") else { return };
+        for variant in &mut body.items {
+            if let RefOr::T(Schema::Array(Array { min_items, max_items, .. })) = variant {
+                *min_items = Some(1);
+                *max_items = Some(crate::submit::MAX_BATCH);
+            }
+        }
     }
 }
 

@@ -38,7 +38,22 @@ async fn control_rejects_a_bad_body() {
     assert_eq!(body["error"]["details"][0]["field"], "runId");
     let (status, _) = api.call("POST", "/control/pause", Some(json!({"run": "r1"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are rejected");
-    assert!(!api.store.control().await.unwrap().paused);
+    // Only the documented shapes: not an array (serde would read `["r1"]` as run r1 and `[]` as
+    // everything), not a null run id (a client that lost its run id must not pause everything).
+    for body in
+        [json!([]), json!(["r1"]), json!(["r1", "r2"]), json!({"runId": null}), json!({"runId": 7}), json!("r1")]
+    {
+        let (status, answer) = api.call("POST", "/control/pause", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
+        assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+    }
+    let control = api.store.control().await.unwrap();
+    assert!(!control.paused && control.paused_runs.is_empty(), "nothing paused: {control:?}");
+    // `null` is no body, as the document allows: everything; `{}` too.
+    let (status, body) = api.call("POST", "/control/pause", Some(serde_json::Value::Null)).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(true)), "{body}");
+    let (status, body) = api.call("POST", "/control/resume", Some(json!({}))).await;
+    assert_eq!((status, &body["paused"]), (StatusCode::OK, &json!(false)), "{body}");
 }
 
 /// Limits set at run time: a PUT replaces a deployment's override (shown in the control state
@@ -176,6 +191,26 @@ async fn openapi_lists_every_route_and_the_contract_types() {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+    // What the code enforces, the document says: a 401 on every operation, a batch of 1 to 500,
+    // run ids by their pattern and never null.
+    for (path, method) in routes {
+        assert_eq!(
+            doc["paths"][path][method]["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorBody",
+            "{method} {path}"
+        );
+    }
+    let forms = doc["components"]["schemas"]["SubmitBody"]["oneOf"].as_array().unwrap();
+    let batch = forms.iter().find(|f| f["type"] == "array").expect("the array form");
+    assert_eq!((batch["minItems"].as_u64(), batch["maxItems"].as_u64()), (Some(1), Some(500)));
+    let anchored = format!("^{}$", taskexec_core::validate::ID_PATTERN);
+    let run_param =
+        doc["paths"]["/metrics"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "runId");
+    assert_eq!(run_param.unwrap()["schema"], json!({"type": "string", "pattern": anchored}));
+    assert_eq!(
+        doc["components"]["schemas"]["ControlRequest"]["properties"]["runId"],
+        json!({"type": "string", "description": "Pause or resume this run only.", "pattern": anchored})
+    );
 }
 
 /// A host's pause hook (AWS: switch the worker's event source mappings) runs after every global

@@ -16,24 +16,49 @@ use crate::error::{ApiError, ErrorBody};
 use crate::routes::tasks::body_error;
 use crate::state::ApiState;
 
-/// The optional body of pause and resume: a run, or nothing for everything.
+/// The optional body of pause and resume: a run, or nothing (no body, `null` or `{}`) for
+/// everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlRequest {
     /// Pause or resume this run only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
     pub run_id: Option<String>,
 }
 
 impl ControlRequest {
+    /// Only the documented shapes: no body, `null` or `{}` (everything), `{"runId": "<id>"}`
+    /// (one run). Anything else names what is wrong: serde alone would also take an array
+    /// (`["r1"]`) and a `null` run id, the latter meaning "everything" to a client that merely
+    /// lost its run id.
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let request: Self = serde_json::from_slice(body).map_err(|e| ApiError::invalid("", e.to_string()))?;
-        match &request.run_id {
-            Some(run) if !is_valid_id(run) => Err(ApiError::invalid("runId", format!("must match {ID_PATTERN}"))),
-            _ => Ok(request),
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::invalid("", format!("malformed JSON: {e}")))?;
+        let fields = match value {
+            serde_json::Value::Null => return Ok(Self::default()),
+            serde_json::Value::Object(fields) => fields,
+            _ => {
+                return Err(ApiError::invalid(
+                    "",
+                    "the body must be empty, null, or an object: {} for everything, {\"runId\": \"…\"} for one run",
+                ));
+            }
+        };
+        if let Some(unknown) = fields.keys().find(|k| *k != "runId") {
+            return Err(ApiError::invalid(unknown, "unknown field; the only field is `runId`"));
+        }
+        match fields.get("runId") {
+            None => Ok(Self::default()),
+            Some(serde_json::Value::String(run)) if is_valid_id(run) => Ok(Self { run_id: Some(run.clone()) }),
+            Some(serde_json::Value::String(_)) => Err(ApiError::invalid("runId", format!("must match {ID_PATTERN}"))),
+            Some(_) => Err(ApiError::invalid(
+                "runId",
+                format!("must be a string matching {ID_PATTERN}; leave it out to act on everything"),
+            )),
         }
     }
 

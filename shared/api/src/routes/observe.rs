@@ -19,6 +19,7 @@ use crate::state::ApiState;
 #[into_params(parameter_in = Query)]
 pub(crate) struct MetricsQuery {
     /// Metrics of this run only (default: every run).
+    #[param(nullable = false, pattern = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
     run_id: Option<String>,
 }
 
