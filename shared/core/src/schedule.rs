@@ -38,10 +38,12 @@ pub const LINE_FRONT: usize = 16;
 /// its permits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LineCheck {
-    /// Some deliveries in line outrank this one (a lower score), at least as many as there are
-    /// permits to take: this one leaves the capacity to them and waits. Equals never wait on
-    /// each other, and since the score ages, a low task outranks high ones that arrived
-    /// `2 × aging` after it, as in the embedded scheduler.
+    /// This delivery leaves the capacity to those ahead of it and waits: a delivery in line
+    /// outranks it by a whole class (its score is lower by `aging` or more: strict priority
+    /// between classes, as the embedded scheduler serves them), or those ahead of it (lower
+    /// scores) are at least as many as the permits free (within a class, capacity is shared in
+    /// score order as far as the view shows). Equals never wait on each other, and since the
+    /// score ages, a low task outranks high ones that arrived `2 × aging` after it.
     pub yields: bool,
     /// Fewer than [`LINE_FRONT`] deliveries in line outrank this one: if it has to wait, it
     /// asks again soon.
@@ -50,13 +52,15 @@ pub struct LineCheck {
 
 /// Check a limit's `line` (its front best first, as
 /// [`crate::ports::LimiterStore::waiting_front`] returns it, at most [`LINE_FRONT`] long) under
-/// `limit` for the delivery of `task_id` with score `score`.
+/// `limit` for the delivery of `task_id` with score `score`, promoted one class per `aging`.
 #[must_use]
-pub fn line_check(line: &Line, limit: u32, task_id: &str, score: Millis) -> LineCheck {
-    let ahead = line.front.iter().filter(|t| t.task_id != task_id).take_while(|t| t.score < score).count();
+pub fn line_check(line: &Line, limit: u32, task_id: &str, score: Millis, aging: Millis) -> LineCheck {
+    let mut ahead = line.front.iter().filter(|t| t.task_id != task_id).take_while(|t| t.score < score).peekable();
+    let outranked = ahead.peek().is_some_and(|best| best.score.saturating_add(aging) <= score);
+    let ahead = ahead.count();
     let available = usize::try_from(line.available(limit)).unwrap_or(usize::MAX);
     // Nobody ahead: try (the view of what is free may be a little old).
-    LineCheck { yields: ahead > 0 && ahead >= available, in_front: ahead < LINE_FRONT }
+    LineCheck { yields: outranked || (ahead > 0 && ahead >= available), in_front: ahead < LINE_FRONT }
 }
 
 #[derive(Debug)]
@@ -223,8 +227,11 @@ mod tests {
         Line { leased: 10 - available, front, ..Line::default() }
     }
 
+    /// Classes ten seconds apart.
+    const AGING: Millis = 10_000;
+
     fn line_check(line: &Line, task_id: &str, score: Millis) -> LineCheck {
-        super::line_check(line, 10, task_id, score)
+        super::line_check(line, 10, task_id, score, AGING)
     }
 
     #[test]
@@ -235,25 +242,30 @@ mod tests {
     }
 
     #[test]
-    fn a_delivery_yields_when_those_ahead_in_line_would_take_every_free_permit() {
-        let aging = 10_000;
-        let high = aged_score(TaskPriority::High, 5_000, aging);
-        let low = aged_score(TaskPriority::Low, 0, aging);
-        let waiting = line(1, &[(high, "h")]);
-        // A low task that has waited 5 s yields a single free permit to a high one that just
-        // arrived, and takes a second one.
-        assert_eq!(line_check(&waiting, "l", low), LineCheck { yields: true, in_front: true });
-        assert!(!line_check(&line(2, &[(high, "h")]), "l", low).yields);
+    fn a_delivery_yields_to_a_better_class_and_within_its_class_to_those_ahead_of_it() {
+        let high = aged_score(TaskPriority::High, 5_000, AGING);
+        let low = aged_score(TaskPriority::Low, 0, AGING);
+        // A low task that has waited 5 s yields to a high one that just arrived, however many
+        // permits are free: strict priority between classes.
+        assert_eq!(line_check(&line(1, &[(high, "h")]), "l", low), LineCheck { yields: true, in_front: true });
+        assert!(line_check(&line(5, &[(high, "h")]), "l", low).yields);
+        // Within a class (scores less than `aging` apart), those ahead take the free permits
+        // first, and the rest is shared.
+        let early = aged_score(TaskPriority::Normal, 0, AGING);
+        let later = aged_score(TaskPriority::Normal, 3_000, AGING);
+        assert!(line_check(&line(1, &[(early, "e")]), "n", later).yields);
+        assert!(!line_check(&line(2, &[(early, "e")]), "n", later).yields);
         // Nobody yields to itself, to an equal or to a worse ticket; with no line, nobody yields.
-        assert!(!line_check(&waiting, "h", high).yields);
-        assert!(!line_check(&waiting, "h2", high).yields);
+        assert!(!line_check(&line(1, &[(high, "h")]), "h", high).yields);
+        assert!(!line_check(&line(1, &[(high, "h")]), "h2", high).yields);
         assert!(!line_check(&line(1, &[(low, "l")]), "h", high).yields);
         assert!(!line_check(&line(1, &[]), "x", 0).yields);
         // Nobody ahead: try, whatever the (possibly old) view says is free.
         assert!(!line_check(&line(0, &[(high, "h")]), "h", high).yields);
         // Aging: a low task outranks high tasks arriving more than 2 × aging after it.
-        let late_high = aged_score(TaskPriority::High, 20_001, aging);
+        let late_high = aged_score(TaskPriority::High, 20_001, AGING);
         assert!(line_check(&line(1, &[(low, "l")]), "h", late_high).yields);
+        assert!(!line_check(&line(1, &[(late_high, "h")]), "l", low).yields);
     }
 
     #[test]

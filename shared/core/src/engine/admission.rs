@@ -44,7 +44,7 @@ where
                 _ => limit,
             };
             let line = self.ports.limiter.waiting_front(&key, LINE_FRONT, now).await?;
-            let check = line.as_ref().map(|line| line_check(line, limit, &d.task_id, score));
+            let check = line.as_ref().map(|line| line_check(line, limit, &d.task_id, score, aging));
             if !check.is_some_and(|c| c.yields) && self.ports.limiter.try_acquire(&key, limit).await? {
                 // Only a delivery deferred before can have a ticket in the line.
                 if line.is_some() && d.deferrals_so_far() > 0 {
