@@ -175,6 +175,7 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
         };
         self.count_runs(finished.into_inner().expect("poisoned")).await;
         self.executor.share_outcomes(&self.window).await;
+        self.executor.give_back_quota().await;
         let mut response = SqsBatchResponse::default();
         for (message, result) in event.records.iter().zip(results) {
             if result.is_err() {
