@@ -109,7 +109,8 @@ async fn racing_limiters_stay_under_the_limit(endpoint: &str) {
     let table = common::unique_name("limits");
     taskexec_aws::create_table(&client, &table).await.unwrap();
     let key = LimitKey::Deployment("sim".into());
-    let settings = LimiterSettings { chunk: 2, lease: std::time::Duration::from_secs(600) };
+    let settings =
+        LimiterSettings { chunk: 2, lease: std::time::Duration::from_secs(600), ..LimiterSettings::default() };
     let limiters: Vec<_> = (0..4)
         .map(|i| Arc::new(DynamoLimiter::new(client.clone(), table.clone(), format!("c{i}"), settings.clone())))
         .collect();

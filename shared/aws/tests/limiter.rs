@@ -18,7 +18,7 @@ async fn table() -> (aws_sdk_dynamodb::Client, String) {
 }
 
 fn limiter(client: &aws_sdk_dynamodb::Client, table: &str, holder: &str, chunk: u32, lease: Duration) -> DynamoLimiter {
-    DynamoLimiter::new(client.clone(), table, holder, LimiterSettings { chunk, lease })
+    DynamoLimiter::new(client.clone(), table, holder, LimiterSettings { chunk, lease, ..LimiterSettings::default() })
 }
 
 /// Acquire alternately on `a` and `b` until both refuse; the permits each got.

@@ -159,7 +159,9 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
         &self.executor
     }
 
-    /// Handle one batch; `deadline` is the invocation's deadline.
+    /// Handle one batch; `deadline` is the invocation's deadline. After it: the batch's outcomes
+    /// go to the shared breaker window, its finished tasks to the run counters, and the
+    /// container's unused share of the current quota slot back to the fleet's ledger.
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         let cap =
             deadline.map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(self.settings.safety_margin));

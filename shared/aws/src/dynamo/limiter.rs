@@ -47,6 +47,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{Delete, ReturnConsumedCapacity, TransactWriteItem, Update};
+use taskexec_core::fleet::Amounts;
 use taskexec_core::ports::{LimitKey, LimiterStore, StoreResult};
 use taskexec_core::time::{Clock, Millis, SystemClock};
 
@@ -67,12 +68,17 @@ pub struct LimiterSettings {
     pub chunk: u32,
     /// How long a lease lasts unless renewed; renewed at an acquire or release past half of it.
     pub lease: Duration,
+    /// The slot length of the fleet's provider-quota ledger ([`taskexec_core::fleet`], module
+    /// `quota`); `None`: each process counts the quotas alone (N containers may send N times
+    /// a quota).
+    pub quota_slot: Option<Duration>,
 }
 
 impl Default for LimiterSettings {
-    /// A chunk of 8 and a 30-minute lease (twice Lambda's longest invocation).
+    /// A chunk of 8, a 30-minute lease (twice Lambda's longest invocation), and quotas shared
+    /// in slots of 2 s.
     fn default() -> Self {
-        Self { chunk: 8, lease: Duration::from_secs(30 * 60) }
+        Self { chunk: 8, lease: Duration::from_secs(30 * 60), quota_slot: Some(taskexec_core::fleet::DEFAULT_SLOT) }
     }
 }
 
@@ -91,16 +97,16 @@ struct Pool {
 /// module documentation for the layout, the write cost and how expired leases come back).
 #[derive(Debug)]
 pub struct DynamoLimiter {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
     holder: String,
-    settings: LimiterSettings,
+    pub(super) settings: LimiterSettings,
     pools: Mutex<HashMap<LimitKey, Arc<tokio::sync::Mutex<Pool>>>>,
-    meter: WriteMeter,
+    pub(super) meter: WriteMeter,
 }
 
 /// The string of a limit key in its partition key.
-fn key_string(key: &LimitKey) -> String {
+pub(super) fn key_string(key: &LimitKey) -> String {
     match key {
         LimitKey::Global => "GLOBAL".to_owned(),
         LimitKey::Deployment(d) => format!("D#{d}"),
@@ -459,6 +465,18 @@ impl LimiterStore for DynamoLimiter {
     /// This process's permits in use (no I/O).
     async fn in_use(&self, key: &LimitKey) -> StoreResult<u32> {
         Ok(self.pool(key).lock().await.used)
+    }
+
+    fn quota_slot(&self) -> Option<Duration> {
+        self.settings.quota_slot
+    }
+
+    async fn lease_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts, caps: Amounts) -> StoreResult<bool> {
+        Ok(self.lease_slot(key, slot, amounts, caps).await?)
+    }
+
+    async fn give_back_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts) -> StoreResult<()> {
+        Ok(self.give_back_slot(key, slot, amounts).await?)
     }
 }
 

@@ -146,11 +146,24 @@ where
         own.max(model).max(fleet).filter(|at| *at > now)
     }
 
-    /// Until when the fleet is known to have spent the current slot of `key`'s quota (no I/O).
+    /// Until when the fleet is known to have spent the current slot of `key`'s quota (no I/O),
+    /// with [`Self::fleet_wait`]'s spread.
     fn fleet_gate(&self, key: &LimitKey, now: Millis) -> Option<Millis> {
         self.fleet?;
-        let shares = self.fleet_shares.lock().expect("fleet shares poisoned");
-        shares.get(key).and_then(|share| share.gate(now))
+        let until = {
+            let shares = self.fleet_shares.lock().expect("fleet shares poisoned");
+            shares.get(key).and_then(|share| share.gate(now))
+        };
+        until.map(|at| self.fleet_wait(at))
+    }
+
+    /// A call refused by the fleet's slot waits until `at` (the next slot's start) plus a random
+    /// part of a slot: the deliveries waiting do not all come back at its start (each of them
+    /// arriving before this process knows the new slot spent costs a claim).
+    fn fleet_wait(&self, at: Millis) -> Millis {
+        use rand::Rng;
+        let length = self.fleet.map_or(1, |slots| slots.length().max(1));
+        at + self.rng.lock().expect("rng poisoned").random_range(0..length)
     }
 
     fn fleet_share(&self, key: &LimitKey) -> Arc<QuotaShare> {
@@ -190,7 +203,7 @@ where
             for t in taken {
                 t.share.refund(t.taken, Amounts::default()).await;
             }
-            return Err(refused);
+            return Err(self.fleet_wait(refused));
         }
         Ok(taken)
     }
