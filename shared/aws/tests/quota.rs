@@ -174,8 +174,6 @@ async fn three_workers_share_a_quota_through_the_ledger_and_draw_many_429s_witho
         alone.stats.total_calls,
         alone.stats.refused
     );
-    eprintln!("admitted at (ms): {:?}", shared.stats.admitted_at_ms);
-    eprintln!("without, admitted at (ms): {:?}", alone.stats.admitted_at_ms);
     assert_eq!(shared.finished, TASKS as u64, "every task finished");
     assert_eq!(shared.stats.admitted_at_ms.len(), TASKS, "every task answered once");
     assert!(shared.stats.refused * 100 <= calls, "{} of {calls} calls refused (at most 1 %)", shared.stats.refused);
