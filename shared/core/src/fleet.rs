@@ -30,7 +30,9 @@
 //! **A process's allowance.** A process leases from the current slot in chunks (an eighth of the
 //! slot's cap, or the ask's shortfall if larger, never more than the cap) and spends its
 //! [`Allowance`] without I/O; a call reconciled lower (its usage below its estimate) gives the
-//! difference back to the allowance while the slot lasts; what is left of the current slot goes
+//! difference back to the allowance while the slot lasts, and one that used more has the excess
+//! counted there (this process's next lease covers it; after its slot, the excess is not
+//! charged: the bound is on the estimates); what is left of the current slot goes
 //! back to the ledger at the end of each batch ([`QuotaShare::give_back`]), and leftovers of past
 //! slots are dropped (at most one chunk per process per slot). After a lease is refused the
 //! process knows the slot is spent fleet-wide and waits for the next one without asking again
@@ -236,8 +238,8 @@ impl Allowance {
     /// or the shortfall if larger (`exact`: the shortfall only), never more than the cap.
     #[must_use]
     pub fn lease_for(&self, ask: Amounts, caps: Amounts, exact: bool) -> Amounts {
-        let free = self.leased.saturating_sub(self.spent);
-        let short = ask.saturating_sub(free);
+        // What is spent may exceed what is leased: a call that used more than its estimate.
+        let short = self.spent.saturating_add(ask).saturating_sub(self.leased);
         let chunk = |short: u64, cap: u64| {
             if short == 0 {
                 0
@@ -255,10 +257,12 @@ impl Allowance {
         self.leased = self.leased.saturating_add(leased);
     }
 
-    /// Give `amounts` back to what is free, if still in `slot` (a call reconciled lower).
-    pub fn refund(&mut self, slot: u64, amounts: Amounts) {
+    /// A call that took `taken` in `slot` used `used`: while the slot lasts, what it did not
+    /// use is free again, and what it used beyond its estimate is counted (the next lease of
+    /// this process covers it).
+    pub fn settle(&mut self, slot: u64, taken: Amounts, used: Amounts) {
         if slot == self.slot {
-            self.spent = self.spent.saturating_sub(amounts);
+            self.spent = self.spent.saturating_sub(taken).saturating_add(used);
         }
     }
 
@@ -268,7 +272,7 @@ impl Allowance {
             return Amounts::default();
         }
         let unused = self.leased.saturating_sub(self.spent);
-        self.leased = self.spent;
+        self.leased = self.leased.saturating_sub(unused);
         unused
     }
 }
@@ -370,11 +374,11 @@ impl QuotaShare {
         Ok(Ok(Taken { slot: first, amounts: ask, spread: true }))
     }
 
-    /// The call of `taken` used `used` (under the same quota): the difference goes back to the
-    /// allowance if its slot still lasts (no I/O). A spread call's charge stands.
-    pub async fn refund(&self, taken: Taken, used: Amounts) {
+    /// The call of `taken` used `used` (under the same quota): [`Allowance::settle`] while its
+    /// slot lasts (no I/O). A spread call's charge stands.
+    pub async fn settle(&self, taken: Taken, used: Amounts) {
         if !taken.spread {
-            self.allowance.lock().await.refund(taken.slot, taken.amounts.saturating_sub(used));
+            self.allowance.lock().await.settle(taken.slot, taken.amounts, used);
         }
     }
 
@@ -511,13 +515,19 @@ mod tests {
         assert!(a.try_spend(ask) && a.try_spend(ask));
         assert!(!a.try_spend(ask), "100 tokens leased, 80 spent");
         // A call reconciled lower gives the difference back to the allowance.
-        a.refund(7, Amounts { tokens: 30, ..Amounts::default() });
+        a.settle(7, ask, Amounts { requests: 1, tokens: 10, ..Amounts::default() });
         assert!(a.try_spend(ask));
         assert_eq!(a.take_unused(7), Amounts { requests: 0, tokens: 10, ..Amounts::default() });
         assert_eq!(a.take_unused(7), Amounts::default(), "given back once");
         assert_eq!(a.take_unused(8), Amounts::default(), "another slot holds nothing");
         a.roll(8);
         assert!(!a.try_spend(ask), "a new slot starts empty");
+        // A call that used more than its estimate: the excess is owed, the next lease covers it.
+        a.add(ask);
+        assert!(a.try_spend(ask));
+        a.settle(8, ask, Amounts { requests: 1, tokens: 70, ..Amounts::default() });
+        assert_eq!(a.take_unused(8), Amounts::default());
+        assert_eq!(a.lease_for(ask, caps, true), Amounts { requests: 1, tokens: 70, ..Amounts::default() });
     }
 
     #[test]
@@ -598,7 +608,7 @@ mod tests {
                 // Spread calls are counted when their first slot starts, with what they took.
                 let at = taken.starts(s, now);
                 calls.push((at, if taken.spread { taken.amounts() } else { used }));
-                p.share.refund(taken, used).await;
+                p.share.settle(taken, used).await;
             }
         }
         (calls, ledger)
@@ -649,7 +659,7 @@ mod tests {
         let slot = s.of(now);
         let taken = share.take(&limiter, &key, s, &quota, ask, now).await.unwrap().unwrap();
         assert_eq!(ledger.leased(&key, slot).tokens, 100, "a chunk: an eighth of the slot's 800");
-        share.refund(taken, Amounts::of_call(&quota, Ask { input_tokens: 10, output_tokens: 5 })).await;
+        share.settle(taken, Amounts::of_call(&quota, Ask { input_tokens: 10, output_tokens: 5 })).await;
         share.give_back(&limiter, &key, s, now + 10).await.unwrap();
         assert_eq!(ledger.leased(&key, slot).tokens, 15, "only what the call used stays leased");
         // The slot holds 800: what one process gave back, another can lease.

@@ -201,7 +201,7 @@ where
                 }
             };
             for t in taken {
-                t.share.refund(t.taken, Amounts::default()).await;
+                t.share.settle(t.taken, Amounts::default()).await;
             }
             return Err(self.fleet_wait(refused));
         }
@@ -285,7 +285,7 @@ where
         if let Some((input_tokens, output_tokens)) = used {
             for t in &reserved.fleet {
                 let used = Amounts::of_call(&t.quota, Ask { input_tokens, output_tokens });
-                t.share.refund(t.taken, used).await;
+                t.share.settle(t.taken, used).await;
             }
         }
         let model_counted = self
