@@ -17,8 +17,8 @@
 //! leases a chunk (an eighth of the slot's cap, or the call's ask if larger) when its allowance
 //! is short, so a slot's item takes at most 8 chunk leases plus, per container, one exact lease
 //! after a refused chunk, two refusals (then the container waits for the next slot without
-//! asking) and one give-back per batch: its writes are bounded by the containers, never by the
-//! task rate, and no single item is hot (a new item every slot, each written a few dozen times
+//! asking), the give-back of what it has left then, and one give-back per batch: its writes are
+//! bounded by the containers, never by the task rate, and no single item is hot (a new item every slot, each written a few dozen times
 //! at most). Per task, with calls of a tenth of a chunk (a quota of some 80 calls a slot, i.e.
 //! 2,400 calls a minute): ≈ 0.1 WCU of leases, plus one give-back per batch (0.1 WCU per task
 //! for a batch of 10), plus each refusal at saturation; against 1 WCU per task (a conditional
