@@ -209,7 +209,9 @@ where
     }
 
     /// After a batch: give this process's unused share of the current slot of every quota back
-    /// to the fleet's ledger (one write per key with some left; nothing without a ledger).
+    /// to the fleet's ledger (one write per key with some left; nothing without a ledger). A
+    /// write that fails does not stop the others; the first error is returned (what it held
+    /// lapses with its slot).
     pub async fn give_back_quota(&self) -> Result<(), StoreError> {
         let Some(slots) = self.fleet else { return Ok(()) };
         let shares: Vec<(LimitKey, Arc<QuotaShare>)> = {
@@ -217,10 +219,13 @@ where
             shares.iter().map(|(k, s)| (k.clone(), Arc::clone(s))).collect()
         };
         let now = self.ports.clock.now();
+        let mut first = None;
         for (key, share) in shares {
-            share.give_back(&self.ports.limiter, &key, slots, now).await?;
+            if let Err(error) = share.give_back(&self.ports.limiter, &key, slots, now).await {
+                first.get_or_insert(error);
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// The deployment's adaptive concurrency limit, where it has one.
