@@ -38,7 +38,7 @@ pub async fn serve(args: ServeArgs, token: String) -> Result<u8, Failure> {
         topology: env.topology.clone(),
         engine: env.config.engine_config(format!("serve-{}", std::process::id())),
         worker: WorkerSettings::default(),
-        limiter: LimiterSettings::default(),
+        limiter: LimiterSettings { quota_slot: Some(env.config.quota_slot()), ..LimiterSettings::default() },
     };
     let names: Vec<String> =
         deployments.names().chain(env.config.routes.keys().map(String::as_str)).map(str::to_owned).collect();

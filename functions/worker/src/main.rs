@@ -27,7 +27,7 @@ async fn main() -> Result<(), Error> {
         topology: env.topology.clone(),
         engine: env.config.engine_config(owner),
         worker: WorkerSettings { refresh_after_receives: env.refresh_after_receives, ..WorkerSettings::default() },
-        limiter: LimiterSettings::default(),
+        limiter: LimiterSettings { quota_slot: Some(env.config.quota_slot()), ..LimiterSettings::default() },
     };
     let dynamo = aws_sdk_dynamodb::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);

@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod conformance;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod lifecycle;
 pub mod memory;
 pub mod message;

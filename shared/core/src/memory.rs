@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::breaker::{BreakerSnapshot, BreakerState};
 use crate::error::{ErrorClass, TaskError};
+use crate::fleet::{Amounts, MemoryLedger};
 use crate::lifecycle::{TaskEvent, transition};
 use crate::ports::{
     AuditEvent, BreakerStore, CancelOutcome, ClaimOutcome, ClaimRequest, ControlState, ControlStore, DeadLetter,
@@ -403,10 +404,20 @@ impl<C: Clock> WorkQueue for MemoryQueue<C> {
     }
 }
 
-/// Concurrency permits per key, in process.
+/// Concurrency permits per key, in process; with [`MemoryLimiter::with_quota_ledger`], also a
+/// fleet quota ledger shared with other limiters (tests that simulate several processes).
 #[derive(Debug, Default)]
 pub struct MemoryLimiter {
     in_use: Mutex<HashMap<LimitKey, u32>>,
+    quota: Option<(Duration, std::sync::Arc<MemoryLedger>)>,
+}
+
+impl MemoryLimiter {
+    /// A limiter whose provider quotas are shared through `ledger` in slots of `slot`.
+    #[must_use]
+    pub fn with_quota_ledger(slot: Duration, ledger: std::sync::Arc<MemoryLedger>) -> Self {
+        Self { in_use: Mutex::default(), quota: Some((slot, ledger)) }
+    }
 }
 
 impl LimiterStore for MemoryLimiter {
@@ -430,6 +441,21 @@ impl LimiterStore for MemoryLimiter {
 
     async fn in_use(&self, key: &LimitKey) -> StoreResult<u32> {
         Ok(self.in_use.lock().expect("limiter poisoned").get(key).copied().unwrap_or(0))
+    }
+
+    fn quota_slot(&self) -> Option<Duration> {
+        self.quota.as_ref().map(|(slot, _)| *slot)
+    }
+
+    async fn lease_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts, caps: Amounts) -> StoreResult<bool> {
+        Ok(self.quota.as_ref().is_none_or(|(_, ledger)| ledger.lease(key, slot, amounts, caps)))
+    }
+
+    async fn give_back_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts) -> StoreResult<()> {
+        if let Some((_, ledger)) = &self.quota {
+            ledger.give_back(key, slot, amounts);
+        }
+        Ok(())
     }
 }
 

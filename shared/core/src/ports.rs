@@ -554,6 +554,38 @@ pub trait LimiterStore: Send + Sync + 'static {
         let _ = (key, adapted);
         std::future::ready(Ok(()))
     }
+
+    // Provider quotas shared by a fleet of processes through a ledger of time slots
+    // ([`crate::fleet`]). The defaults mean "no fleet": this process is the whole fleet (the
+    // embedded shape), every lease is granted and nothing is written or read.
+
+    /// The slot length of the fleet's quota ledger; `None` (the default): no ledger, the
+    /// quotas are counted in process only.
+    fn quota_slot(&self) -> Option<Duration> {
+        None
+    }
+    /// Lease `amounts` of `key`'s quota in `slot` for this process: granted (`true`) only if,
+    /// with every process's leases of that slot, each field stays within `caps`.
+    fn lease_quota(
+        &self,
+        key: &LimitKey,
+        slot: u64,
+        amounts: crate::fleet::Amounts,
+        caps: crate::fleet::Amounts,
+    ) -> impl Future<Output = StoreResult<bool>> + Send {
+        let _ = (key, slot, amounts, caps);
+        std::future::ready(Ok(true))
+    }
+    /// Give back `amounts` leased in `slot` and not used.
+    fn give_back_quota(
+        &self,
+        key: &LimitKey,
+        slot: u64,
+        amounts: crate::fleet::Amounts,
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        let _ = (key, slot, amounts);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A limit key's waiting line as a delivery about to take a permit sees it.

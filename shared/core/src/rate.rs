@@ -35,6 +35,9 @@ const DAY: Millis = 24 * 60 * MINUTE;
 /// call left the provider's window, and be refused (measured against a local server enforcing
 /// its quota: 5 of 80 calls refused at the minute's edge without the margin).
 const ARRIVAL_MARGIN: Millis = 1_000;
+/// How long a reservation counts in a per-minute budget: the provider's minute and
+/// [`ARRIVAL_MARGIN`] (the window the fleet's slot ledger bounds too, [`crate::fleet`]).
+pub(crate) const MINUTE_SPAN: Millis = MINUTE + ARRIVAL_MARGIN;
 
 /// A deployment's quota, as its provider counts it. Absent budgets are not limited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,6 +54,11 @@ pub trait Executor: Send + Sync {
     /// Add the outcomes counted since the last call to the shared window: one write per
     /// deployment with outcomes, nothing when there are none.
     fn share_outcomes<W: OutcomeWindow>(&self, window: &W) -> impl Future<Output = ()> + Send;
+    /// Give this container's unused share of the fleet's current quota slot back (after a
+    /// batch: a frozen container's allowance would be lost to the others until the slot ends).
+    fn give_back_quota(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 impl<S, B, L, M, P, C> Executor for Arc<Engine<S, B, L, M, P, C>>
@@ -124,6 +129,12 @@ where
                 Ok(None) => {}
                 Err(error) => tracing::warn!(deployment, %error, "shared breaker window not judged"),
             }
+        }
+    }
+
+    async fn give_back_quota(&self) {
+        if let Err(error) = Engine::give_back_quota(self).await {
+            tracing::warn!(%error, "unused quota allowance not given back; it lapses with its slot");
         }
     }
 

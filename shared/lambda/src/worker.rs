@@ -199,7 +199,9 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
         &self.executor
     }
 
-    /// Handle one batch; `deadline` is the invocation's deadline.
+    /// Handle one batch; `deadline` is the invocation's deadline. After it: the batch's outcomes
+    /// go to the shared breaker window, its finished tasks to the run counters, and the
+    /// container's unused share of the current quota slot back to the fleet's ledger.
     pub async fn handle(&self, event: SqsEvent, deadline: Option<Instant>) -> SqsBatchResponse {
         let cap =
             deadline.map(|d| d.saturating_duration_since(Instant::now()).saturating_sub(self.settings.safety_margin));
@@ -215,6 +217,7 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
         };
         self.count_runs(finished.into_inner().expect("poisoned")).await;
         self.executor.share_outcomes(&self.window).await;
+        self.executor.give_back_quota().await;
         let mut response = SqsBatchResponse::default();
         for (message, result) in event.records.iter().zip(results) {
             if result.is_err() {

@@ -49,6 +49,10 @@ pub struct EngineSection {
     /// Whether a deployment's `concurrency` adapts to rate-limit answers (halved on a 429,
     /// grown back on successes, never above the configured value).
     pub adaptive_concurrency: bool,
+    /// The AWS shape: the slot length, ms, of the ledger through which every worker container
+    /// shares the per-minute quotas (`taskexec_core::fleet`; 2,000: at most 94 % of a quota
+    /// usable a minute, 1,000: 97 %, with twice the writes). The embedded shape ignores it.
+    pub quota_slot_ms: u64,
 }
 
 impl Default for EngineSection {
@@ -61,6 +65,7 @@ impl Default for EngineSection {
             seed: None,
             default_max_tokens: 1_024,
             adaptive_concurrency: true,
+            quota_slot_ms: 2_000,
         }
     }
 }
@@ -95,6 +100,9 @@ impl RunConfig {
         let invalid = |m: &str| Err(SettingsError::Invalid(m.to_owned()));
         if self.engine.concurrency == 0 {
             return invalid("engine.concurrency must be at least 1");
+        }
+        if !(100..=60_000).contains(&self.engine.quota_slot_ms) {
+            return invalid("engine.quota_slot_ms must be within 100..=60000");
         }
         if self.retry.max_attempts == 0 {
             return invalid("retry.max_attempts must be at least 1");
@@ -146,6 +154,12 @@ impl RunConfig {
     #[must_use]
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.engine.lease_ms.max(1_000))
+    }
+
+    /// The slot length of the AWS shape's quota ledger (`[engine] quota_slot_ms`).
+    #[must_use]
+    pub fn quota_slot(&self) -> Duration {
+        Duration::from_millis(self.engine.quota_slot_ms)
     }
 
     /// The engine's settings, for a worker named `owner`.
@@ -203,6 +217,16 @@ mod tests {
             let error = RunConfig::parse(&format!("{base}{route}\n")).unwrap_err().to_string();
             assert_eq!(error, problem);
         }
+    }
+
+    #[test]
+    fn the_quota_slot_is_read_and_bounded() {
+        let base = "[deployments.a]\nkind = \"sim\"\n[deployments.a.sim]\n";
+        assert_eq!(RunConfig::parse(base).unwrap().quota_slot(), Duration::from_secs(2));
+        let one = RunConfig::parse(&format!("[engine]\nquota_slot_ms = 1000\n{base}")).unwrap();
+        assert_eq!(one.quota_slot(), Duration::from_secs(1));
+        let error = RunConfig::parse(&format!("[engine]\nquota_slot_ms = 0\n{base}")).unwrap_err().to_string();
+        assert!(error.contains("quota_slot_ms"), "{error}");
     }
 
     #[test]

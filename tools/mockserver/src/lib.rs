@@ -89,11 +89,14 @@ pub struct MockConfig {
     pub hang: HashSet<String>,
     /// A quota enforced over a sliding minute, as OpenAI counts it.
     pub quota: Option<MockQuota>,
+    /// Whether answers report the quota in `x-ratelimit-*` headers (OpenAI does; Bedrock
+    /// reports nothing): `false` sends only a refusal's `retry-after`.
+    pub quota_headers: bool,
 }
 
 impl Default for MockConfig {
     fn default() -> Self {
-        Self { latency: Latency::Zero, seed: 1, record: true, hang: HashSet::new(), quota: None }
+        Self { latency: Latency::Zero, seed: 1, record: true, hang: HashSet::new(), quota: None, quota_headers: true }
     }
 }
 
@@ -160,14 +163,18 @@ impl Shared {
             window.push_back(now);
         }
         let used = window.len() as u64;
-        let headers = vec![
-            ("x-ratelimit-limit-requests", quota.rpm.to_string()),
-            ("x-ratelimit-remaining-requests", quota.rpm.saturating_sub(used).to_string()),
-            ("x-ratelimit-reset-requests", format!("{}ms", reset.as_millis())),
-            ("x-ratelimit-limit-tokens", quota.tpm.to_string()),
-            ("x-ratelimit-remaining-tokens", quota.tpm.saturating_sub(used * TOKENS_PER_CALL).to_string()),
-            ("x-ratelimit-reset-tokens", format!("{}ms", reset.as_millis())),
-        ];
+        let headers = if !self.config.quota_headers {
+            Vec::new()
+        } else {
+            vec![
+                ("x-ratelimit-limit-requests", quota.rpm.to_string()),
+                ("x-ratelimit-remaining-requests", quota.rpm.saturating_sub(used).to_string()),
+                ("x-ratelimit-reset-requests", format!("{}ms", reset.as_millis())),
+                ("x-ratelimit-limit-tokens", quota.tpm.to_string()),
+                ("x-ratelimit-remaining-tokens", quota.tpm.saturating_sub(used * TOKENS_PER_CALL).to_string()),
+                ("x-ratelimit-reset-tokens", format!("{}ms", reset.as_millis())),
+            ]
+        };
         drop(window);
         let mut stats = self.stats.lock().expect("poisoned");
         if fits {

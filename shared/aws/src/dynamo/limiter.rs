@@ -65,6 +65,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{Delete, ReturnConsumedCapacity, TransactWriteItem, Update};
+use taskexec_core::fleet::Amounts;
 use taskexec_core::ports::{Adapted, LimitKey, LimiterStore, Line, StoreResult, Ticket};
 use taskexec_core::time::{Clock, Millis, SystemClock};
 
@@ -92,17 +93,22 @@ pub struct LimiterSettings {
     /// `blocked_cap`, 60 s), so a waiting task keeps its place; a ticket whose task went away
     /// (cancelled, finished elsewhere) is ignored after it.
     pub line_ttl: Duration,
+    /// The slot length of the fleet's provider-quota ledger ([`taskexec_core::fleet`], module
+    /// `quota`); `None`: each process counts the quotas alone (N containers may send N times
+    /// a quota).
+    pub quota_slot: Option<Duration>,
 }
 
 impl Default for LimiterSettings {
     /// A chunk of 8, a 30-minute lease (twice Lambda's longest invocation), lines read at most
-    /// once a second and tickets standing 150 s.
+    /// once a second, tickets standing 150 s, and quotas shared in slots of 2 s.
     fn default() -> Self {
         Self {
             chunk: 8,
             lease: Duration::from_secs(30 * 60),
             line_view: Duration::from_secs(1),
             line_ttl: Duration::from_secs(150),
+            quota_slot: Some(taskexec_core::fleet::DEFAULT_SLOT),
         }
     }
 }
@@ -132,17 +138,17 @@ struct Pool {
 /// module documentation for the layout, the write cost and how expired leases come back).
 #[derive(Debug)]
 pub struct DynamoLimiter {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
     holder: String,
-    settings: LimiterSettings,
+    pub(super) settings: LimiterSettings,
     pools: Mutex<HashMap<LimitKey, Arc<tokio::sync::Mutex<Pool>>>>,
     lines: Mutex<HashMap<LimitKey, LineView>>,
-    meter: WriteMeter,
+    pub(super) meter: WriteMeter,
 }
 
 /// The string of a limit key in its partition key.
-fn key_string(key: &LimitKey) -> String {
+pub(super) fn key_string(key: &LimitKey) -> String {
     match key {
         LimitKey::Global => "GLOBAL".to_owned(),
         LimitKey::Deployment(d) => format!("D#{d}"),
@@ -686,6 +692,18 @@ impl LimiterStore for DynamoLimiter {
             view.tickets.retain(|(t, _)| t.task_id != ticket.task_id);
         }
         Ok(())
+    }
+
+    fn quota_slot(&self) -> Option<Duration> {
+        self.settings.quota_slot
+    }
+
+    async fn lease_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts, caps: Amounts) -> StoreResult<bool> {
+        Ok(self.lease_slot(key, slot, amounts, caps).await?)
+    }
+
+    async fn give_back_quota(&self, key: &LimitKey, slot: u64, amounts: Amounts) -> StoreResult<()> {
+        Ok(self.give_back_slot(key, slot, amounts).await?)
     }
 }
 

@@ -20,6 +20,7 @@ mod limiter;
 mod meter;
 mod outcomes;
 mod queries;
+mod quota;
 mod read;
 mod size;
 mod submit;

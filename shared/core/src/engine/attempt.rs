@@ -50,7 +50,7 @@ where
             let attempt = record.attempt.saturating_sub(1);
             return self.fail(&record, error, Some(reason), attempt, record.throttles, None).await;
         }
-        let reserved = match self.reserve_rate(c, &record, started) {
+        let reserved = match self.reserve_rate(c, &record, started).await {
             Ok(reserved) => reserved,
             Err(at) => {
                 self.forget_probe(deployment, probe);

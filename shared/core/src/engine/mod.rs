@@ -202,6 +202,10 @@ pub struct Engine<S, B, L, M, P, C> {
     rates: Mutex<HashMap<String, rates::DeploymentRate>>,
     /// Per (deployment, model) with a quota of its own: its windows.
     model_rates: Mutex<HashMap<(String, String), crate::rate::RateLimiter>>,
+    /// The fleet's quota ledger's slots (`None`: this process is the whole fleet), and this
+    /// process's share of each limit key's quota ([`crate::fleet`]).
+    fleet: Option<crate::fleet::Slots>,
+    fleet_shares: Mutex<HashMap<LimitKey, Arc<crate::fleet::QuotaShare>>>,
     /// Per deployment in this process: calls in flight and calls started (routes' choice).
     calls_by_deployment: Mutex<HashMap<String, (u32, u64)>>,
     in_flight: Mutex<HashMap<String, (u64, CancellationToken)>>,
@@ -223,12 +227,15 @@ where
     /// An engine over `ports`.
     pub fn new(ports: Ports<S, B, L, M, P, C>, config: EngineConfig) -> Self {
         let rng = config.seed.map_or_else(|| StdRng::from_rng(&mut rand::rng()), StdRng::seed_from_u64);
+        let fleet = ports.limiter.quota_slot().map(crate::fleet::Slots::new);
         Self {
             ports,
             rng: Mutex::new(rng),
             breakers: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             model_rates: Mutex::new(HashMap::new()),
+            fleet,
+            fleet_shares: Mutex::new(HashMap::new()),
             calls_by_deployment: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             seen_cancel_seq: Mutex::new(0),

@@ -3,10 +3,16 @@
 //! provider said to wait), the exact reservation after it (the task's estimated tokens), and
 //! the settlement after the call (usage, the provider's rate-limit headers, 429s).
 //!
-//! In process: the embedded shape's whole fleet is this process. In the AWS shape a change of a
-//! deployment's adaptive limit (and the provider's `Retry-After` with it) is shared through the
-//! limiter ([`LimiterStore::share_adapted`]) and taken by every worker at its next look at the
-//! deployment's waiting line; each Lambda container keeps its own quota windows.
+//! In process, the windows: the embedded shape's whole fleet is this process. Where the limiter
+//! store keeps a quota ledger ([`LimiterStore::quota_slot`]: DynamoDB, shared by every Lambda
+//! container), each call also takes its ask from this process's share of the fleet's slot
+//! ([`crate::fleet`]), for the deployment's quota and the model's: the gate waits for the next
+//! slot once the fleet has spent the current one, the reservation leases when this process's
+//! allowance is short, and the worker gives the unused allowance back after each batch
+//! ([`Engine::give_back_quota`]). A change of a deployment's adaptive limit (and the provider's
+//! `Retry-After` with it) is shared through the limiter too ([`LimiterStore::share_adapted`])
+//! and taken by every worker at its next look at the deployment's waiting line. The day budget
+//! and the provider's headers stay per process.
 //!
 //! Limits set at run time (`taskexec limits set`, `PUT /control/limits/{deployment}`) come with
 //! the control state ([`Engine::check_control`]) and replace the configured ones field by field.
@@ -16,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{ErrorClass, StoreError};
+use crate::fleet::{Amounts, QuotaShare, Taken};
 use crate::ports::{
     Adapted, AuditEvent, BreakerStore, ControlStore, LimitKey, LimitOverride, LimiterStore, Metric, MetricsSink,
     TaskStore,
@@ -24,7 +31,7 @@ use crate::provider::{Provider, RateLimits};
 use crate::rate::{AdaptiveLimit, Ask, Quota, RateLimiter, Reservation};
 use crate::schedule::LINE_FRONT;
 use crate::task::TaskRecord;
-use crate::time::{Clock, Millis};
+use crate::time::{Clock, Millis, until};
 
 use super::attempt::CallEnd;
 use super::{Chosen, Engine, Limits};
@@ -139,8 +146,93 @@ where
             let window = r.limiter.as_mut().map(|l| l.earliest(minimal, now));
             held.max(window)
         });
+        let model_key = LimitKey::Model(deployment.to_owned(), model.to_owned());
         let model = self.with_model_rate(deployment, model, |l| l.earliest(minimal, now));
-        own.max(model).filter(|at| *at > now)
+        let fleet =
+            self.fleet_gate(&LimitKey::Deployment(deployment.to_owned()), now).max(self.fleet_gate(&model_key, now));
+        own.max(model).max(fleet).filter(|at| *at > now)
+    }
+
+    /// Until when the fleet is known to have spent the current slot of `key`'s quota (no I/O),
+    /// with [`Self::fleet_wait`]'s spread.
+    fn fleet_gate(&self, key: &LimitKey, now: Millis) -> Option<Millis> {
+        self.fleet?;
+        let until = {
+            let shares = self.fleet_shares.lock().expect("fleet shares poisoned");
+            shares.get(key).and_then(|share| share.gate(now))
+        };
+        until.map(|at| self.fleet_wait(at))
+    }
+
+    /// A call refused by the fleet's slot waits until `at` (the next slot's start) plus a random
+    /// part of a slot: the deliveries waiting do not all come back at its start (each of them
+    /// arriving before this process knows the new slot spent costs a claim).
+    fn fleet_wait(&self, at: Millis) -> Millis {
+        use rand::Rng;
+        let length = self.fleet.map_or(1, |slots| slots.length().max(1));
+        at + self.rng.lock().expect("rng poisoned").random_range(0..length)
+    }
+
+    fn fleet_share(&self, key: &LimitKey) -> Arc<QuotaShare> {
+        let mut shares = self.fleet_shares.lock().expect("fleet shares poisoned");
+        Arc::clone(shares.entry(key.clone()).or_default())
+    }
+
+    /// The limit keys of a call with a quota, and the quota in force for each: the
+    /// deployment's, then the model's.
+    fn quota_keys(&self, c: &Chosen) -> Vec<(LimitKey, Quota)> {
+        let own = self.rate_settings(&c.deployment).0.map(|q| (LimitKey::Deployment(c.deployment.clone()), q));
+        let model_key = (c.deployment.clone(), c.model.clone());
+        let model = self.config.model_quotas.get(&model_key).filter(|q| !q.is_unlimited());
+        let model = model.map(|q| (LimitKey::Model(model_key.0, model_key.1), *q));
+        own.into_iter().chain(model).collect()
+    }
+
+    /// Take a call of `ask` from this process's share of the fleet's quota of each of its keys;
+    /// `Err(at)`: a key's slot is spent (what was taken from the others is given back). A
+    /// ledger that cannot be reached holds the call for a second.
+    async fn take_fleet(&self, c: &Chosen, ask: Ask, now: Millis) -> Result<Vec<FleetTaken>, Millis> {
+        let Some(slots) = self.fleet else { return Ok(Vec::new()) };
+        let mut taken = Vec::new();
+        for (key, quota) in self.quota_keys(c) {
+            let share = self.fleet_share(&key);
+            let refused = match share.take(&self.ports.limiter, &key, slots, &quota, ask, now).await {
+                Ok(Ok(t)) => {
+                    taken.push(FleetTaken { share, quota, taken: t });
+                    continue;
+                }
+                Ok(Err(at)) => at,
+                Err(error) => {
+                    tracing::warn!(key = ?key, %error, "quota ledger unreachable; the call waits");
+                    now + 1_000
+                }
+            };
+            for t in taken {
+                t.share.settle(t.taken, Amounts::default()).await;
+            }
+            return Err(self.fleet_wait(refused));
+        }
+        Ok(taken)
+    }
+
+    /// After a batch: give this process's unused share of the current slot of every quota back
+    /// to the fleet's ledger (one write per key with some left; nothing without a ledger). A
+    /// write that fails does not stop the others; the first error is returned (what it held
+    /// lapses with its slot).
+    pub async fn give_back_quota(&self) -> Result<(), StoreError> {
+        let Some(slots) = self.fleet else { return Ok(()) };
+        let shares: Vec<(LimitKey, Arc<QuotaShare>)> = {
+            let shares = self.fleet_shares.lock().expect("fleet shares poisoned");
+            shares.iter().map(|(k, s)| (k.clone(), Arc::clone(s))).collect()
+        };
+        let now = self.ports.clock.now();
+        let mut first = None;
+        for (key, share) in shares {
+            if let Err(error) = share.give_back(&self.ports.limiter, &key, slots, now).await {
+                first.get_or_insert(error);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// The deployment's adaptive concurrency limit, where it has one.
@@ -170,21 +262,41 @@ where
     }
 
     /// After the claim: reserve the call's estimated tokens in the deployment's windows and the
-    /// model's (none where there is no quota), or say when they fit (nothing is then held).
-    pub(super) fn reserve_rate(&self, c: &Chosen, record: &TaskRecord, now: Millis) -> Result<Reserved, Millis> {
+    /// model's (none where there is no quota) and take them from the fleet's slot where there is
+    /// a ledger, or say when they fit (nothing is then held). A call spread over later slots
+    /// (larger than one slot's share) waits here for the first of them.
+    pub(super) async fn reserve_rate(&self, c: &Chosen, record: &TaskRecord, now: Millis) -> Result<Reserved, Millis> {
         let max_tokens = record.task.parameters.max_tokens.map_or(self.config.default_max_tokens, u64::from);
         let ask = Ask::estimate(record.task.prompt.chars().count(), max_tokens);
         let own = self.with_rate(&c.deployment, |r| r.limiter.as_mut().map(|l| l.try_reserve(ask, now)).transpose())?;
         let model = self.with_model_rate(&c.deployment, &c.model, |l| l.try_reserve(ask, now)).transpose();
-        match model {
-            Ok(model) => Ok(Reserved { own, model }),
-            Err(at) => {
-                // The model's window is full: the deployment's reservation is given back.
-                if let Some(own) = own {
-                    self.with_rate(&c.deployment, |r| r.limiter.as_mut().map(|l| l.reconcile(own, None)));
+        let local = Reserved { own, model: model.as_ref().ok().copied().flatten(), fleet: Vec::new() };
+        let fleet = match model {
+            Ok(_) => self.take_fleet(c, ask, now).await,
+            Err(at) => Err(at),
+        };
+        match fleet {
+            Ok(fleet) => {
+                let starts = self.fleet.and_then(|slots| fleet.iter().map(|t| t.taken.starts(slots, now)).max());
+                if let Some(starts) = starts.filter(|at| *at > now) {
+                    tokio::time::sleep(until(starts, now)).await;
                 }
+                Ok(Reserved { fleet, ..local })
+            }
+            Err(at) => {
+                // A window or the fleet's slot is full: the local reservations are given back.
+                self.unreserve(c, &local);
                 Err(at)
             }
+        }
+    }
+
+    fn unreserve(&self, c: &Chosen, reserved: &Reserved) {
+        if let Some(own) = reserved.own {
+            self.with_rate(&c.deployment, |r| r.limiter.as_mut().map(|l| l.reconcile(own, None)));
+        }
+        if let Some(model) = reserved.model {
+            self.with_model_rate(&c.deployment, &c.model, |l| l.reconcile(model, None));
         }
     }
 
@@ -203,6 +315,12 @@ where
         // The provider's headers describe the model's quota where the config says it counts
         // per model, else the deployment's.
         let CallUsage { used, limits, throttled, ok } = call_usage(end);
+        if let Some((input_tokens, output_tokens)) = used {
+            for t in &reserved.fleet {
+                let used = Amounts::of_call(&t.quota, Ask { input_tokens, output_tokens });
+                t.share.settle(t.taken, used).await;
+            }
+        }
         let model_counted = self
             .with_model_rate(deployment, &c.model, |limiter| {
                 if let (Some(reservation), Some(used)) = (reserved.model, used) {
@@ -292,9 +410,19 @@ fn call_usage(end: &CallEnd) -> CallUsage<'_> {
     }
 }
 
-/// The reservations a call holds: in its deployment's windows and its model's.
-#[derive(Debug, Clone, Copy)]
+/// The reservations a call holds: in its deployment's windows and its model's, and what it
+/// took from the fleet's slots.
+#[derive(Debug)]
 pub(super) struct Reserved {
     own: Option<Reservation>,
     model: Option<Reservation>,
+    fleet: Vec<FleetTaken>,
+}
+
+/// What a call took from one key's share of the fleet's quota.
+#[derive(Debug)]
+struct FleetTaken {
+    share: Arc<QuotaShare>,
+    quota: Quota,
+    taken: Taken,
 }
