@@ -301,6 +301,27 @@ impl DynamoLimiter {
         }
     }
 
+    /// Meter an `UpdateItem`'s outcome: `true` when written, `false` when its condition failed.
+    pub(super) fn settle_update(
+        &self,
+        out: Result<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+            aws_sdk_dynamodb::error::SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
+        >,
+    ) -> Result<bool, AwsError> {
+        match out {
+            Ok(out) => {
+                self.meter.record(out.consumed_capacity());
+                Ok(true)
+            }
+            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
+                self.meter.rejected();
+                Ok(false)
+            }
+            Err(e) => Err(AwsError::dynamo("UpdateItem", e)),
+        }
+    }
+
     /// Push the lease item's `until` to `until` (it must still exist); `false` when it is gone
     /// (reclaimed).
     async fn renew(&self, key: &LimitKey, until: Millis) -> Result<bool, AwsError> {
@@ -316,17 +337,7 @@ impl DynamoLimiter {
             .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await;
-        match out {
-            Ok(out) => {
-                self.meter.record(out.consumed_capacity());
-                Ok(true)
-            }
-            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
-                self.meter.rejected();
-                Ok(false)
-            }
-            Err(e) => Err(AwsError::dynamo("UpdateItem", e)),
-        }
+        self.settle_update(out)
     }
 
     /// Renew the pool's lease when past half its length. A lease found gone (reclaimed while
@@ -663,13 +674,8 @@ impl LimiterStore for DynamoLimiter {
             .return_consumed_capacity(ReturnConsumedCapacity::Indexes)
             .send()
             .await;
-        match out {
-            Ok(out) => self.meter.record(out.consumed_capacity()),
-            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
-                self.meter.rejected();
-            }
-            Err(e) => return Err(AwsError::dynamo("UpdateItem", e).into()),
-        }
+        // A newer change already stored: nothing to do (its `false`).
+        self.settle_update(out)?;
         if let Some(view) = self.lock_lines().get_mut(key).filter(|v| v.adapted.is_none_or(|a| a.at < adapted.at)) {
             view.adapted = Some(adapted);
         }

@@ -28,7 +28,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::ReturnConsumedCapacity;
 use taskexec_core::fleet::{Amounts, Slots};
 use taskexec_core::ports::{LimitKey, StoreResult};
@@ -133,27 +132,6 @@ impl DynamoLimiter {
                 .expression_attribute_values(format!(":{name}"), n(amount));
         }
         update
-    }
-
-    /// Meter an `UpdateItem`'s outcome: `true` when written, `false` when its condition failed.
-    fn settle_update(
-        &self,
-        out: Result<
-            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
-            aws_sdk_dynamodb::error::SdkError<UpdateItemError, aws_sdk_dynamodb::config::http::HttpResponse>,
-        >,
-    ) -> Result<bool, AwsError> {
-        match out {
-            Ok(out) => {
-                self.meter.record(out.consumed_capacity());
-                Ok(true)
-            }
-            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
-                self.meter.rejected();
-                Ok(false)
-            }
-            Err(e) => Err(AwsError::dynamo("UpdateItem", e)),
-        }
     }
 
     /// What every container together holds of `slot` of `key`'s quota (the slot's item; 0 where
