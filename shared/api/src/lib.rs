@@ -22,6 +22,7 @@
 mod auth;
 mod error;
 mod openapi;
+mod request_log;
 mod resources;
 mod routes;
 mod state;
@@ -30,6 +31,7 @@ mod submit;
 pub use auth::{BearerAuth, BearerAuthLayer, bearer_auth};
 pub use error::{ApiError, ErrorBody, ErrorInfo, Problem};
 pub use openapi::ApiDoc;
+pub use request_log::{REQUEST_ID, RequestId};
 pub use resources::{ResourceSampler, SampleError, SystemSampler};
 pub use routes::observe::{RunProgress, StatusCounts};
 pub use routes::{MAX_BODY_BYTES, router};

@@ -247,3 +247,30 @@ async fn metrics_without_a_run_are_refused_where_the_host_says_so() {
     let (status, _) = common::api().call("GET", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK, "the embedded host summarises everything");
 }
+
+/// Every answer carries a request id: the client's own `x-request-id` when it is a valid id,
+/// else a fresh one (an invalid one is replaced, never echoed), errors included.
+#[tokio::test]
+async fn every_answer_carries_a_request_id_the_clients_own_when_valid() {
+    use tower::ServiceExt;
+    let api = api();
+    let id_of = |sent: Option<&str>, uri: &str| {
+        let mut request = axum::http::Request::builder().uri(uri);
+        if let Some(id) = sent {
+            request = request.header(taskexec_api::REQUEST_ID, id);
+        }
+        let response = api.app.clone().oneshot(request.body(axum::body::Body::empty()).unwrap());
+        async move {
+            let response = response.await.unwrap();
+            let id = response.headers().get(taskexec_api::REQUEST_ID).map(|v| v.to_str().unwrap().to_owned());
+            (response.status(), id.expect("x-request-id on every answer"))
+        }
+    };
+    assert_eq!(id_of(Some("client-42"), "/control").await, (StatusCode::OK, "client-42".to_owned()));
+    let (status, fresh) = id_of(None, "/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(fresh.len() == 32 && taskexec_core::validate::is_valid_id(&fresh), "{fresh}");
+    let (_, replaced) = id_of(Some("bad id with spaces"), "/control").await;
+    assert!(replaced != "bad id with spaces" && replaced.len() == 32, "{replaced}");
+    assert_ne!(id_of(None, "/control").await.1, fresh, "fresh ids differ");
+}

@@ -1,5 +1,5 @@
 //! The router: every route of the API over one [`ApiState`], JSON errors for unknown paths and
-//! methods, and a body limit.
+//! methods, a body limit, and a log line and request id per request ([`crate::request_log`]).
 
 pub(crate) mod control;
 pub(crate) mod observe;
@@ -41,6 +41,7 @@ where
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::request_log::log_requests))
         .with_state(state)
 }
 
