@@ -146,7 +146,11 @@ fn check_settings(task: &Value, settings: &ApiSettings) -> Vec<FieldError> {
 /// Store the tasks, queue the created and the unfinished duplicates, and say what happened to
 /// each. Conflicts (same id, other content) make the answer a 409 listing them; the other tasks
 /// of the request are stored and queued all the same.
-pub(crate) async fn submit<S, Q>(state: &ApiState<S, Q>, tasks: Vec<BenchmarkTask>) -> Result<SubmitResponse, ApiError>
+pub(crate) async fn submit<S, Q>(
+    state: &ApiState<S, Q>,
+    tasks: Vec<BenchmarkTask>,
+    correlation: Option<std::sync::Arc<str>>,
+) -> Result<SubmitResponse, ApiError>
 where
     S: TaskStore + ControlStore,
     Q: WorkQueue,
@@ -154,8 +158,14 @@ where
     let now = state.settings.clock.now();
     let mut builder = DeliveryBuilder::default();
     // The runs are already defaulted.
-    let routes: Vec<Delivery> =
-        tasks.iter().map(|t| builder.of_task(t, t.run_id.as_deref().unwrap_or_default(), now)).collect();
+    let routes: Vec<Delivery> = tasks
+        .iter()
+        .map(|t| {
+            let mut d = builder.of_task(t, t.run_id.as_deref().unwrap_or_default(), now);
+            d.correlation.clone_from(&correlation);
+            d
+        })
+        .collect();
     let records = tasks.into_iter().map(|t| TaskRecord::new(t, now)).collect();
     let outcomes = state.store.submit(records).await?;
     let (mut deliveries, mut answered, mut conflicts) = (Vec::new(), Vec::new(), Vec::new());

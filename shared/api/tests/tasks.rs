@@ -219,3 +219,24 @@ async fn the_hosts_task_check_refuses_unsupported_parameters_before_anything_is_
     assert!(body["error"]["details"][0]["message"].as_str().unwrap().contains("model `m` on deployment `mock`"));
     assert!(api.drain_queue().await.is_empty(), "nothing was stored or queued");
 }
+
+/// The request id of a submission (the client's `x-request-id`) goes with each of its tasks'
+/// deliveries to the queue, for the worker's log lines.
+#[tokio::test]
+async fn a_submissions_request_id_goes_with_its_tasks_to_the_queue() {
+    use tower::ServiceExt;
+    let api = common::api();
+    let body = serde_json::to_vec(&serde_json::json!([common::task("a"), common::task("b")])).unwrap();
+    let request = axum::http::Request::builder()
+        .method("POST")
+        .uri("/tasks")
+        .header("content-type", "application/json")
+        .header(taskexec_api::REQUEST_ID, "submit-7")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let response = api.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::CREATED);
+    let queued = taskexec_core::ports::WorkQueue::receive(&*api.queue, 10, std::time::Duration::ZERO).await.unwrap();
+    let correlations: Vec<Option<&str>> = queued.iter().map(|d| d.correlation.as_deref()).collect();
+    assert_eq!(correlations, [Some("submit-7"), Some("submit-7")]);
+}

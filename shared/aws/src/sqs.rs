@@ -22,7 +22,7 @@ use std::time::Duration;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry};
 use taskexec_core::error::StoreError;
-use taskexec_core::message::{QueueMessage, decode};
+use taskexec_core::message::{CORRELATION_ATTRIBUTE, QueueMessage, decode};
 use taskexec_core::ports::{DeadLetter, Delivery, QueuePair, Receipt, StoreResult, Topology, WorkQueue};
 use taskexec_core::task::TaskPriority;
 use taskexec_lambda::actions::ActionError;
@@ -178,12 +178,15 @@ impl SqsQueue {
             .iter()
             .enumerate()
             .map(|(i, (d, delay))| {
-                SendMessageBatchRequestEntry::builder()
+                let entry = SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
                     .message_body(d.to_body())
-                    .delay_seconds(whole_seconds(*delay, MAX_DELAY_SECS))
-                    .build()
-                    .map_err(|e| AwsError::build("SendMessageBatch entry", e))
+                    .delay_seconds(whole_seconds(*delay, MAX_DELAY_SECS));
+                let entry = match &d.correlation {
+                    Some(id) => entry.message_attributes(CORRELATION_ATTRIBUTE, correlation_attribute(id)?),
+                    None => entry,
+                };
+                entry.build().map_err(|e| AwsError::build("SendMessageBatch entry", e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.count();
@@ -212,6 +215,7 @@ impl SqsQueue {
             .max_number_of_messages(i32::try_from(max.clamp(1, BATCH)).unwrap_or(1))
             .wait_time_seconds(wait_secs)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(CORRELATION_ATTRIBUTE)
             .send()
             .await
             .map_err(|e| AwsError::sqs("ReceiveMessage", e))?;
@@ -233,10 +237,23 @@ impl SqsQueue {
             }
         };
         delivery.receive_count = receive_count(&message);
+        delivery.correlation = message
+            .message_attributes()
+            .and_then(|a| a.get(CORRELATION_ATTRIBUTE))
+            .and_then(|v| v.string_value())
+            .map(std::sync::Arc::from);
         delivery.receipt = Receipt::new(queue_url, message.receipt_handle().unwrap_or_default());
         let _ = self.outstanding.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
         Some(delivery)
     }
+}
+
+fn correlation_attribute(id: &str) -> Result<aws_sdk_sqs::types::MessageAttributeValue, AwsError> {
+    aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(id)
+        .build()
+        .map_err(|e| AwsError::build("message attribute", e))
 }
 
 /// A duration in whole seconds as SQS takes it: rounded up (never early), at most `max`.

@@ -202,3 +202,22 @@ async fn undecodable_messages_are_left_for_the_dead_letter_queue() {
     assert_eq!(counts(&client, &high).await.1, 1, "still there, in flight, for the redrive policy");
     assert!(queue.approximate_len().await.unwrap() <= 1);
 }
+
+/// A delivery's correlation id (the submitting request's) travels as the message attribute
+/// `correlationId` and comes back on the received delivery; one without none comes back without.
+#[tokio::test]
+async fn a_correlation_id_travels_as_a_message_attribute() {
+    let (queue, _) = fresh_queue().await;
+    let mut with = delivery("with", TaskPriority::Normal);
+    with.correlation = Some(Arc::from("req-42"));
+    let without = delivery("without", TaskPriority::Normal);
+    queue.send(vec![(with, Duration::ZERO), (without, Duration::ZERO)]).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.extend(queue.receive(10, Duration::from_secs(2)).await.unwrap());
+    }
+    got.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    let correlations: Vec<(&str, Option<&str>)> =
+        got.iter().map(|d| (d.task_id.as_str(), d.correlation.as_deref())).collect();
+    assert_eq!(correlations, [("with", Some("req-42")), ("without", None)]);
+}

@@ -20,6 +20,10 @@ use crate::task::{BenchmarkTask, TaskPriority};
 use crate::time::Millis;
 use crate::validate::{FieldError, parse_task_value};
 
+/// The queue message attribute carrying a delivery's correlation id
+/// ([`Delivery::correlation`]): the id of the HTTP request that submitted the task.
+pub const CORRELATION_ATTRIBUTE: &str = "correlationId";
+
 /// The wire form of a [`Delivery`]: what an SQS message body holds. Unknown fields are
 /// ignored, so a worker of an older build reads the envelopes of a newer one during a
 /// rolling deploy.

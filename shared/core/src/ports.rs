@@ -775,6 +775,10 @@ pub struct Delivery {
     /// The task fails instead of waiting when no deployment has capacity
     /// ([`crate::task::BenchmarkTask::fail_fast`]).
     pub fail_fast: bool,
+    /// The id of the request that submitted the task (HTTP `x-request-id`), carried to the
+    /// worker (on SQS as the message attribute `correlationId`) for its log lines; `None` for
+    /// deliveries rebuilt from the store.
+    pub correlation: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -790,6 +794,7 @@ impl Delivery {
             ready_at,
             receipt,
             fail_fast: false,
+            correlation: None,
         }
     }
 

@@ -41,11 +41,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use taskexec_core::engine::Decision;
 use taskexec_core::error::StoreError;
-use taskexec_core::message::{PoisonNote, QueueMessage, decode};
+use taskexec_core::message::{CORRELATION_ATTRIBUTE, PoisonNote, QueueMessage, decode};
 use taskexec_core::ports::{DeadLetter, DeferReason, Delivery, Receipt, RunCounter, RunDelta, Topology, WorkQueue};
 use taskexec_core::schedule::effective_rank;
 use taskexec_core::task::TaskState;
 use taskexec_core::time::{Clock, Millis, SystemClock, duration_ms};
+use tracing::Instrument;
 
 use crate::executor::{Accepted, Executor};
 use crate::window::OutcomeWindow;
@@ -271,6 +272,27 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
         };
         delivery.receive_count = m.attributes.get("ApproximateReceiveCount").and_then(|n| n.parse().ok()).unwrap_or(1);
         delivery.receipt = receipt;
+        delivery.correlation =
+            m.message_attributes.get(CORRELATION_ATTRIBUTE).and_then(|a| a.string_value.as_deref()).map(Arc::from);
+        // Every log line of this message's processing (the engine's, the provider call's) names
+        // the task, its run and the submitting request.
+        let span = tracing::info_span!(
+            "task",
+            task_id = %delivery.task_id,
+            run_id = %delivery.run_id(),
+            correlation_id = delivery.correlation.as_deref().unwrap_or(""),
+            message_id = id,
+        );
+        self.process_message(delivery, id, cap, finished).instrument(span).await
+    }
+
+    async fn process_message(
+        &self,
+        delivery: Delivery,
+        id: &str,
+        cap: Option<Duration>,
+        finished: &Tally,
+    ) -> MessageResult {
         // A panic is caught here so that it costs only this message (Lambda would otherwise fail
         // the whole batch). Nothing was recorded: the claim's lease keeps the task until it runs
         // out, then the next delivery claims it again and the claim counts the attempt.

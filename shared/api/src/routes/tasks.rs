@@ -31,6 +31,7 @@ use crate::submit::{self, SubmitResponse};
 )]
 pub(crate) async fn submit_tasks<S, Q>(
     State(state): State<ApiState<S, Q>>,
+    request_id: Option<axum::Extension<crate::RequestId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError>
 where
@@ -39,7 +40,8 @@ where
 {
     let body = body.map_err(body_error)?;
     let tasks = submit::validate_batch(submit::parse_body(&body)?, &state.settings)?;
-    let response = submit::submit(&state, tasks).await?;
+    let correlation = request_id.map(|axum::Extension(crate::RequestId(id))| std::sync::Arc::from(id));
+    let response = submit::submit(&state, tasks, correlation).await?;
     let status = if response.created_any() { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(response)))
 }
