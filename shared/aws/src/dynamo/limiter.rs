@@ -88,10 +88,12 @@ pub struct LimiterSettings {
     pub lease: Duration,
     /// How old this process's view of a waiting line may be before it is read again.
     pub line_view: Duration,
-    /// How long a ticket stands in a line unless its task stands again (each deferral does):
-    /// more than twice the longest wait between two tries of a blocked task (the worker's
-    /// `blocked_cap`, 60 s), so a waiting task keeps its place; a ticket whose task went away
-    /// (cancelled, finished elsewhere) is ignored after it.
+    /// How long a ticket stands in a line unless its task stands again (each refusal does).
+    /// The front of a line asks again within a second and keeps its tickets; a task further
+    /// back, backing off longer, loses its ticket between tries and stands again at the next
+    /// (the front is always the best of the tasks still trying). Short, because a ticket whose
+    /// task went away (cancelled, finished elsewhere, served by another deployment of its route)
+    /// holds worse-ranked tasks back until it expires.
     pub line_ttl: Duration,
     /// The slot length of the fleet's provider-quota ledger ([`taskexec_core::fleet`], module
     /// `quota`); `None`: each process counts the quotas alone (N containers may send N times
@@ -101,13 +103,13 @@ pub struct LimiterSettings {
 
 impl Default for LimiterSettings {
     /// A chunk of 8, a 30-minute lease (twice Lambda's longest invocation), lines read at most
-    /// once a second, tickets standing 150 s, and quotas shared in slots of 2 s.
+    /// once a second, tickets standing 10 s, and quotas shared in slots of 2 s.
     fn default() -> Self {
         Self {
             chunk: 8,
             lease: Duration::from_secs(30 * 60),
             line_view: Duration::from_secs(1),
-            line_ttl: Duration::from_secs(150),
+            line_ttl: Duration::from_secs(10),
             quota_slot: Some(taskexec_core::fleet::DEFAULT_SLOT),
         }
     }
