@@ -283,7 +283,9 @@ impl<E: Executor, Q: WorkQueue, W: OutcomeWindow> Worker<E, Q, W> {
             correlation_id = delivery.correlation.as_deref().unwrap_or(""),
             message_id = id,
         );
-        self.process_message(delivery, id, cap, finished).instrument(span).await
+        // Boxed: the instrumented future nested in the batch's join would otherwise make the
+        // worker's future type too deep for the compiler's layout queries in some crates.
+        Box::pin(self.process_message(delivery, id, cap, finished).instrument(span)).await
     }
 
     async fn process_message(
