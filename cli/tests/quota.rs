@@ -43,13 +43,6 @@ async fn run(limits: &str) -> (i32, String, Stats) {
     (code, stderr, server.stats())
 }
 
-/// The most tokens the server admitted in any 60 s window.
-fn busiest_minute(stats: &Stats) -> u64 {
-    let at = &stats.admitted_at_ms;
-    let most = at.iter().map(|start| at.iter().filter(|t| **t >= *start && **t < start + 60_000).count()).max();
-    most.unwrap_or(0) as u64 * TOKENS_PER_CALL
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_quota_configured_a_run_uses_it_without_429s_and_without_it_draws_many() {
     let limited = format!("rpm = {}\ntpm = {}", QUOTA.rpm, QUOTA.tpm);
@@ -59,7 +52,7 @@ async fn with_the_quota_configured_a_run_uses_it_without_429s_and_without_it_dra
     assert_eq!(with.admitted_at_ms.len(), TASKS, "every task answered once");
     let calls = with.total_calls;
     assert!(with.refused * 100 <= calls, "{} of {calls} calls refused (at most 1 %)", with.refused);
-    let used = busiest_minute(&with);
+    let used = with.busiest_minute();
     assert!(used * 10 >= QUOTA.tpm * 9, "{used} of {} tokens used in the busiest minute (at least 90 %)", QUOTA.tpm);
 
     assert_eq!(unlimited_code, 0, "{unlimited_stderr}");

@@ -146,19 +146,12 @@ async fn run(shared: bool) -> Run {
     Run { stats: server.stats(), finished, seconds, writes }
 }
 
-/// The most tokens the server admitted in any 60 s window.
-fn busiest_minute(stats: &Stats) -> u64 {
-    let at = &stats.admitted_at_ms;
-    let most = at.iter().map(|start| at.iter().filter(|t| **t >= *start && **t < start + 60_000).count()).max();
-    most.unwrap_or(0) as u64 * TOKENS_PER_CALL
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_share_a_quota_through_the_ledger_and_draw_many_429s_without_it() {
     let (shared, alone) = tokio::join!(run(true), run(false));
 
     let calls = shared.stats.total_calls;
-    let used = busiest_minute(&shared.stats);
+    let used = shared.stats.busiest_minute();
     let (units, refused) = shared.writes;
     eprintln!(
         "ledger: {} tasks finished in {:.0} s, {calls} calls, {} refused, {used} of {} tokens in the busiest minute, \

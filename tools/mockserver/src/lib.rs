@@ -134,6 +134,17 @@ pub struct Stats {
     pub admitted_at_ms: Vec<u64>,
 }
 
+impl Stats {
+    /// The most tokens the quota admitted in any 60 s window (each call costs
+    /// [`TOKENS_PER_CALL`]).
+    #[must_use]
+    pub fn busiest_minute(&self) -> u64 {
+        let at = &self.admitted_at_ms;
+        let most = at.iter().map(|start| at.iter().filter(|t| **t >= *start && **t < start + 60_000).count()).max();
+        most.unwrap_or(0) as u64 * TOKENS_PER_CALL
+    }
+}
+
 struct Shared {
     config: MockConfig,
     stats: Mutex<Stats>,
